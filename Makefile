@@ -1,0 +1,33 @@
+# Entry points used by the README. Each target installs what is missing first.
+BUILD    ?= build
+JOBS     ?= $(shell nproc)
+DATA     ?= /usr/share/datasets/fashion-mnist
+EPOCHS   ?= 5
+RUN_ARGS ?=
+
+.PHONY: deps build run test bench clean
+
+deps:
+	@scripts/install-deps
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Trains the seed configuration (small-cnn, 2x2 patches of 18, input 32, mean
+# fusion, patch loss) on Fashion-MNIST and evaluates it.
+run: build
+	$(BUILD)/patchwise train --data $(DATA) --model small-cnn --grid 2x2 --patch 18 \
+	  --input 32 --epochs $(EPOCHS) --out $(BUILD)/fashion.pw $(RUN_ARGS)
+	$(BUILD)/patchwise eval --model $(BUILD)/fashion.pw --data $(DATA)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(BUILD)/bench/patchwise_bench --benchmark_counters_tabular=true
+
+clean:
+	rm -rf $(BUILD)

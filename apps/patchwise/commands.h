@@ -1,0 +1,15 @@
+#pragma once
+// One function per subcommand: it declares the flags on `app` and registers the
+// callback that runs the subcommand after parsing.
+
+#include <CLI/CLI.hpp>
+
+namespace patchwise::cli {
+
+void setup_train(CLI::App& app);
+void setup_eval(CLI::App& app);
+void setup_predict(CLI::App& app);
+void setup_patches(CLI::App& app);
+void setup_extract(CLI::App& app);
+
+}  // namespace patchwise::cli

@@ -1,0 +1,92 @@
+#include "common.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "patchwise/core/error.h"
+
+namespace patchwise::cli {
+
+std::pair<int64_t, int64_t> parse_size_pair(const std::string& text, const std::string& flag) {
+  auto parse_one = [&](const std::string& part) -> int64_t {
+    check_input(!part.empty() && part.size() <= 9 &&
+                    part.find_first_not_of("0123456789") == std::string::npos,
+                "{}: '{}' is not a size, expected N or NxM with positive integers", flag, text);
+    int64_t value = std::stoll(part);
+    check_input(value > 0, "{}: '{}' has a zero size, expected positive integers", flag, text);
+    return value;
+  };
+  const size_t x = text.find('x');
+  if (x == std::string::npos) {
+    int64_t v = parse_one(text);
+    return {v, v};
+  }
+  return {parse_one(text.substr(0, x)), parse_one(text.substr(x + 1))};
+}
+
+void add_grid_flags(CLI::App* app, GridFlags& flags) {
+  app->add_option("--grid", flags.grid, "patch grid, ROWSxCOLS (ignored by five-crop/ten-crop)");
+  app->add_option("--patch", flags.patch, "patch size in image pixels, P or HxW");
+  app->add_option("--stride", flags.stride,
+                  "stride S or SHxSW (TensorFlow VALID rule); default: outer patches flush "
+                  "with the borders");
+  app->add_option("--layout", flags.layout, "patch layout: grid, five-crop or ten-crop");
+  app->add_option("--input", flags.input, "side of the backbone input each patch is resized to");
+}
+
+PatchGridOptions grid_options(const GridFlags& flags, const CLI::App* app) {
+  PatchGridOptions o;
+  o.layout = parse_patch_layout(flags.layout);
+  std::tie(o.patch_h, o.patch_w) = parse_size_pair(flags.patch, "--patch");
+  check_input(flags.input > 0, "--input: {}, expected a positive size", flags.input);
+  o.input = flags.input;
+  if (o.layout != PatchLayout::kGrid) {
+    check_input(flags.stride.empty(), "--stride: not used by --layout {}", flags.layout);
+    o.rows = 1;
+    o.cols = o.layout == PatchLayout::kFiveCrop ? 5 : 10;
+    return o;
+  }
+  std::tie(o.rows, o.cols) = parse_size_pair(flags.grid, "--grid");
+  if (!flags.stride.empty()) {
+    std::tie(o.stride_h, o.stride_w) = parse_size_pair(flags.stride, "--stride");
+    if (app->count("--grid") == 0) o.rows = o.cols = 0;  // the stride decides
+  }
+  return o;
+}
+
+void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
+  app->add_option("--threads", flags.threads, "CPU threads; 0: one per core")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--device", flags.device, "auto, cpu or cuda");
+}
+
+void print_json(const nlohmann::json& json) { std::cout << json.dump(2) << std::endl; }
+
+ProgressBar::ProgressBar(std::string label)
+    : label_(std::move(label)), enabled_(isatty(STDERR_FILENO) != 0) {}
+
+void ProgressBar::update(int64_t done, int64_t total, const std::string& suffix) {
+  if (!enabled_ || total <= 0) return;
+  constexpr int kWidth = 30;
+  const int filled = static_cast<int>(kWidth * done / total);
+  std::string bar(static_cast<size_t>(filled), '=');
+  if (filled < kWidth) bar += '>';
+  bar.resize(kWidth, ' ');
+  fmt::print(stderr, "\r{} [{}] {:>5}/{:<5} {}", label_, bar, done, total, suffix);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void ProgressBar::clear() {
+  if (!drawn_) return;
+  fmt::print(stderr, "\r\033[2K");
+  std::fflush(stderr);
+  drawn_ = false;
+}
+
+}  // namespace patchwise::cli

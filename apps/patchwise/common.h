@@ -1,0 +1,55 @@
+#pragma once
+// Pieces shared by the subcommands: the patch-layout flags, runtime flags,
+// JSON output and the progress bar.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json_fwd.hpp>
+
+#include "patchwise/patch/grid.h"
+
+namespace patchwise::cli {
+
+/// --grid, --patch, --stride, --layout, --input as the user typed them.
+struct GridFlags {
+  std::string grid = "2x2";
+  std::string patch = "18";
+  std::string stride;
+  std::string layout = "grid";
+  int64_t input = 32;
+};
+void add_grid_flags(CLI::App* app, GridFlags& flags);
+/// Parses the flags; a --stride without an explicit --grid lets the stride decide the counts.
+PatchGridOptions grid_options(const GridFlags& flags, const CLI::App* app);
+
+/// "18" -> (18, 18); "18x14" -> (18, 14). Throws InputError naming `flag`.
+std::pair<int64_t, int64_t> parse_size_pair(const std::string& text, const std::string& flag);
+
+/// --threads and --device.
+struct RuntimeFlags {
+  int64_t threads = 0;
+  std::string device = "auto";
+};
+void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
+
+/// Prints `json` on stdout, indented, with a trailing newline.
+void print_json(const nlohmann::json& json);
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::string label);
+  void update(int64_t done, int64_t total, const std::string& suffix = "");
+  /// Erases the bar so the next line prints cleanly.
+  void clear();
+
+ private:
+  std::string label_;
+  bool enabled_;
+  bool drawn_ = false;
+};
+
+}  // namespace patchwise::cli

@@ -1,0 +1,69 @@
+// patchwise eval: accuracy of a saved model on an IDX split.
+
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "commands.h"
+#include "common.h"
+#include "patchwise/core/error.h"
+#include "patchwise/core/model_file.h"
+#include "patchwise/core/runtime.h"
+#include "patchwise/data/idx.h"
+#include "patchwise/report/evaluation.h"
+
+namespace patchwise::cli {
+namespace {
+
+struct EvalFlags {
+  std::string model;
+  std::string data;
+  std::string split = "t10k";
+  int64_t limit = 0;
+  int64_t batch = 256;
+  bool json = false;
+  RuntimeFlags runtime;
+};
+
+void run_eval(const EvalFlags& f) {
+  check_input(f.split == "t10k" || f.split == "train", "--split: '{}', expected t10k or train",
+              f.split);
+  const c10::Device device = resolve_device(f.runtime.device);
+  set_threads(f.runtime.threads);
+  PatchClassifier model = load_model(f.model);
+  Dataset data = load_idx_split(f.data, f.split, f.limit);
+  model->to(device);
+  Evaluation e = evaluate(model, data, f.batch);
+  if (f.json) {
+    nlohmann::json out = e.to_json();
+    out["model"] = f.model;
+    out["data"] = f.data;
+    out["split"] = f.split;
+    print_json(out);
+    return;
+  }
+  fmt::print("model            {} ({}, {})\n", f.model, model->config().backbone.name,
+             model->grid().describe());
+  fmt::print("data             {} ({})\n", f.data, f.split);
+  e.print(std::cout);
+}
+
+}  // namespace
+
+void setup_eval(CLI::App& app) {
+  auto flags = std::make_shared<EvalFlags>();
+  CLI::App* cmd = app.add_subcommand("eval", "evaluate a model: accuracy, per class, confusion");
+  cmd->add_option("--model,-m", flags->model, "model file written by train")->required();
+  cmd->add_option("--data", flags->data, "folder with IDX files")->required();
+  cmd->add_option("--split", flags->split, "t10k (test) or train");
+  cmd->add_option("--limit", flags->limit, "use the first N images; 0: all")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch", flags->batch, "images per forward pass")->check(CLI::PositiveNumber);
+  cmd->add_flag("--json", flags->json, "print one JSON object");
+  add_runtime_flags(cmd, flags->runtime);
+  cmd->callback([flags] { run_eval(*flags); });
+}
+
+}  // namespace patchwise::cli

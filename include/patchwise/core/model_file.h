@@ -1,0 +1,39 @@
+#pragma once
+// Model files: one file holding the configuration (JSON) and the weights.
+//
+//   bytes 0..7   "PATCHWSE"                  (kModelMagic)
+//   bytes 8..15  uint64 little-endian n      (length of the JSON)
+//   next n bytes JSON: {"format": "patchwise-model", "format_version": 1, "image": {...},
+//                "grid": {...}, "backbone": {...}, "fusion": "mean", "classes": [...],
+//                "normalization": {...}, "training": {...}}
+//   the rest     LibTorch's serialized archive of parameters and buffers
+//
+// Files are written under a temporary name in the same folder and renamed, so a
+// crash never leaves a half-written model; loading runs nothing from the file.
+
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "patchwise/core/patch_classifier.h"
+
+namespace patchwise {
+
+constexpr char kModelMagic[] = "PATCHWSE";
+constexpr int kModelFormatVersion = 1;
+
+nlohmann::json model_config_to_json(const ModelConfig& config);
+/// Throws InputError naming `source` when a field is missing or has the wrong type.
+ModelConfig model_config_from_json(const nlohmann::json& json, const std::string& source);
+
+/// Writes `model` (moved to the CPU for writing) with `training` (any JSON: options,
+/// per-epoch history) atomically to `path`. Throws InputError when it cannot be written.
+void save_model(const std::string& path, PatchClassifier& model, const nlohmann::json& training);
+
+/// Reads a model file; throws InputError on a missing, foreign, corrupt or
+/// other-version file. The model is on the CPU, in evaluation mode.
+PatchClassifier load_model(const std::string& path);
+/// The "training" section of a model file (null JSON when absent).
+nlohmann::json load_model_training(const std::string& path);
+
+}  // namespace patchwise

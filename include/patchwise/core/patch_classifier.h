@@ -1,0 +1,76 @@
+#pragma once
+// PatchClassifier: grid + backbone + fusion in one module, the artefact that is
+// trained, saved, loaded and served.
+//
+//   images uint8 or float [B,C,H,W]
+//     -> normalize (uint8 only: (x/255 - mean[c]) / std[c])
+//     -> PatchGrid::cut            [B,P,C,I,I]
+//     -> backbone on B*P patches   features [B,P,F], logits [B,P,K]
+//     -> fuse                      log-probabilities [B,K]
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "patchwise/data/dataset.h"
+#include "patchwise/fusion/fusion.h"
+#include "patchwise/models/backbone.h"
+#include "patchwise/patch/grid.h"
+
+namespace patchwise {
+
+/// Everything needed to rebuild a PatchClassifier; stored as JSON in model files.
+struct ModelConfig {
+  int64_t image_channels = 1;  ///< C of the images the model takes
+  int64_t image_h = 28;        ///< H
+  int64_t image_w = 28;        ///< W
+  PatchGridOptions grid;
+  BackboneOptions backbone;
+  FusionRule fusion = FusionRule::kMean;
+  std::vector<std::string> class_names;  ///< K names
+  Normalization normalization;           ///< per image channel
+};
+
+struct PatchOutput {
+  at::Tensor patch_logits;  ///< [B,P,K]
+  at::Tensor features;      ///< [B,P,F], the backbone's penultimate features
+  at::Tensor log_probs;     ///< [B,K], fused
+};
+
+class PatchClassifierImpl : public torch::nn::Module {
+ public:
+  /// Throws InputError when the configuration cannot be built (see PatchGrid, make_backbone).
+  explicit PatchClassifierImpl(const ModelConfig& config);
+
+  /// Whole images in, per-patch logits and fused log-probabilities out.
+  PatchOutput forward(const at::Tensor& images);
+  /// uint8 [B,C,H,W] -> normalized float [B,C,H,W] on the module's device.
+  at::Tensor normalize(const at::Tensor& images) const;
+
+  const ModelConfig& config() const { return config_; }
+  const PatchGrid& grid() const { return grid_; }
+  BackboneImpl& backbone() { return *backbone_; }
+  int64_t num_patches() const { return grid_.count(); }
+  int64_t num_classes() const { return config_.backbone.num_classes; }
+  /// Where the parameters live.
+  c10::Device device() const { return mean_.device(); }
+
+ private:
+  ModelConfig config_;
+  PatchGrid grid_;
+  std::shared_ptr<BackboneImpl> backbone_;
+  at::Tensor mean_;  ///< buffer [1,C,1,1]
+  at::Tensor std_;   ///< buffer [1,C,1,1]
+};
+
+TORCH_MODULE(PatchClassifier);
+
+/// Throws InputError naming data.source when the images' size or channels differ from
+/// the model's or a label is outside [0, K).
+void check_dataset_fits(const ModelConfig& config, const Dataset& data);
+
+}  // namespace patchwise

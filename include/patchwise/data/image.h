@@ -1,0 +1,24 @@
+#pragma once
+// Image files (PNG, JPEG and whatever else OpenCV decodes) to and from uint8
+// [C,H,W] tensors, channels in RGB order.
+
+#include <cstdint>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+namespace patchwise {
+
+/// Reads `path` as uint8 [C,H,W]. channels: 1 (grayscale), 3 (RGB), or 0 to keep
+/// the file's own (grayscale files give 1, everything else 3). Throws InputError
+/// when the file is missing or cannot be decoded.
+at::Tensor read_image(const std::string& path, int64_t channels = 0);
+
+/// Writes uint8 [C,H,W] (C = 1 or 3) to `path`; the extension picks the format.
+/// Throws InputError when it cannot be written.
+void write_image(const std::string& path, const at::Tensor& image);
+
+/// uint8 [C,H,W] resized to h x w (area averaging when shrinking, bilinear when enlarging).
+at::Tensor resize_image(const at::Tensor& image, int64_t h, int64_t w);
+
+}  // namespace patchwise

@@ -1,0 +1,50 @@
+#pragma once
+// Loader: shuffled mini-batches of a Dataset, the next one gathered on a worker
+// thread while the current one trains. The order of each epoch depends only on
+// (seed, epoch), so a run is reproducible.
+
+#include <cstdint>
+#include <future>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "patchwise/data/dataset.h"
+
+namespace patchwise {
+
+struct Batch {
+  at::Tensor images;  ///< uint8 [b,C,H,W]
+  at::Tensor labels;  ///< int64 [b]
+};
+
+class Loader {
+ public:
+  /// `data` must outlive the loader. batch_size >= 1.
+  Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed);
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  /// Starts a pass over the data in the order of `epoch`.
+  void start_epoch(int64_t epoch);
+  /// The next batch of the pass; false when the pass is over.
+  bool next(Batch& out);
+  /// Batches per pass: ceil(N / batch_size).
+  int64_t num_batches() const;
+  /// The order of `epoch` (a permutation of 0..N-1, or the identity without shuffle).
+  std::vector<int64_t> order(int64_t epoch) const;
+
+ private:
+  Batch gather(int64_t batch_index) const;
+
+  const Dataset& data_;
+  int64_t batch_size_;
+  bool shuffle_;
+  uint64_t seed_;
+  std::vector<int64_t> order_;
+  int64_t next_batch_ = 0;
+  std::future<Batch> pending_;
+};
+
+}  // namespace patchwise

@@ -1,0 +1,46 @@
+#pragma once
+// Evaluation of a model on a labelled set: fused accuracy with its binomial
+// standard error sqrt(a (1 - a) / n), per-patch accuracy, per-class accuracy
+// and the confusion matrix (rows: true class, columns: predicted).
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "patchwise/core/patch_classifier.h"
+#include "patchwise/data/dataset.h"
+
+namespace patchwise {
+
+struct Evaluation {
+  int64_t n = 0;
+  std::string fusion;                          ///< the rule the fused numbers use
+  double loss = 0;                             ///< mean fused NLL
+  double accuracy = 0;                         ///< fused
+  double accuracy_stderr = 0;                  ///< sqrt(a (1 - a) / n)
+  double patch_accuracy = 0;                   ///< mean over patches of argmax == label
+  std::vector<double> position_accuracy;       ///< [P] accuracy of each patch position alone
+  std::vector<double> per_class_accuracy;      ///< [K] recall of each class (NaN: no sample)
+  std::vector<std::vector<int64_t>> confusion; ///< [K][K]
+  std::vector<std::string> class_names;        ///< [K]
+  double seconds = 0;                          ///< wall time
+  double images_per_second = 0;
+
+  /// A human-readable report: accuracies, per-class table, confusion matrix.
+  void print(std::ostream& os) const;
+  /// {"n", "accuracy", "accuracy_stderr", "patch_accuracy", "position_accuracy",
+  ///  "per_class_accuracy", "confusion", "classes", "loss", "fusion", ...}
+  nlohmann::json to_json() const;
+};
+
+/// Runs `model` (in evaluation mode, without gradients) over `data`; restores its
+/// training mode afterwards. Throws InputError when the data does not fit the model.
+Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch = 256);
+
+/// sqrt(a (1 - a) / n), 0 when n == 0.
+double binomial_stderr(double accuracy, int64_t n);
+
+}  // namespace patchwise

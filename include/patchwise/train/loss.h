@@ -1,0 +1,28 @@
+#pragma once
+// Losses over a PatchOutput, with y the image labels [B]:
+//   patch : mean over b and i of CE(patch_logits[b,i], y[b])  (the seed's rule: every patch
+//           trained on the repeated image label)
+//   fused : mean over b of -log_probs[b, y[b]]                 (NLL of the fused output)
+//   both  : patch + fused
+
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "patchwise/core/patch_classifier.h"
+
+namespace patchwise {
+
+enum class LossKind { kPatch, kFused, kBoth };
+
+/// "patch", "fused", "both"; throws InputError otherwise.
+LossKind parse_loss_kind(const std::string& name);
+std::string loss_kind_name(LossKind kind);
+
+/// Throws InputError when `kind` would have to differentiate through `rule` (vote).
+void check_trainable(LossKind kind, FusionRule rule);
+
+/// A scalar loss.
+at::Tensor compute_loss(LossKind kind, const PatchOutput& out, const at::Tensor& labels);
+
+}  // namespace patchwise

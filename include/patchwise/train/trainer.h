@@ -1,0 +1,49 @@
+#pragma once
+// The trainer: Adam over shuffled mini-batches, one evaluation per epoch. It
+// never prints: progress and per-epoch metrics go to the caller's callbacks.
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "patchwise/core/patch_classifier.h"
+#include "patchwise/data/dataset.h"
+#include "patchwise/train/loss.h"
+
+namespace patchwise {
+
+struct TrainerOptions {
+  int64_t epochs = 10;             ///< passes over the training set
+  int64_t batch = 64;              ///< images per step (each gives P patches)
+  double lr = 1e-3;                ///< Adam's learning rate
+  uint64_t seed = 42;              ///< weights, data order and dropout
+  LossKind loss = LossKind::kPatch;
+  int64_t eval_batch = 256;        ///< images per evaluation step
+};
+
+struct EpochMetrics {
+  int64_t epoch = 0;           ///< 1-based
+  double loss = 0;             ///< mean training loss over the epoch
+  double accuracy = 0;         ///< fused accuracy on the training batches, as trained
+  double test_loss = std::numeric_limits<double>::quiet_NaN();      ///< fused NLL on the test set
+  double test_accuracy = std::numeric_limits<double>::quiet_NaN();  ///< fused accuracy on it
+  double seconds = 0;          ///< wall time of the training pass
+  double images_per_second = 0;
+};
+
+struct TrainerCallbacks {
+  /// After each step: steps done and total in this epoch, running mean loss.
+  std::function<void(int64_t epoch, int64_t step, int64_t steps, double loss)> on_step;
+  /// After each epoch, with its metrics.
+  std::function<void(const EpochMetrics&)> on_epoch;
+};
+
+/// Throws InputError when the data does not fit the model (image size, channels,
+/// labels >= K) and std::runtime_error when the loss becomes NaN or infinite.
+std::vector<EpochMetrics> train_model(PatchClassifier& model, const Dataset& train,
+                                      const Dataset* test, const TrainerOptions& options,
+                                      const TrainerCallbacks& callbacks = {});
+
+}  // namespace patchwise

@@ -1,0 +1,65 @@
+#include "patchwise/core/patch_classifier.h"
+
+#include <torch/torch.h>
+
+#include "patchwise/core/error.h"
+
+namespace patchwise {
+
+PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
+    : config_(config), grid_(config.grid, config.image_h, config.image_w) {
+  const int64_t channels = config.image_channels;
+  check_input(static_cast<int64_t>(config.normalization.mean.size()) == channels &&
+                  static_cast<int64_t>(config.normalization.std.size()) == channels,
+              "normalization has {} means and {} deviations for {} image channels",
+              config.normalization.mean.size(), config.normalization.std.size(), channels);
+  check_input(static_cast<int64_t>(config.class_names.size()) == config.backbone.num_classes,
+              "{} class names for {} classes", config.class_names.size(),
+              config.backbone.num_classes);
+  config_.backbone.in_channels = channels;
+  config_.backbone.input = config.grid.input;
+  backbone_ = register_module("backbone", make_backbone(config_.backbone));
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  mean_ = register_buffer(
+      "mean", torch::tensor(config.normalization.mean, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
+  std_ = register_buffer(
+      "std", torch::tensor(config.normalization.std, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
+}
+
+at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
+  at::Tensor x = images.to(mean_.device(), torch::kFloat32, /*non_blocking=*/true);
+  return x.div_(255.0f).sub_(mean_).div_(std_);
+}
+
+PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
+  TORCH_CHECK(images.dim() == 4 && images.size(1) == config_.image_channels,
+              "PatchClassifier expects [B,", config_.image_channels, ",H,W], got ", images.sizes());
+  at::Tensor x = images.scalar_type() == torch::kUInt8 ? normalize(images) : images;
+  at::Tensor patches = grid_.cut(x);  // [B,P,C,I,I]
+  const int64_t batch = patches.size(0);
+  const int64_t count = patches.size(1);
+  at::Tensor flat = patches.flatten(0, 1);  // [B*P,C,I,I]: one forward, shared weights
+  at::Tensor features = backbone_->features(flat);
+  at::Tensor logits = backbone_->classify(features);
+  PatchOutput out;
+  out.patch_logits = logits.view({batch, count, logits.size(1)});
+  out.features = features.view({batch, count, features.size(1)});
+  out.log_probs = fuse(config_.fusion, out.patch_logits);
+  return out;
+}
+
+void check_dataset_fits(const ModelConfig& config, const Dataset& data) {
+  check_input(data.size() > 0, "{}: no images", data.source);
+  check_input(data.channels() == config.image_channels && data.height() == config.image_h &&
+                  data.width() == config.image_w,
+              "{}: images are {}x{} with {} channel(s), the model expects {}x{} with {}",
+              data.source, data.height(), data.width(), data.channels(), config.image_h,
+              config.image_w, config.image_channels);
+  const int64_t low = data.labels.min().item<int64_t>();
+  const int64_t high = data.labels.max().item<int64_t>();
+  check_input(low >= 0 && high < config.backbone.num_classes,
+              "{}: label {} out of range, the model has classes 0..{}", data.source,
+              low < 0 ? low : high, config.backbone.num_classes - 1);
+}
+
+}  // namespace patchwise

@@ -1,0 +1,34 @@
+#include "patchwise/core/runtime.h"
+
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "patchwise/core/error.h"
+
+namespace patchwise {
+
+c10::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
+  if (name == "cpu") return torch::kCPU;
+  if (name.rfind("cuda", 0) == 0) {
+    check_input(torch::cuda::is_available(),
+                "--device: '{}' requested, but this LibTorch has no CUDA or no GPU is present; "
+                "use --device cpu",
+                name);
+    try {
+      return c10::Device(name);
+    } catch (const c10::Error&) {
+      throw InputError(fmt::format("--device: '{}' is not a device, expected cuda or cuda:N", name));
+    }
+  }
+  throw InputError(fmt::format("--device: unknown device '{}', expected auto, cpu or cuda", name));
+}
+
+int64_t set_threads(int64_t n) {
+  if (n <= 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  torch::set_num_threads(static_cast<int>(n));
+  return n;
+}
+
+}  // namespace patchwise

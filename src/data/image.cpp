@@ -1,0 +1,109 @@
+#include "patchwise/data/image.h"
+
+#include <filesystem>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <torch/torch.h>
+
+#include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
+
+namespace patchwise {
+namespace {
+
+/// uint8 [C,H,W] -> an 8-bit cv::Mat (BGR for 3 channels), a copy.
+cv::Mat to_mat(const at::Tensor& image) {
+  TORCH_CHECK(image.dim() == 3 && image.scalar_type() == torch::kUInt8 &&
+                  (image.size(0) == 1 || image.size(0) == 3),
+              "expected uint8 [C,H,W] with C = 1 or 3, got ", image.sizes());
+  at::Tensor hwc = image.permute({1, 2, 0}).contiguous();
+  const int channels = static_cast<int>(image.size(0));
+  cv::Mat mat(static_cast<int>(image.size(1)), static_cast<int>(image.size(2)),
+              CV_8UC(channels), hwc.data_ptr<uint8_t>());
+  cv::Mat out;
+  if (channels == 3) {
+    cv::cvtColor(mat, out, cv::COLOR_RGB2BGR);
+  } else {
+    out = mat.clone();
+  }
+  return out;
+}
+
+/// An 8-bit cv::Mat (gray or BGR) -> uint8 [C,H,W] (RGB for 3 channels).
+at::Tensor from_mat(const cv::Mat& mat) {
+  cv::Mat rgb;
+  if (mat.channels() == 3) {
+    cv::cvtColor(mat, rgb, cv::COLOR_BGR2RGB);
+  } else {
+    rgb = mat;
+  }
+  if (!rgb.isContinuous()) rgb = rgb.clone();
+  at::Tensor hwc = torch::from_blob(rgb.data, {rgb.rows, rgb.cols, rgb.channels()}, torch::kUInt8);
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+}  // namespace
+
+at::Tensor read_image(const std::string& path, int64_t channels) {
+  namespace fs = std::filesystem;
+  check_input(fs::exists(path), "{}: no such image file", path);
+  check_input(fs::is_regular_file(path), "{}: expected an image file, found a directory", path);
+  check_input(channels == 0 || channels == 1 || channels == 3,
+              "{}: {} channels requested, expected 1 or 3", path, channels);
+  cv::Mat raw;
+  try {
+    raw = cv::imread(path, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    throw InputError(fmt::format("{}: cannot decode image ({})", path, e.msg));
+  }
+  check_input(!raw.empty() && raw.rows > 0 && raw.cols > 0,
+              "{}: cannot decode image, expected a PNG or JPEG file", path);
+  if (raw.depth() != CV_8U) {
+    cv::Mat scaled;
+    double scale = raw.depth() == CV_16U ? 1.0 / 257.0 : 1.0;
+    raw.convertTo(scaled, CV_8U, scale);
+    raw = scaled;
+  }
+  cv::Mat mat;
+  const int file_channels = raw.channels();
+  if (file_channels == 4) {
+    cv::cvtColor(raw, mat, cv::COLOR_BGRA2BGR);
+  } else {
+    mat = raw;
+  }
+  const int64_t want = channels == 0 ? (file_channels == 1 ? 1 : 3) : channels;
+  if (want == 1 && mat.channels() == 3) {
+    cv::Mat gray;
+    cv::cvtColor(mat, gray, cv::COLOR_BGR2GRAY);
+    mat = gray;
+  } else if (want == 3 && mat.channels() == 1) {
+    cv::Mat bgr;
+    cv::cvtColor(mat, bgr, cv::COLOR_GRAY2BGR);
+    mat = bgr;
+  }
+  return from_mat(mat);
+}
+
+void write_image(const std::string& path, const at::Tensor& image) {
+  check_output_writable(path, "image file");
+  cv::Mat mat = to_mat(image);
+  bool ok = false;
+  try {
+    ok = cv::imwrite(path, mat);
+  } catch (const cv::Exception& e) {
+    throw InputError(fmt::format("{}: cannot write image ({})", path, e.msg));
+  }
+  check_input(ok, "{}: cannot write image, expected a .png or .jpg path", path);
+}
+
+at::Tensor resize_image(const at::Tensor& image, int64_t h, int64_t w) {
+  cv::Mat mat = to_mat(image);
+  cv::Mat out;
+  const bool shrinking = h < image.size(1) || w < image.size(2);
+  cv::resize(mat, out, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
+             shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
+  return from_mat(out);
+}
+
+}  // namespace patchwise
