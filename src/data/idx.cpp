@@ -57,11 +57,13 @@ void write_be_int32(std::ofstream& out, int32_t value) {
 
 void check_header(const std::vector<uint8_t>& bytes, size_t header, int32_t magic,
                   const std::string& path, const char* kind) {
+  if (bytes.size() >= 4) {
+    int32_t found = read_be_int32(bytes, 0);
+    check_input(found == magic, "{}: wrong magic number {} for an IDX {} file, expected {}", path,
+                found, kind, magic);
+  }
   check_input(bytes.size() >= header, "{}: truncated IDX {} file: {} bytes, expected a {}-byte header",
               path, kind, bytes.size(), header);
-  int32_t found = read_be_int32(bytes, 0);
-  check_input(found == magic, "{}: wrong magic number {} for an IDX {} file, expected {}", path,
-              found, kind, magic);
 }
 
 std::string find_split_file(const std::string& dir, const std::string& name) {

@@ -1,0 +1,215 @@
+// End-to-end tests of the patchwise binary: a short training run on a
+// Fashion-MNIST subset, eval/predict/patches on its model, and bad inputs.
+
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
+
+#include "patchwise/data/idx.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct Result {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+/// Runs the patchwise binary with `args` (a shell-quoted string).
+Result run(const std::string& args, const fs::path& dir) {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  const std::string command = std::string(PATCHWISE_BINARY) + " " + args + " >" + out.string() +
+                              " 2>" + err.string() + " </dev/null";
+  const int status = std::system(command.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+const std::string kData = PATCHWISE_FASHION_DIR;
+
+/// One short training run shared by the tests of this file.
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(fs::temp_directory_path() / ("patchwise-cli-" + std::to_string(getpid())));
+    fs::remove_all(*dir_);
+    fs::create_directories(*dir_);
+    train_ = new Result(run("train --data " + kData + " --limit-train 3000 --limit-test 500 "
+                            "--epochs 2 --seed 7 --out " + model() + " --metrics " +
+                            (*dir_ / "metrics.jsonl").string(),
+                            *dir_));
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(*dir_);
+    delete dir_;
+    delete train_;
+  }
+  static std::string model() { return (*dir_ / "fashion.pw").string(); }
+  static std::string file(const std::string& name) { return (*dir_ / name).string(); }
+  Result pw(const std::string& args) { return run(args, *dir_); }
+
+  /// Bad input: exit 2, exactly one line on stderr, containing `needle`.
+  void expect_bad_input(const std::string& args, const std::string& needle) {
+    Result r = pw(args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr(needle)) << args;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << "\n" << r.err;
+  }
+
+  static fs::path* dir_;
+  static Result* train_;
+};
+
+fs::path* CliTest::dir_ = nullptr;
+Result* CliTest::train_ = nullptr;
+
+TEST_F(CliTest, TrainPrintsTheSeedEpochLinesAndLearnsFarAboveChance) {
+  ASSERT_EQ(train_->code, 0) << train_->err << train_->out;
+  EXPECT_THAT(train_->out, HasSubstr("Epoch  1 Loss: "));
+  EXPECT_THAT(train_->out, HasSubstr(" TAcc: "));
+  EXPECT_TRUE(fs::exists(model()));
+  std::ifstream metrics(file("metrics.jsonl"));
+  std::string line, last;
+  int lines = 0;
+  while (std::getline(metrics, line)) {
+    last = line;
+    ++lines;
+  }
+  ASSERT_EQ(lines, 2);
+  EXPECT_GT(nlohmann::json::parse(last)["test_accuracy"].get<double>(), 0.5);  // chance: 0.1
+}
+
+TEST_F(CliTest, EvalJsonHasTheDocumentedFieldsAndAgreesWithTraining) {
+  Result r = pw("eval --model " + model() + " --data " + kData + " --limit 500 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* key : {"accuracy", "accuracy_stderr", "patch_accuracy", "per_class_accuracy",
+                          "confusion", "n"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_EQ(j["n"], 500);
+  EXPECT_GT(j["accuracy"].get<double>(), 0.5);
+  std::ifstream metrics(file("metrics.jsonl"));
+  std::string line, last;
+  while (std::getline(metrics, line)) last = line;
+  EXPECT_NEAR(j["accuracy"].get<double>(),
+              nlohmann::json::parse(last)["test_accuracy"].get<double>(), 1e-9);
+}
+
+TEST_F(CliTest, PredictGivesPatchAndFusedProbabilitiesWithClassNames) {
+  ASSERT_EQ(pw("extract --data " + kData + " --index 0 1 --out " + dir_->string()).code, 0);
+  const std::string a = file("t10k-0-9.png"), b = file("t10k-1-2.png");
+  Result r = pw("predict --model " + model() + " " + a + " " + b + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["file"], a);
+  EXPECT_EQ(j[0]["patch_probabilities"].size(), 4u);
+  EXPECT_EQ(j[0]["patch_probabilities"][0].size(), 10u);
+  double sum = 0;
+  for (double p : j[0]["probabilities"]) sum += p;
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+  std::vector<double> probs = j[0]["probabilities"];
+  const int64_t winner = std::max_element(probs.begin(), probs.end()) - probs.begin();
+  EXPECT_EQ(j[0]["class"], winner);
+  EXPECT_EQ(j[0]["probability"], probs[winner]);
+  const char* names[] = {"T-shirt/top", "Trouser", "Pullover", "Dress",   "Coat",
+                         "Sandal",      "Shirt",   "Sneaker",  "Bag",     "Ankle boot"};
+  EXPECT_EQ(j[0]["label"], names[winner]);
+  Result text = pw("predict --model " + model() + " " + a);
+  EXPECT_THAT(text.out, HasSubstr("patch4"));
+}
+
+TEST_F(CliTest, PredictResizesOtherSizesAndSaysSo) {
+  ASSERT_EQ(pw("extract --data " + kData + " --index 0 --out " + file("boot.png")).code, 0);
+  ASSERT_EQ(pw("patches " + file("boot.png") + " --grid 1x1 --patch 28 --input 28 --cell 56 -o " +
+               file("big.png")).code, 0);
+  Result r = pw("predict --model " + model() + " " + file("big.png"));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("resizing"));
+}
+
+TEST_F(CliTest, PatchesWritesTheSheetFromFlagsOrFromTheModel) {
+  ASSERT_EQ(pw("extract --data " + kData + " --index 7 --out " + file("shirt.png")).code, 0);
+  Result r = pw("patches " + file("shirt.png") + " --grid 2x2 --patch 18 --input 32 -o " +
+                file("sheet.png") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["patches"].size(), 4u);
+  EXPECT_EQ(j["patches"][3]["y"], 10);
+  EXPECT_GT(fs::file_size(file("sheet.png")), 1000u);
+  EXPECT_EQ(pw("patches " + file("shirt.png") + " --model " + model() + " -o " + file("s2.png")).code,
+            0);
+}
+
+TEST_F(CliTest, HelpShowsDefaultsAndExitsZero) {
+  Result r = pw("train --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("--grid"));
+  EXPECT_THAT(r.out, HasSubstr("2x2"));
+}
+
+TEST_F(CliTest, BadInputsExitTwoWithOneLineNamingTheProblem) {
+  const std::string d = " --data " + kData + " --limit-train 64 --limit-test 64 --epochs 1";
+  const std::string out = " --out " + file("bad.pw");
+  expect_bad_input("train --data /nonexistent" + out, "/nonexistent: no such directory");
+  expect_bad_input("train" + d + " --patch 30" + out, "larger than the image");
+  expect_bad_input("train" + d + " --grid 4x4" + out, "not an integer");
+  expect_bad_input("train" + d + " --model resnet" + out, "unknown backbone 'resnet'");
+  expect_bad_input("train" + d + " --fusion median" + out, "unknown fusion rule 'median'");
+  expect_bad_input("train" + d + " --loss fused --fusion vote" + out, "has no gradient");
+  expect_bad_input("train" + d + " --grid 2y2" + out, "--grid: '2y2' is not a size");
+  expect_bad_input("train" + d + " --epochs 0" + out, "--epochs");
+  expect_bad_input("train" + d + " --out /nonexistent/dir/m.pw", "does not exist");
+  expect_bad_input("train" + d + " --device cuda:0" + out, "--device");
+  expect_bad_input("eval --model " + file("none.pw") + " --data " + kData, "no such model file");
+  expect_bad_input("predict --model " + model() + " " + file("none.png"), "no such image file");
+  expect_bad_input("eval --model " + model() + " --data " + kData + " --split valid",
+                   "--split: 'valid'");
+  EXPECT_FALSE(fs::exists(file("bad.pw")));
+}
+
+TEST_F(CliTest, BadFilesExitTwoAndLeaveTheModelIntact) {
+  const std::string bad = file("baddata");
+  fs::create_directories(bad);
+  // Truncated images file, correct labels.
+  {
+    std::ofstream img(bad + "/train-images-idx3-ubyte", std::ios::binary);
+    const unsigned char header[16] = {0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 28, 0, 0, 0, 28};
+    img.write(reinterpret_cast<const char*>(header), 16);
+    img << std::string(100, 'x');
+  }
+  write_idx_labels(bad + "/train-labels-idx1-ubyte", torch::zeros({10}, torch::kInt64));
+  const std::string before = slurp(model());
+  expect_bad_input("train --data " + bad + " --out " + model(), "100 bytes of pixels");
+  EXPECT_EQ(slurp(model()), before);
+
+  std::ofstream(file("garbage.png")) << "not an image";
+  expect_bad_input("predict --model " + model() + " " + file("garbage.png"), "cannot decode image");
+  std::ofstream(file("garbage.pw")) << "PATCHWSE\x05";
+  expect_bad_input("eval --model " + file("garbage.pw") + " --data " + kData, "truncated");
+  expect_bad_input("eval --model " + dir_->string() + " --data " + kData, "directory");
+}
+
+}  // namespace
+}  // namespace patchwise

@@ -1,0 +1,134 @@
+#include "patchwise/core/model_file.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
+
+#include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+using ::testing::HasSubstr;
+
+ModelConfig small_config() {
+  ModelConfig c;
+  c.class_names = {"a", "b", "c"};
+  c.backbone.num_classes = 3;
+  c.normalization = {{0.3}, {0.2}};
+  return c;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+class ModelFileTest : public test::SeededTest {};
+
+TEST_F(ModelFileTest, RoundTripGivesIdenticalPredictionsAndConfiguration) {
+  ModelConfig config = small_config();
+  config.fusion = FusionRule::kGMean;
+  config.backbone.batch_norm = true;
+  PatchClassifier model(config);
+  // Make batch-norm running statistics non-trivial so buffers are checked too.
+  model->train();
+  model->forward(torch::randint(0, 256, {8, 1, 28, 28}, torch::kUInt8));
+  model->eval();
+  save_model(path("m.pw"), model, nlohmann::json{{"note", "x"}});
+
+  PatchClassifier loaded = load_model(path("m.pw"));
+  at::Tensor images = torch::randint(0, 256, {5, 1, 28, 28}, torch::kUInt8);
+  PatchOutput a = model->forward(images);
+  PatchOutput b = loaded->forward(images);
+  EXPECT_TRUE(torch::equal(a.log_probs, b.log_probs));
+  EXPECT_TRUE(torch::equal(a.patch_logits, b.patch_logits));
+  EXPECT_EQ(model_config_to_json(loaded->config()), model_config_to_json(model->config()));
+  EXPECT_EQ(load_model_training(path("m.pw"))["note"], "x");
+}
+
+TEST_F(ModelFileTest, RefusesAFileOfAnotherFormat) {
+  write_text(path("m.pw"), "this is not a model at all");
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("not a patchwise model file")));
+}
+
+TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
+  PatchClassifier model(small_config());
+  save_model(path("m.pw"), model, nullptr);
+  std::string text = read_text(path("m.pw"));
+  const std::string from = "\"format_version\":1";
+  const size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, from.size(), "\"format_version\":7");
+  write_text(path("m.pw"), text);
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("format version 7, expected 1")));
+}
+
+TEST_F(ModelFileTest, RefusesTruncatedWeights) {
+  PatchClassifier model(small_config());
+  save_model(path("m.pw"), model, nullptr);
+  std::string text = read_text(path("m.pw"));
+  write_text(path("m.pw"), text.substr(0, text.size() - 500));
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("weights do not load")));
+}
+
+TEST_F(ModelFileTest, RefusesATruncatedConfiguration) {
+  PatchClassifier model(small_config());
+  save_model(path("m.pw"), model, nullptr);
+  write_text(path("m.pw"), read_text(path("m.pw")).substr(0, 40));
+  EXPECT_THROW(load_model(path("m.pw")), InputError);
+}
+
+TEST_F(ModelFileTest, RefusesAMissingFileAndADirectory) {
+  EXPECT_THAT([&] { load_model(path("none.pw")); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("no such model file")));
+  EXPECT_THAT([&] { load_model(dir_.string()); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("directory")));
+}
+
+TEST_F(ModelFileTest, SavingIntoAMissingFolderFailsCleanly) {
+  PatchClassifier model(small_config());
+  EXPECT_THAT([&] { save_model(path("no/such/dir/m.pw"), model, nullptr); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("does not exist")));
+}
+
+TEST_F(ModelFileTest, AFailedWriteLeavesTheExistingFileIntactAndNoTemporary) {
+  write_text(path("out"), "precious");
+  EXPECT_THROW(write_file_atomically(path("out"), "--out",
+                                     [](std::ostream& out) {
+                                       out << "half";
+                                       throw InputError("disk on fire");
+                                     }),
+               InputError);
+  EXPECT_EQ(read_text(path("out")), "precious");
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
+    (void)entry;
+    ++files;
+  }
+  EXPECT_EQ(files, 1);
+}
+
+TEST_F(ModelFileTest, ConfigurationJsonRefusesMissingFields) {
+  nlohmann::json j = model_config_to_json(small_config());
+  j.erase("grid");
+  EXPECT_THAT([&] { model_config_from_json(j, "x.pw"); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("lacks 'grid'")));
+}
+
+}  // namespace
+}  // namespace patchwise

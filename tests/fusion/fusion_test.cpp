@@ -1,0 +1,99 @@
+#include "patchwise/fusion/fusion.h"
+
+#include <cmath>
+
+#include <gmock/gmock.h>
+
+#include "patchwise/core/error.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+/// Two patches, two classes: patch 1 has probabilities (0.25, 0.75), patch 2 (0.5, 0.5).
+at::Tensor two_patch_logits() {
+  return torch::tensor({0.0, std::log(3.0), 0.0, 0.0}, torch::kFloat64).view({1, 2, 2});
+}
+
+std::vector<double> probs(FusionRule rule, const at::Tensor& logits) {
+  at::Tensor p = fuse(rule, logits).exp()[0].contiguous();
+  return {p[0].item<double>(), p[1].item<double>()};
+}
+
+TEST(FusionTest, MeanAveragesPatchProbabilities) {
+  auto p = probs(FusionRule::kMean, two_patch_logits());
+  EXPECT_NEAR(p[0], 0.375, 1e-12);
+  EXPECT_NEAR(p[1], 0.625, 1e-12);
+}
+
+TEST(FusionTest, GMeanIsTheNormalizedGeometricMean) {
+  auto p = probs(FusionRule::kGMean, two_patch_logits());
+  const double a = std::sqrt(0.25 * 0.5), b = std::sqrt(0.75 * 0.5);
+  EXPECT_NEAR(p[0], a / (a + b), 1e-12);
+  EXPECT_NEAR(p[1], b / (a + b), 1e-12);
+}
+
+TEST(FusionTest, GMeanEqualsSoftmaxOfTheMeanLogits) {
+  at::Tensor logits = torch::randn({4, 5, 10}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(fuse(FusionRule::kGMean, logits),
+                              torch::log_softmax(logits.mean(1), 1)));
+}
+
+TEST(FusionTest, MaxRenormalizesThePerClassMaximum) {
+  auto p = probs(FusionRule::kMax, two_patch_logits());
+  EXPECT_NEAR(p[0], 0.5 / 1.25, 1e-12);
+  EXPECT_NEAR(p[1], 0.75 / 1.25, 1e-12);
+}
+
+TEST(FusionTest, VoteBreaksATieByTheMeanProbability) {
+  // Argmaxes: patch 1 -> class 1, patch 2 (a tie inside the patch) -> class 0.
+  // One vote each; the mean probabilities (0.375, 0.625) break the tie for class 1.
+  auto p = probs(FusionRule::kVote, two_patch_logits());
+  EXPECT_NEAR(p[0], (1 + 0.375) / 3, 1e-12);
+  EXPECT_NEAR(p[1], (1 + 0.625) / 3, 1e-12);
+}
+
+TEST(FusionTest, VoteFollowsTheMajorityAgainstConfidence) {
+  // Two patches mildly say class 0, one is sure of class 1.
+  at::Tensor logits =
+      torch::tensor({0.2, 0.0, 0.2, 0.0, 0.0, 9.0}, torch::kFloat64).view({1, 3, 2});
+  EXPECT_EQ(fuse(FusionRule::kVote, logits).argmax(1).item<int64_t>(), 0);
+  EXPECT_EQ(fuse(FusionRule::kMean, logits).argmax(1).item<int64_t>(), 1);
+}
+
+TEST(FusionTest, EveryRuleGivesNormalizedFiniteLogProbabilitiesAtExtremes) {
+  // Probabilities of 1e-30 and below, and logits of +-1000.
+  at::Tensor logits = torch::tensor({0.0, -69.0776, 1000.0, -1000.0, 0.0, 0.0}, torch::kFloat32)
+                          .view({1, 3, 2});
+  for (FusionRule rule : all_fusion_rules()) {
+    at::Tensor out = fuse(rule, logits);
+    EXPECT_TRUE(torch::isfinite(out).all().item<bool>()) << fusion_rule_name(rule);
+    EXPECT_NEAR(out.exp().sum().item<double>(), 1.0, 1e-5) << fusion_rule_name(rule);
+  }
+  at::Tensor random = torch::randn({6, 4, 10}) * 30;
+  for (FusionRule rule : all_fusion_rules()) {
+    EXPECT_TRUE(torch::allclose(fuse(rule, random).exp().sum(1), torch::ones({6}), 1e-5, 1e-5))
+        << fusion_rule_name(rule);
+  }
+}
+
+TEST(FusionTest, OnePatchFusesToItsOwnDistribution) {
+  at::Tensor logits = torch::randn({3, 1, 10}, torch::kFloat64);
+  for (FusionRule rule : {FusionRule::kMean, FusionRule::kGMean, FusionRule::kMax}) {
+    EXPECT_TRUE(torch::allclose(fuse(rule, logits), torch::log_softmax(logits.squeeze(1), 1)))
+        << fusion_rule_name(rule);
+  }
+}
+
+TEST(FusionTest, NamesRoundTripAndUnknownNamesAreRefused) {
+  for (FusionRule rule : all_fusion_rules()) {
+    EXPECT_EQ(parse_fusion_rule(fusion_rule_name(rule)), rule);
+  }
+  EXPECT_THAT([] { parse_fusion_rule("median"); },
+              ::testing::ThrowsMessage<InputError>(::testing::HasSubstr("'median'")));
+  EXPECT_FALSE(fusion_rule_is_differentiable(FusionRule::kVote));
+  EXPECT_TRUE(fusion_rule_is_differentiable(FusionRule::kGMean));
+}
+
+}  // namespace
+}  // namespace patchwise

@@ -1,0 +1,132 @@
+#include "patchwise/train/trainer.h"
+
+#include <gmock/gmock.h>
+
+#include "patchwise/core/error.h"
+#include "patchwise/report/evaluation.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+using ::testing::HasSubstr;
+
+/// 28x28 images of noise with a bright 8x8 square in quadrant `label` (4 classes).
+Dataset quadrant_dataset(int64_t n, uint64_t seed) {
+  torch::manual_seed(seed);
+  Dataset d;
+  d.labels = torch::randint(0, 4, {n}, torch::kInt64);
+  d.images = torch::randint(0, 60, {n, 1, 28, 28}, torch::kUInt8);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t q = d.labels[i].item<int64_t>();
+    d.images[i][0].narrow(0, 3 + 14 * (q / 2), 8).narrow(1, 3 + 14 * (q % 2), 8).fill_(255);
+  }
+  d.class_names = {"tl", "tr", "bl", "br"};
+  d.source = "quadrants";
+  return d;
+}
+
+ModelConfig quadrant_config(const Dataset& d) {
+  ModelConfig c;
+  c.class_names = d.class_names;
+  c.backbone.num_classes = 4;
+  c.normalization = compute_normalization(d.images);
+  return c;
+}
+
+class TrainerTest : public test::SeededTest {};
+
+TEST_F(TrainerTest, PatchLossIsTheMeanCrossEntropyOfEveryPatchAgainstTheImageLabel) {
+  PatchOutput out;
+  out.patch_logits = torch::randn({3, 4, 5}, torch::kFloat64);
+  out.log_probs = fuse(FusionRule::kMean, out.patch_logits);
+  at::Tensor labels = torch::tensor({1, 4, 0}, torch::kInt64);
+  double manual = 0;
+  for (int b = 0; b < 3; ++b) {
+    for (int p = 0; p < 4; ++p) {
+      manual -= torch::log_softmax(out.patch_logits[b][p], 0)[labels[b]].item<double>();
+    }
+  }
+  manual /= 12;
+  EXPECT_NEAR(compute_loss(LossKind::kPatch, out, labels).item<double>(), manual, 1e-12);
+  double fused = 0;
+  for (int b = 0; b < 3; ++b) fused -= out.log_probs[b][labels[b]].item<double>();
+  fused /= 3;
+  EXPECT_NEAR(compute_loss(LossKind::kFused, out, labels).item<double>(), fused, 1e-12);
+  EXPECT_NEAR(compute_loss(LossKind::kBoth, out, labels).item<double>(), manual + fused, 1e-12);
+}
+
+TEST_F(TrainerTest, RefusesALossThroughVote) {
+  EXPECT_THAT([] { check_trainable(LossKind::kFused, FusionRule::kVote); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("--loss fused with --fusion vote")));
+  EXPECT_NO_THROW(check_trainable(LossKind::kPatch, FusionRule::kVote));
+}
+
+TEST_F(TrainerTest, LearnsWhichQuadrantHoldsTheSquare) {
+  Dataset train = quadrant_dataset(512, 1);
+  Dataset test = quadrant_dataset(200, 2);
+  PatchClassifier model(quadrant_config(train));
+  TrainerOptions options;
+  options.epochs = 3;
+  options.batch = 32;
+  options.seed = 16;
+  int64_t epochs_seen = 0;
+  TrainerCallbacks callbacks;
+  callbacks.on_epoch = [&](const EpochMetrics& m) { epochs_seen = m.epoch; };
+  auto history = train_model(model, train, &test, options, callbacks);
+  ASSERT_EQ(history.size(), 3u);
+  EXPECT_EQ(epochs_seen, 3);
+  EXPECT_LT(history.back().loss, history.front().loss);
+  EXPECT_GT(history.back().test_accuracy, 0.95);
+  EXPECT_FALSE(model->is_training());
+  Evaluation e = evaluate(model, test);
+  EXPECT_DOUBLE_EQ(e.accuracy, history.back().test_accuracy);
+}
+
+TEST_F(TrainerTest, TheSameSeedGivesTheSameWeights) {
+  Dataset train = quadrant_dataset(96, 3);
+  TrainerOptions options;
+  options.epochs = 1;
+  options.batch = 32;
+  auto run = [&] {
+    torch::manual_seed(4);
+    PatchClassifier model(quadrant_config(train));
+    train_model(model, train, nullptr, options);
+    return model->parameters()[0].clone();
+  };
+  EXPECT_TRUE(torch::equal(run(), run()));
+}
+
+TEST_F(TrainerTest, ANonFiniteLossStopsTrainingWithAClearError) {
+  Dataset train = quadrant_dataset(64, 5);
+  ModelConfig config = quadrant_config(train);
+  config.normalization.std = {1e-45};  // a denormal deviation: the inputs overflow to inf
+  PatchClassifier model(config);
+  TrainerOptions options;
+  options.epochs = 1;
+  EXPECT_THAT([&] { train_model(model, train, nullptr, options); },
+              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("training loss became")));
+}
+
+TEST_F(TrainerTest, RefusesDataThatDoesNotFitTheModel) {
+  Dataset train = quadrant_dataset(16, 6);
+  PatchClassifier model(quadrant_config(train));
+  train.labels[3] = 9;
+  EXPECT_THAT([&] { train_model(model, train, nullptr, TrainerOptions{}); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("label 9 out of range")));
+}
+
+TEST_F(TrainerTest, EvaluationConfusionSumsToNAndStderrIsBinomial) {
+  Dataset test = quadrant_dataset(50, 7);
+  PatchClassifier model(quadrant_config(test));
+  Evaluation e = evaluate(model, test, 16);
+  int64_t total = 0;
+  for (const auto& row : e.confusion)
+    for (int64_t v : row) total += v;
+  EXPECT_EQ(total, 50);
+  EXPECT_NEAR(e.accuracy_stderr, std::sqrt(e.accuracy * (1 - e.accuracy) / 50), 1e-12);
+  EXPECT_EQ(e.position_accuracy.size(), 4u);
+}
+
+}  // namespace
+}  // namespace patchwise
