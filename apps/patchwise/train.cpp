@@ -100,8 +100,9 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   fmt::print(log, "train: {} training and {} test images of {}x{}x{}, {} classes, from {}\n",
              train.size(), test.size(), train.height(), train.width(), train.channels(),
              config.class_names.size(), f.data);
-  fmt::print(log, "train: {} on a {} ({} patches per image); fusion {}, loss {}\n", f.model,
-             model->grid().describe(), model->num_patches(), f.fusion, f.loss);
+  fmt::print(log, "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n", f.model,
+             model->grid().describe(), model->num_patches(), model->num_patches() == 1 ? "" : "es",
+             f.fusion, f.loss);
   fmt::print(log, "train: device {}, {} threads, batch {}, lr {}, {} epochs, seed {}\n",
              device.str(), threads, f.batch, f.lr, f.epochs, f.seed);
   log.flush();

@@ -1,6 +1,7 @@
 #include "patchwise/data/loader.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -11,6 +12,9 @@ namespace patchwise {
 Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed)
     : data_(data), batch_size_(batch_size), shuffle_(shuffle), seed_(seed) {
   TORCH_CHECK(batch_size >= 1, "Loader: batch size ", batch_size, ", expected >= 1");
+  TORCH_CHECK(data.images.is_contiguous() && data.images.scalar_type() == torch::kUInt8 &&
+                  data.labels.is_contiguous() && data.labels.scalar_type() == torch::kInt64,
+              "Loader: expects contiguous uint8 images and int64 labels");
 }
 
 Loader::~Loader() {
@@ -31,11 +35,24 @@ std::vector<int64_t> Loader::order(int64_t epoch) const {
 int64_t Loader::num_batches() const { return (data_.size() + batch_size_ - 1) / batch_size_; }
 
 Batch Loader::gather(int64_t batch_index) const {
+  // Plain copies, no LibTorch operators: a parallel operator on this worker thread
+  // would start a second OpenMP team whose spinning threads steal the cores that
+  // the training step on the main thread is using.
   const int64_t begin = batch_index * batch_size_;
   const int64_t count = std::min(batch_size_, data_.size() - begin);
-  at::Tensor index =
-      torch::from_blob(const_cast<int64_t*>(order_.data() + begin), {count}, torch::kInt64);
-  return Batch{data_.images.index_select(0, index), data_.labels.index_select(0, index)};
+  const int64_t image_bytes = data_.channels() * data_.height() * data_.width();
+  Batch batch{torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
+              torch::empty({count}, torch::kInt64)};
+  const uint8_t* src = data_.images.data_ptr<uint8_t>();
+  const int64_t* labels = data_.labels.data_ptr<int64_t>();
+  uint8_t* dst = batch.images.data_ptr<uint8_t>();
+  int64_t* dst_labels = batch.labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t item = order_[static_cast<size_t>(begin + i)];
+    std::memcpy(dst + i * image_bytes, src + item * image_bytes, static_cast<size_t>(image_bytes));
+    dst_labels[i] = labels[item];
+  }
+  return batch;
 }
 
 void Loader::start_epoch(int64_t epoch) {

@@ -82,14 +82,15 @@ void Evaluation::print(std::ostream& os) const {
   size_t width = 5;
   for (const auto& name : class_names) width = std::max(width, name.size());
   fmt::print(os, "{:<{}}  accuracy\n", "class", width);
+  const size_t row_width = width + 1 + std::to_string(class_names.size()).size();
   for (size_t k = 0; k < class_names.size(); ++k) {
     fmt::print(os, "{:<{}}  {:.4f}\n", class_names[k], width, per_class_accuracy[k]);
   }
-  fmt::print(os, "\nconfusion matrix (rows: true class, columns: predicted)\n{:>{}}", "", width);
+  fmt::print(os, "\nconfusion matrix (rows: true class, columns: predicted)\n{:>{}}", "", row_width);
   for (size_t k = 0; k < class_names.size(); ++k) fmt::print(os, " {:>5}", k);
   fmt::print(os, "\n");
   for (size_t t = 0; t < confusion.size(); ++t) {
-    fmt::print(os, "{:<{}}", fmt::format("{} {}", t, class_names[t]).substr(0, width), width);
+    fmt::print(os, "{:<{}}", fmt::format("{} {}", t, class_names[t]), row_width);
     for (int64_t v : confusion[t]) fmt::print(os, " {:>5}", v);
     fmt::print(os, "\n");
   }
