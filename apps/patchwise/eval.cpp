@@ -23,6 +23,7 @@ struct EvalFlags {
   std::string split = "t10k";
   int64_t limit = 0;
   int64_t batch = 256;
+  std::string fusion;
   bool json = false;
   RuntimeFlags runtime;
 };
@@ -35,7 +36,9 @@ void run_eval(const EvalFlags& f) {
   PatchClassifier model = load_model(f.model);
   Dataset data = load_idx_split(f.data, f.split, f.limit);
   model->to(device);
-  Evaluation e = evaluate(model, data, f.batch);
+  const bool all_rules = f.fusion == "all";
+  if (!f.fusion.empty() && !all_rules) model->set_fusion(parse_fusion_rule(f.fusion));
+  Evaluation e = evaluate(model, data, f.batch, all_rules);
   if (f.json) {
     nlohmann::json out = e.to_json();
     out["model"] = f.model;
@@ -61,6 +64,9 @@ void setup_eval(CLI::App& app) {
   cmd->add_option("--limit", flags->limit, "use the first N images; 0: all")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", flags->batch, "images per forward pass")->check(CLI::PositiveNumber);
+  cmd->add_option("--fusion", flags->fusion,
+                  "fuse with this rule instead of the model's own (mean, gmean, max, vote), or "
+                  "'all': a table of every rule and of each patch position alone");
   cmd->add_flag("--json", flags->json, "print one JSON object");
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_eval(*flags); });

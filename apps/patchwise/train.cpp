@@ -26,6 +26,8 @@ struct TrainFlags {
   std::string model = "small-cnn";
   GridFlags grid;
   std::string fusion = "mean";
+  int64_t attention_hidden = 128;
+  bool position_embedding = false;
   std::string loss = "patch";
   int64_t epochs = 10;
   int64_t batch = 64;
@@ -69,6 +71,11 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   ModelConfig config;
   config.grid = grid;
   config.fusion = parse_fusion_rule(f.fusion);
+  config.attention_hidden = f.attention_hidden;
+  config.position_embedding = f.position_embedding;
+  check_input(!f.position_embedding || fusion_rule_is_learned(config.fusion),
+              "--position-embedding: only used by --fusion attention or gated-attention, not {}",
+              f.fusion);
   TrainerOptions options;
   options.loss = parse_loss_kind(f.loss);
   check_trainable(options.loss, config.fusion);
@@ -150,7 +157,13 @@ void setup_train(CLI::App& app) {
       ->required();
   cmd->add_option("--model", flags->model, "backbone: small-cnn or vgg16");
   add_grid_flags(cmd, flags->grid);
-  cmd->add_option("--fusion", flags->fusion, "fusion rule: mean, gmean, max or vote");
+  cmd->add_option("--fusion", flags->fusion,
+                  "fusion rule: mean, gmean, max, vote, attention or gated-attention");
+  cmd->add_option("--attention-hidden", flags->attention_hidden,
+                  "hidden width of the learned fusion rules")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--position-embedding", flags->position_embedding,
+                "learned per-position embedding in the attention scores");
   cmd->add_option("--loss", flags->loss, "loss: patch, fused or both");
   cmd->add_option("--epochs", flags->epochs, "passes over the training set")
       ->check(CLI::PositiveNumber);

@@ -59,6 +59,7 @@ json model_config_to_json(const ModelConfig& c) {
         {"batch_norm", c.backbone.batch_norm},
         {"dropout", c.backbone.dropout}}},
       {"fusion", fusion_rule_name(c.fusion)},
+      {"attention", {{"hidden", c.attention_hidden}, {"position_embedding", c.position_embedding}}},
       {"classes", c.class_names},
       {"normalization", {{"mean", c.normalization.mean}, {"std", c.normalization.std}}},
   };
@@ -92,6 +93,11 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   c.backbone.batch_norm = field<bool>(backbone, "batch_norm", source);
   c.backbone.dropout = field<double>(backbone, "dropout", source);
   c.fusion = parse_fusion_rule(field<std::string>(j, "fusion", source), source);
+  if (j.contains("attention")) {  // optional: only the learned rules use it
+    json attention = field<json>(j, "attention", source);
+    c.attention_hidden = field<int64_t>(attention, "hidden", source);
+    c.position_embedding = field<bool>(attention, "position_embedding", source);
+  }
   c.class_names = field<std::vector<std::string>>(j, "classes", source);
   json norm = field<json>(j, "normalization", source);
   c.normalization.mean = field<std::vector<double>>(norm, "mean", source);

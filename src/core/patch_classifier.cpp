@@ -7,7 +7,8 @@
 namespace patchwise {
 
 PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
-    : config_(config), grid_(config.grid, config.image_h, config.image_w) {
+    : config_(config), grid_(config.grid, config.image_h, config.image_w),
+      trained_fusion_(config.fusion) {
   const int64_t channels = config.image_channels;
   check_input(static_cast<int64_t>(config.normalization.mean.size()) == channels &&
                   static_cast<int64_t>(config.normalization.std.size()) == channels,
@@ -19,6 +20,16 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
   config_.backbone.in_channels = channels;
   config_.backbone.input = config.grid.input;
   backbone_ = register_module("backbone", make_backbone(config_.backbone));
+  if (fusion_rule_is_learned(config.fusion)) {
+    check_input(config.attention_hidden > 0, "--attention-hidden: {}, expected a positive width",
+                config.attention_hidden);
+    AttentionPoolOptions options;
+    options.features = backbone_->feature_dim();
+    options.hidden = config.attention_hidden;
+    options.gated = config.fusion == FusionRule::kGatedAttention;
+    options.positions = config.position_embedding ? grid_.count() : 0;
+    attention_ = register_module("attention", AttentionPool(options));
+  }
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   mean_ = register_buffer(
       "mean", torch::tensor(config.normalization.mean, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
@@ -44,8 +55,21 @@ PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   PatchOutput out;
   out.patch_logits = logits.view({batch, count, logits.size(1)});
   out.features = features.view({batch, count, features.size(1)});
-  out.log_probs = fuse(config_.fusion, out.patch_logits);
+  if (fusion_rule_is_learned(config_.fusion)) {
+    out.attention = attention_->weights(out.features);
+    at::Tensor pooled = AttentionPoolImpl::pool(out.features, out.attention);
+    out.log_probs = torch::log_softmax(backbone_->classify(pooled), /*dim=*/1);
+  } else {
+    out.log_probs = fuse(config_.fusion, out.patch_logits);
+  }
   return out;
+}
+
+void PatchClassifierImpl::set_fusion(FusionRule rule) {
+  check_input(!fusion_rule_is_learned(rule) || rule == trained_fusion_,
+              "--fusion {}: a learned rule needs a model trained with it (this one uses {})",
+              fusion_rule_name(rule), fusion_rule_name(trained_fusion_));
+  config_.fusion = rule;
 }
 
 void check_dataset_fits(const ModelConfig& config, const Dataset& data) {

@@ -13,7 +13,9 @@ FusionRule parse_fusion_rule(const std::string& name, const std::string& flag) {
     if (fusion_rule_name(rule) == name) return rule;
   }
   throw InputError(
-      fmt::format("{}: unknown fusion rule '{}', expected mean, gmean, max or vote", flag, name));
+      fmt::format("{}: unknown fusion rule '{}', expected mean, gmean, max, vote, attention or "
+                  "gated-attention",
+                  flag, name));
 }
 
 std::string fusion_rule_name(FusionRule rule) {
@@ -22,14 +24,27 @@ std::string fusion_rule_name(FusionRule rule) {
     case FusionRule::kGMean: return "gmean";
     case FusionRule::kMax: return "max";
     case FusionRule::kVote: return "vote";
+    case FusionRule::kAttention: return "attention";
+    case FusionRule::kGatedAttention: return "gated-attention";
   }
   return "mean";
 }
 
 const std::vector<FusionRule>& all_fusion_rules() {
+  static const std::vector<FusionRule> rules = {FusionRule::kMean,      FusionRule::kGMean,
+                                                FusionRule::kMax,       FusionRule::kVote,
+                                                FusionRule::kAttention, FusionRule::kGatedAttention};
+  return rules;
+}
+
+const std::vector<FusionRule>& fixed_fusion_rules() {
   static const std::vector<FusionRule> rules = {FusionRule::kMean, FusionRule::kGMean,
                                                 FusionRule::kMax, FusionRule::kVote};
   return rules;
+}
+
+bool fusion_rule_is_learned(FusionRule rule) {
+  return rule == FusionRule::kAttention || rule == FusionRule::kGatedAttention;
 }
 
 bool fusion_rule_is_differentiable(FusionRule rule) { return rule != FusionRule::kVote; }
@@ -46,6 +61,11 @@ at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits) {
       return torch::log_softmax(log_p.mean(/*dim=*/1), /*dim=*/1);
     case FusionRule::kMax:
       return torch::log_softmax(std::get<0>(log_p.max(/*dim=*/1)), /*dim=*/1);
+    case FusionRule::kAttention:
+    case FusionRule::kGatedAttention:
+      throw InputError(fmt::format("fusion '{}' is learned: it needs the model's features, use "
+                                   "PatchClassifier",
+                                   fusion_rule_name(rule)));
     case FusionRule::kVote: {
       const int64_t classes = log_p.size(2);
       at::Tensor winners = log_p.argmax(/*dim=*/2);  // [B,P]

@@ -15,7 +15,7 @@ double binomial_stderr(double accuracy, int64_t n) {
   return n > 0 ? std::sqrt(accuracy * (1.0 - accuracy) / static_cast<double>(n)) : 0.0;
 }
 
-Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch) {
+Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, bool all_rules) {
   check_dataset_fits(model->config(), data);
   const auto start = std::chrono::steady_clock::now();
   const bool was_training = model->is_training();
@@ -29,6 +29,12 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch) 
   at::Tensor loss_sum = torch::zeros({}, f64);
   at::Tensor position_correct = torch::zeros({patches}, f64);
   at::Tensor confusion = torch::zeros({classes * classes}, f64);
+  std::vector<FusionRule> rules;
+  if (all_rules) {
+    rules = fixed_fusion_rules();
+    if (fusion_rule_is_learned(model->config().fusion)) rules.push_back(model->config().fusion);
+  }
+  at::Tensor rule_correct = torch::zeros({static_cast<int64_t>(rules.size())}, f64);
   {
     torch::InferenceMode guard;
     Loader loader(data, batch, /*shuffle=*/false, /*seed=*/0);
@@ -41,6 +47,11 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch) 
       confusion.index_add_(0, labels * classes + predicted,
                            torch::ones({labels.size(0)}, f64));
       position_correct += out.patch_logits.argmax(2).eq(labels.unsqueeze(1)).sum(0).to(torch::kFloat64);
+      for (size_t r = 0; r < rules.size(); ++r) {
+        at::Tensor fused = fusion_rule_is_learned(rules[r]) ? out.log_probs
+                                                            : fuse(rules[r], out.patch_logits);
+        rule_correct[static_cast<int64_t>(r)] += fused.argmax(1).eq(labels).sum().to(torch::kFloat64);
+      }
     }
   }
   if (was_training) model->train();
@@ -57,6 +68,11 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch) 
   e.accuracy_stderr = binomial_stderr(e.accuracy, e.n);
   e.position_accuracy.assign(pos.data_ptr<double>(), pos.data_ptr<double>() + patches);
   e.patch_accuracy = pos.mean().item<double>();
+  at::Tensor rule_acc = rule_correct.to(torch::kCPU) / n;
+  for (size_t r = 0; r < rules.size(); ++r) {
+    const double a = rule_acc[static_cast<int64_t>(r)].item<double>();
+    e.rules.push_back({fusion_rule_name(rules[r]), a, binomial_stderr(a, e.n)});
+  }
   for (int64_t t = 0; t < classes; ++t) {
     std::vector<int64_t> row(cm[t].data_ptr<int64_t>(), cm[t].data_ptr<int64_t>() + classes);
     int64_t total = 0;
@@ -72,11 +88,22 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch) 
 
 void Evaluation::print(std::ostream& os) const {
   fmt::print(os, "images           {}\n", n);
-  fmt::print(os, "accuracy ({:<5})  {:.4f} ± {:.4f}\n", fusion, accuracy, accuracy_stderr);
+  fmt::print(os, "accuracy         {:.4f} ± {:.4f}  (fusion {})\n", accuracy, accuracy_stderr, fusion);
   fmt::print(os, "patch accuracy   {:.4f}  (mean over {} patch positions:", patch_accuracy,
              position_accuracy.size());
   for (double a : position_accuracy) fmt::print(os, " {:.4f}", a);
   fmt::print(os, ")\n");
+  if (!rules.empty()) {
+    fmt::print(os, "fusion rules     (the same patch outputs, fused by each rule)\n");
+    for (const RuleAccuracy& r : rules) {
+      fmt::print(os, "  {:<16} {:.4f} ± {:.4f}\n", r.rule, r.accuracy, r.accuracy_stderr);
+    }
+    fmt::print(os, "patch positions  (each patch alone)\n");
+    for (size_t p = 0; p < position_accuracy.size(); ++p) {
+      fmt::print(os, "  patch{:<11} {:.4f} ± {:.4f}\n", p + 1, position_accuracy[p],
+                 binomial_stderr(position_accuracy[p], n));
+    }
+  }
   fmt::print(os, "loss             {:.4f}\n", loss);
   fmt::print(os, "speed            {:.0f} images/s\n\n", images_per_second);
   size_t width = 5;
@@ -99,7 +126,13 @@ void Evaluation::print(std::ostream& os) const {
 nlohmann::json Evaluation::to_json() const {
   nlohmann::json per_class = nlohmann::json::array();
   for (double a : per_class_accuracy) per_class.push_back(std::isnan(a) ? nlohmann::json() : nlohmann::json(a));
+  nlohmann::json rule_table = nlohmann::json::array();
+  for (const RuleAccuracy& r : rules) {
+    rule_table.push_back(
+        {{"rule", r.rule}, {"accuracy", r.accuracy}, {"accuracy_stderr", r.accuracy_stderr}});
+  }
   return {{"n", n},
+          {"fusion_rules", rule_table},
           {"fusion", fusion},
           {"accuracy", accuracy},
           {"accuracy_stderr", accuracy_stderr},

@@ -23,6 +23,10 @@ std::string loss_kind_name(LossKind kind) {
 }
 
 void check_trainable(LossKind kind, FusionRule rule) {
+  check_input(kind != LossKind::kPatch || !fusion_rule_is_learned(rule),
+              "--loss patch with --fusion {}: the attention weights would never be trained; "
+              "use --loss fused or both",
+              fusion_rule_name(rule));
   check_input(kind == LossKind::kPatch || fusion_rule_is_differentiable(rule),
               "--loss {} with --fusion {}: the fused output of '{}' has no gradient; "
               "use --loss patch with it, or another fusion rule",

@@ -109,11 +109,27 @@ TEST_F(CliTest, EvalJsonHasTheDocumentedFieldsAndAgreesWithTraining) {
   }
   EXPECT_EQ(j["n"], 500);
   EXPECT_GT(j["accuracy"].get<double>(), 0.5);
+  EXPECT_TRUE(j["fusion_rules"].empty());
   std::ifstream metrics(file("metrics.jsonl"));
   std::string line, last;
   while (std::getline(metrics, line)) last = line;
   EXPECT_NEAR(j["accuracy"].get<double>(),
               nlohmann::json::parse(last)["test_accuracy"].get<double>(), 1e-9);
+}
+
+TEST_F(CliTest, EvalFusionAllScoresEveryFixedRuleAndEveryPatchPosition) {
+  Result r = pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion all --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["fusion_rules"].size(), 4u);
+  EXPECT_EQ(j["fusion_rules"][0]["rule"], "mean");
+  EXPECT_EQ(j["fusion_rules"][0]["accuracy"], j["accuracy"]);  // the model's own rule
+  EXPECT_EQ(j["position_accuracy"].size(), 4u);
+  Result gmean = pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion gmean --json");
+  ASSERT_EQ(gmean.code, 0) << gmean.err;
+  EXPECT_EQ(nlohmann::json::parse(gmean.out)["accuracy"], j["fusion_rules"][1]["accuracy"]);
+  Result text = pw("eval --model " + model() + " --data " + kData + " --limit 100 --fusion all");
+  EXPECT_THAT(text.out, HasSubstr("patch positions"));
 }
 
 TEST_F(CliTest, PredictGivesPatchAndFusedProbabilitiesWithClassNames) {
@@ -178,6 +194,12 @@ TEST_F(CliTest, BadInputsExitTwoWithOneLineNamingTheProblem) {
   expect_bad_input("train" + d + " --model resnet" + out, "unknown backbone 'resnet'");
   expect_bad_input("train" + d + " --fusion median" + out, "unknown fusion rule 'median'");
   expect_bad_input("train" + d + " --loss fused --fusion vote" + out, "has no gradient");
+  expect_bad_input("train" + d + " --fusion attention" + out, "would never be trained");
+  expect_bad_input("train" + d + " --position-embedding" + out, "--position-embedding");
+  expect_bad_input("train" + d + " --layout five-crop --stride 3" + out, "--stride");
+  expect_bad_input("train" + d + " --grid 3x3 --stride 10" + out, "fits 2");
+  expect_bad_input("eval --model " + model() + " --data " + kData + " --fusion attention",
+                   "needs a model trained with it");
   expect_bad_input("train" + d + " --grid 2y2" + out, "--grid: '2y2' is not a size");
   expect_bad_input("train" + d + " --epochs 0" + out, "--epochs");
   expect_bad_input("train" + d + " --out /nonexistent/dir/m.pw", "does not exist");

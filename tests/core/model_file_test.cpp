@@ -58,6 +58,38 @@ TEST_F(ModelFileTest, RoundTripGivesIdenticalPredictionsAndConfiguration) {
   EXPECT_EQ(load_model_training(path("m.pw"))["note"], "x");
 }
 
+TEST_F(ModelFileTest, EveryFusionRuleSavesLoadsAndPredictsTheSame) {
+  at::Tensor images = torch::randint(0, 256, {4, 1, 28, 28}, torch::kUInt8);
+  for (FusionRule rule : all_fusion_rules()) {
+    ModelConfig config = small_config();
+    config.fusion = rule;
+    config.position_embedding = rule == FusionRule::kGatedAttention;
+    config.attention_hidden = 16;
+    PatchClassifier model(config);
+    for (auto& p : model->parameters()) p.data().add_(0.01);  // not the initial values
+    model->eval();
+    save_model(path("m.pw"), model, nullptr);
+    PatchClassifier loaded = load_model(path("m.pw"));
+    PatchOutput a = model->forward(images);
+    PatchOutput b = loaded->forward(images);
+    EXPECT_TRUE(torch::equal(a.log_probs, b.log_probs)) << fusion_rule_name(rule);
+    EXPECT_EQ(loaded->config().fusion, rule);
+    EXPECT_EQ(a.attention.defined(), fusion_rule_is_learned(rule));
+    if (a.attention.defined()) {
+      EXPECT_TRUE(torch::equal(a.attention, b.attention));
+    }
+  }
+}
+
+TEST_F(ModelFileTest, ALearnedRuleCannotBeSwappedIntoAnotherModel) {
+  PatchClassifier model(small_config());
+  EXPECT_THROW(model->set_fusion(FusionRule::kAttention), InputError);
+  model->set_fusion(FusionRule::kMax);
+  at::Tensor images = torch::randint(0, 256, {2, 1, 28, 28}, torch::kUInt8);
+  PatchOutput out = model->forward(images);
+  EXPECT_TRUE(torch::equal(out.log_probs, fuse(FusionRule::kMax, out.patch_logits)));
+}
+
 TEST_F(ModelFileTest, RefusesAFileOfAnotherFormat) {
   write_text(path("m.pw"), "this is not a model at all");
   EXPECT_THAT([&] { load_model(path("m.pw")); },

@@ -60,6 +60,9 @@ TEST_F(TrainerTest, RefusesALossThroughVote) {
   EXPECT_THAT([] { check_trainable(LossKind::kFused, FusionRule::kVote); },
               ::testing::ThrowsMessage<InputError>(HasSubstr("--loss fused with --fusion vote")));
   EXPECT_NO_THROW(check_trainable(LossKind::kPatch, FusionRule::kVote));
+  EXPECT_THAT([] { check_trainable(LossKind::kPatch, FusionRule::kAttention); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("would never be trained")));
+  EXPECT_NO_THROW(check_trainable(LossKind::kBoth, FusionRule::kGatedAttention));
 }
 
 TEST_F(TrainerTest, LearnsWhichQuadrantHoldsTheSquare) {
@@ -81,6 +84,27 @@ TEST_F(TrainerTest, LearnsWhichQuadrantHoldsTheSquare) {
   EXPECT_FALSE(model->is_training());
   Evaluation e = evaluate(model, test);
   EXPECT_DOUBLE_EQ(e.accuracy, history.back().test_accuracy);
+}
+
+TEST_F(TrainerTest, AttentionFusionTrainsOnTheFusedLoss) {
+  Dataset train = quadrant_dataset(512, 1);
+  Dataset test = quadrant_dataset(200, 2);
+  ModelConfig config = quadrant_config(train);
+  config.fusion = FusionRule::kGatedAttention;
+  PatchClassifier model(config);
+  TrainerOptions options;
+  options.epochs = 3;
+  options.batch = 32;
+  options.loss = LossKind::kFused;
+  auto history = train_model(model, train, &test, options);
+  EXPECT_GT(history.back().test_accuracy, 0.95);
+  // The square lies in one quadrant, which only the patch over it sees whole:
+  // attention should weigh that patch most.
+  torch::NoGradGuard no_grad;
+  PatchOutput out = model->forward(test.images.narrow(0, 0, 64));
+  at::Tensor labels = test.labels.narrow(0, 0, 64);
+  const double agree = out.attention.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
+  EXPECT_GT(agree, 0.5);
 }
 
 TEST_F(TrainerTest, TheSameSeedGivesTheSameWeights) {

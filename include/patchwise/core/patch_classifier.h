@@ -7,6 +7,8 @@
 //     -> PatchGrid::cut            [B,P,C,I,I]
 //     -> backbone on B*P patches   features [B,P,F], logits [B,P,K]
 //     -> fuse                      log-probabilities [B,K]
+//        fixed rules fuse the patch logits; learned rules (attention, gated-attention)
+//        pool the features with attention weights [B,P] and apply the backbone's head.
 
 #include <cstdint>
 #include <string>
@@ -17,6 +19,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "patchwise/data/dataset.h"
+#include "patchwise/fusion/attention.h"
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/models/backbone.h"
 #include "patchwise/patch/grid.h"
@@ -31,6 +34,8 @@ struct ModelConfig {
   PatchGridOptions grid;
   BackboneOptions backbone;
   FusionRule fusion = FusionRule::kMean;
+  int64_t attention_hidden = 128;        ///< L of the learned fusion rules
+  bool position_embedding = false;       ///< learned per-position embedding in attention
   std::vector<std::string> class_names;  ///< K names
   Normalization normalization;           ///< per image channel
 };
@@ -39,6 +44,7 @@ struct PatchOutput {
   at::Tensor patch_logits;  ///< [B,P,K]
   at::Tensor features;      ///< [B,P,F], the backbone's penultimate features
   at::Tensor log_probs;     ///< [B,K], fused
+  at::Tensor attention;     ///< [B,P], the learned rules' patch weights (undefined otherwise)
 };
 
 class PatchClassifierImpl : public torch::nn::Module {
@@ -48,6 +54,9 @@ class PatchClassifierImpl : public torch::nn::Module {
 
   /// Whole images in, per-patch logits and fused log-probabilities out.
   PatchOutput forward(const at::Tensor& images);
+  /// Evaluates with another rule from now on: any fixed rule, or the model's own.
+  /// Throws InputError for a learned rule the model was not trained with.
+  void set_fusion(FusionRule rule);
   /// uint8 [B,C,H,W] -> normalized float [B,C,H,W] on the module's device.
   at::Tensor normalize(const at::Tensor& images) const;
 
@@ -63,6 +72,8 @@ class PatchClassifierImpl : public torch::nn::Module {
   ModelConfig config_;
   PatchGrid grid_;
   std::shared_ptr<BackboneImpl> backbone_;
+  FusionRule trained_fusion_;
+  AttentionPool attention_{nullptr};
   at::Tensor mean_;  ///< buffer [1,C,1,1]
   at::Tensor std_;   ///< buffer [1,C,1,1]
 };

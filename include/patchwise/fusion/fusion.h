@@ -8,6 +8,8 @@
 //           m = the mean probability; the majority wins, a tie goes to the larger mean
 //           probability, and the result is a proper distribution. Not trainable.
 // All are computed in log space, so probabilities of 1e-30 give no NaN.
+// The learned rules (attention, gated-attention) live in fusion/attention.h: they
+// weigh the patches' backbone features rather than their logits.
 
 #include <string>
 #include <vector>
@@ -16,17 +18,22 @@
 
 namespace patchwise {
 
-enum class FusionRule { kMean, kGMean, kMax, kVote };
+enum class FusionRule { kMean, kGMean, kMax, kVote, kAttention, kGatedAttention };
 
-/// "mean", "gmean", "max", "vote"; throws InputError naming `flag` otherwise.
+/// "mean", "gmean", "max", "vote", "attention", "gated-attention"; throws InputError
+/// naming `flag` otherwise.
 FusionRule parse_fusion_rule(const std::string& name, const std::string& flag = "--fusion");
 std::string fusion_rule_name(FusionRule rule);
-/// Every fixed rule, in the order eval tables list them.
+/// Every rule, fixed then learned.
 const std::vector<FusionRule>& all_fusion_rules();
+/// The fixed rules (no parameters), in the order eval tables list them.
+const std::vector<FusionRule>& fixed_fusion_rules();
+/// Whether `rule` has parameters trained with the model.
+bool fusion_rule_is_learned(FusionRule rule);
 /// Whether a loss on the fused output can be trained through `rule`.
 bool fusion_rule_is_differentiable(FusionRule rule);
 
-/// patch logits [B,P,K] -> log-probabilities [B,K].
+/// patch logits [B,P,K] -> log-probabilities [B,K], for a fixed rule (InputError otherwise).
 at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits);
 
 }  // namespace patchwise

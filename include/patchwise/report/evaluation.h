@@ -15,6 +15,13 @@
 
 namespace patchwise {
 
+/// The fused accuracy of one fusion rule applied to the same model.
+struct RuleAccuracy {
+  std::string rule;
+  double accuracy = 0;
+  double accuracy_stderr = 0;
+};
+
 struct Evaluation {
   int64_t n = 0;
   std::string fusion;                          ///< the rule the fused numbers use
@@ -26,19 +33,24 @@ struct Evaluation {
   std::vector<double> per_class_accuracy;      ///< [K] recall of each class (NaN: no sample)
   std::vector<std::vector<int64_t>> confusion; ///< [K][K]
   std::vector<std::string> class_names;        ///< [K]
+  std::vector<RuleAccuracy> rules;             ///< every fixed rule (and the model's learned
+                                               ///< one), when asked for; else empty
   double seconds = 0;                          ///< wall time
   double images_per_second = 0;
 
   /// A human-readable report: accuracies, per-class table, confusion matrix.
   void print(std::ostream& os) const;
   /// {"n", "accuracy", "accuracy_stderr", "patch_accuracy", "position_accuracy",
-  ///  "per_class_accuracy", "confusion", "classes", "loss", "fusion", ...}
+  ///  "per_class_accuracy", "confusion", "classes", "loss", "fusion", "fusion_rules", ...}
   nlohmann::json to_json() const;
 };
 
 /// Runs `model` (in evaluation mode, without gradients) over `data`; restores its
-/// training mode afterwards. Throws InputError when the data does not fit the model.
-Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch = 256);
+/// training mode afterwards. With `all_rules`, also scores every fixed fusion rule
+/// (and the model's own learned rule) on the same patch outputs. Throws InputError
+/// when the data does not fit the model.
+Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch = 256,
+                    bool all_rules = false);
 
 /// sqrt(a (1 - a) / n), 0 when n == 0.
 double binomial_stderr(double accuracy, int64_t n);

@@ -19,7 +19,8 @@ enum class LossKind { kPatch, kFused, kBoth };
 LossKind parse_loss_kind(const std::string& name);
 std::string loss_kind_name(LossKind kind);
 
-/// Throws InputError when `kind` would have to differentiate through `rule` (vote).
+/// Throws InputError when `kind` would have to differentiate through `rule` (vote), or
+/// would leave a learned rule untrained (patch loss with attention).
 void check_trainable(LossKind kind, FusionRule rule);
 
 /// A scalar loss.
