@@ -11,5 +11,6 @@ void setup_eval(CLI::App& app);
 void setup_predict(CLI::App& app);
 void setup_patches(CLI::App& app);
 void setup_extract(CLI::App& app);
+void setup_import(CLI::App& app);
 
 }  // namespace patchwise::cli

@@ -65,6 +65,43 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
   app->add_option("--device", flags.device, "auto, cpu or cuda");
 }
 
+void add_data_flags(CLI::App* app, DataFlags& flags) {
+  app->add_option("--label", flags.label, "CIFAR-100 labels: fine or coarse");
+  app->add_option("--image-size", flags.image_size,
+                  "resize every image of an image folder to HxW (else all must match)");
+  app->add_flag("--strict", flags.strict, "an unreadable image file is an error, not skipped");
+}
+
+DataOptions data_options(const DataFlags& flags, int64_t limit) {
+  DataOptions o;
+  o.limit = limit;
+  check_input(flags.label == "fine" || flags.label == "coarse",
+              "--label: '{}', expected fine or coarse", flags.label);
+  o.cifar_label = flags.label == "fine" ? CifarLabel::kFine : CifarLabel::kCoarse;
+  if (!flags.image_size.empty()) {
+    std::tie(o.folder.height, o.folder.width) = parse_size_pair(flags.image_size, "--image-size");
+  }
+  o.folder.strict = flags.strict;
+  return o;
+}
+
+Dataset load_data_reporting(const std::string& path, const std::string& split,
+                            const DataOptions& options) {
+  std::vector<std::string> skipped;
+  Dataset data = load_data(path, split, options, &skipped);
+  if (!skipped.empty()) {
+    constexpr size_t kNamed = 5;
+    std::string names;
+    for (size_t i = 0; i < std::min(kNamed, skipped.size()); ++i) {
+      names += (i ? ", " : "") + skipped[i];
+    }
+    if (skipped.size() > kNamed) names += ", ...";
+    fmt::print(stderr, "warning: skipped {} unreadable image file(s) in {}: {} (--strict makes this an error)\n",
+               skipped.size(), path, names);
+  }
+  return data;
+}
+
 void print_json(const nlohmann::json& json) { std::cout << json.dump(2) << std::endl; }
 
 ProgressBar::ProgressBar(std::string label)

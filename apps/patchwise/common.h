@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json_fwd.hpp>
 
+#include "patchwise/data/source.h"
 #include "patchwise/patch/grid.h"
 
 namespace patchwise::cli {
@@ -34,6 +35,18 @@ struct RuntimeFlags {
   std::string device = "auto";
 };
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
+
+/// --label, --image-size, --strict: how a data set is read.
+struct DataFlags {
+  std::string label = "fine";
+  std::string image_size;
+  bool strict = false;
+};
+void add_data_flags(CLI::App* app, DataFlags& flags);
+DataOptions data_options(const DataFlags& flags, int64_t limit);
+/// load_data, with a warning on stderr naming the image files it skipped.
+Dataset load_data_reporting(const std::string& path, const std::string& split,
+                            const DataOptions& options);
 
 /// Prints `json` on stdout, indented, with a trailing newline.
 void print_json(const nlohmann::json& json);

@@ -11,7 +11,6 @@
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
-#include "patchwise/data/idx.h"
 #include "patchwise/report/evaluation.h"
 
 namespace patchwise::cli {
@@ -20,8 +19,9 @@ namespace {
 struct EvalFlags {
   std::string model;
   std::string data;
-  std::string split = "t10k";
+  std::string split = "test";
   int64_t limit = 0;
+  DataFlags data_flags;
   int64_t batch = 256;
   std::string fusion;
   bool json = false;
@@ -29,12 +29,15 @@ struct EvalFlags {
 };
 
 void run_eval(const EvalFlags& f) {
-  check_input(f.split == "t10k" || f.split == "train", "--split: '{}', expected t10k or train",
-              f.split);
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
   PatchClassifier model = load_model(f.model);
-  Dataset data = load_idx_split(f.data, f.split, f.limit);
+  Dataset data = load_data_reporting(f.data, f.split, data_options(f.data_flags, f.limit));
+  if (data.class_names != model->config().class_names &&
+      !align_class_names(data, model->config().class_names)) {
+    fmt::print(stderr, "warning: {}: class names differ from the model's; comparing labels by index\n",
+               f.data);
+  }
   model->to(device);
   const bool all_rules = f.fusion == "all";
   if (!f.fusion.empty() && !all_rules) model->set_fusion(parse_fusion_rule(f.fusion));
@@ -59,8 +62,9 @@ void setup_eval(CLI::App& app) {
   auto flags = std::make_shared<EvalFlags>();
   CLI::App* cmd = app.add_subcommand("eval", "evaluate a model: accuracy, per class, confusion");
   cmd->add_option("--model,-m", flags->model, "model file written by train")->required();
-  cmd->add_option("--data", flags->data, "folder with IDX files")->required();
-  cmd->add_option("--split", flags->split, "t10k (test) or train");
+  cmd->add_option("--data", flags->data, "data set folder: IDX, CIFAR or class folders")->required();
+  cmd->add_option("--split", flags->split, "test (t10k) or train");
+  add_data_flags(cmd, flags->data_flags);
   cmd->add_option("--limit", flags->limit, "use the first N images; 0: all")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", flags->batch, "images per forward pass")->check(CLI::PositiveNumber);

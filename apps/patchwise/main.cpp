@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_predict(app);
   patchwise::cli::setup_patches(app);
   patchwise::cli::setup_extract(app);
+  patchwise::cli::setup_import(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -15,7 +15,8 @@
 #include "patchwise/core/files.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
-#include "patchwise/data/idx.h"
+#include "patchwise/data/source.h"
+#include "patchwise/report/evaluation.h"
 #include "patchwise/train/trainer.h"
 
 namespace patchwise::cli {
@@ -37,6 +38,11 @@ struct TrainFlags {
   double dropout = 0.5;
   int64_t limit_train = 0;
   int64_t limit_test = 0;
+  DataFlags data_flags;
+  double val_split = 0;
+  std::string keep = "last";
+  int64_t shift = 0;
+  bool flip = false;
   std::string out = "model.pw";
   std::string metrics;
   bool json = false;
@@ -54,11 +60,12 @@ nlohmann::json metrics_json(const EpochMetrics& m) {
           {"images_per_second", m.images_per_second}};
 }
 
-std::string epoch_line(const EpochMetrics& m) {
+std::string epoch_line(const EpochMetrics& m, bool validation) {
   std::string line = fmt::format("Epoch {:>2} Loss: {:.3f} Acc: {:.3f}%", m.epoch, m.loss,
                                  100.0 * m.accuracy);
   if (!std::isnan(m.test_accuracy)) {
-    line += fmt::format(" TLoss: {:.3f} TAcc: {:.3f}%", m.test_loss, 100.0 * m.test_accuracy);
+    line += fmt::format(validation ? " VLoss: {:.3f} VAcc: {:.3f}%" : " TLoss: {:.3f} TAcc: {:.3f}%",
+                        m.test_loss, 100.0 * m.test_accuracy);
   }
   return line + fmt::format("  ({:.1f} s, {:.0f} images/s)", m.seconds, m.images_per_second);
 }
@@ -83,11 +90,29 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   options.batch = f.batch;
   options.lr = f.lr;
   options.seed = f.seed;
+  check_input(f.keep == "best" || f.keep == "last", "--keep: '{}', expected best or last", f.keep);
+  options.keep_best = f.keep == "best";
+  check_input(!options.keep_best || f.val_split > 0,
+              "--keep best: needs a validation set, pass --val-split F");
+  options.augment.shift = f.shift;
+  options.augment.flip = f.flip;
   const c10::Device device = resolve_device(f.runtime.device);
   const int64_t threads = set_threads(f.runtime.threads);
 
-  Dataset train = load_idx_split(f.data, "train", f.limit_train);
-  Dataset test = load_idx_split(f.data, "t10k", f.limit_test);
+  Dataset train = load_data_reporting(f.data, "train", data_options(f.data_flags, f.limit_train));
+  Dataset validation;
+  if (f.val_split > 0) {
+    std::tie(train, validation) = stratified_split(train, f.val_split, f.seed);
+    validation.source = f.data + " (validation split)";
+  }
+  const bool has_test = has_test_split(f.data);
+  Dataset test;
+  if (has_test) {
+    test = load_data_reporting(f.data, "test", data_options(f.data_flags, f.limit_test));
+    check_input(align_class_names(test, train.class_names) || test.class_names == train.class_names,
+                "{}: test classes differ from the training classes", f.data);
+  }
+  const Dataset* eval_set = f.val_split > 0 ? &validation : (has_test ? &test : nullptr);
   config.image_channels = train.channels();
   config.image_h = train.height();
   config.image_w = train.width();
@@ -104,9 +129,13 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   model->to(device);
 
   std::ostream& log = f.json ? std::cerr : std::cout;
-  fmt::print(log, "train: {} training and {} test images of {}x{}x{}, {} classes, from {}\n",
-             train.size(), test.size(), train.height(), train.width(), train.channels(),
-             config.class_names.size(), f.data);
+  fmt::print(log, "train: {} training, {} validation and {} test images of {}x{}x{}, {} classes, from {}\n",
+             train.size(), validation.size(), test.size(), train.height(), train.width(),
+             train.channels(), config.class_names.size(), f.data);
+  if (options.augment.enabled()) {
+    fmt::print(log, "train: augmentation: shift up to {} pixels, flips {}\n", f.shift,
+               f.flip ? "on" : "off");
+  }
   fmt::print(log, "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n", f.model,
              model->grid().describe(), model->num_patches(), model->num_patches() == 1 ? "" : "es",
              f.fusion, f.loss);
@@ -123,10 +152,18 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   };
   callbacks.on_epoch = [&](const EpochMetrics& m) {
     bar.clear();
-    log << epoch_line(m) << std::endl;
+    log << epoch_line(m, f.val_split > 0) << std::endl;
     if (metrics.is_open()) metrics << metrics_json(m).dump() << std::endl;
   };
-  std::vector<EpochMetrics> history = train_model(model, train, &test, options, callbacks);
+  TrainResult result = train_model(model, train, eval_set, options, callbacks);
+  const std::vector<EpochMetrics>& history = result.history;
+  double final_test_accuracy = history.back().test_accuracy;
+  if (f.val_split > 0 && has_test) {
+    Evaluation e = evaluate(model, test, options.eval_batch);
+    final_test_accuracy = e.accuracy;
+    fmt::print(log, "train: kept epoch {}; test accuracy {:.4f} ± {:.4f} on {} images\n",
+               result.kept_epoch, e.accuracy, e.accuracy_stderr, e.n);
+  }
 
   nlohmann::json epochs = nlohmann::json::array();
   for (const EpochMetrics& m : history) epochs.push_back(metrics_json(m));
@@ -137,12 +174,18 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
                              {"lr", f.lr},
                              {"seed", f.seed},
                              {"train_images", train.size()},
+                             {"validation_images", validation.size()},
+                             {"val_split", f.val_split},
+                             {"keep", f.keep},
+                             {"kept_epoch", result.kept_epoch},
+                             {"augment", {{"shift", f.shift}, {"flip", f.flip}}},
                              {"history", epochs}};
   save_model(f.out, model, training);
   fmt::print(log, "train: saved {}\n", f.out);
   if (f.json) {
     print_json({{"model", f.out},
-                {"test_accuracy", history.back().test_accuracy},
+                {"test_accuracy", final_test_accuracy},
+                {"kept_epoch", result.kept_epoch},
                 {"history", epochs}});
   }
 }
@@ -153,8 +196,16 @@ void setup_train(CLI::App& app) {
   auto flags = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "train a patch classifier on an IDX data set");
   cmd->add_option("--data", flags->data,
-                  "folder with train-/t10k- images and labels in IDX format (.gz or plain)")
+                  "data set folder: IDX files, CIFAR-10/100 batches, or class folders")
       ->required();
+  add_data_flags(cmd, flags->data_flags);
+  cmd->add_option("--val-split", flags->val_split,
+                  "hold out this fraction of the training set (stratified) for validation")
+      ->check(CLI::Range(0.0, 0.9));
+  cmd->add_option("--keep", flags->keep, "best (the epoch with the best validation accuracy) or last");
+  cmd->add_option("--shift", flags->shift, "augmentation: random shifts of up to N pixels")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--flip", flags->flip, "augmentation: random horizontal flips");
   cmd->add_option("--model", flags->model, "backbone: small-cnn or vgg16");
   add_grid_flags(cmd, flags->grid);
   cmd->add_option("--fusion", flags->fusion,

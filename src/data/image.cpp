@@ -40,7 +40,7 @@ at::Tensor from_mat(const cv::Mat& mat) {
   }
   if (!rgb.isContinuous()) rgb = rgb.clone();
   at::Tensor hwc = torch::from_blob(rgb.data, {rgb.rows, rgb.cols, rgb.channels()}, torch::kUInt8);
-  return hwc.permute({2, 0, 1}).contiguous();
+  return hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);  // the Mat owns the bytes
 }
 
 }  // namespace

@@ -65,7 +65,7 @@ at::Tensor render_patch_sheet(const at::Tensor& image, const PatchGrid& grid,
     tile.copyTo(sheet(cv::Rect(left + gap + c * (cell + gap), gap + r * (cell + gap), cell, cell)));
   }
   at::Tensor out = torch::from_blob(sheet.data, {sheet.rows, sheet.cols, 3}, torch::kUInt8);
-  return out.permute({2, 0, 1}).contiguous();
+  return out.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);  // the Mat owns the bytes
 }
 
 }  // namespace patchwise

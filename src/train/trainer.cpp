@@ -18,14 +18,17 @@ constexpr int64_t kSyncInterval = 20;
 
 }  // namespace
 
-std::vector<EpochMetrics> train_model(PatchClassifier& model, const Dataset& train,
-                                      const Dataset* test, const TrainerOptions& options,
-                                      const TrainerCallbacks& callbacks) {
+TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* test,
+                        const TrainerOptions& options, const TrainerCallbacks& callbacks) {
   check_input(options.epochs >= 1, "--epochs: {}, expected at least 1", options.epochs);
   check_input(options.batch >= 1, "--batch: {}, expected at least 1", options.batch);
   check_input(options.lr > 0 && std::isfinite(options.lr), "--lr: {}, expected a positive number",
               options.lr);
   check_trainable(options.loss, model->config().fusion);
+  check_input(!options.keep_best || test != nullptr,
+              "--keep best: needs a validation set (--val-split)");
+  check_input(options.augment.shift >= 0 && options.augment.shift < train.height(),
+              "--shift: {}, expected 0..{}", options.augment.shift, train.height() - 1);
   check_dataset_fits(model->config(), train);
   if (test != nullptr) check_dataset_fits(model->config(), *test);
 
@@ -36,7 +39,10 @@ std::vector<EpochMetrics> train_model(PatchClassifier& model, const Dataset& tra
   const int64_t steps = loader.num_batches();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
 
-  std::vector<EpochMetrics> history;
+  TrainResult result;
+  std::vector<EpochMetrics>& history = result.history;
+  double best_accuracy = -1;
+  std::vector<at::Tensor> best_state;  // parameters and buffers of the kept epoch
   for (int64_t epoch = 1; epoch <= options.epochs; ++epoch) {
     const auto start = std::chrono::steady_clock::now();
     model->train();
@@ -47,7 +53,9 @@ std::vector<EpochMetrics> train_model(PatchClassifier& model, const Dataset& tra
     int64_t step = 0;
     for (Batch batch; loader.next(batch);) {
       at::Tensor labels = batch.labels.to(device);
-      PatchOutput out = model->forward(batch.images);
+      at::Tensor images = options.augment.enabled() ? augment_images(batch.images, options.augment)
+                                                    : batch.images;
+      PatchOutput out = model->forward(images);
       at::Tensor loss = compute_loss(options.loss, out, labels);
       optimizer.zero_grad();
       loss.backward();
@@ -80,10 +88,26 @@ std::vector<EpochMetrics> train_model(PatchClassifier& model, const Dataset& tra
       m.test_accuracy = e.accuracy;
     }
     history.push_back(m);
+    if (!options.keep_best || m.test_accuracy > best_accuracy) {
+      result.kept_epoch = epoch;
+      best_accuracy = m.test_accuracy;
+      if (options.keep_best) {
+        best_state.clear();
+        torch::NoGradGuard no_grad;
+        for (const auto& t : model->parameters()) best_state.push_back(t.detach().clone());
+        for (const auto& t : model->buffers()) best_state.push_back(t.detach().clone());
+      }
+    }
     if (callbacks.on_epoch) callbacks.on_epoch(m);
   }
+  if (options.keep_best && result.kept_epoch != options.epochs) {
+    torch::NoGradGuard no_grad;
+    size_t i = 0;
+    for (auto& t : model->parameters()) t.copy_(best_state[i++]);
+    for (auto& t : model->buffers()) t.copy_(best_state[i++]);
+  }
   model->eval();
-  return history;
+  return result;
 }
 
 }  // namespace patchwise

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "patchwise/data/idx.h"
+#include "patchwise/data/image.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -134,7 +135,7 @@ TEST_F(CliTest, EvalFusionAllScoresEveryFixedRuleAndEveryPatchPosition) {
 
 TEST_F(CliTest, PredictGivesPatchAndFusedProbabilitiesWithClassNames) {
   ASSERT_EQ(pw("extract --data " + kData + " --index 0 1 --out " + dir_->string()).code, 0);
-  const std::string a = file("t10k-0-9.png"), b = file("t10k-1-2.png");
+  const std::string a = file("test-0-9.png"), b = file("test-1-2.png");
   Result r = pw("predict --model " + model() + " " + a + " " + b + " --json");
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
@@ -176,6 +177,60 @@ TEST_F(CliTest, PatchesWritesTheSheetFromFlagsOrFromTheModel) {
   EXPECT_GT(fs::file_size(file("sheet.png")), 1000u);
   EXPECT_EQ(pw("patches " + file("shirt.png") + " --model " + model() + " -o " + file("s2.png")).code,
             0);
+}
+
+TEST_F(CliTest, AnImageFolderCopyOfTheTestSetEvaluatesLikeTheIdxFiles) {
+  // The first 300 test images as OUT/test/<class>/<index>.png; classes sort differently
+  // from the model's ("Ankle boot" first), so eval must map them by name.
+  const std::string folder = file("folder");
+  const std::string subset = file("subset");
+  fs::create_directories(subset);
+  at::Tensor images = read_idx_images(kData + "/t10k-images-idx3-ubyte.gz").narrow(0, 0, 300);
+  at::Tensor labels = read_idx_labels(kData + "/t10k-labels-idx1-ubyte.gz").narrow(0, 0, 300);
+  write_idx_images(subset + "/t10k-images-idx3-ubyte", images.contiguous());
+  write_idx_labels(subset + "/t10k-labels-idx1-ubyte", labels.contiguous());
+  std::ofstream(subset + "/classes.txt") << "T-shirt/top\nTrouser\nPullover\nDress\nCoat\nSandal\n"
+                                            "Shirt\nSneaker\nBag\nAnkle boot\n";
+  ASSERT_EQ(pw("extract --data " + subset + " --all --out " + folder).code, 0);
+  EXPECT_TRUE(fs::is_directory(folder + "/test/T-shirt_top"));
+  Result idx = pw("eval --model " + model() + " --data " + subset + " --json");
+  Result img = pw("eval --model " + model() + " --data " + folder + " --json");
+  ASSERT_EQ(idx.code, 0) << idx.err;
+  ASSERT_EQ(img.code, 0) << img.err;
+  EXPECT_EQ(nlohmann::json::parse(img.out)["n"], 300);
+  EXPECT_EQ(nlohmann::json::parse(img.out)["accuracy"], nlohmann::json::parse(idx.out)["accuracy"]);
+}
+
+TEST_F(CliTest, ImportWritesAStratifiedIdxSplitOfTheDigitsJson) {
+  const std::string digits = file("digits");
+  fs::create_directories(digits);
+  for (int k = 0; k <= 9; ++k) {
+    std::ofstream out(digits + "/" + std::to_string(k) + ".json");
+    out << "{\"data\": [";
+    for (int i = 0; i < 10 * 784; ++i) out << (i ? "," : "") << (i % 784 == k ? 1 : 0);
+    out << "]}";
+  }
+  Result r = pw("import mnist-json --from " + digits + " --out " + file("mnist") +
+                " --train 80 --test 20");
+  ASSERT_EQ(r.code, 0) << r.err;
+  at::Tensor test_labels = read_idx_labels(file("mnist") + "/t10k-labels-idx1-ubyte");
+  EXPECT_EQ(test_labels.numel(), 20);
+  for (int k = 0; k <= 9; ++k) EXPECT_EQ(test_labels.eq(k).sum().item<int64_t>(), 2);
+  EXPECT_EQ(read_idx_images(file("mnist") + "/train-images-idx3-ubyte").size(0), 80);
+  std::ofstream(digits + "/4.json") << "{\"data\": [0, 0.5, 1]}";
+  expect_bad_input("import mnist-json --from " + digits + " --out " + file("mnist2"),
+                   "3 values, expected a multiple of 784");
+}
+
+TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
+  Result r = pw("train --data " + kData + " --limit-train 1000 --limit-test 200 --epochs 2 "
+                "--val-split 0.2 --keep best --shift 2 --json --out " + file("val.pw"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("VAcc: "));
+  EXPECT_THAT(r.err, HasSubstr(" validation and 200 test images"));
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_GE(j["kept_epoch"].get<int>(), 1);
+  EXPECT_GT(j["test_accuracy"].get<double>(), 0.3);
 }
 
 TEST_F(CliTest, HelpShowsDefaultsAndExitsZero) {
@@ -231,6 +286,23 @@ TEST_F(CliTest, BadFilesExitTwoAndLeaveTheModelIntact) {
   std::ofstream(file("garbage.pw")) << "PATCHWSE\x05";
   expect_bad_input("eval --model " + file("garbage.pw") + " --data " + kData, "truncated");
   expect_bad_input("eval --model " + dir_->string() + " --data " + kData, "directory");
+
+  // CIFAR: a batch whose size is not a multiple of the record.
+  const std::string cifar = file("cifar");
+  fs::create_directories(cifar);
+  std::ofstream(cifar + "/data_batch_1.bin") << std::string(3073 + 10, '\0');
+  expect_bad_input("train --data " + cifar + " --out " + file("c.pw"), "not a multiple");
+  // Image folders: an empty class, mixed sizes.
+  const std::string folders = file("folders");
+  fs::create_directories(folders + "/a");
+  fs::create_directories(folders + "/b");
+  write_image(folders + "/a/1.png", torch::zeros({1, 28, 28}, torch::kUInt8));
+  expect_bad_input("train --data " + folders + " --val-split 0.5 --out " + file("f.pw"),
+                   "empty class folder");
+  write_image(folders + "/b/2.png", torch::zeros({1, 20, 20}, torch::kUInt8));
+  expect_bad_input("train --data " + folders + " --val-split 0.5 --out " + file("f.pw"),
+                   "different sizes");
+  expect_bad_input("train --data " + kData + " --keep best --out " + file("f.pw"), "--val-split");
 }
 
 }  // namespace

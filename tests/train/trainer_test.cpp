@@ -76,7 +76,7 @@ TEST_F(TrainerTest, LearnsWhichQuadrantHoldsTheSquare) {
   int64_t epochs_seen = 0;
   TrainerCallbacks callbacks;
   callbacks.on_epoch = [&](const EpochMetrics& m) { epochs_seen = m.epoch; };
-  auto history = train_model(model, train, &test, options, callbacks);
+  auto history = train_model(model, train, &test, options, callbacks).history;
   ASSERT_EQ(history.size(), 3u);
   EXPECT_EQ(epochs_seen, 3);
   EXPECT_LT(history.back().loss, history.front().loss);
@@ -96,7 +96,7 @@ TEST_F(TrainerTest, AttentionFusionTrainsOnTheFusedLoss) {
   options.epochs = 3;
   options.batch = 32;
   options.loss = LossKind::kFused;
-  auto history = train_model(model, train, &test, options);
+  auto history = train_model(model, train, &test, options).history;
   EXPECT_GT(history.back().test_accuracy, 0.95);
   // The square lies in one quadrant, which only the patch over it sees whole:
   // attention should weigh that patch most.
@@ -105,6 +105,42 @@ TEST_F(TrainerTest, AttentionFusionTrainsOnTheFusedLoss) {
   at::Tensor labels = test.labels.narrow(0, 0, 64);
   const double agree = out.attention.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
   EXPECT_GT(agree, 0.5);
+}
+
+TEST_F(TrainerTest, KeepBestEndsWithTheWeightsOfTheBestValidationEpoch) {
+  Dataset train = quadrant_dataset(256, 11);
+  Dataset validation = quadrant_dataset(64, 12);
+  PatchClassifier model(quadrant_config(train));
+  TrainerOptions options;
+  options.epochs = 4;
+  options.batch = 32;
+  options.lr = 3e-3;
+  options.keep_best = true;
+  TrainResult result = train_model(model, train, &validation, options);
+  int64_t best = 1;
+  for (const EpochMetrics& m : result.history) {
+    if (m.test_accuracy > result.history[best - 1].test_accuracy) best = m.epoch;
+  }
+  EXPECT_EQ(result.kept_epoch, best);
+  EXPECT_DOUBLE_EQ(evaluate(model, validation).accuracy, result.history[best - 1].test_accuracy);
+  options.keep_best = true;
+  EXPECT_THROW(train_model(model, train, nullptr, options), InputError);
+}
+
+TEST_F(TrainerTest, AugmentedTrainingStillLearnsAndIsReproducible) {
+  Dataset train = quadrant_dataset(256, 13);
+  TrainerOptions options;
+  options.epochs = 1;
+  options.batch = 32;
+  options.augment.shift = 2;
+  options.augment.flip = true;
+  auto run = [&] {
+    torch::manual_seed(4);
+    PatchClassifier model(quadrant_config(train));
+    train_model(model, train, nullptr, options);
+    return model->parameters()[0].clone();
+  };
+  EXPECT_TRUE(torch::equal(run(), run()));
 }
 
 TEST_F(TrainerTest, TheSameSeedGivesTheSameWeights) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "patchwise/core/patch_classifier.h"
+#include "patchwise/data/augment.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/train/loss.h"
 
@@ -21,13 +22,16 @@ struct TrainerOptions {
   uint64_t seed = 42;              ///< weights, data order and dropout
   LossKind loss = LossKind::kPatch;
   int64_t eval_batch = 256;        ///< images per evaluation step
+  AugmentOptions augment;          ///< off by default
+  bool keep_best = false;          ///< end with the weights of the epoch with the best
+                                   ///< accuracy on the evaluation set (needs one)
 };
 
 struct EpochMetrics {
   int64_t epoch = 0;           ///< 1-based
   double loss = 0;             ///< mean training loss over the epoch
   double accuracy = 0;         ///< fused accuracy on the training batches, as trained
-  double test_loss = std::numeric_limits<double>::quiet_NaN();      ///< fused NLL on the test set
+  double test_loss = std::numeric_limits<double>::quiet_NaN();      ///< fused NLL on the eval set
   double test_accuracy = std::numeric_limits<double>::quiet_NaN();  ///< fused accuracy on it
   double seconds = 0;          ///< wall time of the training pass
   double images_per_second = 0;
@@ -40,10 +44,16 @@ struct TrainerCallbacks {
   std::function<void(const EpochMetrics&)> on_epoch;
 };
 
-/// Throws InputError when the data does not fit the model (image size, channels,
-/// labels >= K) and std::runtime_error when the loss becomes NaN or infinite.
-std::vector<EpochMetrics> train_model(PatchClassifier& model, const Dataset& train,
-                                      const Dataset* test, const TrainerOptions& options,
-                                      const TrainerCallbacks& callbacks = {});
+struct TrainResult {
+  std::vector<EpochMetrics> history;
+  int64_t kept_epoch = 0;  ///< the epoch whose weights the model ends with
+};
+
+/// Trains `model` on `train`, scoring `eval_set` (a validation or test set; may be
+/// null) after every epoch. Throws InputError when the data does not fit the model
+/// (image size, channels, labels >= K) or keep_best lacks an evaluation set, and
+/// std::runtime_error when the loss becomes NaN or infinite.
+TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* eval_set,
+                        const TrainerOptions& options, const TrainerCallbacks& callbacks = {});
 
 }  // namespace patchwise

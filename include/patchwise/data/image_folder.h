@@ -1,0 +1,30 @@
+#pragma once
+// Image folders in torchvision's ImageFolder convention: root/<class>/<file>, classes
+// taken from the folder names, sorted; labels in that order.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "patchwise/data/dataset.h"
+
+namespace patchwise {
+
+struct ImageFolderOptions {
+  int64_t channels = 0;  ///< 1, 3, or 0: 1 when every image is grayscale, else 3
+  int64_t height = 0;    ///< > 0: resize every image to height x width
+  int64_t width = 0;
+  bool strict = false;   ///< an undecodable file is fatal instead of skipped
+};
+
+/// Whether `dir` has at least one sub-folder (a class).
+bool is_image_folder(const std::string& dir);
+
+/// Reads every file under root/<class>/. Undecodable files are skipped and listed in
+/// `skipped` (or fatal with options.strict). Throws InputError on an empty class
+/// folder, no classes, or images of different sizes without a target size (the
+/// message lists the sizes found).
+Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options,
+                          std::vector<std::string>* skipped = nullptr);
+
+}  // namespace patchwise

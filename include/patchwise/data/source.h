@@ -1,0 +1,46 @@
+#pragma once
+// One entry point for every data format: `--data PATH` is recognized by its content.
+//
+//   IDX        PATH/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST, Fashion-MNIST)
+//   CIFAR-10   PATH/data_batch_{1..5}.bin, PATH/test_batch.bin
+//   CIFAR-100  PATH/train.bin, PATH/test.bin                (--label fine|coarse)
+//   folders    PATH/train/<class>/*, PATH/test/<class>/*   (or PATH/<class>/* alone:
+//              one set, split with --val-split)
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "patchwise/data/cifar.h"
+#include "patchwise/data/dataset.h"
+#include "patchwise/data/image_folder.h"
+
+namespace patchwise {
+
+struct DataOptions {
+  int64_t limit = 0;                      ///< first N items; 0: all
+  CifarLabel cifar_label = CifarLabel::kFine;
+  ImageFolderOptions folder;
+};
+
+/// split: "train" or "test" ("t10k" is accepted for "test"). Throws InputError when
+/// PATH is none of the formats above or lacks the split. For a folder of classes
+/// without train/ and test/, both splits return the whole set.
+/// `skipped` receives the image-folder files that could not be decoded.
+Dataset load_data(const std::string& path, const std::string& split, const DataOptions& options,
+                  std::vector<std::string>* skipped = nullptr);
+
+/// Whether PATH holds separate train and test sets.
+bool has_test_split(const std::string& path);
+
+/// A stratified split: from every class, round(fraction * its count) items go to the
+/// second set, chosen by `seed`; both sets keep the original order otherwise.
+std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fraction, uint64_t seed);
+
+/// Maps `data`'s labels onto `class_names` by name when every one of its classes is
+/// found there (an image folder sorted differently from the model's classes);
+/// returns false and leaves `data` alone when some name is not found.
+bool align_class_names(Dataset& data, const std::vector<std::string>& class_names);
+
+}  // namespace patchwise

@@ -1,0 +1,102 @@
+#include "patchwise/data/image_folder.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <torch/torch.h>
+
+#include "patchwise/core/error.h"
+#include "patchwise/data/image.h"
+
+namespace patchwise {
+namespace {
+
+namespace fs = std::filesystem;
+
+/// At most this many sizes are listed in the mixed-sizes message.
+constexpr size_t kSizesListed = 5;
+
+std::vector<fs::path> sorted_entries(const fs::path& dir, bool directories) {
+  std::vector<fs::path> out;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name[0] == '.') continue;  // hidden files and folders
+    if (directories ? entry.is_directory() : entry.is_regular_file()) out.push_back(entry.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+bool is_image_folder(const std::string& dir) {
+  return fs::is_directory(dir) && !sorted_entries(dir, /*directories=*/true).empty();
+}
+
+Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options,
+                          std::vector<std::string>* skipped) {
+  check_input(fs::is_directory(root), "{}: no such folder", root);
+  const std::vector<fs::path> classes = sorted_entries(root, /*directories=*/true);
+  check_input(!classes.empty(), "{}: no class folders, expected {}/<class>/<image files>", root,
+              root);
+  check_input((options.height > 0) == (options.width > 0), "--image-size: {}x{}, expected HxW",
+              options.height, options.width);
+
+  Dataset d;
+  d.source = root;
+  std::vector<at::Tensor> images;
+  std::vector<int64_t> labels;
+  std::map<std::pair<int64_t, int64_t>, std::string> sizes;  // size -> first file of that size
+  bool all_gray = true;
+  for (size_t k = 0; k < classes.size(); ++k) {
+    d.class_names.push_back(classes[k].filename().string());
+    const std::vector<fs::path> files = sorted_entries(classes[k], /*directories=*/false);
+    check_input(!files.empty(), "{}: empty class folder, expected image files", classes[k].string());
+    for (const fs::path& file : files) {
+      at::Tensor image;
+      try {
+        image = read_image(file.string(), options.channels);
+      } catch (const InputError&) {
+        if (options.strict) throw;
+        if (skipped != nullptr) skipped->push_back(file.string());
+        continue;
+      }
+      if (options.height > 0) {
+        if (image.size(1) != options.height || image.size(2) != options.width) {
+          image = resize_image(image, options.height, options.width);
+        }
+      } else {
+        sizes.emplace(std::make_pair(image.size(1), image.size(2)), file.string());
+      }
+      all_gray = all_gray && image.size(0) == 1;
+      images.push_back(image);
+      labels.push_back(static_cast<int64_t>(k));
+    }
+  }
+  check_input(!images.empty(), "{}: no readable images", root);
+  if (sizes.size() > 1) {
+    std::string listed;
+    size_t n = 0;
+    for (const auto& [size, file] : sizes) {
+      if (n++ == kSizesListed) {
+        listed += ", ...";
+        break;
+      }
+      listed += fmt::format("{}{}x{} ({})", listed.empty() ? "" : ", ", size.first, size.second,
+                            file);
+    }
+    throw InputError(fmt::format("{}: images of {} different sizes: {}; pass --image-size HxW",
+                                 root, sizes.size(), listed));
+  }
+  const int64_t channels = options.channels > 0 ? options.channels : (all_gray ? 1 : 3);
+  for (at::Tensor& image : images) {
+    if (image.size(0) != channels) image = image.expand({channels, image.size(1), image.size(2)});
+  }
+  d.images = torch::stack(images, 0).contiguous();
+  d.labels = torch::tensor(labels, torch::kInt64);
+  return d;
+}
+
+}  // namespace patchwise
