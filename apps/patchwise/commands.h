@@ -12,5 +12,7 @@ void setup_predict(CLI::App& app);
 void setup_patches(CLI::App& app);
 void setup_extract(CLI::App& app);
 void setup_import(CLI::App& app);
+void setup_heatmap(CLI::App& app);
+void setup_report(CLI::App& app);
 
 }  // namespace patchwise::cli

@@ -20,7 +20,7 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"patchwise: patch-based image classification (train, eval, predict, patches)"};
+  CLI::App app{"patchwise: patch-based image classification"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();
   patchwise::cli::setup_train(app);
@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_patches(app);
   patchwise::cli::setup_extract(app);
   patchwise::cli::setup_import(app);
+  patchwise::cli::setup_heatmap(app);
+  patchwise::cli::setup_report(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

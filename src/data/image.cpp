@@ -97,6 +97,12 @@ void write_image(const std::string& path, const at::Tensor& image) {
   check_input(ok, "{}: cannot write image, expected a .png or .jpg path", path);
 }
 
+std::string encode_png(const at::Tensor& image) {
+  std::vector<uint8_t> bytes;
+  TORCH_CHECK(cv::imencode(".png", to_mat(image), bytes), "PNG encoding failed");
+  return std::string(bytes.begin(), bytes.end());
+}
+
 at::Tensor resize_image(const at::Tensor& image, int64_t h, int64_t w) {
   cv::Mat mat = to_mat(image);
   cv::Mat out;

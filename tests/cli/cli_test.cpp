@@ -233,6 +233,31 @@ TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy
   EXPECT_GT(j["test_accuracy"].get<double>(), 0.3);
 }
 
+TEST_F(CliTest, HeatmapAndReportWritePicturesAndRefuseBadInput) {
+  ASSERT_EQ(pw("extract --data " + kData + " --index 3 --out " + file("h.png")).code, 0);
+  Result h = pw("heatmap --model " + model() + " " + file("h.png") + " -o " + file("heat.png") +
+                " --stride 5 --json");
+  ASSERT_EQ(h.code, 0) << h.err;
+  nlohmann::json j = nlohmann::json::parse(h.out);
+  EXPECT_EQ(j["probabilities"].size(), 3u);  // (28 - 18) / 5 + 1
+  EXPECT_GT(fs::file_size(file("heat.png")), 500u);
+  expect_bad_input("heatmap --model " + model() + " " + file("h.png") + " -o " + file("x.png") +
+                   " --class 10", "--class: 10 out of range");
+  expect_bad_input("heatmap --model " + model() + " " + file("h.png") + " -o " + file("x.png") +
+                   " --stride 0", "--stride: 0");
+  expect_bad_input("heatmap --model " + model() + " " + file("h.png") + " -o /nonexistent/x.png",
+                   "does not exist");
+
+  Result r = pw("report --model " + model() + " --data " + kData + " --limit 200 --gallery 2 "
+                "--heatmaps 1 -o " + file("report.html"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string html = slurp(file("report.html"));
+  EXPECT_THAT(html, HasSubstr("<svg"));
+  EXPECT_THAT(html, HasSubstr("Ankle boot"));
+  expect_bad_input("report --model " + model() + " --data " + kData + " -o " + dir_->string(),
+                   "is a directory");
+}
+
 TEST_F(CliTest, HelpShowsDefaultsAndExitsZero) {
   Result r = pw("train --help");
   EXPECT_EQ(r.code, 0);

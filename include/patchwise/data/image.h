@@ -18,6 +18,9 @@ at::Tensor read_image(const std::string& path, int64_t channels = 0);
 /// Throws InputError when it cannot be written.
 void write_image(const std::string& path, const at::Tensor& image);
 
+/// uint8 [C,H,W] encoded as PNG bytes.
+std::string encode_png(const at::Tensor& image);
+
 /// uint8 [C,H,W] resized to h x w (area averaging when shrinking, bilinear when enlarging).
 at::Tensor resize_image(const at::Tensor& image, int64_t h, int64_t w);
 

@@ -1,0 +1,46 @@
+#pragma once
+// Heatmaps: what each patch position says about one class.
+//
+// The model's patch (its size, resized to its input) slides over every position of
+// the image at stride S (TensorFlow's VALID rule: (H - ph) / S + 1 rows of positions,
+// likewise columns); the backbone classifies each patch alone, and probs[r][c] is
+// that patch's softmax probability of the target class (the model's fused
+// prediction for the image, unless one is given). With grid_only, the positions are
+// the model's own P patches. coverage[y][x] is the mean probability of the patches
+// covering pixel (y, x) (NaN where none does), the map drawn over the image.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "patchwise/core/patch_classifier.h"
+
+namespace patchwise {
+
+struct HeatmapOptions {
+  int64_t stride = 2;         ///< step between patch positions, in pixels
+  int64_t target_class = -1;  ///< -1: the model's prediction for the image
+  bool grid_only = false;     ///< only the model's own patches
+  int64_t batch = 256;        ///< patches per forward pass
+};
+
+struct Heatmap {
+  int64_t target_class = 0;
+  at::Tensor probs;              ///< float64 [rows, cols] (grid_only: [1, P])
+  std::vector<PatchBox> boxes;   ///< one per position, row-major
+  at::Tensor coverage;           ///< float64 [H, W]
+};
+
+/// image: uint8 [C,H,W] of the model's size. Throws InputError on a class outside
+/// [0, K) or a stride outside [1, H].
+Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
+                        const HeatmapOptions& options);
+
+/// The image (grayscale) with the coverage map as a colour overlay (viridis, 0..1),
+/// enlarged `scale` times, a colour bar and a title line. uint8 [3, H', W'].
+at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const std::string& title,
+                          int64_t scale = 8);
+
+}  // namespace patchwise

@@ -1,0 +1,122 @@
+#include "patchwise/report/heatmap.h"
+
+#include <cmath>
+
+#include <opencv2/imgproc.hpp>
+#include <torch/torch.h>
+
+#include "patchwise/core/error.h"
+
+namespace patchwise {
+namespace {
+
+constexpr int kBarWidth = 16;
+constexpr int kTitleHeight = 22;
+constexpr double kOverlayAlpha = 0.55;
+
+}  // namespace
+
+Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
+                        const HeatmapOptions& options) {
+  const ModelConfig& config = model->config();
+  TORCH_CHECK(image.dim() == 3 && image.size(0) == config.image_channels &&
+                  image.size(1) == config.image_h && image.size(2) == config.image_w,
+              "compute_heatmap expects uint8 [", config.image_channels, ",", config.image_h, ",",
+              config.image_w, "], got ", image.sizes());
+  const int64_t classes = model->num_classes();
+  check_input(options.target_class >= -1 && options.target_class < classes,
+              "--class: {} out of range, the model has classes 0..{}", options.target_class,
+              classes - 1);
+  const int64_t extent = std::min(config.image_h, config.image_w);
+  check_input(options.grid_only || (options.stride >= 1 && options.stride <= extent),
+              "--stride: {}, expected 1..{} (the image is {}x{})", options.stride, extent,
+              config.image_h, config.image_w);
+
+  torch::InferenceMode guard;
+  const bool was_training = model->is_training();
+  model->eval();
+  at::Tensor batch = image.unsqueeze(0);
+  Heatmap h;
+  h.target_class = options.target_class >= 0
+                       ? options.target_class
+                       : model->forward(batch).log_probs.argmax(1).item<int64_t>();
+
+  PatchGridOptions slide = config.grid;
+  if (!options.grid_only) {
+    slide.layout = PatchLayout::kGrid;
+    slide.rows = slide.cols = 0;  // as many as the stride fits
+    slide.stride_h = slide.stride_w = options.stride;
+  }
+  PatchGrid grid(slide, config.image_h, config.image_w);
+  at::Tensor patches = grid.cut(model->normalize(batch))[0];  // [N,C,I,I]
+  std::vector<at::Tensor> probs;
+  for (int64_t start = 0; start < patches.size(0); start += options.batch) {
+    const int64_t n = std::min(options.batch, patches.size(0) - start);
+    at::Tensor logits = model->backbone().forward(patches.narrow(0, start, n));
+    probs.push_back(torch::softmax(logits, 1).select(1, h.target_class));
+  }
+  at::Tensor all = torch::cat(probs).to(torch::kCPU, torch::kFloat64);
+  h.probs = options.grid_only ? all.view({1, grid.count()}) : all.view({grid.rows(), grid.cols()});
+  h.boxes = grid.boxes();
+
+  at::Tensor sum = torch::zeros({config.image_h, config.image_w}, torch::kFloat64);
+  at::Tensor count = torch::zeros_like(sum);
+  const double* p = all.data_ptr<double>();
+  for (size_t i = 0; i < h.boxes.size(); ++i) {
+    const PatchBox& b = h.boxes[i];
+    sum.narrow(0, b.y, b.h).narrow(1, b.x, b.w).add_(p[i]);
+    count.narrow(0, b.y, b.h).narrow(1, b.x, b.w).add_(1.0);
+  }
+  h.coverage = sum / count;  // 0 / 0 = NaN where no patch reaches
+  if (was_training) model->train();
+  return h;
+}
+
+at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const std::string& title,
+                          int64_t scale) {
+  const int H = static_cast<int>(image.size(1));
+  const int W = static_cast<int>(image.size(2));
+  const int s = static_cast<int>(scale);
+  // Grayscale image, enlarged.
+  at::Tensor gray = image.to(torch::kFloat32).mean(0).round().to(torch::kUInt8).contiguous();
+  cv::Mat base(H, W, CV_8UC1, gray.data_ptr<uint8_t>());
+  cv::Mat base_big, base_bgr;
+  cv::resize(base, base_big, cv::Size(W * s, H * s), 0, 0, cv::INTER_NEAREST);
+  cv::cvtColor(base_big, base_bgr, cv::COLOR_GRAY2BGR);
+  // Coverage in 0..255, NaN (no patch) left uncoloured.
+  at::Tensor cov = heatmap.coverage.to(torch::kFloat64).contiguous();
+  at::Tensor valid = cov.isnan().logical_not().to(torch::kUInt8).mul(255).contiguous();
+  at::Tensor level = cov.nan_to_num(0.0).clamp(0, 1).mul(255).round().to(torch::kUInt8).contiguous();
+  cv::Mat level_mat(H, W, CV_8UC1, level.data_ptr<uint8_t>());
+  cv::Mat valid_mat(H, W, CV_8UC1, valid.data_ptr<uint8_t>());
+  cv::Mat level_big, valid_big, colour;
+  cv::resize(level_mat, level_big, cv::Size(W * s, H * s), 0, 0, cv::INTER_NEAREST);
+  cv::resize(valid_mat, valid_big, cv::Size(W * s, H * s), 0, 0, cv::INTER_NEAREST);
+  cv::applyColorMap(level_big, colour, cv::COLORMAP_VIRIDIS);
+  cv::Mat blended;
+  cv::addWeighted(colour, kOverlayAlpha, base_bgr, 1.0 - kOverlayAlpha, 0.0, blended);
+  base_bgr.copyTo(blended, valid_big == 0);
+
+  // Canvas: title on top, the map, a colour bar with 0 and 1 on the right.
+  const int bar_left = W * s + 8;
+  cv::Mat canvas(H * s + kTitleHeight, bar_left + kBarWidth + 30, CV_8UC3, cv::Scalar(255, 255, 255));
+  blended.copyTo(canvas(cv::Rect(0, kTitleHeight, W * s, H * s)));
+  cv::Mat ramp(H * s, 1, CV_8UC1);
+  for (int y = 0; y < H * s; ++y) ramp.at<uint8_t>(y, 0) = static_cast<uint8_t>(255 - 255 * y / std::max(1, H * s - 1));
+  cv::Mat ramp_colour;
+  cv::applyColorMap(ramp, ramp_colour, cv::COLORMAP_VIRIDIS);
+  cv::resize(ramp_colour, ramp_colour, cv::Size(kBarWidth, H * s), 0, 0, cv::INTER_NEAREST);
+  ramp_colour.copyTo(canvas(cv::Rect(bar_left, kTitleHeight, kBarWidth, H * s)));
+  const cv::Scalar ink(0, 0, 0);
+  cv::putText(canvas, "1", cv::Point(bar_left + kBarWidth + 4, kTitleHeight + 12),
+              cv::FONT_HERSHEY_SIMPLEX, 0.4, ink, 1, cv::LINE_AA);
+  cv::putText(canvas, "0", cv::Point(bar_left + kBarWidth + 4, kTitleHeight + H * s),
+              cv::FONT_HERSHEY_SIMPLEX, 0.4, ink, 1, cv::LINE_AA);
+  cv::putText(canvas, title, cv::Point(4, 15), cv::FONT_HERSHEY_SIMPLEX, 0.45, ink, 1, cv::LINE_AA);
+  cv::Mat rgb;
+  cv::cvtColor(canvas, rgb, cv::COLOR_BGR2RGB);
+  at::Tensor out = torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8);
+  return out.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+}
+
+}  // namespace patchwise

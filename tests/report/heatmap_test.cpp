@@ -1,0 +1,89 @@
+#include "patchwise/report/heatmap.h"
+
+#include <gmock/gmock.h>
+
+#include "patchwise/core/error.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+using ::testing::HasSubstr;
+
+PatchClassifier seed_model() {
+  ModelConfig c;
+  c.class_names = {"a", "b", "c"};
+  c.backbone.num_classes = 3;
+  c.normalization = {{0.4}, {0.3}};
+  PatchClassifier model(c);
+  model->eval();
+  return model;
+}
+
+class HeatmapTest : public test::SeededTest {};
+
+TEST_F(HeatmapTest, GridOnlyValuesAreTheModelsOwnPatchProbabilities) {
+  PatchClassifier model = seed_model();
+  at::Tensor image = torch::randint(0, 256, {1, 28, 28}, torch::kUInt8);
+  HeatmapOptions o;
+  o.grid_only = true;
+  o.target_class = 2;
+  Heatmap h = compute_heatmap(model, image, o);
+  torch::NoGradGuard no_grad;
+  at::Tensor expected = torch::softmax(model->forward(image.unsqueeze(0)).patch_logits[0], 1)
+                            .select(1, 2)
+                            .to(torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(h.probs.view({-1}), expected, 1e-6, 1e-6));
+}
+
+TEST_F(HeatmapTest, SlidingAtTheModelsStrideVisitsTheModelsPatches) {
+  PatchClassifier model = seed_model();
+  at::Tensor image = torch::randint(0, 256, {1, 28, 28}, torch::kUInt8);
+  HeatmapOptions o;
+  o.stride = 10;  // the seed grid's own stride: positions (0,0) (0,10) (10,0) (10,10)
+  Heatmap h = compute_heatmap(model, image, o);
+  ASSERT_EQ(h.probs.sizes(), (std::vector<int64_t>{2, 2}));
+  torch::NoGradGuard no_grad;
+  PatchOutput out = model->forward(image.unsqueeze(0));
+  EXPECT_EQ(h.target_class, out.log_probs.argmax(1).item<int64_t>());
+  at::Tensor expected = torch::softmax(out.patch_logits[0], 1).select(1, h.target_class);
+  EXPECT_TRUE(torch::allclose(h.probs.view({-1}), expected.to(torch::kFloat64), 1e-6, 1e-6));
+  // Pixel (0, 0) is covered by patch 1 alone; pixel (14, 14) by all four.
+  EXPECT_NEAR(h.coverage[0][0].item<double>(), expected[0].item<double>(), 1e-6);
+  EXPECT_NEAR(h.coverage[14][14].item<double>(), expected.mean().item<double>(), 1e-6);
+}
+
+TEST_F(HeatmapTest, StrideOneCoversEveryPosition) {
+  PatchClassifier model = seed_model();
+  Heatmap h = compute_heatmap(model, torch::zeros({1, 28, 28}, torch::kUInt8), {1});
+  EXPECT_EQ(h.probs.sizes(), (std::vector<int64_t>{11, 11}));
+  EXPECT_FALSE(h.coverage.isnan().any().item<bool>());
+}
+
+TEST_F(HeatmapTest, RefusesAClassOutOfRangeAndABadStride) {
+  PatchClassifier model = seed_model();
+  at::Tensor image = torch::zeros({1, 28, 28}, torch::kUInt8);
+  HeatmapOptions o;
+  o.target_class = 3;
+  EXPECT_THAT([&] { compute_heatmap(model, image, o); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("--class: 3 out of range")));
+  o.target_class = -1;
+  o.stride = 0;
+  EXPECT_THAT([&] { compute_heatmap(model, image, o); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("--stride: 0")));
+  o.stride = 29;
+  EXPECT_THROW(compute_heatmap(model, image, o), InputError);
+}
+
+TEST_F(HeatmapTest, RenderingHasTheEnlargedSizePlusBarAndTitle) {
+  PatchClassifier model = seed_model();
+  at::Tensor image = torch::zeros({1, 28, 28}, torch::kUInt8);
+  Heatmap h = compute_heatmap(model, image, {2});
+  at::Tensor picture = render_heatmap(image, h, "t", 4);
+  EXPECT_EQ(picture.size(0), 3);
+  EXPECT_EQ(picture.size(1), 28 * 4 + 22);
+  EXPECT_GT(picture.size(2), 28 * 4);
+}
+
+}  // namespace
+}  // namespace patchwise
