@@ -26,13 +26,6 @@ struct Result {
   std::string err;
 };
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 /// Runs the patchwise binary with `args` (a shell-quoted string).
 Result run(const std::string& args, const fs::path& dir) {
   const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
@@ -41,8 +34,8 @@ Result run(const std::string& args, const fs::path& dir) {
   const int status = std::system(command.c_str());
   Result r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
+  r.out = test::read_file(out);
+  r.err = test::read_file(err);
   return r;
 }
 
@@ -251,7 +244,7 @@ TEST_F(CliTest, HeatmapAndReportWritePicturesAndRefuseBadInput) {
   Result r = pw("report --model " + model() + " --data " + kData + " --limit 200 --gallery 2 "
                 "--heatmaps 1 -o " + file("report.html"));
   ASSERT_EQ(r.code, 0) << r.err;
-  const std::string html = slurp(file("report.html"));
+  const std::string html = test::read_file(file("report.html"));
   EXPECT_THAT(html, HasSubstr("<svg"));
   EXPECT_THAT(html, HasSubstr("Ankle boot"));
   expect_bad_input("report --model " + model() + " --data " + kData + " -o " + dir_->string(),
@@ -302,9 +295,9 @@ TEST_F(CliTest, BadFilesExitTwoAndLeaveTheModelIntact) {
     img << std::string(100, 'x');
   }
   write_idx_labels(bad + "/train-labels-idx1-ubyte", torch::zeros({10}, torch::kInt64));
-  const std::string before = slurp(model());
+  const std::string before = test::read_file(model());
   expect_bad_input("train --data " + bad + " --out " + model(), "100 bytes of pixels");
-  EXPECT_EQ(slurp(model()), before);
+  EXPECT_EQ(test::read_file(model()), before);
 
   std::ofstream(file("garbage.png")) << "not an image";
   expect_bad_input("predict --model " + model() + " " + file("garbage.png"), "cannot decode image");

@@ -24,13 +24,6 @@ ModelConfig small_config() {
   return c;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
 }
@@ -99,7 +92,7 @@ TEST_F(ModelFileTest, RefusesAFileOfAnotherFormat) {
 TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
   PatchClassifier model(small_config());
   save_model(path("m.pw"), model, nullptr);
-  std::string text = read_text(path("m.pw"));
+  std::string text = test::read_file(path("m.pw"));
   const std::string from = "\"format_version\":1";
   const size_t at = text.find(from);
   ASSERT_NE(at, std::string::npos);
@@ -112,7 +105,7 @@ TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
 TEST_F(ModelFileTest, RefusesTruncatedWeights) {
   PatchClassifier model(small_config());
   save_model(path("m.pw"), model, nullptr);
-  std::string text = read_text(path("m.pw"));
+  std::string text = test::read_file(path("m.pw"));
   write_text(path("m.pw"), text.substr(0, text.size() - 500));
   EXPECT_THAT([&] { load_model(path("m.pw")); },
               ::testing::ThrowsMessage<InputError>(HasSubstr("weights do not load")));
@@ -121,7 +114,7 @@ TEST_F(ModelFileTest, RefusesTruncatedWeights) {
 TEST_F(ModelFileTest, RefusesATruncatedConfiguration) {
   PatchClassifier model(small_config());
   save_model(path("m.pw"), model, nullptr);
-  write_text(path("m.pw"), read_text(path("m.pw")).substr(0, 40));
+  write_text(path("m.pw"), test::read_file(path("m.pw")).substr(0, 40));
   EXPECT_THROW(load_model(path("m.pw")), InputError);
 }
 
@@ -146,7 +139,7 @@ TEST_F(ModelFileTest, AFailedWriteLeavesTheExistingFileIntactAndNoTemporary) {
                                        throw InputError("disk on fire");
                                      }),
                InputError);
-  EXPECT_EQ(read_text(path("out")), "precious");
+  EXPECT_EQ(test::read_file(path("out")), "precious");
   int files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
     (void)entry;

@@ -2,12 +2,22 @@
 // Shared test helpers: a seeded fixture with a fresh temporary folder.
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 namespace patchwise::test {
+
+/// The whole content of a file ("" when it cannot be read).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 /// Seeds LibTorch and gives each test its own empty temporary folder, removed afterwards.
 class SeededTest : public ::testing::Test {
