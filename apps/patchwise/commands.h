@@ -6,6 +6,11 @@
 
 namespace patchwise::cli {
 
+/// Thrown by a subcommand to end the process with `code` after it has said why.
+struct Exit {
+  int code;
+};
+
 void setup_train(CLI::App& app);
 void setup_eval(CLI::App& app);
 void setup_predict(CLI::App& app);

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "patchwise: {} (see patchwise --help)\n", first_line(e.what()));
     return kExitBadInput;
+  } catch (const patchwise::cli::Exit& e) {
+    return e.code;
   } catch (const patchwise::InputError& e) {
     fmt::print(stderr, "patchwise: error: {}\n", first_line(e.what()));
     return kExitBadInput;

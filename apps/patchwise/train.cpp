@@ -1,6 +1,9 @@
 // patchwise train: fits a PatchClassifier on an IDX data set and saves it.
 
+#include <atomic>
+#include <csignal>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -46,18 +49,63 @@ struct TrainFlags {
   std::string out = "model.pw";
   std::string metrics;
   bool json = false;
+  std::string checkpoint;
+  int64_t checkpoint_every = 0;
+  std::string resume;
   RuntimeFlags runtime;
 };
 
-nlohmann::json metrics_json(const EpochMetrics& m) {
-  auto number = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
-  return {{"epoch", m.epoch},
-          {"loss", m.loss},
-          {"accuracy", m.accuracy},
-          {"test_loss", number(m.test_loss)},
-          {"test_accuracy", number(m.test_accuracy)},
-          {"seconds", m.seconds},
-          {"images_per_second", m.images_per_second}};
+/// The signal that asked training to stop (0: none).
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int signal) { g_stop_signal.store(signal); }
+
+/// The flags that decide what a run trains, stored in checkpoints so --resume repeats them.
+nlohmann::json flags_to_json(const TrainFlags& f) {
+  return {{"data", f.data},           {"model", f.model},
+          {"grid", f.grid.grid},      {"patch", f.grid.patch},
+          {"stride", f.grid.stride},  {"layout", f.grid.layout},
+          {"input", f.grid.input},    {"fusion", f.fusion},
+          {"attention_hidden", f.attention_hidden},
+          {"position_embedding", f.position_embedding},
+          {"loss", f.loss},           {"epochs", f.epochs},
+          {"batch", f.batch},         {"lr", f.lr},
+          {"seed", f.seed},           {"batch_norm", f.batch_norm},
+          {"dropout", f.dropout},     {"limit_train", f.limit_train},
+          {"limit_test", f.limit_test},
+          {"label", f.data_flags.label},
+          {"image_size", f.data_flags.image_size},
+          {"strict", f.data_flags.strict},
+          {"val_split", f.val_split}, {"keep", f.keep},
+          {"shift", f.shift},         {"flip", f.flip}};
+}
+
+void flags_from_json(const nlohmann::json& j, TrainFlags& f, bool keep_epochs) {
+  f.model = j.at("model");
+  f.grid.grid = j.at("grid");
+  f.grid.patch = j.at("patch");
+  f.grid.stride = j.at("stride");
+  f.grid.layout = j.at("layout");
+  f.grid.input = j.at("input");
+  f.fusion = j.at("fusion");
+  f.attention_hidden = j.at("attention_hidden");
+  f.position_embedding = j.at("position_embedding");
+  f.loss = j.at("loss");
+  if (!keep_epochs) f.epochs = j.at("epochs");
+  f.batch = j.at("batch");
+  f.lr = j.at("lr");
+  f.seed = j.at("seed");
+  f.batch_norm = j.at("batch_norm");
+  f.dropout = j.at("dropout");
+  f.limit_train = j.at("limit_train");
+  f.limit_test = j.at("limit_test");
+  f.data_flags.label = j.at("label");
+  f.data_flags.image_size = j.at("image_size");
+  f.data_flags.strict = j.at("strict");
+  f.val_split = j.at("val_split");
+  f.keep = j.at("keep");
+  f.shift = j.at("shift");
+  f.flip = j.at("flip");
 }
 
 std::string epoch_line(const EpochMetrics& m, bool validation) {
@@ -70,7 +118,20 @@ std::string epoch_line(const EpochMetrics& m, bool validation) {
   return line + fmt::format("  ({:.1f} s, {:.0f} images/s)", m.seconds, m.images_per_second);
 }
 
-void run_train(const TrainFlags& f, const CLI::App* app) {
+void run_train(TrainFlags f, const CLI::App* app) {
+  if (!f.resume.empty()) {
+    // A resumed run trains what the checkpoint's run trained; only where the output
+    // goes (and, when given, a new --epochs) comes from this command line.
+    nlohmann::json training = load_model_training(f.resume);
+    check_input(training.is_object() && training.contains("flags") && training.contains("state"),
+                "--resume: {} is not a training checkpoint", f.resume);
+    try {
+      flags_from_json(training["flags"], f, app->count("--epochs") > 0);
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError(fmt::format("--resume: {}: unreadable flags ({})", f.resume, e.what()));
+    }
+  }
+  if (f.checkpoint.empty()) f.checkpoint = f.out + ".ckpt";
   // Everything the flags alone decide is checked before any data is read.
   check_output_writable(f.out, "--out");
   if (!f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
@@ -96,6 +157,11 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
               "--keep best: needs a validation set, pass --val-split F");
   options.augment.shift = f.shift;
   options.augment.flip = f.flip;
+  check_output_writable(f.checkpoint, "--checkpoint");
+  options.checkpoint = f.checkpoint;
+  options.checkpoint_every = f.checkpoint_every;
+  options.resume = f.resume;
+  options.stop = &g_stop_signal;
   const c10::Device device = resolve_device(f.runtime.device);
   const int64_t threads = set_threads(f.runtime.threads);
 
@@ -153,9 +219,27 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   callbacks.on_epoch = [&](const EpochMetrics& m) {
     bar.clear();
     log << epoch_line(m, f.val_split > 0) << std::endl;
-    if (metrics.is_open()) metrics << metrics_json(m).dump() << std::endl;
+    if (metrics.is_open()) metrics << epoch_metrics_to_json(m).dump() << std::endl;
   };
-  TrainResult result = train_model(model, train, eval_set, options, callbacks);
+  nlohmann::json note = {{"flags", flags_to_json(f)}};
+  options.checkpoint_note = note.dump();
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  TrainResult result;
+  try {
+    result = train_model(model, train, eval_set, options, callbacks);
+  } catch (const TrainingStopped& stopped) {
+    bar.clear();
+    fmt::print(stderr,
+               "train: stopped by signal {} at epoch {} step {}; checkpoint {}; continue with "
+               "patchwise train --data {} --resume {} --out {}\n",
+               stopped.signal, stopped.epoch, stopped.step, f.checkpoint, f.data, f.checkpoint,
+               f.out);
+    throw Exit{128 + stopped.signal};
+  }
   const std::vector<EpochMetrics>& history = result.history;
   double final_test_accuracy = history.back().test_accuracy;
   if (f.val_split > 0 && has_test) {
@@ -166,7 +250,7 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
   }
 
   nlohmann::json epochs = nlohmann::json::array();
-  for (const EpochMetrics& m : history) epochs.push_back(metrics_json(m));
+  for (const EpochMetrics& m : history) epochs.push_back(epoch_metrics_to_json(m));
   nlohmann::json training = {{"data", f.data},
                              {"loss", f.loss},
                              {"epochs", f.epochs},
@@ -180,7 +264,10 @@ void run_train(const TrainFlags& f, const CLI::App* app) {
                              {"kept_epoch", result.kept_epoch},
                              {"augment", {{"shift", f.shift}, {"flip", f.flip}}},
                              {"history", epochs}};
+  training["flags"] = flags_to_json(f);
   save_model(f.out, model, training);
+  std::error_code ignored;
+  std::filesystem::remove(f.checkpoint, ignored);  // the finished model supersedes it
   fmt::print(log, "train: saved {}\n", f.out);
   if (f.json) {
     print_json({{"model", f.out},
@@ -231,6 +318,15 @@ void setup_train(CLI::App& app) {
   cmd->add_option("--out,-o", flags->out, "model file to write");
   cmd->add_option("--metrics", flags->metrics, "write one JSON object per epoch to this file");
   cmd->add_flag("--json", flags->json, "print a JSON summary on stdout (logs go to stderr)");
+  cmd->add_option("--checkpoint", flags->checkpoint,
+                  "checkpoint file, written after every epoch, every --checkpoint-every steps "
+                  "and on SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends");
+  cmd->add_option("--checkpoint-every", flags->checkpoint_every,
+                  "also write the checkpoint every N steps; 0: only after epochs")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--resume", flags->resume,
+                  "continue the run saved in this checkpoint (its flags; --data, --out, --epochs "
+                  "from this command line)");
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags, cmd] { run_train(*flags, cmd); });
 }

@@ -105,7 +105,8 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   return c;
 }
 
-void save_model(const std::string& path, PatchClassifier& model, const json& training) {
+void save_model(const std::string& path, PatchClassifier& model, const json& training,
+                const ArchiveWriter& extra) {
   json config = model_config_to_json(model->config());
   if (!training.is_null()) config["training"] = training;
   const std::string text = config.dump();
@@ -117,6 +118,7 @@ void save_model(const std::string& path, PatchClassifier& model, const json& tra
     model->to(torch::kCPU);
     model->save(archive);
     model->to(device);
+    if (extra) extra(archive);
     archive.save_to(weights);
   }
 
@@ -190,6 +192,19 @@ PatchClassifier load_model(const std::string& path) {
   }
   model->eval();
   return model;
+}
+
+void read_model_archive(const std::string& path, const ArchiveReader& reader) {
+  ModelFileParts parts = read_model_file(path);
+  try {
+    std::istringstream weights(parts.weights);
+    torch::serialize::InputArchive archive;
+    archive.load_from(weights);
+    reader(archive);
+  } catch (const c10::Error& e) {
+    throw InputError(
+        fmt::format("{}: cannot read its state ({})", path, first_line(e.what_without_backtrace())));
+  }
 }
 
 json load_model_training(const std::string& path) {

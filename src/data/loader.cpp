@@ -55,11 +55,13 @@ Batch Loader::gather(int64_t batch_index) const {
   return batch;
 }
 
-void Loader::start_epoch(int64_t epoch) {
+void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
   if (pending_.valid()) pending_.wait();
   order_ = order(epoch);
-  next_batch_ = 0;
-  if (num_batches() > 0) pending_ = std::async(std::launch::async, &Loader::gather, this, 0);
+  next_batch_ = first_batch;
+  if (next_batch_ < num_batches()) {
+    pending_ = std::async(std::launch::async, &Loader::gather, this, next_batch_);
+  }
 }
 
 bool Loader::next(Batch& out) {

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/model_file.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/report/evaluation.h"
 
@@ -16,7 +18,49 @@ namespace {
 /// Steps between reads of the running loss (each read synchronizes with the device).
 constexpr int64_t kSyncInterval = 20;
 
+using nlohmann::json;
+
+EpochMetrics metrics_from_json(const json& j) {
+  auto number = [](const json& v) {
+    return v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN();
+  };
+  EpochMetrics m;
+  m.epoch = j.at("epoch").get<int64_t>();
+  m.loss = number(j.at("loss"));
+  m.accuracy = number(j.at("accuracy"));
+  m.test_loss = number(j.at("test_loss"));
+  m.test_accuracy = number(j.at("test_accuracy"));
+  m.seconds = number(j.at("seconds"));
+  m.images_per_second = number(j.at("images_per_second"));
+  return m;
+}
+
+/// Where a run stands: everything besides weights, optimizer and RNG that a
+/// checkpoint must hold to continue exactly.
+struct RunState {
+  int64_t epoch = 1;  ///< the epoch in progress (1-based)
+  int64_t step = 0;   ///< steps of it already trained
+  double loss_sum = 0;
+  double correct = 0;
+  int64_t seen = 0;
+  double seconds = 0;  ///< training time of the epoch so far
+  double best_accuracy = -1;
+  int64_t kept_epoch = 0;
+  std::vector<EpochMetrics> history;
+};
+
 }  // namespace
+
+json epoch_metrics_to_json(const EpochMetrics& m) {
+  auto number = [](double v) { return std::isnan(v) ? json() : json(v); };
+  return {{"epoch", m.epoch},
+          {"loss", m.loss},
+          {"accuracy", m.accuracy},
+          {"test_loss", number(m.test_loss)},
+          {"test_accuracy", number(m.test_accuracy)},
+          {"seconds", m.seconds},
+          {"images_per_second", m.images_per_second}};
+}
 
 TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* test,
                         const TrainerOptions& options, const TrainerCallbacks& callbacks) {
@@ -29,6 +73,8 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
               "--keep best: needs a validation set (--val-split)");
   check_input(options.augment.shift >= 0 && options.augment.shift < train.height(),
               "--shift: {}, expected 0..{}", options.augment.shift, train.height() - 1);
+  check_input(options.checkpoint_every >= 0, "--checkpoint-every: {}, expected >= 0",
+              options.checkpoint_every);
   check_dataset_fits(model->config(), train);
   if (test != nullptr) check_dataset_fits(model->config(), *test);
 
@@ -38,19 +84,102 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
   Loader loader(train, options.batch, /*shuffle=*/true, options.seed);
   const int64_t steps = loader.num_batches();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
+  at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle: shares the state
 
-  TrainResult result;
-  std::vector<EpochMetrics>& history = result.history;
-  double best_accuracy = -1;
+  RunState run;
   std::vector<at::Tensor> best_state;  // parameters and buffers of the kept epoch
-  for (int64_t epoch = 1; epoch <= options.epochs; ++epoch) {
-    const auto start = std::chrono::steady_clock::now();
+  auto snapshot_best = [&] {
+    torch::NoGradGuard no_grad;
+    best_state.clear();
+    for (const auto& t : model->parameters()) best_state.push_back(t.detach().clone());
+    for (const auto& t : model->buffers()) best_state.push_back(t.detach().clone());
+  };
+
+  if (!options.resume.empty()) {
+    PatchClassifier saved = load_model(options.resume);
+    check_input(saved->config().backbone.name == model->config().backbone.name &&
+                    saved->num_patches() == model->num_patches(),
+                "--resume: {} holds another model", options.resume);
+    json state = load_model_training(options.resume);
+    check_input(state.is_object() && state.contains("state"),
+                "--resume: {} is a model file, not a training checkpoint", options.resume);
+    const json& st = state["state"];
+    run.epoch = st.at("epoch").get<int64_t>();
+    run.step = st.at("step").get<int64_t>();
+    run.loss_sum = st.at("loss_sum").get<double>();
+    run.correct = st.at("correct").get<double>();
+    run.seen = st.at("seen").get<int64_t>();
+    run.seconds = st.at("seconds").get<double>();
+    run.best_accuracy = st.at("best_accuracy").get<double>();
+    run.kept_epoch = st.at("kept_epoch").get<int64_t>();
+    for (const json& m : st.at("history")) run.history.push_back(metrics_from_json(m));
+    check_input(run.step <= steps, "--resume: {} stopped at step {} of an epoch of {} steps; "
+                "the data or --batch differ", options.resume, run.step, steps);
+    {
+      torch::NoGradGuard no_grad;
+      auto from = saved->parameters();
+      auto to = model->parameters();
+      for (size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]);
+      auto bfrom = saved->buffers();
+      auto bto = model->buffers();
+      for (size_t i = 0; i < bto.size(); ++i) bto[i].copy_(bfrom[i]);
+    }
+    read_model_archive(options.resume, [&](torch::serialize::InputArchive& archive) {
+      torch::serialize::InputArchive optimizer_archive;
+      archive.read("optimizer", optimizer_archive);
+      optimizer.load(optimizer_archive);
+      at::Tensor rng;
+      archive.read("rng_state", rng);
+      generator.set_state(rng);
+      if (options.keep_best) {
+        at::Tensor count;
+        archive.read("best_count", count);
+        best_state.resize(static_cast<size_t>(count.item<int64_t>()));
+        for (size_t i = 0; i < best_state.size(); ++i) {
+          archive.read("best_" + std::to_string(i), best_state[i]);
+          best_state[i] = best_state[i].to(device);
+        }
+      }
+    });
+  }
+
+  auto write_checkpoint = [&] {
+    if (options.checkpoint.empty()) return;
+    json note = options.checkpoint_note.empty() ? json::object() : json::parse(options.checkpoint_note);
+    json history = json::array();
+    for (const EpochMetrics& m : run.history) history.push_back(epoch_metrics_to_json(m));
+    note["history"] = history;
+    note["state"] = {{"epoch", run.epoch},         {"step", run.step},
+                     {"loss_sum", run.loss_sum},   {"correct", run.correct},
+                     {"seen", run.seen},           {"seconds", run.seconds},
+                     {"best_accuracy", run.best_accuracy},
+                     {"kept_epoch", run.kept_epoch}, {"history", history}};
+    save_model(options.checkpoint, model, note, [&](torch::serialize::OutputArchive& archive) {
+      torch::serialize::OutputArchive optimizer_archive;
+      optimizer.save(optimizer_archive);
+      archive.write("optimizer", optimizer_archive);
+      archive.write("rng_state", generator.get_state());
+      archive.write("best_count", torch::tensor(static_cast<int64_t>(best_state.size())));
+      for (size_t i = 0; i < best_state.size(); ++i) {
+        archive.write("best_" + std::to_string(i), best_state[i].cpu());
+      }
+    });
+  };
+
+  for (; run.epoch <= options.epochs; ++run.epoch) {
+    auto start = std::chrono::steady_clock::now();
     model->train();
-    loader.start_epoch(epoch - 1);
-    at::Tensor loss_sum = torch::zeros({}, f64);
-    at::Tensor correct = torch::zeros({}, f64);
-    int64_t seen = 0;
-    int64_t step = 0;
+    loader.start_epoch(run.epoch - 1, run.step);
+    // Sums stay on the device between the throttled reads.
+    at::Tensor loss_sum = torch::full({}, run.loss_sum, f64);
+    at::Tensor correct = torch::full({}, run.correct, f64);
+    auto sync = [&] {
+      run.loss_sum = loss_sum.item<double>();
+      run.correct = correct.item<double>();
+      const auto now = std::chrono::steady_clock::now();
+      run.seconds += std::chrono::duration<double>(now - start).count();
+      start = now;
+    };
     for (Batch batch; loader.next(batch);) {
       at::Tensor labels = batch.labels.to(device);
       at::Tensor images = options.augment.enabled() ? augment_images(batch.images, options.augment)
@@ -62,51 +191,69 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       optimizer.step();
 
       const int64_t b = labels.size(0);
-      seen += b;
-      ++step;
+      run.seen += b;
+      ++run.step;
       loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(b);
       correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
-      if (step % kSyncInterval == 0 || step == steps) {
-        const double running = loss_sum.item<double>() / static_cast<double>(seen);
+      if (run.step % kSyncInterval == 0 || run.step == steps) {
+        const double running = loss_sum.item<double>() / static_cast<double>(run.seen);
         if (!std::isfinite(running)) {
           throw std::runtime_error(fmt::format(
               "training loss became {} at epoch {} step {}; try a lower --lr (now {})", running,
-              epoch, step, options.lr));
+              run.epoch, run.step, options.lr));
         }
-        if (callbacks.on_step) callbacks.on_step(epoch, step, steps, running);
+        if (callbacks.on_step) callbacks.on_step(run.epoch, run.step, steps, running);
+      }
+      const bool stopping = options.stop != nullptr && options.stop->load() != 0;
+      const bool due = options.checkpoint_every > 0 && run.step % options.checkpoint_every == 0 &&
+                       run.step < steps;
+      if (stopping || due) {
+        sync();
+        write_checkpoint();
+      }
+      if (stopping) {
+        throw TrainingStopped(options.stop->load(), run.epoch, run.step,
+                              fmt::format("stopped at epoch {} step {}", run.epoch, run.step));
       }
     }
+    sync();
     EpochMetrics m;
-    m.epoch = epoch;
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    m.loss = loss_sum.item<double>() / static_cast<double>(seen);
-    m.accuracy = correct.item<double>() / static_cast<double>(seen);
-    m.images_per_second = static_cast<double>(seen) / m.seconds;
+    m.epoch = run.epoch;
+    m.seconds = run.seconds;
+    m.loss = run.loss_sum / static_cast<double>(run.seen);
+    m.accuracy = run.correct / static_cast<double>(run.seen);
+    m.images_per_second = static_cast<double>(run.seen) / std::max(m.seconds, 1e-9);
     if (test != nullptr) {
       Evaluation e = evaluate(model, *test, options.eval_batch);
       m.test_loss = e.loss;
       m.test_accuracy = e.accuracy;
     }
-    history.push_back(m);
-    if (!options.keep_best || m.test_accuracy > best_accuracy) {
-      result.kept_epoch = epoch;
-      best_accuracy = m.test_accuracy;
-      if (options.keep_best) {
-        best_state.clear();
-        torch::NoGradGuard no_grad;
-        for (const auto& t : model->parameters()) best_state.push_back(t.detach().clone());
-        for (const auto& t : model->buffers()) best_state.push_back(t.detach().clone());
-      }
+    run.history.push_back(m);
+    if (!options.keep_best || m.test_accuracy > run.best_accuracy) {
+      run.kept_epoch = run.epoch;
+      run.best_accuracy = m.test_accuracy;
+      if (options.keep_best) snapshot_best();
     }
     if (callbacks.on_epoch) callbacks.on_epoch(m);
+    run.step = 0;
+    run.loss_sum = run.correct = run.seconds = 0;
+    run.seen = 0;
+    if (run.epoch < options.epochs) {
+      ++run.epoch;  // the checkpoint names the next epoch to run
+      write_checkpoint();
+      --run.epoch;
+    }
   }
-  if (options.keep_best && result.kept_epoch != options.epochs) {
+  if (options.keep_best && run.kept_epoch != options.epochs) {
     torch::NoGradGuard no_grad;
     size_t i = 0;
     for (auto& t : model->parameters()) t.copy_(best_state[i++]);
     for (auto& t : model->buffers()) t.copy_(best_state[i++]);
   }
   model->eval();
+  TrainResult result;
+  result.history = run.history;
+  result.kept_epoch = run.kept_epoch;
   return result;
 }
 

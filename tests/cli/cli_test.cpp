@@ -3,13 +3,16 @@
 
 #include <sys/wait.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 #include <fstream>
 #include <sstream>
 
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
 
+#include "patchwise/core/model_file.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
 #include "support/test_support.h"
@@ -249,6 +252,53 @@ TEST_F(CliTest, HeatmapAndReportWritePicturesAndRefuseBadInput) {
   EXPECT_THAT(html, HasSubstr("Ankle boot"));
   expect_bad_input("report --model " + model() + " --data " + kData + " -o " + dir_->string(),
                    "is a directory");
+}
+
+/// Every parameter of two model files, compared bit for bit.
+bool same_weights(const std::string& a, const std::string& b) {
+  auto pa = load_model(a)->parameters();
+  auto pb = load_model(b)->parameters();
+  if (pa.size() != pb.size()) return false;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    if (!torch::equal(pa[i], pb[i])) return false;
+  }
+  return true;
+}
+
+TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
+  const std::string args = "train --data " + kData + " --limit-train 1536 --limit-test 64 "
+                           "--epochs 2 --shift 1 --checkpoint-every 4 --threads 2";
+  ASSERT_EQ(pw(args + " --out " + file("straight.pw")).code, 0);
+  // Start the same run in the background, kill -9 it once a mid-run checkpoint exists.
+  const std::string ckpt = file("killed.pw.ckpt");
+  const std::string command = std::string(PATCHWISE_BINARY) + " " + args + " --out " +
+                              file("killed.pw") + " >/dev/null 2>&1 & echo $! > " + file("pid");
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  for (int i = 0; i < 600 && !fs::exists(ckpt); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint appeared";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::string pid = test::read_file(file("pid"));
+  std::system(("kill -9 " + pid + " 2>/dev/null; sleep 0.2").c_str());
+  ASSERT_FALSE(fs::exists(file("killed.pw"))) << "the run finished before the kill; nothing tested";
+  Result resumed = pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw"));
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_TRUE(same_weights(file("straight.pw"), file("killed.pw")));
+  EXPECT_FALSE(fs::exists(ckpt)) << "a finished run removes its checkpoint";
+}
+
+TEST_F(CliTest, SigintWritesACheckpointAndExits130) {
+  const std::string command = std::string(PATCHWISE_BINARY) + " train --data " + kData +
+                              " --limit-train 20000 --limit-test 64 --epochs 1 --out " +
+                              file("int.pw") + " >/dev/null 2>" + file("int.err") +
+                              " & pid=$!; sleep 3; kill -INT $pid; wait $pid; echo $? > " +
+                              file("int.rc");
+  ASSERT_EQ(std::system(("bash -c '" + command + "'").c_str()), 0);
+  EXPECT_EQ(test::read_file(file("int.rc")), "130\n") << test::read_file(file("int.err"));
+  EXPECT_THAT(test::read_file(file("int.err")), HasSubstr("--resume"));
+  EXPECT_TRUE(fs::exists(file("int.pw.ckpt")));
+  EXPECT_FALSE(fs::exists(file("int.pw")));
+  // A checkpoint is a model file too.
+  EXPECT_EQ(pw("eval --model " + file("int.pw.ckpt") + " --data " + kData + " --limit 50").code, 0);
 }
 
 TEST_F(CliTest, HelpShowsDefaultsAndExitsZero) {

@@ -1,8 +1,10 @@
 #include "patchwise/train/trainer.h"
 
 #include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/model_file.h"
 #include "patchwise/report/evaluation.h"
 #include "support/test_support.h"
 
@@ -147,6 +149,62 @@ TEST_F(TrainerTest, TheSameSeedGivesTheSameWeightsWithOrWithoutAugmentation) {
   const at::Tensor augmented = weights_after(train, options);
   EXPECT_TRUE(torch::equal(augmented, weights_after(train, options)));
   EXPECT_FALSE(torch::equal(augmented, plain));
+}
+
+TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
+  Dataset train = quadrant_dataset(256, 21);
+  Dataset test = quadrant_dataset(64, 22);
+  TrainerOptions options;
+  options.epochs = 3;
+  options.batch = 32;
+  options.augment.shift = 2;  // random draws on top of dropout's
+  options.augment.flip = true;
+  torch::manual_seed(4);
+  PatchClassifier straight(quadrant_config(train));
+  TrainResult reference = train_model(straight, train, &test, options);
+
+  // Stop right after the first step of epoch 2, as SIGINT would.
+  std::atomic<int> stop{0};
+  options.checkpoint = path("run.ckpt");
+  options.checkpoint_every = 3;
+  options.stop = &stop;
+  TrainerCallbacks callbacks;
+  callbacks.on_epoch = [&](const EpochMetrics& m) {
+    if (m.epoch == 1) stop = 2;
+  };
+  torch::manual_seed(4);
+  PatchClassifier first(quadrant_config(train));
+  try {
+    train_model(first, train, &test, options, callbacks);
+    FAIL() << "training did not stop";
+  } catch (const TrainingStopped& stopped) {
+    EXPECT_EQ(stopped.signal, 2);
+    EXPECT_EQ(stopped.epoch, 2);
+    EXPECT_EQ(stopped.step, 1);
+  }
+
+  options.stop = nullptr;
+  options.resume = path("run.ckpt");
+  torch::manual_seed(99);  // whatever the new process's state, the checkpoint decides
+  PatchClassifier resumed(quadrant_config(train));
+  TrainResult continued = train_model(resumed, train, &test, options);
+  auto a = straight->parameters();
+  auto b = resumed->parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i;
+  ASSERT_EQ(continued.history.size(), 3u);
+  EXPECT_DOUBLE_EQ(continued.history[2].test_accuracy, reference.history[2].test_accuracy);
+  EXPECT_DOUBLE_EQ(continued.history[1].loss, reference.history[1].loss);
+}
+
+TEST_F(TrainerTest, ResumeRefusesAPlainModelFile) {
+  Dataset train = quadrant_dataset(32, 23);
+  PatchClassifier model(quadrant_config(train));
+  save_model(path("plain.pw"), model, nullptr);
+  TrainerOptions options;
+  options.resume = path("plain.pw");
+  EXPECT_THAT([&] { train_model(model, train, nullptr, options); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("not a training checkpoint")));
 }
 
 TEST_F(TrainerTest, ANonFiniteLossStopsTrainingWithAClearError) {

@@ -11,9 +11,11 @@
 // Files are written under a temporary name in the same folder and renamed, so a
 // crash never leaves a half-written model; loading runs nothing from the file.
 
+#include <functional>
 #include <string>
 
 #include <nlohmann/json_fwd.hpp>
+#include <torch/serialize/archive.h>
 
 #include "patchwise/core/patch_classifier.h"
 
@@ -26,9 +28,19 @@ nlohmann::json model_config_to_json(const ModelConfig& config);
 /// Throws InputError naming `source` when a field is missing or has the wrong type.
 ModelConfig model_config_from_json(const nlohmann::json& json, const std::string& source);
 
+/// Extra entries of the weights archive (a training checkpoint's optimizer and RNG state).
+using ArchiveWriter = std::function<void(torch::serialize::OutputArchive&)>;
+using ArchiveReader = std::function<void(torch::serialize::InputArchive&)>;
+
 /// Writes `model` (moved to the CPU for writing) with `training` (any JSON: options,
-/// per-epoch history) atomically to `path`. Throws InputError when it cannot be written.
-void save_model(const std::string& path, PatchClassifier& model, const nlohmann::json& training);
+/// per-epoch history) and `extra` archive entries atomically to `path`. Throws
+/// InputError when it cannot be written.
+void save_model(const std::string& path, PatchClassifier& model, const nlohmann::json& training,
+                const ArchiveWriter& extra = {});
+
+/// Opens the weights archive of a model file and hands it to `reader`; failures of
+/// the file or of the reader become InputError naming `path`.
+void read_model_archive(const std::string& path, const ArchiveReader& reader);
 
 /// Reads a model file; throws InputError on a missing, foreign, corrupt or
 /// other-version file. The model is on the CPU, in evaluation mode.

@@ -26,8 +26,9 @@ class Loader {
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
-  /// Starts a pass over the data in the order of `epoch`.
-  void start_epoch(int64_t epoch);
+  /// Starts a pass over the data in the order of `epoch`, from batch `first_batch`
+  /// (a resumed run skips the batches it already trained on).
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
   /// The next batch of the pass; false when the pass is over.
   bool next(Batch& out);
   /// Batches per pass: ceil(N / batch_size).

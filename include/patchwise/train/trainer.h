@@ -2,11 +2,15 @@
 // The trainer: Adam over shuffled mini-batches, one evaluation per epoch. It
 // never prints: progress and per-epoch metrics go to the caller's callbacks.
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <limits>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json_fwd.hpp>
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/augment.h"
@@ -25,6 +29,23 @@ struct TrainerOptions {
   AugmentOptions augment;          ///< off by default
   bool keep_best = false;          ///< end with the weights of the epoch with the best
                                    ///< accuracy on the evaluation set (needs one)
+  std::string checkpoint;          ///< checkpoint file; empty: none
+  int64_t checkpoint_every = 0;    ///< steps between checkpoints; 0: after every epoch
+  std::string checkpoint_note;     ///< JSON text stored in the checkpoint's "training"
+                                   ///< section next to the trainer's state (the caller's flags)
+  std::string resume;              ///< a checkpoint to continue from; empty: a fresh start
+  const std::atomic<int>* stop = nullptr;  ///< nonzero (a signal number): finish the current
+                                           ///< step, write the checkpoint, throw TrainingStopped
+};
+
+/// Thrown when options.stop was raised; the checkpoint (if any) holds the run so far.
+class TrainingStopped : public std::runtime_error {
+ public:
+  TrainingStopped(int signal, int64_t epoch, int64_t step, const std::string& message)
+      : std::runtime_error(message), signal(signal), epoch(epoch), step(step) {}
+  int signal;
+  int64_t epoch;
+  int64_t step;
 };
 
 struct EpochMetrics {
@@ -36,6 +57,10 @@ struct EpochMetrics {
   double seconds = 0;          ///< wall time of the training pass
   double images_per_second = 0;
 };
+
+/// {"epoch", "loss", "accuracy", "test_loss", "test_accuracy" (null when none), "seconds",
+///  "images_per_second"}
+nlohmann::json epoch_metrics_to_json(const EpochMetrics& m);
 
 struct TrainerCallbacks {
   /// After each step: steps done and total in this epoch, running mean loss.
@@ -50,7 +75,11 @@ struct TrainResult {
 };
 
 /// Trains `model` on `train`, scoring `eval_set` (a validation or test set; may be
-/// null) after every epoch. Throws InputError when the data does not fit the model
+/// null) after every epoch. A checkpoint is a model file whose "training" section
+/// holds the trainer's state and whose archive holds the optimizer and RNG state;
+/// resuming from it continues bit for bit where it stopped (same data, threads and
+/// seed): the data order is a function of (seed, epoch) and every random draw comes
+/// from the restored generator. Throws InputError when the data does not fit the model
 /// (image size, channels, labels >= K) or keep_best lacks an evaluation set, and
 /// std::runtime_error when the loss becomes NaN or infinite.
 TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* eval_set,
