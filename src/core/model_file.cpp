@@ -1,12 +1,15 @@
 #include "patchwise/core/model_file.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <zlib.h>
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
@@ -19,10 +22,22 @@ using nlohmann::json;
 
 constexpr size_t kMagicSize = sizeof(kModelMagic) - 1;
 constexpr size_t kLengthSize = 8;
+constexpr size_t kTrailerSize = sizeof(kChecksumTag) - 1 + 4;
 /// A configuration larger than this is not one we wrote.
 constexpr uint64_t kMaxConfigBytes = 64u << 20;
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+uint32_t checksum(const std::string& bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  size_t done = 0;
+  while (done < bytes.size()) {  // crc32 takes a uInt length
+    const auto chunk = static_cast<uInt>(std::min<size_t>(bytes.size() - done, 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + done), chunk);
+    done += chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
 
 template <typename T>
 T field(const json& j, const char* key, const std::string& source) {
@@ -68,9 +83,9 @@ json model_config_to_json(const ModelConfig& c) {
 ModelConfig model_config_from_json(const json& j, const std::string& source) {
   check_input(j.is_object(), "{}: model configuration is not a JSON object", source);
   int version = field<int>(j, "format_version", source);
-  check_input(version == kModelFormatVersion,
-              "{}: model file format version {}, expected {}", source, version,
-              kModelFormatVersion);
+  check_input(version >= kOldestModelFormatVersion && version <= kModelFormatVersion,
+              "{}: model file format version {}, expected {} to {}", source, version,
+              kOldestModelFormatVersion, kModelFormatVersion);
   ModelConfig c;
   json image = field<json>(j, "image", source);
   c.image_channels = field<int64_t>(image, "channels", source);
@@ -122,15 +137,16 @@ void save_model(const std::string& path, PatchClassifier& model, const json& tra
     archive.save_to(weights);
   }
 
-  const std::string blob = weights.str();
+  std::string file(kModelMagic, kMagicSize);
+  const uint64_t length = text.size();
+  for (size_t i = 0; i < kLengthSize; ++i) file.push_back(char(uint8_t(length >> (8 * i))));
+  file += text;
+  file += weights.str();
+  const uint32_t sum = checksum(file);
+  file.append(kChecksumTag, kTrailerSize - 4);
+  for (size_t i = 0; i < 4; ++i) file.push_back(char(uint8_t(sum >> (8 * i))));
   write_file_atomically(path, "model file", [&](std::ostream& out) {
-    uint64_t length = text.size();
-    uint8_t length_bytes[kLengthSize];
-    for (size_t i = 0; i < kLengthSize; ++i) length_bytes[i] = uint8_t(length >> (8 * i));
-    out.write(kModelMagic, kMagicSize);
-    out.write(reinterpret_cast<const char*>(length_bytes), kLengthSize);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    out.write(blob.data(), static_cast<std::streamsize>(blob.size()));
+    out.write(file.data(), static_cast<std::streamsize>(file.size()));
   });
 }
 
@@ -141,38 +157,96 @@ struct ModelFileParts {
   std::string weights;
 };
 
+uint64_t read_le(const std::string& bytes, size_t at, size_t width) {
+  uint64_t value = 0;
+  for (size_t i = 0; i < width; ++i) value |= uint64_t(uint8_t(bytes[at + i])) << (8 * i);
+  return value;
+}
+
 ModelFileParts read_model_file(const std::string& path) {
   check_input(fs::exists(path), "{}: no such model file", path);
   check_input(fs::is_regular_file(path), "{}: expected a model file, found a directory", path);
   std::ifstream in(path, std::ios::binary);
   check_input(in.good(), "{}: cannot open for reading", path);
-  char magic[kMagicSize] = {};
-  in.read(magic, kMagicSize);
-  check_input(in.gcount() == static_cast<std::streamsize>(kMagicSize) &&
-                  std::memcmp(magic, kModelMagic, kMagicSize) == 0,
+  std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  check_input(file.compare(0, kMagicSize, kModelMagic) == 0,
               "{}: not a patchwise model file (it does not start with '{}')", path, kModelMagic);
-  uint8_t length_bytes[kLengthSize] = {};
-  in.read(reinterpret_cast<char*>(length_bytes), kLengthSize);
-  check_input(in.gcount() == static_cast<std::streamsize>(kLengthSize),
-              "{}: truncated model file header", path);
-  uint64_t length = 0;
-  for (size_t i = 0; i < kLengthSize; ++i) length |= uint64_t(length_bytes[i]) << (8 * i);
-  const uint64_t file_size = fs::file_size(path);
-  check_input(length <= kMaxConfigBytes && length <= file_size - kMagicSize - kLengthSize,
+  check_input(file.size() >= kMagicSize + kLengthSize, "{}: truncated model file header", path);
+
+  // The checksum first: nothing of a corrupt file is parsed.
+  const size_t tag_at = file.size() - kTrailerSize;
+  const bool has_trailer = file.size() >= kMagicSize + kLengthSize + kTrailerSize &&
+                           file.compare(tag_at, kTrailerSize - 4, kChecksumTag) == 0;
+  if (has_trailer) {
+    const auto stored = static_cast<uint32_t>(read_le(file, tag_at + kTrailerSize - 4, 4));
+    file.resize(tag_at);
+    const uint32_t computed = checksum(file);
+    check_input(stored == computed,
+                "{}: checksum mismatch (stored {:08x}, computed {:08x}): the file is corrupt",
+                path, stored, computed);
+  }
+
+  const uint64_t length = read_le(file, kMagicSize, kLengthSize);
+  const uint64_t room = file.size() - kMagicSize - kLengthSize;
+  check_input(length <= kMaxConfigBytes && length <= room,
               "{}: configuration of {} bytes declared, but the file has {} bytes", path, length,
-              file_size);
-  std::string text(length, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(length));
+              file.size());
   ModelFileParts parts;
   try {
-    parts.config = json::parse(text);
+    parts.config = json::parse(file.substr(kMagicSize + kLengthSize, length));
   } catch (const json::exception& e) {
     throw InputError(fmt::format("{}: corrupt model configuration ({})", path, e.what()));
   }
-  std::ostringstream rest;
-  rest << in.rdbuf();
-  parts.weights = rest.str();
+  const json version = parts.config.is_object() ? parts.config.value("format_version", json())
+                                                : json();
+  check_input(has_trailer || (version.is_number_integer() && version.get<int>() == 1),
+              "{}: no checksum at the end of the file: it is truncated or corrupt", path);
+  parts.weights = file.substr(kMagicSize + kLengthSize + length);
   return parts;
+}
+
+/// Reads `key` of `archive` into `target` after checking what the file declares:
+/// the same shape and type as `target`, and an extent inside the stored bytes.
+void read_checked(torch::serialize::InputArchive& archive, const std::string& key,
+                  const std::string& name, at::Tensor& target, bool is_buffer,
+                  const std::string& path) {
+  at::Tensor stored;
+  check_input(archive.try_read(key, stored, is_buffer), "{}: weights lack '{}'", path, name);
+  check_input(stored.sizes() == target.sizes(), "{}: weight '{}' has shape {}, expected {}", path,
+              name, fmt::join(stored.sizes(), "x"), fmt::join(target.sizes(), "x"));
+  check_input(stored.scalar_type() == target.scalar_type(),
+              "{}: weight '{}' has type {}, expected {}", path, name,
+              c10::toString(stored.scalar_type()), c10::toString(target.scalar_type()));
+  if (stored.numel() > 0) {
+    int64_t last = stored.storage_offset();
+    bool strides_ok = last >= 0;
+    for (int64_t d = 0; d < stored.dim(); ++d) {
+      strides_ok = strides_ok && stored.stride(d) >= 0;
+      last += (stored.size(d) - 1) * stored.stride(d);
+    }
+    const auto needed = static_cast<uint64_t>(last + 1) * stored.element_size();
+    check_input(strides_ok && needed <= stored.storage().nbytes(),
+                "{}: weight '{}' declares {} bytes but stores {}", path, name, needed,
+                stored.storage().nbytes());
+  }
+  torch::NoGradGuard no_grad;
+  target.copy_(stored);
+}
+
+void load_checked(torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                  const std::string& prefix, const std::string& path) {
+  for (auto& p : module.named_parameters(/*recurse=*/false)) {
+    read_checked(archive, p.key(), prefix + p.key(), p.value(), /*is_buffer=*/false, path);
+  }
+  for (auto& b : module.named_buffers(/*recurse=*/false)) {
+    read_checked(archive, b.key(), prefix + b.key(), b.value(), /*is_buffer=*/true, path);
+  }
+  for (auto& child : module.named_children()) {
+    torch::serialize::InputArchive sub;
+    check_input(archive.try_read(child.key(), sub), "{}: weights lack '{}{}'", path, prefix,
+                child.key());
+    load_checked(*child.value(), sub, prefix + child.key() + ".", path);
+  }
 }
 
 }  // namespace
@@ -185,7 +259,7 @@ PatchClassifier load_model(const std::string& path) {
     std::istringstream weights(parts.weights);
     torch::serialize::InputArchive archive;
     archive.load_from(weights);
-    model->load(archive);
+    load_checked(*model, archive, "", path);
   } catch (const c10::Error& e) {
     throw InputError(
         fmt::format("{}: weights do not load ({})", path, first_line(e.what_without_backtrace())));

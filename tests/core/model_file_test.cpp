@@ -6,6 +6,7 @@
 
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
@@ -26,6 +27,17 @@ ModelConfig small_config() {
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
+}
+
+/// Replaces the checksum trailer of a model file's bytes with one that matches them,
+/// so that a test can change the content and reach the checks after the checksum.
+std::string reseal(std::string bytes) {
+  bytes.resize(bytes.size() - 8);
+  const auto sum = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+  bytes += kChecksumTag;
+  for (int i = 0; i < 4; ++i) bytes.push_back(char(uint8_t(sum >> (8 * i))));
+  return bytes;
 }
 
 class ModelFileTest : public test::SeededTest {};
@@ -93,13 +105,93 @@ TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
   PatchClassifier model(small_config());
   save_model(path("m.pw"), model, nullptr);
   std::string text = test::read_file(path("m.pw"));
-  const std::string from = "\"format_version\":1";
+  const std::string from = "\"format_version\":2";
   const size_t at = text.find(from);
   ASSERT_NE(at, std::string::npos);
   text.replace(at, from.size(), "\"format_version\":7");
-  write_text(path("m.pw"), text);
+  write_text(path("m.pw"), reseal(text));
   EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("format version 7, expected 1")));
+              ::testing::ThrowsMessage<InputError>(HasSubstr("format version 7, expected 1 to 2")));
+}
+
+TEST_F(ModelFileTest, AFlippedByteAnywhereIsRefused) {
+  PatchClassifier model(small_config());
+  save_model(path("m.pw"), model, nullptr);
+  const std::string good = test::read_file(path("m.pw"));
+  // The magic is checked by itself; every later region is covered by the checksum:
+  // the length, the configuration, the weights (start, middle, end) and the trailer.
+  for (size_t at : {size_t(9), size_t(30), good.size() / 2, good.size() - 20, good.size() - 6,
+                    good.size() - 1}) {
+    std::string bad = good;
+    bad[at] = char(bad[at] ^ 0x10);
+    write_text(path("bad.pw"), bad);
+    EXPECT_THAT([&] { load_model(path("bad.pw")); },
+                ::testing::ThrowsMessage<InputError>(
+                    ::testing::AnyOf(HasSubstr("checksum mismatch"), HasSubstr("no checksum"))))
+        << "byte " << at;
+  }
+}
+
+TEST_F(ModelFileTest, AVersionOneFileWithoutChecksumStillLoads) {
+  PatchClassifier model(small_config());
+  for (auto& p : model->parameters()) p.data().add_(0.01);
+  model->eval();
+  save_model(path("m.pw"), model, nullptr);
+  std::string text = test::read_file(path("m.pw"));
+  text.resize(text.size() - 8);  // version 1 had no trailer
+  const size_t at = text.find("\"format_version\":2");
+  ASSERT_NE(at, std::string::npos);
+  text[at + std::string("\"format_version\":").size()] = '1';
+  write_text(path("v1.pw"), text);
+  PatchClassifier loaded = load_model(path("v1.pw"));
+  at::Tensor images = torch::randint(0, 256, {3, 1, 28, 28}, torch::kUInt8);
+  EXPECT_TRUE(torch::equal(loaded->forward(images).log_probs, model->forward(images).log_probs));
+}
+
+TEST_F(ModelFileTest, AWeightOfAnotherShapeIsRefusedNamingIt) {
+  ModelConfig config = small_config();
+  PatchClassifier model(config);
+  save_model(path("m.pw"), model, nullptr);
+  config.class_names.push_back("d");  // a head of 4 classes cannot take the stored 3
+  config.backbone.num_classes = 4;
+  PatchClassifier other(config);
+  std::string text = test::read_file(path("m.pw"));
+  // Same weights, configuration of the 4-class model.
+  const std::string json = model_config_to_json(other->config()).dump();
+  uint64_t old_length = 0;
+  for (int i = 0; i < 8; ++i) old_length |= uint64_t(uint8_t(text[8 + i])) << (8 * i);
+  std::string rebuilt = std::string(kModelMagic, 8);
+  for (int i = 0; i < 8; ++i) rebuilt.push_back(char(uint8_t(json.size() >> (8 * i))));
+  rebuilt += json + text.substr(16 + old_length);
+  write_text(path("m.pw"), reseal(rebuilt));
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(
+                  HasSubstr("weight 'backbone.fc2.weight' has shape 3x64, expected 4x64")));
+}
+
+TEST_F(ModelFileTest, ATensorDeclaringMoreThanItStoresIsRefusedBeforeCopying) {
+  PatchClassifier model(small_config());
+  for (auto& p : model->named_parameters()) {
+    if (p.key() != "backbone.fc2.weight") continue;
+    // Right shape (3x64), but backed by a storage of 8 floats: a crafted file.
+    p.value().unsafeGetTensorImpl()->set_storage_keep_dtype(torch::zeros({8}).storage());
+  }
+  save_model(path("m.pw"), model, nullptr);
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(
+                  HasSubstr("weight 'backbone.fc2.weight' declares 768 bytes but stores 32")));
+}
+
+TEST_F(ModelFileTest, ATensorDeclaringTerabytesIsRefusedWithoutAllocating) {
+  PatchClassifier model(small_config());
+  for (auto& p : model->named_parameters()) {
+    if (p.key() != "backbone.fc2.bias") continue;
+    p.value().unsafeGetTensorImpl()->set_sizes_contiguous({int64_t(1) << 40});
+  }
+  save_model(path("m.pw"), model, nullptr);
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(
+                  HasSubstr("weight 'backbone.fc2.bias' has shape 1099511627776, expected 3")));
 }
 
 TEST_F(ModelFileTest, RefusesTruncatedWeights) {
@@ -107,6 +199,10 @@ TEST_F(ModelFileTest, RefusesTruncatedWeights) {
   save_model(path("m.pw"), model, nullptr);
   std::string text = test::read_file(path("m.pw"));
   write_text(path("m.pw"), text.substr(0, text.size() - 500));
+  EXPECT_THAT([&] { load_model(path("m.pw")); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("truncated or corrupt")));
+  // Past the checksum (resealed), the archive itself is found wanting.
+  write_text(path("m.pw"), reseal(text.substr(0, text.size() - 500)));
   EXPECT_THAT([&] { load_model(path("m.pw")); },
               ::testing::ThrowsMessage<InputError>(HasSubstr("weights do not load")));
 }

@@ -3,13 +3,19 @@
 //
 //   bytes 0..7   "PATCHWSE"                  (kModelMagic)
 //   bytes 8..15  uint64 little-endian n      (length of the JSON)
-//   next n bytes JSON: {"format": "patchwise-model", "format_version": 1, "image": {...},
+//   next n bytes JSON: {"format": "patchwise-model", "format_version": 2, "image": {...},
 //                "grid": {...}, "backbone": {...}, "fusion": "mean", "classes": [...],
 //                "normalization": {...}, "training": {...}}
-//   the rest     LibTorch's serialized archive of parameters and buffers
+//   then         LibTorch's serialized archive of parameters and buffers
+//   last 8 bytes "PWCK" and the uint32 little-endian CRC-32 (zlib's) of every byte
+//                before them (format version 2 on; version 1 files have no trailer)
 //
 // Files are written under a temporary name in the same folder and renamed, so a
-// crash never leaves a half-written model; loading runs nothing from the file.
+// crash never leaves a half-written model. Loading checks the checksum before
+// parsing anything, runs nothing from the file, and copies each weight into a
+// tensor of the shape the configuration implies only after checking the stored
+// tensor's shape, type and extent: a file that declares absurd sizes is refused
+// without allocating for them.
 
 #include <functional>
 #include <string>
@@ -22,7 +28,10 @@
 namespace patchwise {
 
 constexpr char kModelMagic[] = "PATCHWSE";
-constexpr int kModelFormatVersion = 1;
+constexpr char kChecksumTag[] = "PWCK";
+constexpr int kModelFormatVersion = 2;
+/// Files of version 1 (no checksum) are still read.
+constexpr int kOldestModelFormatVersion = 1;
 
 nlohmann::json model_config_to_json(const ModelConfig& config);
 /// Throws InputError naming `source` when a field is missing or has the wrong type.
