@@ -4,8 +4,9 @@ JOBS     ?= $(shell nproc)
 DATA     ?= /usr/share/datasets/fashion-mnist
 EPOCHS   ?= 5
 RUN_ARGS ?=
+SECONDS  ?= 60
 
-.PHONY: deps build run test bench clean
+.PHONY: deps build run test bench fuzz clean
 
 deps:
 	@scripts/install-deps
@@ -29,5 +30,15 @@ test: build
 bench: build
 	$(BUILD)/bench/patchwise_bench --benchmark_counters_tabular=true
 
+# Every libFuzzer target (clang, ASan + UBSan) for SECONDS each.
+fuzz:
+	@scripts/install-deps fuzz
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DPATCHWISE_FUZZ=ON -DPATCHWISE_SANITIZE=address,undefined \
+	  -DPATCHWISE_BUILD_TESTS=OFF -DPATCHWISE_BUILD_BENCH=OFF
+	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_seeds idx_fuzz cifar_fuzz \
+	  digits_json_fuzz image_fuzz model_file_fuzz
+	scripts/fuzz $(BUILD)-fuzz $(SECONDS)
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-fuzz

@@ -35,6 +35,7 @@ void run_eval(const EvalFlags& f) {
   Dataset data = load_data_reporting(f.data, f.split, data_options(f.data_flags, f.limit));
   if (data.class_names != model->config().class_names &&
       !align_class_names(data, model->config().class_names)) {
+    check_dataset_fits(model->config(), data);  // an error makes the warning moot
     fmt::print(stderr, "warning: {}: class names differ from the model's; comparing labels by index\n",
                f.data);
   }

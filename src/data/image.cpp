@@ -59,11 +59,29 @@ at::Tensor read_image(const std::string& path, int64_t channels) {
   }
   check_input(!raw.empty() && raw.rows > 0 && raw.cols > 0,
               "{}: cannot decode image, expected a PNG or JPEG file", path);
-  if (raw.depth() != CV_8U) {
+  if (raw.depth() == CV_32F || raw.depth() == CV_64F) {
+    // Floating-point files (TIFF, PFM, EXR) hold intensities in [0, 1]; NaN,
+    // infinities and values outside are refused rather than saturated.
+    cv::Point where;
+    const cv::Mat flat = raw.reshape(1);
+    if (!cv::checkRange(flat, /*quiet=*/true, &where, 0.0, 1.0 + 1e-6)) {
+      const double value = raw.depth() == CV_32F ? flat.at<float>(where) : flat.at<double>(where);
+      throw InputError(fmt::format(
+          "{}: pixel value {} at row {}, column {}, expected floating-point pixels in [0, 1]", path,
+          value, where.y, where.x / raw.channels()));
+    }
     cv::Mat scaled;
-    double scale = raw.depth() == CV_16U ? 1.0 / 257.0 : 1.0;
-    raw.convertTo(scaled, CV_8U, scale);
+    raw.convertTo(scaled, CV_8U, 255.0);
     raw = scaled;
+  } else if (raw.depth() == CV_16U) {
+    cv::Mat scaled;
+    raw.convertTo(scaled, CV_8U, 1.0 / 257.0);
+    raw = scaled;
+  } else {
+    check_input(raw.depth() == CV_8U,
+                "{}: signed integer pixels (OpenCV depth {}), expected 8- or 16-bit unsigned or "
+                "floating-point pixels",
+                path, raw.depth());
   }
   cv::Mat mat;
   const int file_channels = raw.channels();

