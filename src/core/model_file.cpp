@@ -7,6 +7,7 @@
 #include <iterator>
 #include <sstream>
 
+#include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 #include <zlib.h>
@@ -205,6 +206,50 @@ ModelFileParts read_model_file(const std::string& path) {
   return parts;
 }
 
+/// LibTorch's archive carries TorchScript source for the types it pickles; a type
+/// with methods (a __setstate__, say) would run code while loading. The archives
+/// patchwise writes declare attributes only, so any method is refused unread.
+void check_archive_declares_no_code(const std::string& weights, const std::string& path) {
+  std::istringstream in(weights);
+  caffe2::serialize::PyTorchStreamReader reader(&in);
+  for (const std::string& name : reader.getAllRecords()) {
+    const bool code = name.rfind("code/", 0) == 0 || name.find("/code/") != std::string::npos;
+    if (!code || name.size() < 3 ||
+        name.compare(name.size() - 3, 3, ".py") != 0) {
+      continue;
+    }
+    auto [data, size] = reader.getRecord(name);
+    const std::string source(static_cast<const char*>(data.get()), size);
+    const size_t def = source.find("def ");
+    if (def != std::string::npos) {
+      throw InputError(fmt::format(
+          "{}: the weights archive defines code ('{}' in {}), which patchwise never runs", path,
+          first_line(source.substr(def)), name));
+    }
+  }
+}
+
+/// Opens the weights of a model file, refusing archives that declare code; every
+/// failure of LibTorch's reader (c10::Error, TorchScript's parse errors) becomes
+/// InputError naming `path` and `what`.
+template <typename Use>
+void with_archive(const std::string& weights, const std::string& path, const char* what,
+                  const Use& use) {
+  try {
+    check_archive_declares_no_code(weights, path);
+    std::istringstream in(weights);
+    torch::serialize::InputArchive archive;
+    archive.load_from(in);
+    use(archive);
+  } catch (const InputError&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw InputError(fmt::format("{}: {} ({})", path, what, first_line(e.what_without_backtrace())));
+  } catch (const std::exception& e) {
+    throw InputError(fmt::format("{}: {} ({})", path, what, first_line(e.what())));
+  }
+}
+
 /// Reads `key` of `archive` into `target` after checking what the file declares:
 /// the same shape and type as `target`, and an extent inside the stored bytes.
 void read_checked(torch::serialize::InputArchive& archive, const std::string& key,
@@ -255,30 +300,15 @@ PatchClassifier load_model(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   ModelConfig config = model_config_from_json(parts.config, path);
   PatchClassifier model(config);
-  try {
-    std::istringstream weights(parts.weights);
-    torch::serialize::InputArchive archive;
-    archive.load_from(weights);
-    load_checked(*model, archive, "", path);
-  } catch (const c10::Error& e) {
-    throw InputError(
-        fmt::format("{}: weights do not load ({})", path, first_line(e.what_without_backtrace())));
-  }
+  with_archive(parts.weights, path, "weights do not load",
+               [&](torch::serialize::InputArchive& archive) { load_checked(*model, archive, "", path); });
   model->eval();
   return model;
 }
 
 void read_model_archive(const std::string& path, const ArchiveReader& reader) {
   ModelFileParts parts = read_model_file(path);
-  try {
-    std::istringstream weights(parts.weights);
-    torch::serialize::InputArchive archive;
-    archive.load_from(weights);
-    reader(archive);
-  } catch (const c10::Error& e) {
-    throw InputError(
-        fmt::format("{}: cannot read its state ({})", path, first_line(e.what_without_backtrace())));
-  }
+  with_archive(parts.weights, path, "cannot read its state", reader);
 }
 
 json load_model_training(const std::string& path) {

@@ -1,6 +1,13 @@
 #include "patchwise/data/image.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -30,6 +37,68 @@ cv::Mat to_mat(const at::Tensor& image) {
   return out;
 }
 
+/// The image formats read, by their signature. Everything else is refused before
+/// OpenCV sees it: Debian's OpenCV hands unknown files to GDAL, whose many
+/// decoders (DICOM, NITF, ...) are far outside what an image classifier needs and
+/// abort on malformed input.
+bool known_image_signature(const std::string& path) {
+  char head[12] = {};
+  std::ifstream in(path, std::ios::binary);
+  in.read(head, sizeof(head));
+  const auto n = static_cast<size_t>(in.gcount());
+  auto starts = [&](const char* magic, size_t len) {
+    return n >= len && std::memcmp(head, magic, len) == 0;
+  };
+  return starts("\x89PNG\r\n\x1a\n", 8) || starts("\xff\xd8\xff", 3) || starts("BM", 2) ||
+         starts("II*\0", 4) || starts("MM\0*", 4) ||
+         (n >= 2 && head[0] == 'P' && ((head[1] >= '1' && head[1] <= '6') || head[1] == 'F' ||
+                                       head[1] == 'f')) ||
+         (starts("RIFF", 4) && n >= 12 && std::memcmp(head + 8, "WEBP", 4) == 0);
+}
+
+/// Runs `decode` with the process's stderr captured, and returns what was printed:
+/// the codecs under OpenCV (libpng, libjpeg, libtiff) print their complaints there,
+/// which would break the one-line error (or litter a successful read with warnings).
+std::string capture_stderr(const std::function<void()>& decode) {
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::fflush(stderr);
+  FILE* sink = std::tmpfile();
+  const int saved = sink ? ::dup(STDERR_FILENO) : -1;
+  if (saved < 0) {
+    if (sink) std::fclose(sink);
+    decode();
+    return "";
+  }
+  ::dup2(::fileno(sink), STDERR_FILENO);
+  auto restore = [&] {
+    std::fflush(stderr);
+    ::dup2(saved, STDERR_FILENO);
+    ::close(saved);
+  };
+  try {
+    decode();
+  } catch (...) {
+    restore();
+    std::fclose(sink);
+    throw;
+  }
+  restore();
+  std::string text;
+  std::rewind(sink);
+  char buffer[512];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), sink)) > 0;) text.append(buffer, n);
+  std::fclose(sink);
+  return text;
+}
+
+/// The last non-empty line of `text`.
+std::string last_line(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  const size_t at = text.rfind('\n');
+  return at == std::string::npos ? text : text.substr(at + 1);
+}
+
 /// An 8-bit cv::Mat (gray or BGR) -> uint8 [C,H,W] (RGB for 3 channels).
 at::Tensor from_mat(const cv::Mat& mat) {
   cv::Mat rgb;
@@ -51,14 +120,20 @@ at::Tensor read_image(const std::string& path, int64_t channels) {
   check_input(fs::is_regular_file(path), "{}: expected an image file, found a directory", path);
   check_input(channels == 0 || channels == 1 || channels == 3,
               "{}: {} channels requested, expected 1 or 3", path, channels);
+  check_input(known_image_signature(path),
+              "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file", path);
   cv::Mat raw;
+  std::string complaint;
   try {
-    raw = cv::imread(path, cv::IMREAD_UNCHANGED);
+    complaint = capture_stderr([&] { raw = cv::imread(path, cv::IMREAD_UNCHANGED); });
   } catch (const cv::Exception& e) {
-    throw InputError(fmt::format("{}: cannot decode image ({})", path, e.msg));
+    throw InputError(fmt::format("{}: cannot decode image ({})", path, last_line(e.msg)));
   }
-  check_input(!raw.empty() && raw.rows > 0 && raw.cols > 0,
-              "{}: cannot decode image, expected a PNG or JPEG file", path);
+  if (raw.empty() || raw.rows <= 0 || raw.cols <= 0) {
+    throw InputError(complaint.empty()
+                         ? fmt::format("{}: cannot decode image", path)
+                         : fmt::format("{}: cannot decode image ({})", path, last_line(complaint)));
+  }
   if (raw.depth() == CV_32F || raw.depth() == CV_64F) {
     // Floating-point files (TIFF, PFM, EXR) hold intensities in [0, 1]; NaN,
     // infinities and values outside are refused rather than saturated.

@@ -220,6 +220,14 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"missing image", nullptr, "predict" + model + " {dir}/none.png", "no such image file"},
       {"zero-byte image", [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
        "predict" + model + " {dir}/bad/empty.png", "cannot decode image"},
+      {"corrupt PNG (the codec's complaint in the one line)",
+       [](const fs::path& d) {
+         write_bytes(d / "bad/broken.png", "\x89PNG\r\n\x1a\n" + std::string(40, 'x'));
+       },
+       "predict" + model + " {dir}/bad/broken.png", "cannot decode image (libpng error"},
+      {"a file of another kind named .png",
+       [](const fs::path& d) { write_bytes(d / "bad/doc.png", "%PDF-1.4 not an image"); },
+       "predict" + model + " {dir}/bad/doc.png", "not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP"},
       {"NaN pixels",
        [](const fs::path& d) {
          fs::create_directories(d / "bad");

@@ -6,6 +6,7 @@
 
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
+#include <torch/script.h>
 #include <zlib.h>
 
 #include "patchwise/core/error.h"
@@ -192,6 +193,22 @@ TEST_F(ModelFileTest, ATensorDeclaringTerabytesIsRefusedWithoutAllocating) {
   EXPECT_THAT([&] { load_model(path("m.pw")); },
               ::testing::ThrowsMessage<InputError>(
                   HasSubstr("weight 'backbone.fc2.bias' has shape 1099511627776, expected 3")));
+}
+
+TEST_F(ModelFileTest, AnArchiveThatDefinesCodeIsRefusedWithoutRunningIt) {
+  PatchClassifier model(small_config());
+  save_model(path("m.pw"), model, nullptr);
+  const std::string good = test::read_file(path("m.pw"));
+  uint64_t length = 0;
+  for (int i = 0; i < 8; ++i) length |= uint64_t(uint8_t(good[8 + i])) << (8 * i);
+  // A TorchScript module with a method, in place of the weights archive.
+  torch::jit::Module scripted("__torch__.Evil");
+  scripted.define("def forward(self, x: int) -> int:\n  return x + 1\n");
+  std::ostringstream archive;
+  scripted.save(archive);
+  write_text(path("evil.pw"), reseal(good.substr(0, 16 + length) + archive.str() + "PWCK0000"));
+  EXPECT_THAT([&] { load_model(path("evil.pw")); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("defines code ('def forward")));
 }
 
 TEST_F(ModelFileTest, RefusesTruncatedWeights) {
