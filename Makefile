@@ -5,8 +5,9 @@ DATA     ?= /usr/share/datasets/fashion-mnist
 EPOCHS   ?= 5
 RUN_ARGS ?=
 SECONDS  ?= 60
+TARGETS  ?=
 
-.PHONY: deps build run test bench fuzz clean
+.PHONY: deps build run test test-sanitize bench fuzz clean
 
 deps:
 	@scripts/install-deps
@@ -27,8 +28,23 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The test suite built with AddressSanitizer and UndefinedBehaviorSanitizer; any
+# report fails its test. Leaks inside the libraries below (LibTorch, OpenBLAS,
+# OpenCV's codecs) are suppressed by tests/sanitizer/lsan.supp, ours are not.
+SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:check_initialization_order=1 \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizer/lsan.supp:print_suppressions=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+test-sanitize: deps
+	cmake -S . -B $(BUILD)-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DPATCHWISE_SANITIZE=address,undefined -DPATCHWISE_BUILD_BENCH=OFF
+	cmake --build $(BUILD)-sanitize -j $(JOBS)
+	cd $(BUILD)-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS)
+
+# patchwise and its PyTorch peer (bench/peer.py) on the same jobs, alternately.
+REPS ?= 3
 bench: build
-	$(BUILD)/bench/patchwise_bench --benchmark_counters_tabular=true
+	@scripts/install-deps bench
+	bench/run-bench --build $(BUILD) --reps $(REPS)
 
 # Every libFuzzer target (clang, ASan + UBSan) for SECONDS each.
 fuzz:
@@ -38,7 +54,7 @@ fuzz:
 	  -DPATCHWISE_BUILD_TESTS=OFF -DPATCHWISE_BUILD_BENCH=OFF
 	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_seeds idx_fuzz cifar_fuzz \
 	  digits_json_fuzz image_fuzz model_file_fuzz
-	scripts/fuzz $(BUILD)-fuzz $(SECONDS)
+	scripts/fuzz $(BUILD)-fuzz $(SECONDS) $(TARGETS)
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-fuzz
+	rm -rf $(BUILD) $(BUILD)-fuzz $(BUILD)-sanitize

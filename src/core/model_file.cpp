@@ -5,9 +5,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
+#include <vector>
 #include <sstream>
 
-#include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 #include <zlib.h>
@@ -27,7 +28,15 @@ constexpr size_t kTrailerSize = sizeof(kChecksumTag) - 1 + 4;
 /// A configuration larger than this is not one we wrote.
 constexpr uint64_t kMaxConfigBytes = 64u << 20;
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+uint64_t read_le(const std::string& bytes, size_t at, size_t width) {
+  uint64_t value = 0;
+  for (size_t i = 0; i < width; ++i) value |= uint64_t(uint8_t(bytes[at + i])) << (8 * i);
+  return value;
+}
+
+void put_le(std::string& out, uint64_t value, size_t width) {
+  for (size_t i = 0; i < width; ++i) out.push_back(char(uint8_t(value >> (8 * i))));
+}
 
 uint32_t checksum(const std::string& bytes) {
   uLong crc = crc32(0L, Z_NULL, 0);
@@ -84,9 +93,12 @@ json model_config_to_json(const ModelConfig& c) {
 ModelConfig model_config_from_json(const json& j, const std::string& source) {
   check_input(j.is_object(), "{}: model configuration is not a JSON object", source);
   int version = field<int>(j, "format_version", source);
-  check_input(version >= kOldestModelFormatVersion && version <= kModelFormatVersion,
-              "{}: model file format version {}, expected {} to {}", source, version,
-              kOldestModelFormatVersion, kModelFormatVersion);
+  check_input(version != 1,
+              "{}: model file format version 1 (LibTorch archive weights, patchwise 0.1), which "
+              "is no longer read, expected {}: train the model again",
+              source, kModelFormatVersion);
+  check_input(version == kModelFormatVersion, "{}: model file format version {}, expected {}",
+              source, version, kModelFormatVersion);
   ModelConfig c;
   json image = field<json>(j, "image", source);
   c.image_channels = field<int64_t>(image, "channels", source);
@@ -121,47 +133,113 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   return c;
 }
 
-void save_model(const std::string& path, PatchClassifier& model, const json& training,
-                const ArchiveWriter& extra) {
-  json config = model_config_to_json(model->config());
-  if (!training.is_null()) config["training"] = training;
-  const std::string text = config.dump();
-
-  std::ostringstream weights;
-  {
-    torch::serialize::OutputArchive archive;
-    auto device = model->device();
-    model->to(torch::kCPU);
-    model->save(archive);
-    model->to(device);
-    if (extra) extra(archive);
-    archive.save_to(weights);
-  }
-
-  std::string file(kModelMagic, kMagicSize);
-  const uint64_t length = text.size();
-  for (size_t i = 0; i < kLengthSize; ++i) file.push_back(char(uint8_t(length >> (8 * i))));
-  file += text;
-  file += weights.str();
-  const uint32_t sum = checksum(file);
-  file.append(kChecksumTag, kTrailerSize - 4);
-  for (size_t i = 0; i < 4; ++i) file.push_back(char(uint8_t(sum >> (8 * i))));
-  write_file_atomically(path, "model file", [&](std::ostream& out) {
-    out.write(file.data(), static_cast<std::streamsize>(file.size()));
-  });
-}
-
 namespace {
+
+/// One tensor record of a model file, located but not yet copied.
+struct Record {
+  at::ScalarType type;
+  std::vector<int64_t> sizes;
+  std::string bytes;
+};
 
 struct ModelFileParts {
   json config;
-  std::string weights;
+  std::map<std::string, Record> records;
 };
 
-uint64_t read_le(const std::string& bytes, size_t at, size_t width) {
-  uint64_t value = 0;
-  for (size_t i = 0; i < width; ++i) value |= uint64_t(uint8_t(bytes[at + i])) << (8 * i);
-  return value;
+constexpr size_t kMaxDims = 8;
+
+/// The record type codes of the format (model_file.h).
+uint8_t type_code(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return 1;
+    case at::kDouble: return 2;
+    case at::kLong: return 3;
+    case at::kByte: return 4;
+    default: break;
+  }
+  throw std::logic_error(fmt::format("model file: no record type for {}", c10::toString(type)));
+}
+
+void write_record(std::string& file, const std::string& name, const at::Tensor& tensor) {
+  const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+  if (name.size() > 0xffff || t.dim() > static_cast<int64_t>(kMaxDims)) {
+    throw std::logic_error(fmt::format("model file: cannot store '{}'", name));
+  }
+  put_le(file, name.size(), 2);
+  file += name;
+  file.push_back(char(type_code(t.scalar_type())));
+  file.push_back(char(t.dim()));
+  for (int64_t d = 0; d < t.dim(); ++d) put_le(file, static_cast<uint64_t>(t.size(d)), 8);
+  file.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+}
+
+/// Parses the tensor records from `at` to the end of `file` (the trailer removed).
+/// Every declared size is checked against the bytes present before anything is
+/// allocated for it.
+std::map<std::string, Record> read_records(const std::string& file, size_t at,
+                                           const std::string& path) {
+  auto need = [&](uint64_t bytes, const char* what) {
+    check_input(bytes <= file.size() - at, "{}: truncated tensor records ({} at byte {})", path,
+                what, at);
+  };
+  auto take = [&](size_t width) {
+    need(width, "a header field");
+    const uint64_t value = read_le(file, at, width);
+    at += width;
+    return value;
+  };
+  const uint64_t count = take(4);
+  // Each record takes at least 4 bytes: a count beyond that is a lie.
+  check_input(count <= (file.size() - at) / 4, "{}: {} tensor records declared in {} bytes", path,
+              count, file.size() - at);
+  std::map<std::string, Record> records;
+  for (uint64_t i = 0; i < count; ++i) {
+    const uint64_t name_length = take(2);
+    need(name_length, "a name");
+    std::string name = file.substr(at, name_length);
+    at += name_length;
+    const uint64_t code = take(1);
+    const uint64_t dims = take(1);
+    Record r;
+    switch (code) {
+      case 1: r.type = at::kFloat; break;
+      case 2: r.type = at::kDouble; break;
+      case 3: r.type = at::kLong; break;
+      case 4: r.type = at::kByte; break;
+      default:
+        throw InputError(fmt::format("{}: tensor '{}' has type code {}, expected 1 to 4", path,
+                                     name, code));
+    }
+    check_input(dims <= kMaxDims, "{}: tensor '{}' has {} dimensions, expected at most {}", path,
+                name, dims, kMaxDims);
+    const uint64_t element = c10::elementSize(r.type);
+    uint64_t elements = 1;
+    for (uint64_t d = 0; d < dims; ++d) {
+      const uint64_t size = take(8);
+      // Division, not multiplication: a forged size cannot overflow the check.
+      check_input(size == 0 || elements <= (file.size() - at) / element / size,
+                  "{}: tensor '{}' declares more elements than the file's {} bytes hold", path,
+                  name, file.size());
+      elements *= size;
+      r.sizes.push_back(static_cast<int64_t>(size));
+    }
+    need(elements * element, "tensor data");
+    r.bytes = file.substr(at, elements * element);
+    at += elements * element;
+    check_input(records.emplace(name, std::move(r)).second, "{}: tensor '{}' stored twice", path,
+                name);
+  }
+  check_input(at == file.size(), "{}: {} bytes after the last tensor record", path,
+              file.size() - at);
+  return records;
+}
+
+/// The record as a tensor (CPU, its own memory).
+at::Tensor to_tensor(const Record& r) {
+  at::Tensor t = torch::empty(r.sizes, torch::TensorOptions().dtype(r.type));
+  std::memcpy(t.data_ptr(), r.bytes.data(), r.bytes.size());
+  return t;
 }
 
 ModelFileParts read_model_file(const std::string& path) {
@@ -200,115 +278,85 @@ ModelFileParts read_model_file(const std::string& path) {
   }
   const json version = parts.config.is_object() ? parts.config.value("format_version", json())
                                                 : json();
-  check_input(has_trailer || (version.is_number_integer() && version.get<int>() == 1),
-              "{}: no checksum at the end of the file: it is truncated or corrupt", path);
-  parts.weights = file.substr(kMagicSize + kLengthSize + length);
+  if (!has_trailer && version.is_number_integer() && version.get<int>() != kModelFormatVersion) {
+    model_config_from_json(parts.config, path);  // names the version
+  }
+  check_input(has_trailer, "{}: no checksum at the end of the file: it is truncated or corrupt",
+              path);
+  parts.records = read_records(file, kMagicSize + kLengthSize + length, path);
   return parts;
 }
 
-/// LibTorch's archive carries TorchScript source for the types it pickles; a type
-/// with methods (a __setstate__, say) would run code while loading. The archives
-/// patchwise writes declare attributes only, so any method is refused unread.
-void check_archive_declares_no_code(const std::string& weights, const std::string& path) {
-  std::istringstream in(weights);
-  caffe2::serialize::PyTorchStreamReader reader(&in);
-  for (const std::string& name : reader.getAllRecords()) {
-    const bool code = name.rfind("code/", 0) == 0 || name.find("/code/") != std::string::npos;
-    if (!code || name.size() < 3 ||
-        name.compare(name.size() - 3, 3, ".py") != 0) {
-      continue;
-    }
-    auto [data, size] = reader.getRecord(name);
-    const std::string source(static_cast<const char*>(data.get()), size);
-    const size_t def = source.find("def ");
-    if (def != std::string::npos) {
-      throw InputError(fmt::format(
-          "{}: the weights archive defines code ('{}' in {}), which patchwise never runs", path,
-          first_line(source.substr(def)), name));
-    }
-  }
-}
-
-/// Opens the weights of a model file, refusing archives that declare code; every
-/// failure of LibTorch's reader (c10::Error, TorchScript's parse errors) becomes
-/// InputError naming `path` and `what`.
-template <typename Use>
-void with_archive(const std::string& weights, const std::string& path, const char* what,
-                  const Use& use) {
-  try {
-    check_archive_declares_no_code(weights, path);
-    std::istringstream in(weights);
-    torch::serialize::InputArchive archive;
-    archive.load_from(in);
-    use(archive);
-  } catch (const InputError&) {
-    throw;
-  } catch (const c10::Error& e) {
-    throw InputError(fmt::format("{}: {} ({})", path, what, first_line(e.what_without_backtrace())));
-  } catch (const std::exception& e) {
-    throw InputError(fmt::format("{}: {} ({})", path, what, first_line(e.what())));
-  }
-}
-
-/// Reads `key` of `archive` into `target` after checking what the file declares:
-/// the same shape and type as `target`, and an extent inside the stored bytes.
-void read_checked(torch::serialize::InputArchive& archive, const std::string& key,
-                  const std::string& name, at::Tensor& target, bool is_buffer,
+/// Copies the "model/" records into the model's parameters and buffers, after
+/// checking each has the type and shape the configuration implies; a missing or an
+/// unexpected weight is refused.
+void load_weights(PatchClassifierImpl& model, const std::map<std::string, Record>& records,
                   const std::string& path) {
-  at::Tensor stored;
-  check_input(archive.try_read(key, stored, is_buffer), "{}: weights lack '{}'", path, name);
-  check_input(stored.sizes() == target.sizes(), "{}: weight '{}' has shape {}, expected {}", path,
-              name, fmt::join(stored.sizes(), "x"), fmt::join(target.sizes(), "x"));
-  check_input(stored.scalar_type() == target.scalar_type(),
-              "{}: weight '{}' has type {}, expected {}", path, name,
-              c10::toString(stored.scalar_type()), c10::toString(target.scalar_type()));
-  if (stored.numel() > 0) {
-    int64_t last = stored.storage_offset();
-    bool strides_ok = last >= 0;
-    for (int64_t d = 0; d < stored.dim(); ++d) {
-      strides_ok = strides_ok && stored.stride(d) >= 0;
-      last += (stored.size(d) - 1) * stored.stride(d);
-    }
-    const auto needed = static_cast<uint64_t>(last + 1) * stored.element_size();
-    check_input(strides_ok && needed <= stored.storage().nbytes(),
-                "{}: weight '{}' declares {} bytes but stores {}", path, name, needed,
-                stored.storage().nbytes());
+  std::vector<std::pair<std::string, at::Tensor>> targets;
+  for (auto& p : model.named_parameters()) targets.emplace_back(p.key(), p.value());
+  for (auto& b : model.named_buffers()) targets.emplace_back(b.key(), b.value());
+  std::set<std::string> expected;
+  for (const auto& target : targets) expected.insert("model/" + target.first);
+  for (const auto& record : records) {
+    check_input(record.first.rfind("model/", 0) != 0 || expected.count(record.first) > 0,
+                "{}: unexpected weight '{}' for this configuration", path,
+                record.first.substr(6));
   }
   torch::NoGradGuard no_grad;
-  target.copy_(stored);
-}
-
-void load_checked(torch::nn::Module& module, torch::serialize::InputArchive& archive,
-                  const std::string& prefix, const std::string& path) {
-  for (auto& p : module.named_parameters(/*recurse=*/false)) {
-    read_checked(archive, p.key(), prefix + p.key(), p.value(), /*is_buffer=*/false, path);
-  }
-  for (auto& b : module.named_buffers(/*recurse=*/false)) {
-    read_checked(archive, b.key(), prefix + b.key(), b.value(), /*is_buffer=*/true, path);
-  }
-  for (auto& child : module.named_children()) {
-    torch::serialize::InputArchive sub;
-    check_input(archive.try_read(child.key(), sub), "{}: weights lack '{}{}'", path, prefix,
-                child.key());
-    load_checked(*child.value(), sub, prefix + child.key() + ".", path);
+  for (auto& [name, target] : targets) {
+    auto it = records.find("model/" + name);
+    check_input(it != records.end(), "{}: weights lack '{}'", path, name);
+    const Record& r = it->second;
+    check_input(r.sizes == target.sizes(), "{}: weight '{}' has shape {}, expected {}", path,
+                name, fmt::join(r.sizes, "x"), fmt::join(target.sizes(), "x"));
+    check_input(r.type == target.scalar_type(), "{}: weight '{}' has type {}, expected {}", path,
+                name, c10::toString(r.type), c10::toString(target.scalar_type()));
+    target.copy_(to_tensor(r));
   }
 }
 
 }  // namespace
 
+void save_model(const std::string& path, PatchClassifier& model, const json& training,
+                const TensorMap& state) {
+  json config = model_config_to_json(model->config());
+  if (!training.is_null()) config["training"] = training;
+  const std::string text = config.dump();
+
+  std::vector<std::pair<std::string, at::Tensor>> records;
+  for (const auto& p : model->named_parameters()) records.emplace_back("model/" + p.key(), p.value());
+  for (const auto& b : model->named_buffers()) records.emplace_back("model/" + b.key(), b.value());
+  for (const auto& [key, tensor] : state) records.emplace_back("state/" + key, tensor);
+
+  std::string file(kModelMagic, kMagicSize);
+  put_le(file, text.size(), kLengthSize);
+  file += text;
+  put_le(file, records.size(), 4);
+  for (const auto& [name, tensor] : records) write_record(file, name, tensor);
+  const uint32_t sum = checksum(file);
+  file.append(kChecksumTag, kTrailerSize - 4);
+  put_le(file, sum, 4);
+  write_file_atomically(path, "model file", [&](std::ostream& out) {
+    out.write(file.data(), static_cast<std::streamsize>(file.size()));
+  });
+}
+
 PatchClassifier load_model(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   ModelConfig config = model_config_from_json(parts.config, path);
   PatchClassifier model(config);
-  with_archive(parts.weights, path, "weights do not load",
-               [&](torch::serialize::InputArchive& archive) { load_checked(*model, archive, "", path); });
+  load_weights(*model, parts.records, path);
   model->eval();
   return model;
 }
 
-void read_model_archive(const std::string& path, const ArchiveReader& reader) {
+TensorMap load_model_state(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
-  with_archive(parts.weights, path, "cannot read its state", reader);
+  TensorMap state;
+  for (const auto& [name, record] : parts.records) {
+    if (name.rfind("state/", 0) == 0) state.emplace(name.substr(6), to_tensor(record));
+  }
+  return state;
 }
 
 json load_model_training(const std::string& path) {

@@ -35,6 +35,58 @@ EpochMetrics metrics_from_json(const json& j) {
   return m;
 }
 
+/// Adam's per-parameter state as named tensors ("adam.<i>.step", ".exp_avg",
+/// ".exp_avg_sq", ".max_exp_avg_sq"), i being the parameter's position.
+TensorMap adam_state_to_tensors(torch::optim::Adam& optimizer) {
+  TensorMap out;
+  const auto& params = optimizer.param_groups().at(0).params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto it = optimizer.state().find(c10::guts::to_string(params[i].unsafeGetTensorImpl()));
+    if (it == optimizer.state().end()) continue;  // not stepped yet
+    const auto& s = static_cast<const torch::optim::AdamParamState&>(*it->second);
+    const std::string prefix = "adam." + std::to_string(i) + ".";
+    out[prefix + "step"] = torch::tensor(s.step());
+    out[prefix + "exp_avg"] = s.exp_avg();
+    out[prefix + "exp_avg_sq"] = s.exp_avg_sq();
+    if (s.max_exp_avg_sq().defined()) out[prefix + "max_exp_avg_sq"] = s.max_exp_avg_sq();
+  }
+  return out;
+}
+
+/// A state tensor a checkpoint must hold.
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
+                               const std::string& path) {
+  auto it = state.find(key);
+  check_input(it != state.end(), "--resume: {} lacks the state '{}'", path, key);
+  return it->second;
+}
+
+/// Restores what adam_state_to_tensors saved, checking shapes against the parameters.
+void adam_state_from_tensors(torch::optim::Adam& optimizer, const TensorMap& state,
+                             const std::string& path) {
+  const auto& params = optimizer.param_groups().at(0).params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string prefix = "adam." + std::to_string(i) + ".";
+    if (state.count(prefix + "step") == 0) continue;
+    auto moment = [&](const std::string& name) {
+      const at::Tensor& t = state_tensor(state, prefix + name, path);
+      check_input(t.sizes() == params[i].sizes() && t.scalar_type() == params[i].scalar_type(),
+                  "--resume: {}: optimizer state '{}' does not match its parameter", path,
+                  prefix + name);
+      return t.to(params[i].device()).clone();
+    };
+    auto s = std::make_unique<torch::optim::AdamParamState>();
+    const at::Tensor& step = state_tensor(state, prefix + "step", path);
+    check_input(step.numel() == 1 && step.scalar_type() == at::kLong,
+                "--resume: {}: optimizer state '{}step' is not a count", path, prefix);
+    s->step(step.item<int64_t>());
+    s->exp_avg(moment("exp_avg"));
+    s->exp_avg_sq(moment("exp_avg_sq"));
+    if (state.count(prefix + "max_exp_avg_sq") > 0) s->max_exp_avg_sq(moment("max_exp_avg_sq"));
+    optimizer.state()[c10::guts::to_string(params[i].unsafeGetTensorImpl())] = std::move(s);
+  }
+}
+
 /// Where a run stands: everything besides weights, optimizer and RNG that a
 /// checkpoint must hold to continue exactly.
 struct RunState {
@@ -124,23 +176,19 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       auto bto = model->buffers();
       for (size_t i = 0; i < bto.size(); ++i) bto[i].copy_(bfrom[i]);
     }
-    read_model_archive(options.resume, [&](torch::serialize::InputArchive& archive) {
-      torch::serialize::InputArchive optimizer_archive;
-      archive.read("optimizer", optimizer_archive);
-      optimizer.load(optimizer_archive);
-      at::Tensor rng;
-      archive.read("rng_state", rng);
-      generator.set_state(rng);
-      if (options.keep_best) {
-        at::Tensor count;
-        archive.read("best_count", count);
-        best_state.resize(static_cast<size_t>(count.item<int64_t>()));
-        for (size_t i = 0; i < best_state.size(); ++i) {
-          archive.read("best_" + std::to_string(i), best_state[i]);
-          best_state[i] = best_state[i].to(device);
-        }
+    const TensorMap saved_state = load_model_state(options.resume);
+    adam_state_from_tensors(optimizer, saved_state, options.resume);
+    generator.set_state(state_tensor(saved_state, "rng_state", options.resume));
+    if (options.keep_best) {
+      const int64_t count = state_tensor(saved_state, "best_count", options.resume).item<int64_t>();
+      check_input(count >= 0 && count <= static_cast<int64_t>(saved_state.size()),
+                  "--resume: {} has a best_count of {}", options.resume, count);
+      best_state.resize(static_cast<size_t>(count));
+      for (size_t i = 0; i < best_state.size(); ++i) {
+        best_state[i] =
+            state_tensor(saved_state, "best_" + std::to_string(i), options.resume).to(device);
       }
-    });
+    }
   }
 
   auto write_checkpoint = [&] {
@@ -154,16 +202,13 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
                      {"seen", run.seen},           {"seconds", run.seconds},
                      {"best_accuracy", run.best_accuracy},
                      {"kept_epoch", run.kept_epoch}, {"history", history}};
-    save_model(options.checkpoint, model, note, [&](torch::serialize::OutputArchive& archive) {
-      torch::serialize::OutputArchive optimizer_archive;
-      optimizer.save(optimizer_archive);
-      archive.write("optimizer", optimizer_archive);
-      archive.write("rng_state", generator.get_state());
-      archive.write("best_count", torch::tensor(static_cast<int64_t>(best_state.size())));
-      for (size_t i = 0; i < best_state.size(); ++i) {
-        archive.write("best_" + std::to_string(i), best_state[i].cpu());
-      }
-    });
+    TensorMap state = adam_state_to_tensors(optimizer);
+    state["rng_state"] = generator.get_state();
+    state["best_count"] = torch::tensor(static_cast<int64_t>(best_state.size()));
+    for (size_t i = 0; i < best_state.size(); ++i) {
+      state["best_" + std::to_string(i)] = best_state[i];
+    }
+    save_model(options.checkpoint, model, note, state);
   };
 
   for (; run.epoch <= options.epochs; ++run.epoch) {
