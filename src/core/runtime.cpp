@@ -1,8 +1,9 @@
 #include "patchwise/core/runtime.h"
 
-#include <thread>
-
+#include <dlfcn.h>
 #include <torch/torch.h>
+
+#include <thread>
 
 #include "patchwise/core/error.h"
 
@@ -12,14 +13,16 @@ c10::Device resolve_device(const std::string& name) {
   if (name == "auto") return torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
   if (name == "cpu") return torch::kCPU;
   if (name.rfind("cuda", 0) == 0) {
-    check_input(torch::cuda::is_available(),
-                "--device: '{}' requested, but this LibTorch has no CUDA or no GPU is present; "
-                "use --device cpu",
-                name);
+    check_input(
+        torch::cuda::is_available(),
+        "--device: '{}' requested, but this LibTorch has no CUDA or no GPU is present; "
+        "use --device cpu",
+        name);
     try {
       return c10::Device(name);
     } catch (const c10::Error&) {
-      throw InputError(fmt::format("--device: '{}' is not a device, expected cuda or cuda:N", name));
+      throw InputError(
+          fmt::format("--device: '{}' is not a device, expected cuda or cuda:N", name));
     }
   }
   throw InputError(fmt::format("--device: unknown device '{}', expected auto, cpu or cuda", name));
@@ -28,6 +31,15 @@ c10::Device resolve_device(const std::string& name) {
 int64_t set_threads(int64_t n) {
   if (n <= 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
   torch::set_num_threads(static_cast<int>(n));
+  // LibTorch's OpenMP pool does the parallel work (oneDNN, the patch batch); OpenBLAS,
+  // which only sees the small products of the dense heads and of the one-channel
+  // first convolution (called per image from that pool), would otherwise keep a
+  // second pool of threads spinning on the same cores.
+  using SetBlasThreads = void (*)(int);
+  if (auto set_blas =
+          reinterpret_cast<SetBlasThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    set_blas(1);
+  }
   return n;
 }
 

@@ -1,10 +1,11 @@
 #include "patchwise/models/backbone.h"
 
-#include <vector>
-
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "patchwise/core/error.h"
+#include "patchwise/models/max_pool.h"
 
 namespace patchwise {
 namespace {
@@ -17,15 +18,43 @@ constexpr int64_t kVgg16MinInput = 32;
 
 /// One entry per conv layer of VGG16; 0 closes a block with a 2x2 max pool.
 const std::vector<int64_t>& vgg16_plan() {
-  static const std::vector<int64_t> plan = {64,  64,  0,   128, 128, 0,   256, 256, 256, 0,
-                                            512, 512, 512, 0,   512, 512, 512, 0};
+  static const std::vector<int64_t> plan = {
+      64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
   return plan;
 }
 
-/// Appends conv -> [batch norm] -> ReLU -> [max pool] to `seq`.
-void add_conv(nn::Sequential& seq, int64_t in, int64_t out, int64_t padding, bool batch_norm) {
-  seq->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/3).padding(padding)));
+/// A 3x3 convolution that takes a one-channel input through LibTorch's direct
+/// (im2col + matrix product) kernel on the CPU: oneDNN, LibTorch's default there,
+/// is several times slower with a single input channel (measured 4-10x on the
+/// first layers here, bench/step_breakdown). Same parameters, same names.
+class GrayConvImpl : public nn::Conv2dImpl {
+ public:
+  GrayConvImpl(int64_t in, int64_t out, int64_t padding)
+      : nn::Conv2dImpl(nn::Conv2dOptions(in, out, /*kernel_size=*/3).padding(padding)),
+        padding_(padding) {}
+  at::Tensor forward(const at::Tensor& x) {
+    if (!x.device().is_cpu() || weight.size(1) != 1) return nn::Conv2dImpl::forward(x);
+    return at::thnn_conv2d(x, weight, {3, 3}, bias, {1, 1}, {padding_, padding_});
+  }
+
+ private:
+  int64_t padding_;
+};
+TORCH_MODULE(GrayConv);
+
+/// Appends conv -> [batch norm] -> [2x2 max pool] -> ReLU to `seq`. ReLU and max
+/// pooling commute (ReLU is monotonic), so pooling first gives the same values and
+/// gradients while the ReLU touches a quarter of the elements. The module indices
+/// are those of conv -> [bn] -> ReLU -> [pool], so model files are unaffected.
+void add_conv(
+    nn::Sequential& seq, int64_t in, int64_t out, int64_t padding, bool batch_norm, bool pool) {
+  if (in == 1) {
+    seq->push_back(GrayConv(in, out, padding));
+  } else {
+    seq->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, /*kernel_size=*/3).padding(padding)));
+  }
   if (batch_norm) seq->push_back(nn::BatchNorm2d(out));
+  if (pool) seq->push_back(nn::Functional([](const at::Tensor& x) { return max_pool_2x2(x); }));
   seq->push_back(nn::ReLU(nn::ReLUOptions().inplace(true)));
 }
 
@@ -36,8 +65,7 @@ class SmallCnnImpl : public BackboneImpl {
     int64_t in = o.in_channels;
     int64_t side = o.input;
     for (int64_t out : {16, 32, 64}) {
-      add_conv(conv_, in, out, /*padding=*/0, o.batch_norm);
-      conv_->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
+      add_conv(conv_, in, out, /*padding=*/0, o.batch_norm, /*pool=*/true);
       in = out;
       side = (side - 2) / 2;
     }
@@ -72,13 +100,12 @@ class Vgg16Impl : public BackboneImpl {
   explicit Vgg16Impl(const BackboneOptions& o) : options_(o) {
     conv_ = nn::Sequential();
     int64_t in = o.in_channels;
-    for (int64_t out : vgg16_plan()) {
-      if (out == 0) {
-        conv_->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
-        continue;
-      }
-      add_conv(conv_, in, out, /*padding=*/1, o.batch_norm);
-      in = out;
+    const std::vector<int64_t>& plan = vgg16_plan();
+    for (size_t i = 0; i < plan.size(); ++i) {
+      if (plan[i] == 0) continue;  // the pool went in with the conv before it
+      const bool pool = i + 1 < plan.size() && plan[i + 1] == 0;
+      add_conv(conv_, in, plan[i], /*padding=*/1, o.batch_norm, pool);
+      in = plan[i];
     }
     register_module("conv", conv_);
     fc_ = register_module("fc", nn::Linear(in, o.num_classes));
@@ -101,16 +128,25 @@ class Vgg16Impl : public BackboneImpl {
 };
 
 void check_options(const BackboneOptions& o) {
-  check_input(o.name == "small-cnn" || o.name == "vgg16",
-              "--model: unknown backbone '{}', expected small-cnn or vgg16", o.name);
-  check_input(o.in_channels == 1 || o.in_channels == 3,
-              "{}: {} input channels, expected 1 or 3", o.name, o.in_channels);
+  check_input(
+      o.name == "small-cnn" || o.name == "vgg16",
+      "--model: unknown backbone '{}', expected small-cnn or vgg16",
+      o.name);
+  check_input(
+      o.in_channels == 1 || o.in_channels == 3,
+      "{}: {} input channels, expected 1 or 3",
+      o.name,
+      o.in_channels);
   check_input(o.num_classes >= 2, "{}: {} classes, expected at least 2", o.name, o.num_classes);
   int64_t min_input = o.name == "vgg16" ? kVgg16MinInput : kSmallCnnMinInput;
-  check_input(o.input >= min_input, "--input: {} is too small for {}, expected at least {}",
-              o.input, o.name, min_input);
-  check_input(o.dropout >= 0.0 && o.dropout < 1.0, "--dropout: {}, expected a value in [0, 1)",
-              o.dropout);
+  check_input(
+      o.input >= min_input,
+      "--input: {} is too small for {}, expected at least {}",
+      o.input,
+      o.name,
+      min_input);
+  check_input(
+      o.dropout >= 0.0 && o.dropout < 1.0, "--dropout: {}, expected a value in [0, 1)", o.dropout);
 }
 
 }  // namespace

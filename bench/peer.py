@@ -1,0 +1,249 @@
+#!/usr/bin/python3
+"""PyTorch peer of bench/patchwise_bench.cpp: the same jobs, timed the same way.
+
+    /usr/bin/python3 bench/peer.py --job JOB [--seconds S] [--threads N] [--data DIR] [--warmup W]
+
+JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, predict_latency.
+Prints one JSON line on stdout; everything else goes to stderr. Bad arguments: exit 2.
+Needs Debian's python3-torch (torch 1.13, the same libtorch patchwise links against).
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError as e:
+    print(f"peer.py: {e}; install python3-torch and run with /usr/bin/python3", file=sys.stderr)
+    sys.exit(2)
+
+JOBS = ("seed_train", "seed_infer", "whole_train", "whole_infer", "vgg_train", "vgg_infer",
+        "predict_latency")
+DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+BENCH_IMAGES = 12800  # kBenchImages
+TRAIN_BATCH = 64      # kTrainBatch
+INFER_BATCH = 256     # kInferBatch
+INPUT = 32            # PatchGridOptions::input
+VGG16_PLAN = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0]
+
+
+def read_idx(path, magic, header):
+    """IDX file (gzip'd or plain) -> uint8 numpy array of its payload, as src/data/idx.cpp."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise ValueError(f"{path}: wrong magic number {found}, expected {magic}")
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range((header - 4) // 4)]
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def split_file(data_dir, name):
+    for candidate in (name, name + ".gz"):  # find_split_file: plain first, then .gz
+        if os.path.exists(os.path.join(data_dir, candidate)):
+            return os.path.join(data_dir, candidate)
+    raise ValueError(f"{data_dir}: no {name} or {name}.gz in this directory")
+
+
+def load_data(data_dir, explicit):
+    """First 12,800 training images uint8 [N,1,28,28] and int64 labels (bench_data())."""
+    if not os.path.isdir(data_dir):
+        if explicit:
+            raise ValueError(f"--data: {data_dir}: no such directory")
+        # The C++ bench falls back to random images of Fashion-MNIST's shape.
+        print(f"peer.py: {data_dir} missing, using random images", file=sys.stderr)
+        torch.manual_seed(0)
+        return (torch.randint(0, 256, (BENCH_IMAGES, 1, 28, 28), dtype=torch.uint8),
+                torch.randint(0, 10, (BENCH_IMAGES,), dtype=torch.int64))
+    images = read_idx(split_file(data_dir, "train-images-idx3-ubyte"), 2051, 16)
+    labels = read_idx(split_file(data_dir, "train-labels-idx1-ubyte"), 2049, 8)
+    images = torch.from_numpy(images[:BENCH_IMAGES].copy()).unsqueeze(1).contiguous()
+    labels = torch.from_numpy(labels[:BENCH_IMAGES].astype(np.int64))
+    return images, labels
+
+
+def normalization(images):
+    """compute_normalization: float64 mean and population std per channel of x/255."""
+    x = images.to(torch.float64).div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3), unbiased=False)
+    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+class SmallCnn(nn.Module):
+    """backbone.cpp SmallCnnImpl: 3x [conv3x3 valid, ReLU(inplace), maxpool 2], fc1 64, fc2 K."""
+
+    def __init__(self, in_channels, side, classes=10, dropout=0.5):
+        super().__init__()
+        layers = []
+        for out in (16, 32, 64):
+            layers += [nn.Conv2d(in_channels, out, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            in_channels, side = out, (side - 2) // 2
+        self.conv = nn.Sequential(*layers)
+        self.fc1 = nn.Linear(in_channels * side * side, 64)
+        self.dropout = nn.Dropout(dropout)  # BackboneOptions::dropout defaults to 0.5
+        self.fc2 = nn.Linear(64, classes)
+
+    def forward(self, x):
+        features = torch.relu(self.fc1(self.conv(x).flatten(1)))  # not in place, as features()
+        return self.fc2(self.dropout(features))
+
+
+class Vgg16(nn.Module):
+    """backbone.cpp Vgg16Impl: VGG16 convs (padding 1), global max pool, one Linear(512, K)."""
+
+    def __init__(self, in_channels, classes=10):
+        super().__init__()
+        layers = []
+        for out in VGG16_PLAN:
+            if out == 0:
+                layers.append(nn.MaxPool2d(2))
+                continue
+            layers += [nn.Conv2d(in_channels, out, 3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = out
+        self.conv = nn.Sequential(*layers)
+        self.fc = nn.Linear(in_channels, classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(2).max(2)[0])  # global max pooling
+
+
+class PatchClassifier(nn.Module):
+    """patch_classifier.cpp with grid.cpp's cut and fusion.cpp's 'mean' rule."""
+
+    def __init__(self, backbone, mean, std, boxes, patch):
+        super().__init__()
+        self.backbone = backbone
+        self.boxes, self.patch = boxes, patch  # [(y, x)], side of the square patch
+        self.register_buffer("mean", mean.to(torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", std.to(torch.float32).view(1, -1, 1, 1))
+
+    def cut(self, x):
+        # grid.cpp: narrow views per box, one stack [B,P,C,h,w], one bilinear resize of all.
+        p = self.patch
+        stacked = torch.stack([x.narrow(2, y, p).narrow(3, c, p) for y, c in self.boxes], 1)
+        b, n, ch = stacked.shape[:3]
+        flat = F.interpolate(stacked.view(b * n, ch, p, p), size=(INPUT, INPUT), mode="bilinear",
+                             align_corners=False)
+        return flat.view(b, n, ch, INPUT, INPUT)
+
+    def forward(self, images):
+        x = images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)  # normalize()
+        patches = self.cut(x)
+        b, n = patches.shape[:2]
+        logits = self.backbone(patches.flatten(0, 1))  # [B*P,C,I,I]: one forward, shared weights
+        patch_logits = logits.view(b, n, logits.size(1))
+        # fuse(kMean): log of the mean of the patches' softmax probabilities.
+        log_probs = torch.logsumexp(torch.log_softmax(patch_logits, 2), 1) - np.log(n)
+        return patch_logits, log_probs
+
+
+def build_model(job, images):
+    torch.manual_seed(0)
+    mean, std = normalization(images)
+    if job.startswith("whole"):
+        boxes, patch = [(0, 0)], 28  # 1x1 grid of 28: offset (28 - 28) / 2
+    else:
+        boxes, patch = [(y, x) for y in (0, 10) for x in (0, 10)], 18  # 2x2 of 18, stride 10
+    backbone = Vgg16(1) if job.startswith("vgg") else SmallCnn(1, INPUT)
+    return PatchClassifier(backbone, mean, std, boxes, patch)
+
+
+def train_step_fn(model, images, labels):
+    """BM_TrainStep: shuffled batches of 64, patch loss, Adam(1e-3)."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)  # Loader seed 1 (C++: mt19937_64 shuffle)
+    state = {"order": torch.randperm(len(images), generator=generator), "next": 0}
+
+    def step():
+        if state["next"] >= len(images):  # new epoch, new order
+            state["order"], state["next"] = torch.randperm(len(images), generator=generator), 0
+        index = state["order"][state["next"]:state["next"] + TRAIN_BATCH]
+        state["next"] += TRAIN_BATCH
+        batch, batch_labels = images[index], labels[index]
+        patch_logits, _ = model(batch)
+        n = patch_logits.size(1)
+        # compute_loss(kPatch): per-patch cross-entropy against labels repeated per patch.
+        loss = F.cross_entropy(patch_logits.flatten(0, 1), batch_labels.repeat_interleave(n))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step, TRAIN_BATCH
+
+
+def infer_fn(model, images, batch):
+    """BM_Inference: eval, inference mode, consecutive slices wrapping at the end."""
+    model.eval()
+    state = {"offset": 0}
+
+    def step():
+        if state["offset"] + batch > len(images):
+            state["offset"] = 0
+        with torch.inference_mode():
+            _, log_probs = model(images.narrow(0, state["offset"], batch))
+        state["offset"] += batch
+        return log_probs
+    return step, batch
+
+
+def measure(step, warmup, seconds):
+    for _ in range(warmup):
+        step()
+    iterations, start = 0, time.perf_counter()
+    while True:
+        step()
+        iterations += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and iterations >= 3:
+            return iterations, elapsed
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        print(f"peer.py: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main():
+    parser = Parser(description="PyTorch peer of patchwise_bench")
+    parser.add_argument("--job", required=True, choices=JOBS)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    if not args.seconds > 0:
+        parser.error(f"--seconds: {args.seconds}, expected a positive number")
+    if args.threads < 1:
+        parser.error(f"--threads: {args.threads}, expected at least 1")
+    if args.warmup < 0:
+        parser.error(f"--warmup: {args.warmup}, expected 0 or more")
+    try:
+        images, labels = load_data(args.data or DEFAULT_DATA, args.data is not None)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+
+    torch.set_num_threads(args.threads)  # set_threads()
+    model = build_model(args.job, images)
+    if args.job.endswith("_train"):
+        step, batch = train_step_fn(model, images, labels)
+    else:  # predict_latency: the seed model, one image per call
+        step, batch = infer_fn(model, images, 1 if args.job == "predict_latency" else INFER_BATCH)
+    print(f"peer.py: {args.job}, batch {batch}, {args.threads} threads", file=sys.stderr)
+    iterations, seconds = measure(step, args.warmup, args.seconds)
+    print(json.dumps({"job": args.job, "images_per_s": round(iterations * batch / seconds, 2),
+                      "iterations": iterations, "seconds": round(seconds, 4), "batch": batch,
+                      "latency_ms": round(1000.0 * seconds / iterations, 4),
+                      "threads": args.threads}))
+
+
+if __name__ == "__main__":
+    main()

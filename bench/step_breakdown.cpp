@@ -1,0 +1,132 @@
+// Where a training step's time goes, for the benchmark's layouts: normalize + cut
+// and resize, the backbone's forward and loss, backward, and Adam's update; then
+// LibTorch's profiler table of the operators over the same steps.
+//
+//   build/bench/step_breakdown [seed|whole|vgg] [STEPS] [THREADS]   (0: one per core)
+#include <torch/csrc/autograd/profiler_kineto.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "patchwise/core/patch_classifier.h"
+#include "patchwise/core/runtime.h"
+#include "patchwise/data/idx.h"
+#include "patchwise/train/loss.h"
+
+using namespace patchwise;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string layout = argc > 1 ? argv[1] : "seed";
+  const int steps = argc > 2 ? std::atoi(argv[2]) : 40;
+  if ((layout != "seed" && layout != "whole" && layout != "vgg") || steps < 1) {
+    std::fprintf(stderr, "usage: step_breakdown [seed|whole|vgg] [STEPS >= 1] [THREADS]\n");
+    return 2;
+  }
+  set_threads(argc > 3 ? std::atoi(argv[3]) : 0);
+  constexpr int64_t kBatch = 64;
+  Dataset data = load_idx_split("/usr/share/datasets/fashion-mnist", "train", 6400);
+  ModelConfig config;
+  config.class_names = data.class_names;
+  config.backbone.num_classes = 10;
+  config.normalization = compute_normalization(data.images);
+  if (layout == "whole") {
+    config.grid.rows = config.grid.cols = 1;
+    config.grid.patch_h = config.grid.patch_w = 28;
+  }
+  if (layout == "vgg") config.backbone.name = "vgg16";
+  torch::manual_seed(0);
+  PatchClassifier model(config);
+  model->train();
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+
+  double cut = 0, forward = 0, backward = 0, update = 0;
+  const int warmup = 3;
+  auto step = [&](int i, bool timed) {
+    const int64_t at = (i * kBatch) % (data.size() - kBatch);
+    at::Tensor images = data.images.narrow(0, at, kBatch);
+    at::Tensor labels = data.labels.narrow(0, at, kBatch);
+    auto start = Clock::now();
+    at::Tensor patches = model->grid().cut(model->normalize(images));
+    const double t_cut = ms_since(start);
+    start = Clock::now();
+    PatchOutput out = model->forward(images);
+    at::Tensor loss = compute_loss(LossKind::kPatch, out, labels);
+    const double t_forward = ms_since(start) - t_cut;  // forward() cuts again
+    start = Clock::now();
+    optimizer.zero_grad();
+    loss.backward();
+    const double t_backward = ms_since(start);
+    start = Clock::now();
+    optimizer.step();
+    const double t_update = ms_since(start);
+    if (timed) {
+      cut += t_cut;
+      forward += t_forward;
+      backward += t_backward;
+      update += t_update;
+    }
+  };
+  for (int i = 0; i < warmup; ++i) step(i, false);
+  for (int i = 0; i < steps; ++i) step(warmup + i, true);
+  const double total = cut + forward + backward + update;
+  std::printf(
+      "%s, batch %lld, %d steps, ms per step: normalize+cut+resize %.2f (%.0f %%), "
+      "forward+loss %.2f (%.0f %%), backward %.2f (%.0f %%), Adam %.2f (%.0f %%); "
+      "%.0f images/s\n",
+      layout.c_str(),
+      static_cast<long long>(kBatch),
+      steps,
+      cut / steps,
+      100 * cut / total,
+      forward / steps,
+      100 * forward / total,
+      backward / steps,
+      100 * backward / total,
+      update / steps,
+      100 * update / total,
+      kBatch * steps / (total / 1000));
+
+  namespace prof = torch::autograd::profiler;
+  namespace impl = torch::profiler::impl;
+  const impl::ProfilerConfig profiler_config(impl::ProfilerState::KINETO);
+  prof::prepareProfiler(profiler_config, {impl::ActivityType::CPU});
+  prof::enableProfiler(profiler_config, {impl::ActivityType::CPU});
+  for (int i = 0; i < std::min(steps, 10); ++i) step(i, false);
+  auto result = prof::disableProfiler();
+  // Self time per operator, largest first.
+  std::map<std::string, std::pair<int64_t, int64_t>> by_name;  // name -> (self us, calls)
+  const auto& events = result->events();
+  for (const auto& e : events) {
+    auto& slot = by_name[e.name()];
+    slot.first += static_cast<int64_t>(e.durationUs());
+    slot.second += 1;
+  }
+  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> rows(
+      by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    return a.second.first > b.second.first;
+  });
+  std::printf("\noperators over %d steps (inclusive time, top 25):\n", std::min(steps, 10));
+  for (size_t i = 0; i < rows.size() && i < 25; ++i) {
+    std::printf(
+        "  %-50s %10.2f ms %6lld calls\n",
+        rows[i].first.c_str(),
+        rows[i].second.first / 1000.0,
+        static_cast<long long>(rows[i].second.second));
+  }
+  return 0;
+}
