@@ -48,6 +48,13 @@ const Dataset& bench_data() {
   return data;
 }
 
+/// Threads: PATCHWISE_THREADS when set (bench/run-bench sets it for both sides), else
+/// one per core.
+void bench_threads() {
+  const char* env = std::getenv("PATCHWISE_THREADS");
+  set_threads(env ? std::atoi(env) : 0);
+}
+
 enum Layout : int64_t { kSeed = 0, kWhole = 1, kVgg = 2 };
 
 ModelConfig bench_config(int64_t layout) {
@@ -82,7 +89,7 @@ void report(benchmark::State& state, const PatchClassifier& model, int64_t batch
 }
 
 void train_job(benchmark::State& state, int64_t layout) {
-  set_threads(0);
+  bench_threads();
   torch::manual_seed(0);
   const ModelConfig config = bench_config(layout);
   PatchClassifier model(config);
@@ -107,7 +114,7 @@ void train_job(benchmark::State& state, int64_t layout) {
 }
 
 void infer_job(benchmark::State& state, int64_t layout, int64_t batch) {
-  set_threads(0);
+  bench_threads();
   torch::manual_seed(0);
   const ModelConfig config = bench_config(layout);
   PatchClassifier model(config);

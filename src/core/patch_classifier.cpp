@@ -1,10 +1,19 @@
 #include "patchwise/core/patch_classifier.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 
 namespace patchwise {
+namespace {
+
+/// Patches per backbone pass on the CPU (PatchClassifierImpl::forward).
+constexpr int64_t kChunkPatches = 128;
+
+}  // namespace
 
 PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
     : config_(config), grid_(config.grid, config.image_h, config.image_w),
@@ -45,12 +54,28 @@ at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
 PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   TORCH_CHECK(images.dim() == 4 && images.size(1) == config_.image_channels,
               "PatchClassifier expects [B,", config_.image_channels, ",H,W], got ", images.sizes());
-  at::Tensor x = images.scalar_type() == torch::kUInt8 ? normalize(images) : images;
-  at::Tensor patches = grid_.cut(x);  // [B,P,C,I,I]
-  const int64_t batch = patches.size(0);
-  const int64_t count = patches.size(1);
-  at::Tensor flat = patches.flatten(0, 1);  // [B*P,C,I,I]: one forward, shared weights
-  at::Tensor features = backbone_->features(flat);
+  const int64_t batch = images.size(0);
+  const int64_t count = grid_.count();
+  // On the CPU, a few dozen patches at a time keep every layer's activations in
+  // the cache: measured 2-3x faster than one pass over 1,024 patches. Batch
+  // normalization in training needs the whole batch's statistics, so it gets one pass.
+  const int64_t per_chunk = std::max<int64_t>(1, kChunkPatches / count);
+  const bool chunked = images.device().is_cpu() && batch > per_chunk &&
+                       !(is_training() && config_.backbone.batch_norm);
+  auto patch_features = [&](const at::Tensor& part) {
+    at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
+    return backbone_->features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
+  };
+  at::Tensor features;
+  if (chunked) {
+    std::vector<at::Tensor> parts;
+    for (int64_t start = 0; start < batch; start += per_chunk) {
+      parts.push_back(patch_features(images.narrow(0, start, std::min(per_chunk, batch - start))));
+    }
+    features = torch::cat(parts);
+  } else {
+    features = patch_features(images);
+  }
   at::Tensor logits = backbone_->classify(features);
   PatchOutput out;
   out.patch_logits = logits.view({batch, count, logits.size(1)});
