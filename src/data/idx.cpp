@@ -20,28 +20,69 @@ constexpr size_t kIdxHeaderImages = 16;  // magic, count, rows, cols
 constexpr size_t kIdxHeaderLabels = 8;   // magic, count
 constexpr size_t kReadChunk = 1 << 20;
 
-/// The whole (decompressed) content of a file; gzread passes plain files through.
-std::vector<uint8_t> read_all_bytes(const std::string& path) {
-  check_input(fs::exists(path), "{}: no such file", path);
-  check_input(fs::is_regular_file(path), "{}: expected a file, found a directory or special file", path);
-  gzFile file = gzopen(path.c_str(), "rb");
-  check_input(file != nullptr, "{}: cannot open for reading", path);
-  std::vector<uint8_t> bytes;
-  std::vector<uint8_t> chunk(kReadChunk);
-  while (true) {
-    int n = gzread(file, chunk.data(), static_cast<unsigned>(chunk.size()));
-    if (n < 0) {
-      int code = 0;
-      std::string why = gzerror(file, &code);
-      gzclose(file);
-      throw InputError(fmt::format("{}: corrupt compressed data ({})", path, why));
-    }
-    if (n == 0) break;
-    bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + n);
+/// deflate cannot expand beyond this ratio: a gzip file of M bytes holds at most
+/// about kMaxDeflateRatio * M bytes, so a larger declared size is a lie.
+constexpr uint64_t kMaxDeflateRatio = 1032;
+
+/// An IDX file (plain or gzip) opened for reading: header first, then the payload
+/// straight into its tensor, so the data is held once and nothing is allocated
+/// for sizes the file cannot hold.
+class IdxFile {
+ public:
+  explicit IdxFile(const std::string& path) : path_(path) {
+    check_input(fs::exists(path), "{}: no such file", path);
+    check_input(fs::is_regular_file(path), "{}: expected a file, found a directory or special file",
+                path);
+    size_ = fs::file_size(path);
+    file_ = gzopen(path.c_str(), "rb");
+    check_input(file_ != nullptr, "{}: cannot open for reading", path);
+    compressed_ = gzdirect(file_) == 0;
   }
-  gzclose(file);
-  return bytes;
-}
+  ~IdxFile() { gzclose(file_); }
+  IdxFile(const IdxFile&) = delete;
+  IdxFile& operator=(const IdxFile&) = delete;
+
+  /// Up to `n` bytes into `out`; the number read.
+  size_t read(uint8_t* out, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+      const auto want = static_cast<unsigned>(std::min<size_t>(n - done, kReadChunk));
+      const int got = gzread(file_, out + done, want);
+      if (got < 0) {
+        int code = 0;
+        throw InputError(fmt::format("{}: corrupt compressed data ({})", path_, gzerror(file_, &code)));
+      }
+      if (got == 0) break;
+      done += static_cast<size_t>(got);
+    }
+    return done;
+  }
+
+  /// The most payload bytes after a `header`-byte header that this file could hold.
+  uint64_t max_payload(size_t header) const {
+    const uint64_t limit = compressed_ ? size_ * kMaxDeflateRatio : size_;
+    return limit > header ? limit - header : 0;
+  }
+
+  /// Reads exactly `bytes` bytes into a new uint8 tensor of `sizes`, and checks that
+  /// nothing follows them; `what` describes the declared content for messages.
+  at::Tensor read_payload(uint64_t bytes, at::IntArrayRef sizes, const std::string& what) {
+    at::Tensor out = torch::empty(sizes, torch::kUInt8);
+    const size_t got = read(out.data_ptr<uint8_t>(), bytes);
+    check_input(got == bytes, "{}: {} bytes after the header, expected {} = {} bytes", path_, got,
+                what, bytes);
+    uint8_t extra = 0;
+    check_input(read(&extra, 1) == 0, "{}: more bytes than the header's {} = {} bytes", path_,
+                what, bytes);
+    return out;
+  }
+
+ private:
+  std::string path_;
+  uint64_t size_ = 0;
+  gzFile file_ = nullptr;
+  bool compressed_ = false;
+};
 
 int32_t read_be_int32(const std::vector<uint8_t>& bytes, size_t offset) {
   return static_cast<int32_t>(
@@ -104,36 +145,37 @@ std::vector<std::string> class_names_for(const std::string& dir, int64_t num_cla
 }  // namespace
 
 at::Tensor read_idx_images(const std::string& path) {
-  std::vector<uint8_t> bytes = read_all_bytes(path);
-  check_header(bytes, kIdxHeaderImages, kIdxImagesMagic, path, "images");
-  int64_t count = read_be_int32(bytes, 4);
-  int64_t rows = read_be_int32(bytes, 8);
-  int64_t cols = read_be_int32(bytes, 12);
+  IdxFile file(path);
+  std::vector<uint8_t> header(kIdxHeaderImages);
+  header.resize(file.read(header.data(), header.size()));
+  check_header(header, kIdxHeaderImages, kIdxImagesMagic, path, "images");
+  const int64_t count = read_be_int32(header, 4);
+  const int64_t rows = read_be_int32(header, 8);
+  const int64_t cols = read_be_int32(header, 12);
   check_input(count > 0, "{}: image count {}, expected at least 1", path, count);
   check_input(rows > 0 && cols > 0, "{}: image size {}x{}, expected positive rows and columns", path,
               rows, cols);
-  int64_t payload = static_cast<int64_t>(bytes.size() - kIdxHeaderImages);
   // Division, not multiplication: a forged header cannot overflow the check.
-  check_input(payload / rows / cols >= count,
-              "{}: declares {} images of {}x{}, but only {} bytes of pixels follow the header", path,
-              count, rows, cols, payload);
-  check_input(payload == count * rows * cols,
-              "{}: {} bytes of pixels, expected {} images of {}x{} = {} bytes", path, payload, count,
-              rows, cols, count * rows * cols);
-  at::Tensor images = torch::empty({count, 1, rows, cols}, torch::kUInt8);
-  std::copy(bytes.begin() + kIdxHeaderImages, bytes.end(), images.data_ptr<uint8_t>());
-  return images;
+  const uint64_t room = file.max_payload(kIdxHeaderImages);
+  check_input(room / uint64_t(rows) / uint64_t(cols) >= uint64_t(count),
+              "{}: declares {} images of {}x{}, but only {} bytes of pixels can follow the header",
+              path, count, rows, cols, room);
+  return file.read_payload(uint64_t(count * rows * cols), {count, 1, rows, cols},
+                           fmt::format("{} images of {}x{}", count, rows, cols));
 }
 
 at::Tensor read_idx_labels(const std::string& path) {
-  std::vector<uint8_t> bytes = read_all_bytes(path);
-  check_header(bytes, kIdxHeaderLabels, kIdxLabelsMagic, path, "labels");
-  int64_t count = read_be_int32(bytes, 4);
-  int64_t payload = static_cast<int64_t>(bytes.size() - kIdxHeaderLabels);
+  IdxFile file(path);
+  std::vector<uint8_t> header(kIdxHeaderLabels);
+  header.resize(file.read(header.data(), header.size()));
+  check_header(header, kIdxHeaderLabels, kIdxLabelsMagic, path, "labels");
+  const int64_t count = read_be_int32(header, 4);
   check_input(count > 0, "{}: label count {}, expected at least 1", path, count);
-  check_input(payload == count, "{}: {} bytes of labels, expected {}", path, payload, count);
-  at::Tensor raw = torch::from_blob(bytes.data() + kIdxHeaderLabels, {count}, torch::kUInt8);
-  return raw.to(torch::kInt64);
+  check_input(uint64_t(count) <= file.max_payload(kIdxHeaderLabels),
+              "{}: declares {} labels, but only {} bytes can follow the header", path, count,
+              file.max_payload(kIdxHeaderLabels));
+  return file.read_payload(uint64_t(count), {count}, fmt::format("{} labels", count))
+      .to(torch::kInt64);
 }
 
 Dataset load_idx_split(const std::string& dir, const std::string& prefix, int64_t limit) {
