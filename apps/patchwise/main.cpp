@@ -1,5 +1,6 @@
 // patchwise: patch-based image classification from the command line.
-// Exit codes: 0 success, 2 bad input (a flag, a file, a value), 1 internal failure.
+// Exit codes: 0 success, 2 bad input (a flag, a file, a value), 1 internal failure or a
+// data-parallel run whose peers failed.
 
 #include <chrono>
 #include <cstdio>

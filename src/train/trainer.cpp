@@ -361,7 +361,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       // A signal on any rank stops them all after this same step.
       if (dist != nullptr) {
         stop_signal = static_cast<int>(dist->allreduce_max(
-            stop_signal, fmt::format("the end of epoch {} step {}", run.epoch, run.step)));
+            stop_signal, fmt::format("the step-end allreduce of epoch {} step {}", run.epoch, run.step)));
       }
       const bool stopping = stop_signal != 0;
       const bool due = options.checkpoint_every > 0 && run.step % options.checkpoint_every == 0 &&
