@@ -69,6 +69,19 @@ std::string exception_reason(const std::exception& e) {
   return reason(e.what());
 }
 
+/// Where the objects of a group whose peer failed go: their teardown can block on the
+/// dead peer or throw, and the process is about to exit, so they are never destroyed;
+/// held from a global, they stay reachable and leak checkers do not report them.
+struct Graveyard {
+  std::vector<c10::intrusive_ptr<c10d::Store>> stores;
+  std::vector<c10::intrusive_ptr<c10d::ProcessGroupGloo>> groups;
+  std::vector<std::unique_ptr<c10d::Reducer>> reducers;
+};
+Graveyard& graveyard() {
+  static auto* g = new Graveyard;
+  return *g;
+}
+
 }  // namespace
 
 DistributedConfig distributed_config_from_env(
@@ -200,11 +213,10 @@ Distributed::Distributed(const DistributedConfig& config) : impl_(std::make_uniq
 
 Distributed::~Distributed() {
   if (impl_->failed) {
-    // After a peer failure the Reducer and the group hold half-finished work whose
-    // teardown can block or throw; the process is about to exit, so leave them be.
-    (void)impl_->reducer.release();
-    (void)impl_->group.release();
-    (void)impl_->store.release();
+    // After a peer failure the Reducer and the group hold half-finished work.
+    graveyard().reducers.push_back(std::move(impl_->reducer));
+    graveyard().groups.push_back(std::move(impl_->group));
+    graveyard().stores.push_back(std::move(impl_->store));
   }
 }
 
