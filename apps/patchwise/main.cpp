@@ -1,14 +1,20 @@
 // patchwise: patch-based image classification from the command line.
-// Exit codes: 0 success, 2 bad input (a flag, a file, a value), 1 internal failure.
+// Exit codes: 0 success, 2 bad input (a flag, a file, a value), 1 internal failure or a
+// data-parallel run whose peers failed.
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "patchwise/core/error.h"
+#include "patchwise/train/distributed.h"
 
 namespace {
 
@@ -16,6 +22,22 @@ constexpr int kExitBadInput = 2;
 constexpr int kExitFailure = 1;
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+/// Under torchrun: the error file its agent reads to name the root cause of a failed
+/// run (the schema of torch.distributed.elastic's ErrorHandler).
+void write_torchelastic_error_file(const std::string& message) {
+  const char* path = std::getenv("TORCHELASTIC_ERROR_FILE");
+  if (path == nullptr || *path == '\0') return;
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  nlohmann::json error = {
+      {"message",
+       {{"message", message},
+        {"extraInfo",
+         {{"py_callstack", message},
+          {"timestamp",
+           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now).count())}}}}}};
+  std::ofstream(path) << error.dump() << "\n";
+}
 
 }  // namespace
 
@@ -44,7 +66,13 @@ int main(int argc, char** argv) {
     return e.code;
   } catch (const patchwise::InputError& e) {
     fmt::print(stderr, "patchwise: error: {}\n", first_line(e.what()));
+    write_torchelastic_error_file(first_line(e.what()));
     return kExitBadInput;
+  } catch (const patchwise::DistributedError& e) {
+    // A peer died, hung or never arrived: not this process's bug, but a failed run.
+    fmt::print(stderr, "patchwise: error: {}\n", first_line(e.what()));
+    write_torchelastic_error_file(first_line(e.what()));
+    return kExitFailure;
   } catch (const std::exception& e) {
     fmt::print(stderr, "patchwise: internal error: {}\n", first_line(e.what()));
     return kExitFailure;

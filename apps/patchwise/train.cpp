@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <fmt/ostream.h>
@@ -20,6 +21,7 @@
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
 #include "patchwise/report/evaluation.h"
+#include "patchwise/train/distributed.h"
 #include "patchwise/train/trainer.h"
 
 namespace patchwise::cli {
@@ -52,7 +54,14 @@ struct TrainFlags {
   std::string checkpoint;
   int64_t checkpoint_every = 0;
   std::string resume;
+  double dist_timeout = 300;
   RuntimeFlags runtime;
+};
+
+/// Swallows what ranks other than 0 would log.
+class NullBuffer : public std::streambuf {
+ protected:
+  int overflow(int c) override { return c == EOF ? 0 : c; }
 };
 
 /// The signal that asked training to stop (0: none).
@@ -119,6 +128,13 @@ std::string epoch_line(const EpochMetrics& m, bool validation) {
 }
 
 void run_train(TrainFlags f, const CLI::App* app) {
+  // torchrun's variables; WORLD_SIZE unset or 1 is a plain one-process run.
+  DistributedConfig dist_config = distributed_config_from_env();
+  check_input(f.dist_timeout > 0 && std::isfinite(f.dist_timeout),
+              "--dist-timeout: {}, expected a positive number of seconds", f.dist_timeout);
+  dist_config.timeout_seconds = f.dist_timeout;
+  // Rank 0 logs and writes every file; the others only train.
+  const bool writer = dist_config.rank == 0;
   if (!f.resume.empty()) {
     // A resumed run trains what the checkpoint's run trained; only where the output
     // goes (and, when given, a new --epochs) comes from this command line.
@@ -133,8 +149,12 @@ void run_train(TrainFlags f, const CLI::App* app) {
   }
   if (f.checkpoint.empty()) f.checkpoint = f.out + ".ckpt";
   // Everything the flags alone decide is checked before any data is read.
-  check_output_writable(f.out, "--out");
-  if (!f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
+  if (writer) check_output_writable(f.out, "--out");
+  if (writer && !f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
+  check_input(f.batch % dist_config.world_size == 0,
+              "--batch: {}, expected a multiple of the {} processes (WORLD_SIZE): the global "
+              "batch is split evenly among them",
+              f.batch, dist_config.world_size);
   PatchGridOptions grid = grid_options(f.grid, app);
   ModelConfig config;
   config.grid = grid;
@@ -157,13 +177,19 @@ void run_train(TrainFlags f, const CLI::App* app) {
               "--keep best: needs a validation set, pass --val-split F");
   options.augment.shift = f.shift;
   options.augment.flip = f.flip;
-  check_output_writable(f.checkpoint, "--checkpoint");
+  if (writer) check_output_writable(f.checkpoint, "--checkpoint");
   options.checkpoint = f.checkpoint;
   options.checkpoint_every = f.checkpoint_every;
   options.resume = f.resume;
   options.stop = &g_stop_signal;
   const c10::Device device = resolve_device(f.runtime.device);
-  const int64_t threads = set_threads(f.runtime.threads);
+  int64_t threads = f.runtime.threads;
+  if (threads <= 0 && dist_config.enabled()) {
+    // The processes on this machine share its cores.
+    const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    threads = std::max<int64_t>(1, cores / dist_config.local_world_size);
+  }
+  threads = set_threads(threads);
 
   Dataset train = load_data_reporting(f.data, "train", data_options(f.data_flags, f.limit_train));
   Dataset validation;
@@ -194,7 +220,9 @@ void run_train(TrainFlags f, const CLI::App* app) {
   PatchClassifier model(config);
   model->to(device);
 
-  std::ostream& log = f.json ? std::cerr : std::cout;
+  NullBuffer null_buffer;
+  std::ostream silent(&null_buffer);
+  std::ostream& log = !writer ? silent : f.json ? std::cerr : std::cout;
   fmt::print(log, "train: {} training, {} validation and {} test images of {}x{}x{}, {} classes, from {}\n",
              train.size(), validation.size(), test.size(), train.height(), train.width(),
              train.channels(), config.class_names.size(), f.data);
@@ -209,11 +237,22 @@ void run_train(TrainFlags f, const CLI::App* app) {
              device.str(), threads, f.batch, f.lr, f.epochs, f.seed);
   log.flush();
 
+  std::unique_ptr<Distributed> dist;
+  if (dist_config.enabled()) {
+    fmt::print(log, "train: data-parallel: {} processes (rendezvous {}:{}, timeout {} s), {} "
+               "images of each batch per process\n",
+               dist_config.world_size, dist_config.master_addr, dist_config.master_port,
+               f.dist_timeout, f.batch / dist_config.world_size);
+    log.flush();
+    dist = std::make_unique<Distributed>(dist_config);
+    options.distributed = dist.get();
+  }
+
   std::ofstream metrics;
-  if (!f.metrics.empty()) metrics.open(f.metrics, std::ios::trunc);
+  if (writer && !f.metrics.empty()) metrics.open(f.metrics, std::ios::trunc);
   ProgressBar bar("train");
   TrainerCallbacks callbacks;
-  callbacks.on_step = [&](int64_t epoch, int64_t step, int64_t steps, double loss) {
+  if (writer) callbacks.on_step = [&](int64_t epoch, int64_t step, int64_t steps, double loss) {
     bar.update(step, steps, fmt::format("epoch {} loss {:.4f}", epoch, loss));
   };
   callbacks.on_epoch = [&](const EpochMetrics& m) {
@@ -231,7 +270,13 @@ void run_train(TrainFlags f, const CLI::App* app) {
   TrainResult result;
   try {
     result = train_model(model, train, eval_set, options, callbacks);
+  } catch (const DistributedError& e) {
+    std::error_code ignored;
+    const bool checkpoint = writer && std::filesystem::exists(f.checkpoint, ignored);
+    throw DistributedError(fmt::format("{}; no model written{}", e.what(),
+                                       checkpoint ? "; last checkpoint " + f.checkpoint : ""));
   } catch (const TrainingStopped& stopped) {
+    if (!writer) throw Exit{128 + stopped.signal};
     bar.clear();
     fmt::print(stderr,
                "train: stopped by signal {} at epoch {} step {}; checkpoint {}; continue with "
@@ -239,6 +284,14 @@ void run_train(TrainFlags f, const CLI::App* app) {
                stopped.signal, stopped.epoch, stopped.step, f.checkpoint, f.data, f.checkpoint,
                f.out);
     throw Exit{128 + stopped.signal};
+  }
+  if (!writer) return;
+  if (dist) {
+    fmt::print(log, "train: data-parallel: {} gradient values in {} bucket{}; one allreduce of "
+               "all of them {:.2f} ms (median); backward pass with its allreduces {:.2f} ms per "
+               "step\n",
+               result.gradient_floats, result.gradient_buckets,
+               result.gradient_buckets == 1 ? "" : "s", result.allreduce_ms, result.backward_ms);
   }
   const std::vector<EpochMetrics>& history = result.history;
   double final_test_accuracy = history.back().test_accuracy;
@@ -327,6 +380,9 @@ void setup_train(CLI::App& app) {
   cmd->add_option("--resume", flags->resume,
                   "continue the run saved in this checkpoint (its flags; --data, --out, --epochs "
                   "from this command line)");
+  cmd->add_option("--dist-timeout", flags->dist_timeout,
+                  "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
+                  "at the rendezvous and in every collective before giving up");
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags, cmd] { run_train(*flags, cmd); });
 }

@@ -9,9 +9,13 @@
 
 namespace patchwise {
 
-Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed)
-    : data_(data), batch_size_(batch_size), shuffle_(shuffle), seed_(seed) {
+Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed,
+               int64_t shard, int64_t shards)
+    : data_(data), batch_size_(batch_size), shuffle_(shuffle), seed_(seed), shard_(shard),
+      shards_(shards) {
   TORCH_CHECK(batch_size >= 1, "Loader: batch size ", batch_size, ", expected >= 1");
+  TORCH_CHECK(shards >= 1 && shard >= 0 && shard < shards, "Loader: shard ", shard, " of ",
+              shards, ", expected 0 <= shard < shards");
   TORCH_CHECK(data.images.is_contiguous() && data.images.scalar_type() == torch::kUInt8 &&
                   data.labels.is_contiguous() && data.labels.scalar_type() == torch::kInt64,
               "Loader: expects contiguous uint8 images and int64 labels");
@@ -34,12 +38,18 @@ std::vector<int64_t> Loader::order(int64_t epoch) const {
 
 int64_t Loader::num_batches() const { return (data_.size() + batch_size_ - 1) / batch_size_; }
 
+int64_t Loader::batch_rows(int64_t batch_index) const {
+  return std::clamp<int64_t>(data_.size() - batch_index * batch_size_, 0, batch_size_);
+}
+
 Batch Loader::gather(int64_t batch_index) const {
   // Plain copies, no LibTorch operators: a parallel operator on this worker thread
   // would start a second OpenMP team whose spinning threads steal the cores that
   // the training step on the main thread is using.
-  const int64_t begin = batch_index * batch_size_;
-  const int64_t count = std::min(batch_size_, data_.size() - begin);
+  // This shard's positions of the batch: begin + shard, begin + shard + shards, ...
+  const int64_t begin = batch_index * batch_size_ + shard_;
+  const int64_t rows = batch_rows(batch_index);
+  const int64_t count = rows > shard_ ? (rows - shard_ + shards_ - 1) / shards_ : 0;
   const int64_t image_bytes = data_.channels() * data_.height() * data_.width();
   Batch batch{torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
               torch::empty({count}, torch::kInt64)};
@@ -48,7 +58,7 @@ Batch Loader::gather(int64_t batch_index) const {
   uint8_t* dst = batch.images.data_ptr<uint8_t>();
   int64_t* dst_labels = batch.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i) {
-    const int64_t item = order_[static_cast<size_t>(begin + i)];
+    const int64_t item = order_[static_cast<size_t>(begin + i * shards_)];
     std::memcpy(dst + i * image_bytes, src + item * image_bytes, static_cast<size_t>(image_bytes));
     dst_labels[i] = labels[item];
   }

@@ -11,6 +11,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/report/evaluation.h"
+#include "patchwise/train/distributed.h"
 
 namespace patchwise {
 namespace {
@@ -101,6 +102,21 @@ struct RunState {
   std::vector<EpochMetrics> history;
 };
 
+/// Items shard, shard + shards, ... of `data`: one rank's part of an evaluation set.
+Dataset strided_shard(const Dataset& data, int64_t shard, int64_t shards) {
+  Dataset part = data;
+  const at::Tensor index = torch::arange(shard, std::max(data.size(), shard), shards, torch::kInt64);
+  part.images = data.images.index_select(0, index).contiguous();
+  part.labels = data.labels.index_select(0, index).contiguous();
+  return part;
+}
+
+/// The seed of rank `rank`'s dropout and augmentation draws: rank 0 keeps the run's
+/// seed, so that its draws are a one-process run's; the others get unrelated streams.
+uint64_t rank_seed(uint64_t seed, int64_t rank) {
+  return seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(rank);
+}
+
 }  // namespace
 
 json epoch_metrics_to_json(const EpochMetrics& m) {
@@ -129,11 +145,21 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
               options.checkpoint_every);
   check_dataset_fits(model->config(), train);
   if (test != nullptr) check_dataset_fits(model->config(), *test);
+  Distributed* const dist = options.distributed;
+  const int64_t world = dist != nullptr ? dist->world_size() : 1;
+  const int64_t rank = dist != nullptr ? dist->rank() : 0;
+  check_input(options.batch % world == 0,
+              "--batch: {}, expected a multiple of the {} processes (WORLD_SIZE): the global "
+              "batch is split evenly among them",
+              options.batch, world);
+  check_input(dist == nullptr || model->device().is_cpu(),
+              "--device {}: distributed training runs on the CPU (Gloo), expected --device cpu",
+              model->device().str());
 
-  torch::manual_seed(options.seed);
+  torch::manual_seed(rank_seed(options.seed, rank));
   const c10::Device device = model->device();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(options.lr));
-  Loader loader(train, options.batch, /*shuffle=*/true, options.seed);
+  Loader loader(train, options.batch, /*shuffle=*/true, options.seed, rank, world);
   const int64_t steps = loader.num_batches();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
   at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle: shares the state
@@ -189,10 +215,54 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
             state_tensor(saved_state, "best_" + std::to_string(i), options.resume).to(device);
       }
     }
+    if (rank > 0) {
+      // The checkpoint holds rank 0's running sums (over all ranks) and random state.
+      run.loss_sum = run.correct = 0;
+      run.seen = 0;
+      torch::manual_seed(rank_seed(options.seed ^ static_cast<uint64_t>(run.epoch << 32 | run.step),
+                                   rank));
+    }
   }
 
+  TrainResult result;
+  const Dataset* eval_data = test;
+  Dataset eval_shard;
+  double backward_seconds = 0;
+  int64_t backward_steps = 0;
+  if (dist != nullptr) {
+    // As DDP starts: every rank continues from rank 0's weights and buffers, then the
+    // Reducer takes over the gradients.
+    std::vector<at::Tensor> state = model->parameters();
+    for (const auto& t : model->buffers()) state.push_back(t);
+    dist->broadcast(state);
+    std::vector<std::string> names;
+    for (const auto& item : model->named_parameters()) names.push_back(item.key());
+    // The fused loss through a learned rule leaves the patch-logit layer out of the graph.
+    const bool find_unused =
+        options.loss == LossKind::kFused && fusion_rule_is_learned(model->config().fusion);
+    dist->attach_gradients(model->parameters(), names, find_unused);
+    for (const auto& p : model->parameters()) result.gradient_floats += p.numel();
+    result.gradient_buckets = dist->buckets();
+    result.allreduce_ms = dist->time_allreduce(result.gradient_floats, 20);
+    if (test != nullptr) {
+      eval_shard = strided_shard(*test, rank, world);
+      eval_data = &eval_shard;
+    }
+  }
+  // Sums the running metrics over the ranks. `rank0_only`: a checkpoint's partial sums,
+  // kept by rank 0 alone so that the epoch's final sum counts them once.
+  auto reduce_sums = [&](bool rank0_only) {
+    at::Tensor sums = torch::tensor({run.loss_sum, run.correct, static_cast<double>(run.seen)},
+                                    torch::kFloat64);
+    dist->allreduce_sum(sums, fmt::format("the sums of the metrics of epoch {}", run.epoch));
+    const bool keep = rank == 0 || !rank0_only;
+    run.loss_sum = keep ? sums[0].item<double>() : 0;
+    run.correct = keep ? sums[1].item<double>() : 0;
+    run.seen = keep ? std::llround(sums[2].item<double>()) : 0;
+  };
+
   auto write_checkpoint = [&] {
-    if (options.checkpoint.empty()) return;
+    if (options.checkpoint.empty() || rank != 0) return;
     json note = options.checkpoint_note.empty() ? json::object() : json::parse(options.checkpoint_note);
     json history = json::array();
     for (const EpochMetrics& m : run.history) history.push_back(epoch_metrics_to_json(m));
@@ -226,21 +296,59 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       start = now;
     };
     for (Batch batch; loader.next(batch);) {
-      at::Tensor labels = batch.labels.to(device);
-      at::Tensor images = options.augment.enabled() ? augment_images(batch.images, options.augment)
-                                                    : batch.images;
-      PatchOutput out = model->forward(images);
-      at::Tensor loss = compute_loss(options.loss, out, labels);
-      optimizer.zero_grad();
-      loss.backward();
-      optimizer.step();
+      const int64_t b = batch.labels.size(0);
+      if (dist == nullptr) {
+        at::Tensor labels = batch.labels.to(device);
+        at::Tensor images = options.augment.enabled()
+                                ? augment_images(batch.images, options.augment)
+                                : batch.images;
+        PatchOutput out = model->forward(images);
+        at::Tensor loss = compute_loss(options.loss, out, labels);
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step();
+        loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(b);
+        correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
+      } else {
+        // This rank's b of the batch's `rows` images. The Reducer averages the ranks'
+        // gradients, so each rank's mean loss is weighted by b * world / rows: the
+        // average is then the gradient of the mean over all rows images, exactly one
+        // process's step, even for a last batch that does not split evenly.
+        const int64_t rows = loader.batch_rows(run.step);
+        dist->before_forward();
+        at::Tensor objective;
+        if (b > 0) {
+          at::Tensor labels = batch.labels.to(device);
+          at::Tensor images = options.augment.enabled()
+                                  ? augment_images(batch.images, options.augment)
+                                  : batch.images;
+          PatchOutput out = model->forward(images);
+          at::Tensor loss = compute_loss(options.loss, out, labels);
+          objective = b * world == rows ? loss
+                                        : loss * (static_cast<double>(b * world) / rows);
+          loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(b);
+          correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
+        } else {
+          // None of this batch is ours, but the Reducer needs every parameter's
+          // gradient (zero) so that this rank joins the same allreduces.
+          objective = torch::zeros({}, torch::TensorOptions().device(device));
+          for (const auto& p : model->parameters()) objective = objective + p.sum() * 0.0;
+        }
+        dist->before_backward(objective);
+        optimizer.zero_grad();
+        const auto backward_start = std::chrono::steady_clock::now();
+        dist->guard(fmt::format("the backward pass of epoch {} step {}", run.epoch, run.step + 1),
+                    [&] { objective.backward(); });
+        backward_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - backward_start)
+                .count();
+        ++backward_steps;
+        optimizer.step();
+      }
 
-      const int64_t b = labels.size(0);
       run.seen += b;
       ++run.step;
-      loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(b);
-      correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
-      if (run.step % kSyncInterval == 0 || run.step == steps) {
+      if ((run.step % kSyncInterval == 0 || run.step == steps) && run.seen > 0) {
         const double running = loss_sum.item<double>() / static_cast<double>(run.seen);
         if (!std::isfinite(running)) {
           throw std::runtime_error(fmt::format(
@@ -249,29 +357,53 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
         }
         if (callbacks.on_step) callbacks.on_step(run.epoch, run.step, steps, running);
       }
-      const bool stopping = options.stop != nullptr && options.stop->load() != 0;
+      int stop_signal = options.stop != nullptr ? options.stop->load() : 0;
+      // A signal on any rank stops them all after this same step.
+      if (dist != nullptr) {
+        stop_signal = static_cast<int>(dist->allreduce_max(
+            stop_signal, fmt::format("the step-end allreduce of epoch {} step {}", run.epoch, run.step)));
+      }
+      const bool stopping = stop_signal != 0;
       const bool due = options.checkpoint_every > 0 && run.step % options.checkpoint_every == 0 &&
                        run.step < steps;
       if (stopping || due) {
         sync();
+        if (dist != nullptr) {
+          reduce_sums(/*rank0_only=*/true);
+          loss_sum.fill_(run.loss_sum);
+          correct.fill_(run.correct);
+        }
         write_checkpoint();
       }
       if (stopping) {
-        throw TrainingStopped(options.stop->load(), run.epoch, run.step,
+        throw TrainingStopped(stop_signal, run.epoch, run.step,
                               fmt::format("stopped at epoch {} step {}", run.epoch, run.step));
       }
     }
     sync();
+    if (dist != nullptr) reduce_sums(/*rank0_only=*/false);
     EpochMetrics m;
     m.epoch = run.epoch;
     m.seconds = run.seconds;
     m.loss = run.loss_sum / static_cast<double>(run.seen);
     m.accuracy = run.correct / static_cast<double>(run.seen);
     m.images_per_second = static_cast<double>(run.seen) / std::max(m.seconds, 1e-9);
-    if (test != nullptr) {
+    if (test != nullptr && dist == nullptr) {
       Evaluation e = evaluate(model, *test, options.eval_batch);
       m.test_loss = e.loss;
       m.test_accuracy = e.accuracy;
+    } else if (test != nullptr) {
+      // Each rank scores its shard; the sums make the whole set's mean loss and accuracy.
+      at::Tensor sums = torch::zeros({3}, torch::kFloat64);
+      if (eval_data->size() > 0) {
+        Evaluation e = evaluate(model, *eval_data, options.eval_batch);
+        const double n = static_cast<double>(e.n);
+        sums = torch::tensor({n, e.loss * n, e.accuracy * n}, torch::kFloat64);
+      }
+      dist->allreduce_sum(sums, fmt::format("the evaluation after epoch {}", run.epoch));
+      const double n = sums[0].item<double>();
+      m.test_loss = sums[1].item<double>() / n;
+      m.test_accuracy = sums[2].item<double>() / n;
     }
     run.history.push_back(m);
     if (!options.keep_best || m.test_accuracy > run.best_accuracy) {
@@ -295,8 +427,11 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
     for (auto& t : model->parameters()) t.copy_(best_state[i++]);
     for (auto& t : model->buffers()) t.copy_(best_state[i++]);
   }
+  if (dist != nullptr) {
+    dist->barrier();  // nobody leaves while a peer still needs it
+    result.backward_ms = 1000.0 * backward_seconds / static_cast<double>(std::max<int64_t>(backward_steps, 1));
+  }
   model->eval();
-  TrainResult result;
   result.history = run.history;
   result.kept_epoch = run.kept_epoch;
   return result;

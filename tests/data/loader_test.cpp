@@ -1,6 +1,7 @@
 #include "patchwise/data/loader.h"
 
 #include <algorithm>
+#include <memory>
 #include <set>
 
 #include "support/test_support.h"
@@ -55,6 +56,48 @@ TEST_F(LoaderTest, WithoutShuffleKeepsFileOrder) {
   ASSERT_TRUE(loader.next(b));
   EXPECT_EQ(b.labels[0].item<int64_t>(), 0);
   EXPECT_EQ(b.labels[1].item<int64_t>(), 1);
+}
+
+TEST_F(LoaderTest, ShardsSplitEveryBatchLikeDistributedSampler) {
+  // 3 shards of batches of 9 over 22 images: the last batch has 4 images, so shard 0
+  // gets 2, shard 1 one and shard 2 one; interleaved they are one process's batches.
+  Dataset data = counting_dataset(22);
+  Loader whole(data, 9, /*shuffle=*/true, /*seed=*/11);
+  std::vector<std::unique_ptr<Loader>> shards;
+  for (int64_t r = 0; r < 3; ++r) {
+    shards.push_back(std::make_unique<Loader>(data, 9, true, 11, r, 3));
+    EXPECT_EQ(shards.back()->num_batches(), 3);
+  }
+  EXPECT_EQ(whole.batch_rows(0), 9);
+  EXPECT_EQ(whole.batch_rows(2), 4);
+  for (int64_t epoch : {0, 1}) {
+    whole.start_epoch(epoch);
+    for (auto& s : shards) s->start_epoch(epoch);
+    for (Batch full; whole.next(full);) {
+      std::vector<Batch> parts(3);
+      for (size_t r = 0; r < 3; ++r) ASSERT_TRUE(shards[r]->next(parts[r]));
+      for (int64_t i = 0; i < full.labels.size(0); ++i) {
+        const Batch& part = parts[static_cast<size_t>(i % 3)];
+        EXPECT_EQ(part.images[i / 3][0][0][0].item<int64_t>(),
+                  full.images[i][0][0][0].item<int64_t>());
+        EXPECT_EQ(part.labels[i / 3].item<int64_t>(), full.labels[i].item<int64_t>());
+      }
+      int64_t total = 0;
+      for (const Batch& part : parts) total += part.labels.size(0);
+      EXPECT_EQ(total, full.labels.size(0));
+    }
+    Batch extra;
+    for (auto& s : shards) EXPECT_FALSE(s->next(extra));
+  }
+}
+
+TEST_F(LoaderTest, AShardCanBeEmptyInTheLastBatch) {
+  Dataset data = counting_dataset(9);  // batches of 4: 4, 4, 1
+  Loader last(data, 4, /*shuffle=*/false, 0, /*shard=*/1, /*shards=*/2);
+  last.start_epoch(0);
+  std::vector<int64_t> sizes;
+  for (Batch b; last.next(b);) sizes.push_back(b.labels.size(0));
+  EXPECT_EQ(sizes, (std::vector<int64_t>{2, 2, 0}));
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 #pragma once
 // Loader: shuffled mini-batches of a Dataset, the next one gathered on a worker
 // thread while the current one trains. The order of each epoch depends only on
-// (seed, epoch), so a run is reproducible.
+// (seed, epoch), so a run is reproducible. In data-parallel training each of
+// `shards` processes takes, of every batch, the positions shard, shard+shards, ...
+// (DistributedSampler's rule applied per batch): together they train on exactly the
+// batches one process would.
 
 #include <cstdint>
 #include <future>
@@ -20,8 +23,9 @@ struct Batch {
 
 class Loader {
  public:
-  /// `data` must outlive the loader. batch_size >= 1.
-  Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed);
+  /// `data` must outlive the loader. batch_size >= 1; 0 <= shard < shards.
+  Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed, int64_t shard = 0,
+         int64_t shards = 1);
   ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
@@ -33,6 +37,8 @@ class Loader {
   bool next(Batch& out);
   /// Batches per pass: ceil(N / batch_size).
   int64_t num_batches() const;
+  /// Images in batch `batch_index` over all shards: batch_size, less in the last batch.
+  int64_t batch_rows(int64_t batch_index) const;
   /// The order of `epoch` (a permutation of 0..N-1, or the identity without shuffle).
   std::vector<int64_t> order(int64_t epoch) const;
 
@@ -43,6 +49,8 @@ class Loader {
   int64_t batch_size_;
   bool shuffle_;
   uint64_t seed_;
+  int64_t shard_;
+  int64_t shards_;
   std::vector<int64_t> order_;
   int64_t next_batch_ = 0;
   std::future<Batch> pending_;

@@ -19,6 +19,8 @@
 
 namespace patchwise {
 
+class Distributed;
+
 struct TrainerOptions {
   int64_t epochs = 10;             ///< passes over the training set
   int64_t batch = 64;              ///< images per step (each gives P patches)
@@ -36,6 +38,9 @@ struct TrainerOptions {
   std::string resume;              ///< a checkpoint to continue from; empty: a fresh start
   const std::atomic<int>* stop = nullptr;  ///< nonzero (a signal number): finish the current
                                            ///< step, write the checkpoint, throw TrainingStopped
+  Distributed* distributed = nullptr;  ///< data-parallel: this process's group (batch is the
+                                       ///< global batch, a multiple of the world size); null:
+                                       ///< one process
 };
 
 /// Thrown when options.stop was raised; the checkpoint (if any) holds the run so far.
@@ -72,6 +77,11 @@ struct TrainerCallbacks {
 struct TrainResult {
   std::vector<EpochMetrics> history;
   int64_t kept_epoch = 0;  ///< the epoch whose weights the model ends with
+  // Data-parallel runs only:
+  int64_t gradient_floats = 0;   ///< values averaged across the ranks per step
+  int64_t gradient_buckets = 0;  ///< the Reducer's buckets (one allreduce each)
+  double allreduce_ms = 0;       ///< median time of one blocking allreduce of all of them
+  double backward_ms = 0;        ///< mean wall time of backward() per step, allreduce included
 };
 
 /// Trains `model` on `train`, scoring `eval_set` (a validation or test set; may be
@@ -82,6 +92,15 @@ struct TrainResult {
 /// from the restored generator. Throws InputError when the data does not fit the model
 /// (image size, channels, labels >= K) or keep_best lacks an evaluation set, and
 /// std::runtime_error when the loss becomes NaN or infinite.
+///
+/// With options.distributed every rank calls this with the same data and options:
+/// the weights and buffers start as rank 0's, each rank trains on its shard of each
+/// global batch (Loader's rule), the Reducer averages the gradients (a last batch of L
+/// images is weighted so that the average is the mean over all L), and the epoch's
+/// metrics and the evaluation (each rank scores a strided shard) are summed over the
+/// ranks, so every rank returns the same history. Only rank 0 writes checkpoints. A
+/// stop signal on any rank stops all of them after the same step. A peer failure
+/// throws DistributedError.
 TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* eval_set,
                         const TrainerOptions& options, const TrainerCallbacks& callbacks = {});
 
