@@ -295,20 +295,25 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       run.seconds += std::chrono::duration<double>(now - start).count();
       start = now;
     };
+    // The batch's mean loss, its images and correct predictions added to the sums.
+    auto batch_loss = [&](const Batch& batch) {
+      at::Tensor labels = batch.labels.to(device);
+      at::Tensor images = options.augment.enabled()
+                              ? augment_images(batch.images, options.augment)
+                              : batch.images;
+      PatchOutput out = model->forward(images);
+      at::Tensor loss = compute_loss(options.loss, out, labels);
+      loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(labels.size(0));
+      correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
+      return loss;
+    };
     for (Batch batch; loader.next(batch);) {
       const int64_t b = batch.labels.size(0);
       if (dist == nullptr) {
-        at::Tensor labels = batch.labels.to(device);
-        at::Tensor images = options.augment.enabled()
-                                ? augment_images(batch.images, options.augment)
-                                : batch.images;
-        PatchOutput out = model->forward(images);
-        at::Tensor loss = compute_loss(options.loss, out, labels);
+        at::Tensor loss = batch_loss(batch);
         optimizer.zero_grad();
         loss.backward();
         optimizer.step();
-        loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(b);
-        correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
       } else {
         // This rank's b of the batch's `rows` images. The Reducer averages the ranks'
         // gradients, so each rank's mean loss is weighted by b * world / rows: the
@@ -318,16 +323,9 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
         dist->before_forward();
         at::Tensor objective;
         if (b > 0) {
-          at::Tensor labels = batch.labels.to(device);
-          at::Tensor images = options.augment.enabled()
-                                  ? augment_images(batch.images, options.augment)
-                                  : batch.images;
-          PatchOutput out = model->forward(images);
-          at::Tensor loss = compute_loss(options.loss, out, labels);
+          at::Tensor loss = batch_loss(batch);
           objective = b * world == rows ? loss
                                         : loss * (static_cast<double>(b * world) / rows);
-          loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(b);
-          correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
         } else {
           // None of this batch is ours, but the Reducer needs every parameter's
           // gradient (zero) so that this rank joins the same allreduces.
