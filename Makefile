@@ -4,6 +4,8 @@ JOBS     ?= $(shell nproc)
 DATA     ?= /usr/share/datasets/fashion-mnist
 EPOCHS   ?= 5
 RUN_ARGS ?=
+# ccache keys on paths relative to the checkout, so other clones reuse its objects.
+export CCACHE_BASEDIR ?= $(CURDIR)
 SECONDS  ?= 60
 TARGETS  ?=
 
