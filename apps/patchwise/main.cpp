@@ -14,7 +14,7 @@
 
 #include "commands.h"
 #include "patchwise/core/error.h"
-#include "patchwise/train/distributed.h"
+#include "patchwise/dist/distributed.h"
 
 namespace {
 

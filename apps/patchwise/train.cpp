@@ -21,7 +21,7 @@
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
 #include "patchwise/report/evaluation.h"
-#include "patchwise/train/distributed.h"
+#include "patchwise/dist/distributed.h"
 #include "patchwise/train/trainer.h"
 
 namespace patchwise::cli {

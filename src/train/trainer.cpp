@@ -11,7 +11,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/report/evaluation.h"
-#include "patchwise/train/distributed.h"
+#include "patchwise/dist/distributed.h"
 
 namespace patchwise {
 namespace {

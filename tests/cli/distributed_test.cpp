@@ -21,7 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/model_file.h"
-#include "patchwise/train/distributed.h"
+#include "patchwise/dist/distributed.h"
 #include "support/test_support.h"
 
 namespace patchwise {

@@ -1,4 +1,4 @@
-#include "patchwise/train/distributed.h"
+#include "patchwise/dist/distributed.h"
 
 #include <algorithm>
 #include <charconv>
