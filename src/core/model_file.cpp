@@ -139,10 +139,12 @@ namespace {
 struct Record {
   at::ScalarType type;
   std::vector<int64_t> sizes;
-  std::string bytes;
+  size_t offset = 0;  ///< of the elements in the file's bytes
+  size_t size = 0;    ///< bytes of elements
 };
 
 struct ModelFileParts {
+  std::string file;  ///< the bytes the records point into
   json config;
   std::map<std::string, Record> records;
 };
@@ -225,7 +227,8 @@ std::map<std::string, Record> read_records(const std::string& file, size_t at,
       r.sizes.push_back(static_cast<int64_t>(size));
     }
     need(elements * element, "tensor data");
-    r.bytes = file.substr(at, elements * element);
+    r.offset = at;
+    r.size = elements * element;
     at += elements * element;
     check_input(records.emplace(name, std::move(r)).second, "{}: tensor '{}' stored twice", path,
                 name);
@@ -236,9 +239,9 @@ std::map<std::string, Record> read_records(const std::string& file, size_t at,
 }
 
 /// The record as a tensor (CPU, its own memory).
-at::Tensor to_tensor(const Record& r) {
+at::Tensor to_tensor(const std::string& file, const Record& r) {
   at::Tensor t = torch::empty(r.sizes, torch::TensorOptions().dtype(r.type));
-  std::memcpy(t.data_ptr(), r.bytes.data(), r.bytes.size());
+  std::memcpy(t.data_ptr(), file.data() + r.offset, r.size);
   return t;
 }
 
@@ -284,14 +287,17 @@ ModelFileParts read_model_file(const std::string& path) {
   check_input(has_trailer, "{}: no checksum at the end of the file: it is truncated or corrupt",
               path);
   parts.records = read_records(file, kMagicSize + kLengthSize + length, path);
+  parts.file = std::move(file);  // the records' offsets point into it
   return parts;
 }
 
 /// Copies the "model/" records into the model's parameters and buffers, after
 /// checking each has the type and shape the configuration implies; a missing or an
 /// unexpected weight is refused.
-void load_weights(PatchClassifierImpl& model, const std::map<std::string, Record>& records,
+void load_weights(PatchClassifierImpl& model, const ModelFileParts& parts,
                   const std::string& path) {
+  const std::map<std::string, Record>& records = parts.records;
+  const std::string& file = parts.file;
   std::vector<std::pair<std::string, at::Tensor>> targets;
   for (auto& p : model.named_parameters()) targets.emplace_back(p.key(), p.value());
   for (auto& b : model.named_buffers()) targets.emplace_back(b.key(), b.value());
@@ -311,7 +317,7 @@ void load_weights(PatchClassifierImpl& model, const std::map<std::string, Record
                 name, fmt::join(r.sizes, "x"), fmt::join(target.sizes(), "x"));
     check_input(r.type == target.scalar_type(), "{}: weight '{}' has type {}, expected {}", path,
                 name, c10::toString(r.type), c10::toString(target.scalar_type()));
-    target.copy_(to_tensor(r));
+    target.copy_(to_tensor(file, r));
   }
 }
 
@@ -345,7 +351,7 @@ PatchClassifier load_model(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   ModelConfig config = model_config_from_json(parts.config, path);
   PatchClassifier model(config);
-  load_weights(*model, parts.records, path);
+  load_weights(*model, parts, path);
   model->eval();
   return model;
 }
@@ -354,7 +360,7 @@ TensorMap load_model_state(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   TensorMap state;
   for (const auto& [name, record] : parts.records) {
-    if (name.rfind("state/", 0) == 0) state.emplace(name.substr(6), to_tensor(record));
+    if (name.rfind("state/", 0) == 0) state.emplace(name.substr(6), to_tensor(parts.file, record));
   }
   return state;
 }
