@@ -38,6 +38,8 @@ struct TrainFlags {
   int64_t epochs = 10;
   int64_t batch = 64;
   double lr = 1e-3;
+  std::string optimizer = "adam";
+  double momentum = 0;
   uint64_t seed = 42;
   bool batch_norm = false;
   double dropout = 0.5;
@@ -79,6 +81,7 @@ nlohmann::json flags_to_json(const TrainFlags& f) {
           {"position_embedding", f.position_embedding},
           {"loss", f.loss},           {"epochs", f.epochs},
           {"batch", f.batch},         {"lr", f.lr},
+          {"optimizer", f.optimizer}, {"momentum", f.momentum},
           {"seed", f.seed},           {"batch_norm", f.batch_norm},
           {"dropout", f.dropout},     {"limit_train", f.limit_train},
           {"limit_test", f.limit_test},
@@ -86,10 +89,12 @@ nlohmann::json flags_to_json(const TrainFlags& f) {
           {"image_size", f.data_flags.image_size},
           {"strict", f.data_flags.strict},
           {"val_split", f.val_split}, {"keep", f.keep},
-          {"shift", f.shift},         {"flip", f.flip}};
+          {"shift", f.shift},         {"flip", f.flip},
+          {"threads", f.runtime.threads}};
 }
 
-void flags_from_json(const nlohmann::json& j, TrainFlags& f, bool keep_epochs) {
+/// `app`'s command line keeps --epochs and --threads when it gives them.
+void flags_from_json(const nlohmann::json& j, TrainFlags& f, const CLI::App* app) {
   f.model = j.at("model");
   f.grid.grid = j.at("grid");
   f.grid.patch = j.at("patch");
@@ -100,9 +105,13 @@ void flags_from_json(const nlohmann::json& j, TrainFlags& f, bool keep_epochs) {
   f.attention_hidden = j.at("attention_hidden");
   f.position_embedding = j.at("position_embedding");
   f.loss = j.at("loss");
-  if (!keep_epochs) f.epochs = j.at("epochs");
+  if (app->count("--epochs") == 0) f.epochs = j.at("epochs");
+  // Bit-identical resumption needs the thread count of the run (sums split per thread).
+  if (app->count("--threads") == 0) f.runtime.threads = j.value("threads", int64_t{0});
   f.batch = j.at("batch");
   f.lr = j.at("lr");
+  f.optimizer = j.value("optimizer", "adam");  // checkpoints before SGD existed
+  f.momentum = j.value("momentum", 0.0);
   f.seed = j.at("seed");
   f.batch_norm = j.at("batch_norm");
   f.dropout = j.at("dropout");
@@ -142,7 +151,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
     check_input(training.is_object() && training.contains("flags") && training.contains("state"),
                 "--resume: {} is not a training checkpoint", f.resume);
     try {
-      flags_from_json(training["flags"], f, app->count("--epochs") > 0);
+      flags_from_json(training["flags"], f, app);
     } catch (const nlohmann::json::exception& e) {
       throw InputError(fmt::format("--resume: {}: unreadable flags ({})", f.resume, e.what()));
     }
@@ -169,7 +178,8 @@ void run_train(TrainFlags f, const CLI::App* app) {
   check_trainable(options.loss, config.fusion);
   options.epochs = f.epochs;
   options.batch = f.batch;
-  options.lr = f.lr;
+  options.optimizer = {parse_optimizer_kind(f.optimizer), f.lr, f.momentum};
+  check_optimizer_options(options.optimizer);
   options.seed = f.seed;
   check_input(f.keep == "best" || f.keep == "last", "--keep: '{}', expected best or last", f.keep);
   options.keep_best = f.keep == "best";
@@ -190,6 +200,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
     threads = std::max<int64_t>(1, cores / dist_config.local_world_size);
   }
   threads = set_threads(threads);
+  f.runtime.threads = threads;  // stored in checkpoints: --resume runs with as many
 
   Dataset train = load_data_reporting(f.data, "train", data_options(f.data_flags, f.limit_train));
   Dataset validation;
@@ -233,8 +244,9 @@ void run_train(TrainFlags f, const CLI::App* app) {
   fmt::print(log, "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n", f.model,
              model->grid().describe(), model->num_patches(), model->num_patches() == 1 ? "" : "es",
              f.fusion, f.loss);
-  fmt::print(log, "train: device {}, {} threads, batch {}, lr {}, {} epochs, seed {}\n",
-             device.str(), threads, f.batch, f.lr, f.epochs, f.seed);
+  fmt::print(log, "train: device {}, {} threads, batch {}, {} lr {}{}, {} epochs, seed {}\n",
+             device.str(), threads, f.batch, f.optimizer, f.lr,
+             f.momentum > 0 ? fmt::format(" momentum {}", f.momentum) : "", f.epochs, f.seed);
   log.flush();
 
   std::unique_ptr<Distributed> dist;
@@ -309,6 +321,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
                              {"epochs", f.epochs},
                              {"batch", f.batch},
                              {"lr", f.lr},
+                             {"optimizer", f.optimizer},
                              {"seed", f.seed},
                              {"train_images", train.size()},
                              {"validation_images", validation.size()},
@@ -359,7 +372,10 @@ void setup_train(CLI::App& app) {
   cmd->add_option("--epochs", flags->epochs, "passes over the training set")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", flags->batch, "images per step")->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", flags->lr, "Adam's learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--lr", flags->lr, "learning rate")->check(CLI::PositiveNumber);
+  cmd->add_option("--optimizer", flags->optimizer,
+                  "adam, or sgd (plain, or heavy-ball with --momentum)");
+  cmd->add_option("--momentum", flags->momentum, "sgd's momentum; 0: plain SGD");
   cmd->add_option("--seed", flags->seed, "seed of weights, data order and dropout");
   cmd->add_flag("--batch-norm", flags->batch_norm, "batch normalization after each convolution");
   cmd->add_option("--dropout", flags->dropout, "dropout before the last layer (small-cnn)")
@@ -378,8 +394,8 @@ void setup_train(CLI::App& app) {
                   "also write the checkpoint every N steps; 0: only after epochs")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--resume", flags->resume,
-                  "continue the run saved in this checkpoint (its flags; --data, --out, --epochs "
-                  "from this command line)");
+                  "continue the run saved in this checkpoint (its flags and thread count; "
+                  "--data, --out, --epochs, --threads from this command line)");
   cmd->add_option("--dist-timeout", flags->dist_timeout,
                   "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
                   "at the rendezvous and in every collective before giving up");

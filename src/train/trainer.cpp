@@ -12,6 +12,7 @@
 #include "patchwise/data/loader.h"
 #include "patchwise/report/evaluation.h"
 #include "patchwise/dist/distributed.h"
+#include "patchwise/train/optimizer.h"
 
 namespace patchwise {
 namespace {
@@ -36,56 +37,12 @@ EpochMetrics metrics_from_json(const json& j) {
   return m;
 }
 
-/// Adam's per-parameter state as named tensors ("adam.<i>.step", ".exp_avg",
-/// ".exp_avg_sq", ".max_exp_avg_sq"), i being the parameter's position.
-TensorMap adam_state_to_tensors(torch::optim::Adam& optimizer) {
-  TensorMap out;
-  const auto& params = optimizer.param_groups().at(0).params();
-  for (size_t i = 0; i < params.size(); ++i) {
-    auto it = optimizer.state().find(c10::guts::to_string(params[i].unsafeGetTensorImpl()));
-    if (it == optimizer.state().end()) continue;  // not stepped yet
-    const auto& s = static_cast<const torch::optim::AdamParamState&>(*it->second);
-    const std::string prefix = "adam." + std::to_string(i) + ".";
-    out[prefix + "step"] = torch::tensor(s.step());
-    out[prefix + "exp_avg"] = s.exp_avg();
-    out[prefix + "exp_avg_sq"] = s.exp_avg_sq();
-    if (s.max_exp_avg_sq().defined()) out[prefix + "max_exp_avg_sq"] = s.max_exp_avg_sq();
-  }
-  return out;
-}
-
 /// A state tensor a checkpoint must hold.
 const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
                                const std::string& path) {
   auto it = state.find(key);
   check_input(it != state.end(), "--resume: {} lacks the state '{}'", path, key);
   return it->second;
-}
-
-/// Restores what adam_state_to_tensors saved, checking shapes against the parameters.
-void adam_state_from_tensors(torch::optim::Adam& optimizer, const TensorMap& state,
-                             const std::string& path) {
-  const auto& params = optimizer.param_groups().at(0).params();
-  for (size_t i = 0; i < params.size(); ++i) {
-    const std::string prefix = "adam." + std::to_string(i) + ".";
-    if (state.count(prefix + "step") == 0) continue;
-    auto moment = [&](const std::string& name) {
-      const at::Tensor& t = state_tensor(state, prefix + name, path);
-      check_input(t.sizes() == params[i].sizes() && t.scalar_type() == params[i].scalar_type(),
-                  "--resume: {}: optimizer state '{}' does not match its parameter", path,
-                  prefix + name);
-      return t.to(params[i].device()).clone();
-    };
-    auto s = std::make_unique<torch::optim::AdamParamState>();
-    const at::Tensor& step = state_tensor(state, prefix + "step", path);
-    check_input(step.numel() == 1 && step.scalar_type() == at::kLong,
-                "--resume: {}: optimizer state '{}step' is not a count", path, prefix);
-    s->step(step.item<int64_t>());
-    s->exp_avg(moment("exp_avg"));
-    s->exp_avg_sq(moment("exp_avg_sq"));
-    if (state.count(prefix + "max_exp_avg_sq") > 0) s->max_exp_avg_sq(moment("max_exp_avg_sq"));
-    optimizer.state()[c10::guts::to_string(params[i].unsafeGetTensorImpl())] = std::move(s);
-  }
 }
 
 /// Where a run stands: everything besides weights, optimizer and RNG that a
@@ -134,8 +91,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
                         const TrainerOptions& options, const TrainerCallbacks& callbacks) {
   check_input(options.epochs >= 1, "--epochs: {}, expected at least 1", options.epochs);
   check_input(options.batch >= 1, "--batch: {}, expected at least 1", options.batch);
-  check_input(options.lr > 0 && std::isfinite(options.lr), "--lr: {}, expected a positive number",
-              options.lr);
+  check_optimizer_options(options.optimizer);
   check_trainable(options.loss, model->config().fusion);
   check_input(!options.keep_best || test != nullptr,
               "--keep best: needs a validation set (--val-split)");
@@ -158,7 +114,9 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
 
   torch::manual_seed(rank_seed(options.seed, rank));
   const c10::Device device = model->device();
-  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(options.lr));
+  std::unique_ptr<torch::optim::Optimizer> optimizer_owner =
+      make_optimizer(model->parameters(), options.optimizer);
+  torch::optim::Optimizer& optimizer = *optimizer_owner;
   Loader loader(train, options.batch, /*shuffle=*/true, options.seed, rank, world);
   const int64_t steps = loader.num_batches();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
@@ -203,7 +161,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       for (size_t i = 0; i < bto.size(); ++i) bto[i].copy_(bfrom[i]);
     }
     const TensorMap saved_state = load_model_state(options.resume);
-    adam_state_from_tensors(optimizer, saved_state, options.resume);
+    optimizer_state_from_tensors(optimizer, options.optimizer.kind, saved_state, options.resume);
     generator.set_state(state_tensor(saved_state, "rng_state", options.resume));
     if (options.keep_best) {
       const int64_t count = state_tensor(saved_state, "best_count", options.resume).item<int64_t>();
@@ -272,7 +230,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
                      {"seen", run.seen},           {"seconds", run.seconds},
                      {"best_accuracy", run.best_accuracy},
                      {"kept_epoch", run.kept_epoch}, {"history", history}};
-    TensorMap state = adam_state_to_tensors(optimizer);
+    TensorMap state = optimizer_state_to_tensors(optimizer, options.optimizer.kind);
     state["rng_state"] = generator.get_state();
     state["best_count"] = torch::tensor(static_cast<int64_t>(best_state.size()));
     for (size_t i = 0; i < best_state.size(); ++i) {
@@ -351,7 +309,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
         if (!std::isfinite(running)) {
           throw std::runtime_error(fmt::format(
               "training loss became {} at epoch {} step {}; try a lower --lr (now {})", running,
-              run.epoch, run.step, options.lr));
+              run.epoch, run.step, options.optimizer.lr));
         }
         if (callbacks.on_step) callbacks.on_step(run.epoch, run.step, steps, running);
       }

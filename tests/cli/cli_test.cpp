@@ -194,7 +194,10 @@ TEST_F(CliTest, AnImageFolderCopyOfTheTestSetEvaluatesLikeTheIdxFiles) {
   ASSERT_EQ(idx.code, 0) << idx.err;
   ASSERT_EQ(img.code, 0) << img.err;
   EXPECT_EQ(nlohmann::json::parse(img.out)["n"], 300);
-  EXPECT_EQ(nlohmann::json::parse(img.out)["accuracy"], nlohmann::json::parse(idx.out)["accuracy"]);
+  // The same pixels, but in class order: other images share each forward pass, whose
+  // kernels may round differently on another processor; a near-tie may flip one image.
+  EXPECT_NEAR(nlohmann::json::parse(img.out)["accuracy"].get<double>(),
+              nlohmann::json::parse(idx.out)["accuracy"].get<double>(), 1.0 / 300 + 1e-12);
 }
 
 TEST_F(CliTest, ImportWritesAStratifiedIdxSplitOfTheDigitsJson) {
@@ -280,6 +283,7 @@ TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
   const std::string pid = test::read_file(file("pid"));
   std::system(("kill -9 " + pid + " 2>/dev/null; sleep 0.2").c_str());
   ASSERT_FALSE(fs::exists(file("killed.pw"))) << "the run finished before the kill; nothing tested";
+  // No --threads: the checkpoint's thread count (2) is restored, as bit-identity needs.
   Result resumed = pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw"));
   ASSERT_EQ(resumed.code, 0) << resumed.err;
   EXPECT_TRUE(same_weights(file("straight.pw"), file("killed.pw")));

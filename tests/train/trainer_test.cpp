@@ -116,7 +116,7 @@ TEST_F(TrainerTest, KeepBestEndsWithTheWeightsOfTheBestValidationEpoch) {
   TrainerOptions options;
   options.epochs = 4;
   options.batch = 32;
-  options.lr = 3e-3;
+  options.optimizer.lr = 3e-3;
   options.keep_best = true;
   TrainResult result = train_model(model, train, &validation, options);
   int64_t best = 1;

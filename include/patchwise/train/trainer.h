@@ -1,5 +1,5 @@
 #pragma once
-// The trainer: Adam over shuffled mini-batches, one evaluation per epoch. It
+// The trainer: Adam or SGD over shuffled mini-batches, one evaluation per epoch. It
 // never prints: progress and per-epoch metrics go to the caller's callbacks.
 
 #include <atomic>
@@ -16,6 +16,7 @@
 #include "patchwise/data/augment.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/train/loss.h"
+#include "patchwise/train/optimizer.h"
 
 namespace patchwise {
 
@@ -24,7 +25,7 @@ class Distributed;
 struct TrainerOptions {
   int64_t epochs = 10;             ///< passes over the training set
   int64_t batch = 64;              ///< images per step (each gives P patches)
-  double lr = 1e-3;                ///< Adam's learning rate
+  OptimizerOptions optimizer;      ///< Adam at 1e-3 unless set
   uint64_t seed = 42;              ///< weights, data order and dropout
   LossKind loss = LossKind::kPatch;
   int64_t eval_batch = 256;        ///< images per evaluation step
