@@ -19,5 +19,6 @@ void setup_extract(CLI::App& app);
 void setup_import(CLI::App& app);
 void setup_heatmap(CLI::App& app);
 void setup_report(CLI::App& app);
+void setup_tiles(CLI::App& app);
 
 }  // namespace patchwise::cli

@@ -65,6 +65,28 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
   app->add_option("--device", flags.device, "auto, cpu or cuda");
 }
 
+void add_tile_flags(CLI::App* app, TileFlags& f) {
+  app->add_option("--tile", f.tiles.tile, "tile side in pixels of the chosen level")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--tile-stride", f.tiles.stride, "pixels between tiles; 0: the tile side")
+      ->check(CLI::NonNegativeNumber);
+  auto* level = app->add_option("--level", f.tiles.level, "pyramid level to tile (0: full size)")
+                    ->check(CLI::NonNegativeNumber);
+  app->add_option("--mpp", f.tiles.mpp, "tile the level nearest to this many microns per pixel")
+      ->check(CLI::PositiveNumber)
+      ->excludes(level);
+  app->add_option("--min-foreground", f.tiles.min_foreground,
+                  "keep tiles with at least this foreground fraction (Otsu mask); 0: all")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app->add_option("--reader", f.reader.reader, "openslide or vips; default: the first that opens it");
+  app->add_option("--max-pixels", f.reader.max_pixels,
+                  "largest image decoded whole (PNG, JPEG, ...); 0: no limit")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
 void add_data_flags(CLI::App* app, DataFlags& flags) {
   app->add_option("--label", flags.label, "CIFAR-100 labels: fine or coarse");
   app->add_option("--image-size", flags.image_size,

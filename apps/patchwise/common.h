@@ -10,7 +10,9 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "patchwise/data/source.h"
+#include "patchwise/data/region.h"
 #include "patchwise/patch/grid.h"
+#include "patchwise/patch/tiles.h"
 
 namespace patchwise::cli {
 
@@ -35,6 +37,14 @@ struct RuntimeFlags {
   std::string device = "auto";
 };
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
+
+/// --tile, --tile-stride, --level, --mpp, --min-foreground, --reader, --max-pixels: how
+/// large images are opened and tiled (the same flags for tiles, train and predict).
+struct TileFlags {
+  TileOptions tiles;
+  RegionReaderOptions reader;
+};
+void add_tile_flags(CLI::App* app, TileFlags& flags);
 
 /// --label, --image-size, --strict: how a data set is read.
 struct DataFlags {

@@ -28,16 +28,16 @@ std::string optimizer_kind_name(OptimizerKind kind);
 
 struct OptimizerOptions {
   OptimizerKind kind = OptimizerKind::kAdam;
-  double lr = 1e-3;      ///< learning rate
-  double momentum = 0;   ///< sgd only: 0 is plain SGD
+  double lr = 1e-3;     ///< learning rate
+  double momentum = 0;  ///< sgd only: 0 is plain SGD
 };
 
 /// Throws InputError for a rate that is not positive and finite, a momentum outside
 /// [0, 1), or a momentum given to Adam.
 void check_optimizer_options(const OptimizerOptions& options);
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<at::Tensor>& params,
-                                                        const OptimizerOptions& options);
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(
+    const std::vector<at::Tensor>& params, const OptimizerOptions& options);
 
 /// The optimizer's per-parameter state ("adam.<i>.step", ".exp_avg", ...;
 /// "sgd.<i>.momentum_buffer"), i being the parameter's position.
@@ -45,7 +45,8 @@ TensorMap optimizer_state_to_tensors(torch::optim::Optimizer& optimizer, Optimiz
 
 /// Restores what optimizer_state_to_tensors saved, checking every tensor against its
 /// parameter; `path` names the checkpoint in errors.
-void optimizer_state_from_tensors(torch::optim::Optimizer& optimizer, OptimizerKind kind,
-                                  const TensorMap& state, const std::string& path);
+void optimizer_state_from_tensors(
+    torch::optim::Optimizer& optimizer, OptimizerKind kind, const TensorMap& state,
+    const std::string& path);
 
 }  // namespace patchwise

@@ -1,0 +1,19 @@
+#pragma once
+// The tile picture users check before training on large images: the image's
+// thumbnail with the foreground mask shaded, every kept tile outlined in green and
+// every rejected tile in red (filled faintly instead when tiles are under 4 pixels
+// wide in the thumbnail), and a legend line of counts.
+
+#include <ATen/core/Tensor.h>
+
+#include "patchwise/patch/tiles.h"
+
+namespace patchwise {
+
+/// thumbnail: uint8 [C,h,w] of the whole image (e.g. plan.mask.thumbnail); the plan's
+/// boxes are drawn scaled to it from the image's `width` x `height` at level 0.
+/// Returns uint8 [3,h',w'].
+at::Tensor render_tile_sheet(
+    const at::Tensor& thumbnail, const TilePlan& plan, int64_t width, int64_t height);
+
+}  // namespace patchwise

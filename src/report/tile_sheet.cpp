@@ -1,0 +1,89 @@
+#include "patchwise/report/tile_sheet.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <opencv2/imgproc.hpp>
+
+namespace patchwise {
+namespace {
+
+/// uint8 [C,h,w] as an RGB cv::Mat (a copy).
+cv::Mat to_rgb_mat(const at::Tensor& image) {
+  at::Tensor rgb = image.size(0) == 1 ? image.expand({3, -1, -1}) : image;
+  at::Tensor hwc = rgb.permute({1, 2, 0}).contiguous();
+  return cv::Mat(
+             static_cast<int>(hwc.size(0)),
+             static_cast<int>(hwc.size(1)),
+             CV_8UC3,
+             hwc.data_ptr<uint8_t>())
+      .clone();
+}
+
+/// Tints the pixels where `mask` (uint8 [h,w], any size) is set.
+void shade_mask(cv::Mat& canvas, const at::Tensor& mask) {
+  if (!mask.defined()) return;
+  cv::Mat m(
+      static_cast<int>(mask.size(0)),
+      static_cast<int>(mask.size(1)),
+      CV_8U,
+      mask.contiguous().data_ptr<uint8_t>());
+  cv::Mat scaled;
+  cv::resize(m, scaled, canvas.size(), 0, 0, cv::INTER_NEAREST);
+  cv::Mat tint(canvas.size(), CV_8UC3, cv::Scalar(0, 120, 255));
+  cv::Mat blended;
+  cv::addWeighted(canvas, 0.7, tint, 0.3, 0, blended);
+  blended.copyTo(canvas, scaled);
+}
+
+}  // namespace
+
+at::Tensor render_tile_sheet(
+    const at::Tensor& thumbnail, const TilePlan& plan, int64_t width, int64_t height) {
+  cv::Mat canvas = to_rgb_mat(thumbnail);
+  shade_mask(canvas, plan.mask.mask);
+  const double sx = canvas.cols / static_cast<double>(width);
+  const double sy = canvas.rows / static_cast<double>(height);
+  std::vector<bool> kept(plan.boxes.size(), false);
+  for (int64_t i : plan.kept) kept[static_cast<size_t>(i)] = true;
+  const bool outline = plan.tile * plan.downsample * sx >= 4;
+  cv::Mat fills = canvas.clone();
+  for (size_t i = 0; i < plan.boxes.size(); ++i) {
+    const Box b = level0_box(plan.boxes[i], plan.downsample);
+    const cv::Rect r(
+        static_cast<int>(b.x * sx),
+        static_cast<int>(b.y * sy),
+        std::max(1, static_cast<int>(b.w * sx)),
+        std::max(1, static_cast<int>(b.h * sy)));
+    const cv::Scalar colour = kept[i] ? cv::Scalar(0, 200, 0) : cv::Scalar(220, 0, 0);
+    if (outline) {
+      cv::rectangle(canvas, r, colour, 1);
+    } else {
+      cv::rectangle(fills, r, colour, cv::FILLED);
+    }
+  }
+  if (!outline) cv::addWeighted(canvas, 0.6, fills, 0.4, 0, canvas);
+  // Legend strip below the picture.
+  const int legend = 22;
+  cv::Mat sheet(
+      canvas.rows + legend, std::max(canvas.cols, 360), CV_8UC3, cv::Scalar(255, 255, 255));
+  canvas.copyTo(sheet(cv::Rect(0, 0, canvas.cols, canvas.rows)));
+  const std::string text = fmt::format(
+      "{} of {} tiles kept{}",
+      plan.kept.size(),
+      plan.boxes.size(),
+      plan.fallback ? " (no foreground: all)" : "");
+  cv::putText(
+      sheet,
+      text,
+      cv::Point(4, canvas.rows + 16),
+      cv::FONT_HERSHEY_SIMPLEX,
+      0.45,
+      cv::Scalar(0, 0, 0),
+      1,
+      cv::LINE_AA);
+  at::Tensor hwc = torch::from_blob(sheet.data, {sheet.rows, sheet.cols, 3}, torch::kUInt8);
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+}  // namespace patchwise

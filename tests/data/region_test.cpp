@@ -1,0 +1,245 @@
+// Region readers: OpenSlide and libvips read the same pixels of a pyramidal tiled
+// TIFF made here, at level 0 and level 1; bad files are refused with one line.
+
+#include "patchwise/data/region.h"
+
+#include <gmock/gmock.h>
+#include <sys/stat.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <fstream>
+
+#include "patchwise/core/error.h"
+#include "patchwise/data/image.h"
+#include "support/slide_support.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+using ::testing::HasSubstr;
+
+class RegionTest : public test::SeededTest {
+ protected:
+  void SetUp() override {
+    SeededTest::SetUp();
+    image_ = test::synthetic_slide();
+    tiff_ = path("slide.tif");
+    write_pyramid_tiff(tiff_, image_, {256, /*mpp=*/0.5});
+  }
+  at::Tensor image_;
+  std::string tiff_;
+};
+
+/// The message of the InputError `f` throws ("" when it throws none).
+template <typename F>
+std::string input_error(F&& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_F(RegionTest, BothReadersSeeThePyramidOfTheTiff) {
+  for (const std::string name : {"openslide", "vips"}) {
+    auto reader = open_region_reader(tiff_, {name, 0});
+    EXPECT_THAT(reader->format(), HasSubstr(name));
+    EXPECT_EQ(reader->width(), 2048);
+    EXPECT_EQ(reader->height(), 1536);
+    EXPECT_EQ(reader->channels(), 3);
+    ASSERT_GE(reader->levels().size(), 3u) << name;
+    EXPECT_EQ(reader->levels()[1].width, 1024);
+    EXPECT_EQ(reader->levels()[1].height, 768);
+    EXPECT_NEAR(reader->levels()[1].downsample, 2.0, 1e-9);
+    EXPECT_NEAR(reader->mpp(), 0.5, 1e-3) << name;
+  }
+  // A generic TIFF goes to libvips unless OpenSlide is asked for.
+  EXPECT_EQ(open_region_reader(tiff_)->format(), "vips (tiffload)");
+  EXPECT_EQ(open_region_reader(tiff_, {"openslide", 0})->format(), "openslide (generic-tiff)");
+}
+
+TEST_F(RegionTest, Level0RegionsAreTheImagesPixelsInBothReaders) {
+  auto slide = open_region_reader(tiff_, {"openslide", 0});
+  auto vips = open_region_reader(tiff_, {"vips", 0});
+  auto memory = memory_region_reader(image_, "memory");
+  // Boxes inside one TIFF tile, across tile borders, at the image's edges.
+  for (const Box b :
+       {Box{300, 300, 64, 64},
+        Box{200, 250, 333, 129},
+        Box{0, 0, 2048, 7},
+        Box{2047, 1535, 1, 1},
+        Box{1900, 1400, 148, 136}}) {
+    const at::Tensor expected = image_.narrow(1, b.y, b.h).narrow(2, b.x, b.w);
+    EXPECT_TRUE(torch::equal(slide->read(b), expected)) << b.x << "," << b.y;
+    EXPECT_TRUE(torch::equal(vips->read(b), expected)) << b.x << "," << b.y;
+    EXPECT_TRUE(torch::equal(memory->read(b), expected)) << b.x << "," << b.y;
+  }
+}
+
+TEST_F(RegionTest, Level1RegionsAgreeAndAreTheHalvedImage) {
+  auto slide = open_region_reader(tiff_, {"openslide", 0});
+  auto vips = open_region_reader(tiff_, {"vips", 0});
+  const Box b{100, 90, 300, 200};
+  const at::Tensor a = slide->read(b, 1);
+  const at::Tensor c = vips->read(b, 1);
+  // Both decode the same stored level: the same bytes.
+  EXPECT_TRUE(torch::equal(a, c));
+  // The stored level is a 2x2 box average of level 0 (libvips' pyramid), rounded: within
+  // one grey level of the exact average.
+  const at::Tensor halved = torch::avg_pool2d(image_.to(torch::kFloat).unsqueeze(0), 2).squeeze(0);
+  const at::Tensor expected = halved.narrow(1, b.y, b.h).narrow(2, b.x, b.w);
+  EXPECT_LE((a.to(torch::kFloat) - expected).abs().max().item<float>(), 1.0f);
+}
+
+TEST_F(RegionTest, JpegTilesDecodeAlikeInBothReadersAtEveryLevel) {
+  // As scanners write them; OpenSlide decodes the JPEG itself, libvips through libtiff.
+  write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 90});
+  auto slide = open_region_reader(path("jpeg.tif"), {"openslide", 0});
+  auto vips = open_region_reader(path("jpeg.tif"), {"vips", 0});
+  ASSERT_EQ(slide->levels().size(), vips->levels().size());
+  for (int l = 0; l < static_cast<int>(slide->levels().size()); ++l) {
+    const PyramidLevel& level = slide->levels()[static_cast<size_t>(l)];
+    const Box all{0, 0, level.width, level.height};
+    const at::Tensor a = slide->read(all, l).to(torch::kInt);
+    const at::Tensor b = vips->read(all, l).to(torch::kInt);
+    // The same coefficients through two IDCTs: equal, or off by a rounding step.
+    EXPECT_LE((a - b).abs().max().item<int>(), 2) << "level " << l;
+  }
+  // Level 0 against the source: JPEG at quality 90 of noisy squares stays close.
+  const at::Tensor a = slide->read({256, 256, 512, 512}).to(torch::kFloat);
+  const at::Tensor src = image_.narrow(1, 256, 512).narrow(2, 256, 512).to(torch::kFloat);
+  EXPECT_LT((a - src).abs().mean().item<float>(), 12.0f);
+}
+
+TEST_F(RegionTest, ThumbnailsKeepTheAspectAndTheContent) {
+  write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 95});
+  for (const std::string name : {"openslide", "vips"}) {
+    auto reader = open_region_reader(name == "vips" ? tiff_ : path("jpeg.tif"), {name, 0});
+    const at::Tensor t = reader->thumbnail(256);
+    ASSERT_EQ(t.sizes(), (std::vector<int64_t>{3, 192, 256})) << name;
+    // An area average of 8x8 blocks of the image; edges of the squares may differ more.
+    const at::Tensor expected =
+        torch::avg_pool2d(image_.to(torch::kFloat).unsqueeze(0), 8).squeeze(0);
+    const at::Tensor diff = (t.to(torch::kFloat) - expected).abs();
+    EXPECT_LT(diff.mean().item<float>(), 3.0f) << name;
+  }
+  auto memory = memory_region_reader(image_, "memory");
+  EXPECT_EQ(memory->thumbnail(4096).sizes(), image_.sizes());  // never enlarged
+}
+
+TEST_F(RegionTest, AGreyPngIsReadByVipsAsOneChannel) {
+  const at::Tensor grey = image_.narrow(0, 1, 1).narrow(1, 0, 300).narrow(2, 0, 400).contiguous();
+  write_image(path("grey.png"), grey);
+  auto reader = open_region_reader(path("grey.png"));
+  EXPECT_EQ(reader->format(), "vips (pngload)");
+  EXPECT_EQ(reader->channels(), 1);
+  EXPECT_EQ(reader->levels().size(), 1u);
+  EXPECT_TRUE(std::isnan(reader->mpp()));
+  EXPECT_TRUE(
+      torch::equal(reader->read({10, 20, 30, 40}), grey.narrow(1, 20, 40).narrow(2, 10, 30)));
+}
+
+TEST_F(RegionTest, BadFilesAndBoxesAreInputErrors) {
+  auto reader = open_region_reader(tiff_);
+  EXPECT_THAT(
+      input_error([&] {
+        reader->read({2000, 0, 100, 10});
+      }),
+      HasSubstr("region 100x10 at (2000, 0), expected a non-empty box inside level 0 "
+                "(2048x1536)"));
+  EXPECT_THAT(input_error([&] { reader->read({0, 0, 0, 10}); }), HasSubstr("non-empty box"));
+  EXPECT_THAT(
+      input_error([&] {
+        reader->read({0, 0, 10, 10}, 9);
+      }),
+      HasSubstr(": level 9, expected 0.."));
+
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(path("none.tif")); }),
+      HasSubstr("none.tif: no such image file"));
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(dir_.string()); }),
+      HasSubstr("expected an image file, found a directory"));
+  ASSERT_EQ(mkfifo(path("fifo").c_str(), 0600), 0);
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(path("fifo")); }),
+      HasSubstr("fifo: expected an image file, found a FIFO"));
+  std::ofstream(path("empty.png")).close();
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(path("empty.png")); }),
+      HasSubstr("empty.png: empty file, expected an image"));
+  std::ofstream(path("notes.txt")) << "just some words, no pixels\n";
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(path("notes.txt")); }),
+      HasSubstr("notes.txt: not an image that openslide or vips can read"));
+  EXPECT_THAT(
+      input_error([&] {
+        open_region_reader(tiff_, {"gdal", 0});
+      }),
+      HasSubstr("reader 'gdal', expected one of: openslide, vips"));
+}
+
+TEST_F(RegionTest, ATruncatedTiffFailsWithOneLineNotACrash) {
+  const std::string bytes = test::read_file(tiff_);
+  for (const double keep : {0.02, 0.3, 0.6, 0.9}) {
+    const std::string cut = path("cut.tif");
+    std::ofstream(cut, std::ios::binary)
+        << bytes.substr(0, static_cast<size_t>(static_cast<double>(bytes.size()) * keep));
+    for (const std::string name : {"openslide", "vips", ""}) {
+      const std::string message = input_error([&] {
+        auto r = open_region_reader(cut, {name, 0});
+        for (int l = 0; l < static_cast<int>(r->levels().size()); ++l) {
+          r->read({0, 0, r->levels()[l].width, r->levels()[l].height}, l);
+        }
+      });
+      // Refused at open or at the first read of a missing tile, naming the file. Cut at
+      // 90 %, only the smallest levels are lost: the file may read as a shorter pyramid.
+      if (keep < 0.8 || !message.empty()) {
+        EXPECT_THAT(message, HasSubstr("cut.tif")) << keep << " " << name;
+      }
+      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    }
+  }
+}
+
+/// A PNG whose header declares width x height pixels, followed by a few bytes of
+/// image data (far too few) and the end chunk.
+std::string png_header(uint32_t width, uint32_t height) {
+  auto be32 = [](uint32_t v) {
+    return std::string{
+        static_cast<char>(v >> 24),
+        static_cast<char>(v >> 16),
+        static_cast<char>(v >> 8),
+        static_cast<char>(v)};
+  };
+  auto chunk = [&](const std::string& type, const std::string& data) {
+    const std::string body = type + data;
+    const uLong crc =
+        crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()));
+    return be32(static_cast<uint32_t>(data.size())) + body + be32(static_cast<uint32_t>(crc));
+  };
+  Bytef packed[64];
+  uLongf packed_size = sizeof packed;
+  const Bytef row[4] = {0, 0, 0, 0};
+  compress(packed, &packed_size, row, sizeof row);
+  return std::string("\x89PNG\r\n\x1a\n", 8) +
+         chunk("IHDR", be32(width) + be32(height) + std::string("\x08\x02\x00\x00\x00", 5)) +
+         chunk("IDAT", std::string(reinterpret_cast<const char*>(packed), packed_size)) +
+         chunk("IEND", "");
+}
+
+TEST_F(RegionTest, AnImageDecodedWholeBeyondTheLimitIsRefusedBeforeDecoding) {
+  std::ofstream(path("huge.png"), std::ios::binary) << png_header(30000, 30000);
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(path("huge.png")); }),
+      HasSubstr("huge.png: 30000x30000 = 900000000 pixels, expected at most 100000000 "
+                "(--max-pixels) for a pngload image"));
+  // A tiled TIFF is read in regions: no limit applies.
+  EXPECT_NO_THROW(open_region_reader(tiff_, {"vips", 1000}));
+}
+
+}  // namespace
+}  // namespace patchwise
