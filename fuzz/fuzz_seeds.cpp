@@ -1,5 +1,5 @@
 // Writes the fuzzers' seed corpora: small valid files of every kind, one folder per
-// target (idx, cifar, digits_json, image, model_file) under the folder given.
+// target (idx, cifar, digits_json, image, model_file, region) under the folder given.
 //
 //   fuzz_seeds OUT_DIR
 #include <zlib.h>
@@ -15,6 +15,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
+#include "patchwise/data/region.h"
 
 namespace fs = std::filesystem;
 using namespace patchwise;
@@ -34,7 +35,7 @@ void gzip_copy(const fs::path& from, const fs::path& to) {
 }
 
 void write_seeds(const fs::path& root) {
-  for (const char* target : {"idx", "cifar", "digits_json", "image", "model_file"}) {
+  for (const char* target : {"idx", "cifar", "digits_json", "image", "model_file", "region"}) {
     fs::create_directories(root / target);
   }
   torch::manual_seed(0);
@@ -65,6 +66,15 @@ void write_seeds(const fs::path& root) {
   write_image((root / "image/rgb.png").string(), rgb);
   write_image((root / "image/rgb.jpg").string(), rgb);
   write_image((root / "image/gray.bmp").string(), gray);
+
+  // Small pyramidal TIFFs (deflate and JPEG tiles, one with a resolution) and plain images.
+  const at::Tensor slide = torch::randint(0, 256, {3, 40, 56}, torch::kUInt8);
+  write_pyramid_tiff((root / "region/deflate.tif").string(), slide, {16, 0.5, 0});
+  write_pyramid_tiff((root / "region/jpeg.tif").string(), slide, {16, 0, 80});
+  write_pyramid_tiff((root / "region/gray.tif").string(), slide.narrow(0, 0, 1).contiguous(),
+                     {16, 0, 0});
+  write_image((root / "region/rgb.png").string(), rgb);
+  write_image((root / "region/rgb.jpg").string(), rgb);
 
   ModelConfig config;
   config.class_names = {"a", "b"};

@@ -4,6 +4,7 @@
 #include <vips/vips.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -124,16 +125,10 @@ class VipsReader : public RegionReader {
   at::Tensor thumbnail(int64_t max_side) const override {
     check_input(max_side > 0, "{}: thumbnail size {}, expected a positive number", path_, max_side);
     VipsImage* out = nullptr;
-    // Shrink-on-load (JPEG, pyramidal TIFF pages), streaming the rest.
-    if (vips_thumbnail(
-            path_.c_str(),
-            &out,
-            static_cast<int>(max_side),
-            "height",
-            static_cast<int>(max_side),
-            "size",
-            VIPS_SIZE_DOWN,
-            nullptr) != 0) {
+    // Shrink-on-load (JPEG, pyramidal TIFF pages), streaming the rest. Never enlarged;
+    // not VIPS_SIZE_DOWN, which libvips 8.14 applies to the smallest pyramid page.
+    const int side = static_cast<int>(std::min(max_side, std::max(width(), height())));
+    if (vips_thumbnail(path_.c_str(), &out, side, "height", side, nullptr) != 0) {
       throw InputError(fmt::format("{}: cannot make a thumbnail ({})", path_, take_vips_error()));
     }
     Image owned(out);
@@ -144,20 +139,26 @@ class VipsReader : public RegionReader {
 
  protected:
   at::Tensor read_region(const Box& b, int level) const override {
+    // A region computes just the box on this thread: no pipeline, no thread pool.
     vips_error_clear();
-    VipsImage* crop = nullptr;
-    if (vips_crop(
-            pages_[static_cast<size_t>(level)].get(),
-            &crop,
-            static_cast<int>(b.x),
-            static_cast<int>(b.y),
-            static_cast<int>(b.w),
-            static_cast<int>(b.h),
-            nullptr) != 0) {
-      throw InputError(fmt::format("{}: {}", path_, take_vips_error()));
+    VipsImage* page = pages_[static_cast<size_t>(level)].get();
+    std::unique_ptr<VipsRegion, void (*)(VipsRegion*)> region(
+        vips_region_new(page), [](VipsRegion* r) { g_object_unref(r); });
+    VipsRect rect{static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.w),
+                  static_cast<int>(b.h)};
+    if (!region || vips_region_prepare(region.get(), &rect) != 0) {
+      throw InputError(fmt::format("{}: cannot read {}x{} at ({}, {}) of level {} ({})", path_, b.w,
+                                   b.h, b.x, b.y, level, take_vips_error()));
     }
-    Image owned(crop);
-    return to_tensor(crop, path_);
+    const int64_t c = channels_;
+    at::Tensor hwc = torch::empty({b.h, b.w, c}, torch::kUInt8);
+    uint8_t* to = hwc.data_ptr<uint8_t>();
+    for (int64_t y = 0; y < b.h; ++y) {
+      const auto* from = reinterpret_cast<const uint8_t*>(
+          VIPS_REGION_ADDR(region.get(), rect.left, rect.top + static_cast<int>(y)));
+      std::memcpy(to + y * b.w * c, from, static_cast<size_t>(b.w * c));
+    }
+    return hwc.permute({2, 0, 1}).contiguous();
   }
 
  private:

@@ -3,7 +3,9 @@
 // one-line message must contain. Every row must exit 2 with exactly one line on
 // stderr, and leave the outputs already on disk byte-for-byte as they were.
 
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <zlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -18,6 +20,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
+#include "patchwise/data/region.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -64,6 +67,27 @@ void write_digits(const fs::path& dir) {
   for (int i = 1; i < 3 * 784; ++i) digits += ",0.5";
   digits += "]}";
   for (int d = 0; d <= 9; ++d) write_bytes(dir / (std::to_string(d) + ".json"), digits);
+}
+
+/// A 768x512 pyramidal TIFF (4 levels, down to 96x64) of noise, without a stated resolution.
+void write_slide(const fs::path& path) {
+  fs::create_directories(path.parent_path());
+  write_pyramid_tiff(path.string(), torch::randint(0, 256, {3, 512, 768}, torch::kUInt8),
+                     {128, 0, 0});
+}
+
+/// A PNG whose header declares width x height RGB pixels, with a token of data after it.
+void write_png_header(const fs::path& path, uint32_t width, uint32_t height) {
+  auto chunk = [](const std::string& type, const std::string& data) {
+    const std::string body = type + data;
+    const uLong crc =
+        crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()));
+    return be32(static_cast<uint32_t>(data.size())) + body + be32(static_cast<uint32_t>(crc));
+  };
+  write_bytes(path, std::string("\x89PNG\r\n\x1a\n", 8) +
+                        chunk("IHDR", be32(width) + be32(height) + std::string("\x08\x02\0\0\0", 5)) +
+                        chunk("IDAT", std::string("\x78\x9c\x63\x00\x00\x00\x01\x00\x01", 9)) +
+                        chunk("IEND", ""));
 }
 
 /// Overwrites one byte of a file.
@@ -324,6 +348,38 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"more digits asked than present",
        [](const fs::path& d) { write_digits(d / "bad"); },
        "import mnist-json --from {dir}/bad --out {dir}/outdir --train 25 --test 10", "--train"},
+      // Large images (tiles)
+      {"an image no reader opens",
+       [](const fs::path& d) { write_bytes(d / "bad/slide.svs", "not a slide at all"); },
+       "tiles {dir}/bad/slide.svs -o {dir}/sheet.png",
+       "{dir}/bad/slide.svs: not an image that openslide or vips can read"},
+      {"a truncated pyramidal TIFF",
+       [](const fs::path& d) {
+         write_slide(d / "bad/slide.tif");
+         const std::string bytes = test::read_file(d / "bad/slide.tif");
+         write_bytes(d / "bad/slide.tif", bytes.substr(0, bytes.size() / 3));
+       },
+       "tiles {dir}/bad/slide.tif --read --min-foreground 0 -o {dir}/sheet.png", "{dir}/bad/slide.tif"},
+      {"a tile larger than the image", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --tile 600", "tile 600, expected 1..512 (level 0 is 768x512)"},
+      {"a level the image lacks", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --level 7", "level 7, expected 0..3 (the image has 4 levels)"},
+      {"an mpp the file does not state",
+       [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --mpp 0.5", "states no microns per pixel"},
+      {"a FIFO as the image",
+       [](const fs::path& d) {
+         fs::create_directories(d / "bad");
+         mkfifo((d / "bad/pipe").c_str(), 0600);
+       },
+       "tiles {dir}/bad/pipe", "{dir}/bad/pipe: expected an image file, found a FIFO"},
+      {"a zero-sized image", [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
+       "tiles {dir}/bad/empty.png", "empty.png: empty file, expected an image"},
+      {"a PNG declaring 30000x30000 pixels",
+       [](const fs::path& d) { write_png_header(d / "bad/huge.png", 30000, 30000); },
+       "tiles {dir}/bad/huge.png", "30000x30000 = 900000000 pixels, expected at most 100000000"},
+      {"an unknown reader", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --reader gdal", "reader 'gdal', expected one of: openslide, vips"},
   };
   ASSERT_GE(rows.size(), 30u);
   for (const Row& row : rows) {
