@@ -35,47 +35,59 @@ bool is_image_folder(const std::string& dir) {
   return fs::is_directory(dir) && !sorted_entries(dir, /*directories=*/true).empty();
 }
 
-Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options,
-                          std::vector<std::string>* skipped) {
+SampleList list_image_folder(const std::string& root) {
   check_input(fs::is_directory(root), "{}: no such folder", root);
   const std::vector<fs::path> classes = sorted_entries(root, /*directories=*/true);
   check_input(!classes.empty(), "{}: no class folders, expected {}/<class>/<image files>", root,
               root);
+  SampleList list;
+  list.source = root;
+  for (size_t k = 0; k < classes.size(); ++k) {
+    list.class_names.push_back(classes[k].filename().string());
+    const std::vector<fs::path> files = sorted_entries(classes[k], /*directories=*/false);
+    check_input(!files.empty(), "{}: empty class folder, expected image files",
+                classes[k].string());
+    for (const fs::path& file : files) {
+      list.files.push_back(file.string());
+      list.labels.push_back(static_cast<int64_t>(k));
+    }
+  }
+  return list;
+}
+
+Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
+                    std::vector<std::string>* skipped) {
   check_input((options.height > 0) == (options.width > 0), "--image-size: {}x{}, expected HxW",
               options.height, options.width);
-
   Dataset d;
-  d.source = root;
+  d.source = list.source;
+  d.class_names = list.class_names;
   std::vector<at::Tensor> images;
   std::vector<int64_t> labels;
   std::map<std::pair<int64_t, int64_t>, std::string> sizes;  // size -> first file of that size
   bool all_gray = true;
-  for (size_t k = 0; k < classes.size(); ++k) {
-    d.class_names.push_back(classes[k].filename().string());
-    const std::vector<fs::path> files = sorted_entries(classes[k], /*directories=*/false);
-    check_input(!files.empty(), "{}: empty class folder, expected image files", classes[k].string());
-    for (const fs::path& file : files) {
-      at::Tensor image;
-      try {
-        image = read_image(file.string(), options.channels);
-      } catch (const InputError&) {
-        if (options.strict) throw;
-        if (skipped != nullptr) skipped->push_back(file.string());
-        continue;
-      }
-      if (options.height > 0) {
-        if (image.size(1) != options.height || image.size(2) != options.width) {
-          image = resize_image(image, options.height, options.width);
-        }
-      } else {
-        sizes.emplace(std::make_pair(image.size(1), image.size(2)), file.string());
-      }
-      all_gray = all_gray && image.size(0) == 1;
-      images.push_back(image);
-      labels.push_back(static_cast<int64_t>(k));
+  for (size_t i = 0; i < list.files.size(); ++i) {
+    const std::string& file = list.files[i];
+    at::Tensor image;
+    try {
+      image = read_image(file, options.channels);
+    } catch (const InputError&) {
+      if (options.strict) throw;
+      if (skipped != nullptr) skipped->push_back(file);
+      continue;
     }
+    if (options.height > 0) {
+      if (image.size(1) != options.height || image.size(2) != options.width) {
+        image = resize_image(image, options.height, options.width);
+      }
+    } else {
+      sizes.emplace(std::make_pair(image.size(1), image.size(2)), file);
+    }
+    all_gray = all_gray && image.size(0) == 1;
+    images.push_back(image);
+    labels.push_back(list.labels[i]);
   }
-  check_input(!images.empty(), "{}: no readable images", root);
+  check_input(!images.empty(), "{}: no readable images", list.source);
   if (sizes.size() > 1) {
     std::string listed;
     size_t n = 0;
@@ -88,7 +100,7 @@ Dataset load_image_folder(const std::string& root, const ImageFolderOptions& opt
                             file);
     }
     throw InputError(fmt::format("{}: images of {} different sizes: {}; pass --image-size HxW",
-                                 root, sizes.size(), listed));
+                                 list.source, sizes.size(), listed));
   }
   const int64_t channels = options.channels > 0 ? options.channels : (all_gray ? 1 : 3);
   for (at::Tensor& image : images) {
@@ -97,6 +109,11 @@ Dataset load_image_folder(const std::string& root, const ImageFolderOptions& opt
   d.images = torch::stack(images, 0).contiguous();
   d.labels = torch::tensor(labels, torch::kInt64);
   return d;
+}
+
+Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options,
+                          std::vector<std::string>* skipped) {
+  return pack_images(list_image_folder(root), options, skipped);
 }
 
 }  // namespace patchwise

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -10,6 +11,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/idx.h"
+#include "patchwise/data/manifest.h"
 
 namespace patchwise {
 namespace {
@@ -17,6 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 bool is_idx_dir(const fs::path& dir) {
+  if (!fs::is_directory(dir)) return false;
   for (const char* name : {"train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
                            "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"}) {
     if (fs::exists(dir / name)) return true;
@@ -30,6 +33,74 @@ std::string folder_safe(std::string name) {
   return name;
 }
 
+/// One data-set format: how it is recognized, whether it holds a test split, and how a
+/// split is loaded. load_data and has_test_split go through this table, in order.
+struct DataFormat {
+  const char* name;
+  const char* looks_like;
+  std::function<bool(const std::string&)> recognizes;
+  std::function<bool(const std::string&)> has_test;
+  std::function<Dataset(const std::string&, bool test, const DataOptions&,
+                        std::vector<std::string>*)>
+      load;
+};
+
+bool exists_in(const fs::path& dir, const char* name) { return fs::exists(dir / name); }
+
+bool has_split_folders(const std::string& path) {
+  return fs::is_directory(fs::path(path) / "train") || fs::is_directory(fs::path(path) / "test");
+}
+
+Dataset load_split_folder(const std::string& path, bool test, const DataOptions& options,
+                          std::vector<std::string>* skipped) {
+  const fs::path sub = fs::path(path) / (test ? "test" : "train");
+  check_input(fs::is_directory(sub), "{}: no {} folder next to {}", path, sub.filename().string(),
+              test ? "train" : "test");
+  return take_first(load_image_folder(sub.string(), options.folder, skipped), options.limit);
+}
+
+const std::vector<DataFormat>& data_formats() {
+  static const std::vector<DataFormat> formats = {
+      {"IDX", "train-images-idx3-ubyte[.gz] ...", [](const std::string& p) { return is_idx_dir(p); },
+       [](const std::string& p) {
+         return exists_in(p, "t10k-images-idx3-ubyte") || exists_in(p, "t10k-images-idx3-ubyte.gz");
+       },
+       [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>*) {
+         return load_idx_split(p, test ? "t10k" : "train", o.limit);
+       }},
+      {"CIFAR-10", "data_batch_1.bin ...", is_cifar10_dir,
+       [](const std::string& p) { return exists_in(p, "test_batch.bin"); },
+       [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>*) {
+         return load_cifar10(p, test ? "test" : "train", o.limit);
+       }},
+      {"CIFAR-100", "train.bin, test.bin", is_cifar100_dir, [](const std::string&) { return true; },
+       [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>*) {
+         return load_cifar100(p, test ? "test" : "train", o.cifar_label, o.limit);
+       }},
+      {"manifest", "a .csv file of path,label[,split]", is_manifest, manifest_has_test,
+       [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>* skipped) {
+         return take_first(pack_images(read_manifest(p, test ? "test" : "train"), o.folder, skipped),
+                           o.limit);
+       }},
+      {"split image folders", "train/<class>/*, test/<class>/*", has_split_folders,
+       [](const std::string& p) { return fs::is_directory(fs::path(p) / "test"); },
+       load_split_folder},
+      {"image folder", "<class>/*", is_image_folder, [](const std::string&) { return false; },
+       [](const std::string& p, bool, const DataOptions& o, std::vector<std::string>* skipped) {
+         return take_first(load_image_folder(p, o.folder, skipped), o.limit);
+       }},
+  };
+  return formats;
+}
+
+/// The first format of the table that recognizes `path`, or null.
+const DataFormat* find_format(const std::string& path) {
+  for (const DataFormat& f : data_formats()) {
+    if (f.recognizes(path)) return &f;
+  }
+  return nullptr;
+}
+
 Dataset index_select(const Dataset& data, const std::vector<int64_t>& indices) {
   Dataset out = data;
   at::Tensor index = torch::tensor(indices, torch::kInt64);
@@ -41,40 +112,22 @@ Dataset index_select(const Dataset& data, const std::vector<int64_t>& indices) {
 }  // namespace
 
 bool has_test_split(const std::string& path) {
-  const fs::path p(path);
-  if (is_idx_dir(p)) return fs::exists(p / "t10k-images-idx3-ubyte") ||
-                            fs::exists(p / "t10k-images-idx3-ubyte.gz");
-  if (is_cifar10_dir(path)) return fs::exists(p / "test_batch.bin");
-  if (is_cifar100_dir(path)) return true;
-  return fs::is_directory(p / "test");
+  const DataFormat* format = find_format(path);
+  return format != nullptr && format->has_test(path);
 }
 
 Dataset load_data(const std::string& path, const std::string& split, const DataOptions& options,
                   std::vector<std::string>* skipped) {
   check_input(split == "train" || split == "test" || split == "t10k",
               "--split: '{}', expected train or test", split);
-  const bool train = split == "train";
-  check_input(fs::exists(path), "{}: no such directory", path);
-  check_input(fs::is_directory(path), "{}: expected a directory holding a data set", path);
-  const fs::path p(path);
-  if (is_idx_dir(p)) return load_idx_split(path, train ? "train" : "t10k", options.limit);
-  if (is_cifar10_dir(path)) return load_cifar10(path, train ? "train" : "test", options.limit);
-  if (is_cifar100_dir(path)) {
-    return load_cifar100(path, train ? "train" : "test", options.cifar_label, options.limit);
+  check_input(fs::exists(path), "{}: no such data set folder or manifest", path);
+  const DataFormat* format = find_format(path);
+  if (format != nullptr) return format->load(path, split != "train", options, skipped);
+  std::string expected;
+  for (const DataFormat& f : data_formats()) {
+    expected += fmt::format("{}{} ({})", expected.empty() ? "" : ", ", f.name, f.looks_like);
   }
-  if (fs::is_directory(p / "train") || fs::is_directory(p / "test")) {
-    const fs::path sub = p / (train ? "train" : "test");
-    check_input(fs::is_directory(sub), "{}: no {} folder next to {}", path,
-                sub.filename().string(), train ? "test" : "train");
-    return take_first(load_image_folder(sub.string(), options.folder, skipped), options.limit);
-  }
-  if (is_image_folder(path)) {
-    return take_first(load_image_folder(path, options.folder, skipped), options.limit);
-  }
-  throw InputError(fmt::format(
-      "{}: not a data set: expected IDX files (train-images-idx3-ubyte...), CIFAR batches "
-      "(data_batch_1.bin... or train.bin/test.bin) or class folders",
-      path));
+  throw InputError(fmt::format("{}: not a data set: expected one of {}", path, expected));
 }
 
 std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fraction, uint64_t seed) {

@@ -348,6 +348,19 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"more digits asked than present",
        [](const fs::path& d) { write_digits(d / "bad"); },
        "import mnist-json --from {dir}/bad --out {dir}/outdir --train 25 --test 10", "--train"},
+      // CSV manifests
+      {"a manifest naming a missing image",
+       [](const fs::path& d) {
+         write_png(d / "bad/a.png");
+         write_bytes(d / "bad/set.csv", "path,label\na.png,cat\nb.png,dog\n");
+       },
+       train + " --data {dir}/bad/set.csv", "set.csv:3: 'b.png': no such file"},
+      {"a manifest with a bad split",
+       [](const fs::path& d) {
+         write_png(d / "bad/a.png");
+         write_bytes(d / "bad/set.csv", "a.png,cat,train\na.png,dog,holdout\n");
+       },
+       train + " --data {dir}/bad/set.csv", "set.csv:2: split 'holdout', expected train or test"},
       // Large images (tiles)
       {"an image no reader opens",
        [](const fs::path& d) { write_bytes(d / "bad/slide.svs", "not a slide at all"); },

@@ -17,8 +17,28 @@ struct ImageFolderOptions {
   bool strict = false;   ///< an undecodable file is fatal instead of skipped
 };
 
+/// A data set before its pixels are read: image files, their labels and the class names.
+/// Image folders and CSV manifests (data/manifest.h) are listed into one, then packed.
+struct SampleList {
+  std::vector<std::string> files;
+  std::vector<int64_t> labels;           ///< indices into class_names
+  std::vector<std::string> class_names;
+  std::string source;                    ///< where it was listed from, for messages
+};
+
 /// Whether `dir` has at least one sub-folder (a class).
 bool is_image_folder(const std::string& dir);
+
+/// The files of root/<class>/, classes sorted by name. Throws InputError on an empty
+/// class folder or no classes.
+SampleList list_image_folder(const std::string& root);
+
+/// Reads every listed image into one uint8 [N,C,H,W] tensor. Undecodable files are
+/// skipped and listed in `skipped` (or fatal with options.strict). Throws InputError
+/// when no image is readable or the images have different sizes without a target
+/// size (the message lists the sizes found).
+Dataset pack_images(const SampleList& samples, const ImageFolderOptions& options,
+                    std::vector<std::string>* skipped = nullptr);
 
 /// Reads every file under root/<class>/. Undecodable files are skipped and listed in
 /// `skipped` (or fatal with options.strict). Throws InputError on an empty class

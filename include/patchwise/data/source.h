@@ -4,8 +4,10 @@
 //   IDX        PATH/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (MNIST, Fashion-MNIST)
 //   CIFAR-10   PATH/data_batch_{1..5}.bin, PATH/test_batch.bin
 //   CIFAR-100  PATH/train.bin, PATH/test.bin                (--label fine|coarse)
+//   manifest   PATH.csv of path,label[,split]                 (data/manifest.h)
 //   folders    PATH/train/<class>/*, PATH/test/<class>/*   (or PATH/<class>/* alone:
 //              one set, split with --val-split)
+// One table of formats (src/data/source.cpp) recognizes and loads them, in this order.
 
 #include <cstdint>
 #include <string>
@@ -26,7 +28,8 @@ struct DataOptions {
 
 /// split: "train" or "test" ("t10k" is accepted for "test"). Throws InputError when
 /// PATH is none of the formats above or lacks the split. For a folder of classes
-/// without train/ and test/, both splits return the whole set.
+/// without train/ and test/, or a manifest without a split column, both splits return
+/// the whole set.
 /// `skipped` receives the image-folder files that could not be decoded.
 Dataset load_data(const std::string& path, const std::string& split, const DataOptions& options,
                   std::vector<std::string>* skipped = nullptr);
