@@ -55,8 +55,8 @@ std::string trim(std::string s) {
 
 /// Every data line of the manifest, checked for shape; the split column is "" when absent.
 std::vector<Line> parse(const std::string& path) {
-  check_input(is_manifest(path), "{}: expected a manifest, a .csv file of path,label[,split]",
-              path);
+  check_input(
+      is_manifest(path), "{}: expected a manifest, a .csv file of path,label[,split]", path);
   std::ifstream in(path, std::ios::binary);
   check_input(in.good(), "{}: cannot read the manifest", path);
   std::vector<Line> lines;
@@ -71,19 +71,28 @@ std::vector<Line> parse(const std::string& path) {
     for (std::string& v : f) v = trim(v);
     if (lines.empty() && columns == 0 && f[0] == "path" && f.size() >= 2 && f[1] == "label") {
       columns = f.size();  // the header
-      check_input(columns <= 3 && (columns < 3 || f[2] == "split"),
-                  "{}: header '{}', expected path,label[,split]", where, t);
+      check_input(
+          columns <= 3 && (columns < 3 || f[2] == "split"),
+          "{}: header '{}', expected path,label[,split]",
+          where,
+          t);
       continue;
     }
     if (columns == 0) columns = f.size();
-    check_input(f.size() == columns && (columns == 2 || columns == 3),
-                "{}: {} fields, expected {}", where, f.size(),
-                columns == 3 ? "path,label,split like the lines above" : "path,label[,split]");
+    check_input(
+        f.size() == columns && (columns == 2 || columns == 3),
+        "{}: {} fields, expected {}",
+        where,
+        f.size(),
+        columns == 3 ? "path,label,split like the lines above" : "path,label[,split]");
     check_input(!f[0].empty(), "{}: empty path, expected an image file", where);
     check_input(!f[1].empty(), "{}: empty label, expected a class name", where);
     const std::string split = columns == 3 ? f[2] : "";
-    check_input(columns == 2 || split == "train" || split == "test",
-                "{}: split '{}', expected train or test", where, split);
+    check_input(
+        columns == 2 || split == "train" || split == "test",
+        "{}: split '{}', expected train or test",
+        where,
+        split);
     lines.push_back({number, f[0], f[1], split});
   }
   check_input(!lines.empty(), "{}: no images listed, expected lines of path,label[,split]", path);
@@ -117,9 +126,14 @@ SampleList read_manifest(const std::string& path, const std::string& split) {
     if (!l.split.empty() && l.split != split) continue;
     const fs::path file = fs::path(l.path).is_absolute() ? fs::path(l.path) : folder / l.path;
     std::error_code ec;
-    check_input(fs::is_regular_file(file, ec), "{}:{}: '{}': {}", path, l.number, l.path,
-                fs::exists(file, ec) ? "not a regular file, expected an image file"
-                                     : "no such file, expected an image file");
+    check_input(
+        fs::is_regular_file(file, ec),
+        "{}:{}: '{}': {}",
+        path,
+        l.number,
+        l.path,
+        fs::exists(file, ec) ? "not a regular file, expected an image file"
+                             : "no such file, expected an image file");
     list.files.push_back(file.string());
     list.labels.push_back(classes.at(l.label));
   }

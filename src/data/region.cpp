@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <functional>
+#include <opencv2/imgproc.hpp>
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/image.h"
@@ -64,7 +65,7 @@ class MemoryReader : public RegionReader {
 
  protected:
   at::Tensor read_region(const Box& b, int) const override {
-    return image_.narrow(1, b.y, b.h).narrow(2, b.x, b.w).clone();
+    return image_.narrow(1, b.y, b.h).narrow(2, b.x, b.w).permute({1, 2, 0}).contiguous();
   }
 
  private:
@@ -81,6 +82,34 @@ std::pair<int64_t, int64_t> fit(int64_t w, int64_t h, int64_t max_side) {
 }  // namespace
 
 at::Tensor RegionReader::read(const Box& box, int level) const {
+  return checked_read(box, level).permute({2, 0, 1}).contiguous();
+}
+
+at::Tensor RegionReader::read_resized(const Box& box, int level, int64_t side) const {
+  at::Tensor hwc = checked_read(box, level);
+  if (box.w != side || box.h != side) {
+    const int channels = static_cast<int>(hwc.size(2));
+    cv::Mat in(
+        static_cast<int>(box.h),
+        static_cast<int>(box.w),
+        CV_8UC(channels),
+        hwc.data_ptr<uint8_t>());
+    at::Tensor out = torch::empty({side, side, channels}, torch::kUInt8);
+    cv::Mat resized(
+        static_cast<int>(side), static_cast<int>(side), CV_8UC(channels), out.data_ptr<uint8_t>());
+    cv::resize(
+        in,
+        resized,
+        resized.size(),
+        0,
+        0,
+        side < box.w || side < box.h ? cv::INTER_AREA : cv::INTER_LINEAR);
+    hwc = out;
+  }
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+at::Tensor RegionReader::checked_read(const Box& box, int level) const {
   check_input(
       level >= 0 && level < static_cast<int>(levels_.size()),
       "{}: level {}, expected 0..{} (the image has {} level{})",

@@ -75,26 +75,24 @@ class OpenSlideReader : public RegionReader {
     check_input(error == nullptr, "{}: OpenSlide: {}", path_, error ? error : "");
   }
 
-  /// Premultiplied ARGB to planar RGB; fully transparent pixels become white.
+  /// Premultiplied ARGB to interleaved RGB [h, w, 3]; fully transparent pixels are white.
   static at::Tensor to_rgb(const std::vector<uint32_t>& argb, int64_t w, int64_t h) {
-    at::Tensor out = torch::empty({3, h, w}, torch::kUInt8);
-    uint8_t* r = out.data_ptr<uint8_t>();
-    uint8_t* g = r + w * h;
-    uint8_t* bl = g + w * h;
-    for (size_t i = 0; i < argb.size(); ++i) {
+    at::Tensor out = torch::empty({h, w, 3}, torch::kUInt8);
+    uint8_t* rgb = out.data_ptr<uint8_t>();
+    for (size_t i = 0; i < argb.size(); ++i, rgb += 3) {
       const uint32_t p = argb[i];
       const uint32_t a = p >> 24;
-      uint32_t cr = (p >> 16) & 0xff, cg = (p >> 8) & 0xff, cb = p & 0xff;
+      uint32_t r = (p >> 16) & 0xff, g = (p >> 8) & 0xff, b = p & 0xff;
       if (a == 0) {
-        cr = cg = cb = 255;
+        r = g = b = 255;
       } else if (a != 255) {
-        cr = std::min<uint32_t>(255, (cr * 255 + a / 2) / a);
-        cg = std::min<uint32_t>(255, (cg * 255 + a / 2) / a);
-        cb = std::min<uint32_t>(255, (cb * 255 + a / 2) / a);
+        r = std::min<uint32_t>(255, (r * 255 + a / 2) / a);
+        g = std::min<uint32_t>(255, (g * 255 + a / 2) / a);
+        b = std::min<uint32_t>(255, (b * 255 + a / 2) / a);
       }
-      r[i] = static_cast<uint8_t>(cr);
-      g[i] = static_cast<uint8_t>(cg);
-      bl[i] = static_cast<uint8_t>(cb);
+      rgb[0] = static_cast<uint8_t>(r);
+      rgb[1] = static_cast<uint8_t>(g);
+      rgb[2] = static_cast<uint8_t>(b);
     }
     return out;
   }

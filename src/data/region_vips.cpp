@@ -144,11 +144,18 @@ class VipsReader : public RegionReader {
     VipsImage* page = pages_[static_cast<size_t>(level)].get();
     std::unique_ptr<VipsRegion, void (*)(VipsRegion*)> region(
         vips_region_new(page), [](VipsRegion* r) { g_object_unref(r); });
-    VipsRect rect{static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.w),
-                  static_cast<int>(b.h)};
+    VipsRect rect{
+        static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.w), static_cast<int>(b.h)};
     if (!region || vips_region_prepare(region.get(), &rect) != 0) {
-      throw InputError(fmt::format("{}: cannot read {}x{} at ({}, {}) of level {} ({})", path_, b.w,
-                                   b.h, b.x, b.y, level, take_vips_error()));
+      throw InputError(fmt::format(
+          "{}: cannot read {}x{} at ({}, {}) of level {} ({})",
+          path_,
+          b.w,
+          b.h,
+          b.x,
+          b.y,
+          level,
+          take_vips_error()));
     }
     const int64_t c = channels_;
     at::Tensor hwc = torch::empty({b.h, b.w, c}, torch::kUInt8);
@@ -158,7 +165,7 @@ class VipsReader : public RegionReader {
           VIPS_REGION_ADDR(region.get(), rect.left, rect.top + static_cast<int>(y)));
       std::memcpy(to + y * b.w * c, from, static_cast<size_t>(b.w * c));
     }
-    return hwc.permute({2, 0, 1}).contiguous();
+    return hwc;
   }
 
  private:

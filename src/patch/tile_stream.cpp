@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include "patchwise/core/error.h"
-#include "patchwise/data/image.h"
 
 namespace patchwise {
 
@@ -42,9 +41,7 @@ TileBatch TileStream::read_batch(int64_t index) const {
   batch.first = first;
   batch.tiles = torch::empty({count, reader_.channels(), s, s}, torch::kUInt8);
   for (int64_t i = 0; i < count; ++i) {
-    at::Tensor tile = reader_.read(boxes_[static_cast<size_t>(first + i)], level_);
-    if (tile.size(1) != s || tile.size(2) != s) tile = resize_image(tile, s, s);
-    batch.tiles[i].copy_(tile);
+    batch.tiles[i].copy_(reader_.read_resized(boxes_[static_cast<size_t>(first + i)], level_, s));
   }
   return batch;
 }

@@ -3,10 +3,10 @@
 
 #include "patchwise/data/manifest.h"
 
-#include <fstream>
-
 #include <gmock/gmock.h>
 #include <torch/torch.h>
+
+#include <fstream>
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/image.h"
@@ -25,8 +25,8 @@ class ManifestTest : public test::SeededTest {
     SeededTest::SetUp();
     std::filesystem::create_directories(dir_ / "img" / "sub");
     for (int i = 0; i < 4; ++i) {
-      write_image(path("img/" + std::to_string(i) + ".png"),
-                  torch::full({1, 6, 5}, 40 * i, torch::kUInt8));
+      write_image(
+          path("img/" + std::to_string(i) + ".png"), torch::full({1, 6, 5}, 40 * i, torch::kUInt8));
     }
     write_image(path("img/sub/a, b.png"), torch::full({1, 6, 5}, 200, torch::kUInt8));
   }
@@ -78,19 +78,24 @@ TEST_F(ManifestTest, LoadsThroughTheDataLayerAsPackedImages) {
 }
 
 TEST_F(ManifestTest, EveryMistakeNamesTheLineTheValueAndWhatWasExpected) {
-  EXPECT_THAT(error("img/0.png,a\nimg/1.png\n"), HasSubstr("set.csv:2: 1 fields, expected path,label"));
-  EXPECT_THAT(error("img/0.png,a,train\nimg/1.png,a\n"),
-              HasSubstr("set.csv:2: 2 fields, expected path,label,split like the lines above"));
-  EXPECT_THAT(error("img/0.png,a,validation\n"),
-              HasSubstr("set.csv:1: split 'validation', expected train or test"));
-  EXPECT_THAT(error("img/0.png,a\nimg/9.png,a\n"),
-              HasSubstr("set.csv:2: 'img/9.png': no such file, expected an image file"));
+  EXPECT_THAT(
+      error("img/0.png,a\nimg/1.png\n"), HasSubstr("set.csv:2: 1 fields, expected path,label"));
+  EXPECT_THAT(
+      error("img/0.png,a,train\nimg/1.png,a\n"),
+      HasSubstr("set.csv:2: 2 fields, expected path,label,split like the lines above"));
+  EXPECT_THAT(
+      error("img/0.png,a,validation\n"),
+      HasSubstr("set.csv:1: split 'validation', expected train or test"));
+  EXPECT_THAT(
+      error("img/0.png,a\nimg/9.png,a\n"),
+      HasSubstr("set.csv:2: 'img/9.png': no such file, expected an image file"));
   EXPECT_THAT(error("img,a\n"), HasSubstr("set.csv:1: 'img': not a regular file"));
   EXPECT_THAT(error("img/0.png,\n"), HasSubstr("set.csv:1: empty label"));
   EXPECT_THAT(error(",a\n"), HasSubstr("set.csv:1: empty path"));
   EXPECT_THAT(error("\"img/0.png,a\n"), HasSubstr("set.csv:1: unclosed quote"));
-  EXPECT_THAT(error("path,label,fold\nimg/0.png,a,1\n"),
-              HasSubstr("set.csv:1: header 'path,label,fold', expected path,label[,split]"));
+  EXPECT_THAT(
+      error("path,label,fold\nimg/0.png,a,1\n"),
+      HasSubstr("set.csv:1: header 'path,label,fold', expected path,label[,split]"));
   EXPECT_THAT(error("# nothing\n\n"), HasSubstr("set.csv: no images listed"));
   EXPECT_THAT(error("img/0.png,a,train\n", "test"), HasSubstr("set.csv: no test images listed"));
   EXPECT_THAT(error(std::string("img/0.png,a\n\0x,y\n", 16)), HasSubstr("set.csv:2: a NUL byte"));
