@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <opencv2/imgproc.hpp>
 
 namespace patchwise {
@@ -30,9 +31,9 @@ void shade_mask(cv::Mat& canvas, const at::Tensor& mask) {
       mask.contiguous().data_ptr<uint8_t>());
   cv::Mat scaled;
   cv::resize(m, scaled, canvas.size(), 0, 0, cv::INTER_NEAREST);
-  cv::Mat tint(canvas.size(), CV_8UC3, cv::Scalar(0, 120, 255));
+  cv::Mat tint(canvas.size(), CV_8UC3, cv::Scalar(40, 90, 255));
   cv::Mat blended;
-  cv::addWeighted(canvas, 0.7, tint, 0.3, 0, blended);
+  cv::addWeighted(canvas, 0.75, tint, 0.25, 0, blended);
   blended.copyTo(canvas, scaled);
 }
 
@@ -46,33 +47,41 @@ at::Tensor render_tile_sheet(
   const double sy = canvas.rows / static_cast<double>(height);
   std::vector<bool> kept(plan.boxes.size(), false);
   for (int64_t i : plan.kept) kept[static_cast<size_t>(i)] = true;
-  const bool outline = plan.tile * plan.downsample * sx >= 4;
-  cv::Mat fills = canvas.clone();
+  // Outlines while a tile is at least 16 pixels wide in the picture; below that they
+  // would hide the image, and the tiles are filled translucently instead.
+  const bool outline = plan.tile * plan.downsample * sx >= 16;
+  cv::Mat kept_fill = canvas.clone(), rejected_fill = canvas.clone();
   for (size_t i = 0; i < plan.boxes.size(); ++i) {
     const Box b = level0_box(plan.boxes[i], plan.downsample);
+    // Corners rounded, not sizes: neighbouring tiles meet without gaps.
+    const int x0 = static_cast<int>(std::lround(b.x * sx));
+    const int y0 = static_cast<int>(std::lround(b.y * sy));
     const cv::Rect r(
-        static_cast<int>(b.x * sx),
-        static_cast<int>(b.y * sy),
-        std::max(1, static_cast<int>(b.w * sx)),
-        std::max(1, static_cast<int>(b.h * sy)));
-    const cv::Scalar colour = kept[i] ? cv::Scalar(0, 200, 0) : cv::Scalar(220, 0, 0);
+        x0,
+        y0,
+        std::max(1, static_cast<int>(std::lround((b.x + b.w) * sx)) - x0),
+        std::max(1, static_cast<int>(std::lround((b.y + b.h) * sy)) - y0));
+    const cv::Scalar colour = kept[i] ? cv::Scalar(0, 170, 0) : cv::Scalar(220, 0, 0);
     if (outline) {
       cv::rectangle(canvas, r, colour, 1);
     } else {
-      cv::rectangle(fills, r, colour, cv::FILLED);
+      cv::rectangle(kept[i] ? kept_fill : rejected_fill, r, colour, cv::FILLED);
     }
   }
-  if (!outline) cv::addWeighted(canvas, 0.6, fills, 0.4, 0, canvas);
+  if (!outline) {
+    cv::addWeighted(canvas, 0.7, kept_fill, 0.3, 0, kept_fill);
+    cv::addWeighted(kept_fill, 0.75, rejected_fill, 0.25, 0, canvas);
+  }
   // Legend strip below the picture.
   const int legend = 22;
   cv::Mat sheet(
-      canvas.rows + legend, std::max(canvas.cols, 360), CV_8UC3, cv::Scalar(255, 255, 255));
+      canvas.rows + legend, std::max(canvas.cols, 520), CV_8UC3, cv::Scalar(255, 255, 255));
   canvas.copyTo(sheet(cv::Rect(0, 0, canvas.cols, canvas.rows)));
   const std::string text = fmt::format(
-      "{} of {} tiles kept{}",
+      "{} of {} tiles kept (green){}; rejected: red; foreground mask: blue",
       plan.kept.size(),
       plan.boxes.size(),
-      plan.fallback ? " (no foreground: all)" : "");
+      plan.fallback ? ", none had foreground" : "");
   cv::putText(
       sheet,
       text,

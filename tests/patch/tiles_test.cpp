@@ -200,7 +200,7 @@ TEST_F(TilesTest, TheSheetIsTheThumbnailWithTilesDrawn) {
   const TilePlan plan = plan_tiles(*reader, options);
   const at::Tensor sheet = render_tile_sheet(plan.mask.thumbnail, plan, 2048, 1536);
   ASSERT_EQ(sheet.size(0), 3);
-  EXPECT_EQ(sheet.size(2), std::max<int64_t>(360, plan.mask.thumbnail.size(2)));  // legend
+  EXPECT_EQ(sheet.size(2), std::max<int64_t>(520, plan.mask.thumbnail.size(2)));  // legend
   EXPECT_GT(sheet.size(1), plan.mask.thumbnail.size(1));  // the legend below
   // A kept tile's outline is green, a rejected one's red.
   const auto px = [&](int64_t y, int64_t x) {

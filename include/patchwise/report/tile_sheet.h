@@ -1,8 +1,8 @@
 #pragma once
 // The tile picture users check before training on large images: the image's
-// thumbnail with the foreground mask shaded, every kept tile outlined in green and
-// every rejected tile in red (filled faintly instead when tiles are under 4 pixels
-// wide in the thumbnail), and a legend line of counts.
+// thumbnail with the foreground mask shaded blue, every kept tile outlined in green and
+// every rejected tile in red (filled translucently instead when tiles are under 16
+// pixels wide in the picture, where outlines would hide it), and a legend line.
 
 #include <ATen/core/Tensor.h>
 
