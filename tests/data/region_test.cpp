@@ -32,16 +32,7 @@ class RegionTest : public test::SeededTest {
   std::string tiff_;
 };
 
-/// The message of the InputError `f` throws ("" when it throws none).
-template <typename F>
-std::string input_error(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::input_error;
 
 TEST_F(RegionTest, BothReadersSeeThePyramidOfTheTiff) {
   for (const std::string name : {"openslide", "vips"}) {

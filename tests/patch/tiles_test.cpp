@@ -21,15 +21,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-template <typename F>
-std::string input_error(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::input_error;
 
 TEST(TileLatticeTest, OffsetsFollowTheValidRuleAtTheBorders) {
   EXPECT_THAT(tile_offsets(10, 4, 3), ElementsAre(0, 3, 6));  // 6 + 4 = 10: flush

@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "patchwise/core/error.h"
+
 namespace patchwise::test {
 
 /// The whole content of a file ("" when it cannot be read).
@@ -17,6 +19,17 @@ inline std::string read_file(const std::filesystem::path& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+/// The message of the InputError `f` throws ("" when it throws none).
+template <typename F>
+std::string input_error(F&& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
 }
 
 /// Seeds LibTorch and gives each test its own empty temporary folder, removed afterwards.
