@@ -7,7 +7,7 @@
 Mirrors the usual PyTorch pipeline: OpenSlide opens the slide, an Otsu mask on a thumbnail drops
 background tiles, then a thread pool calls read_region per tile, converts to RGB, resizes to
 --input and stacks batches of 64 into [b, input, input, 3] uint8 arrays, as a DataLoader would.
-"seconds" times the mask plus the reads ("mask_seconds" the mask alone). Needs Debian's
+"seconds" times the reads, as patchwise's `tiles --read` does ("mask_seconds" the mask). Needs Debian's
 python3-openslide, python3-numpy and python3-pil (run with /usr/bin/python3). Bad input: exit 2.
 """
 import argparse
@@ -116,6 +116,7 @@ def main():
     mask_seconds = time.perf_counter() - t0
 
     # 4. Read every kept tile with a thread pool, batch by batch.
+    t_read = time.perf_counter()
     checksum = 0
     with concurrent.futures.ThreadPoolExecutor(a.workers) as pool:
         for i in range(0, len(kept), BATCH):
@@ -123,7 +124,7 @@ def main():
                 lambda b: read_tile(slide, a.level, ds, T, a.input, b), kept[i:i + BATCH])))
             checksum += int(batch.sum(dtype=np.uint64))
     t1 = time.perf_counter()
-    seconds = t1 - t0
+    seconds = t1 - t_read
 
     # 5. Report.
     n = len(kept)
