@@ -1,6 +1,7 @@
 #include "patchwise/train/trainer.h"
 
 #include <gmock/gmock.h>
+
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/error.h"
@@ -59,11 +60,13 @@ TEST_F(TrainerTest, PatchLossIsTheMeanCrossEntropyOfEveryPatchAgainstTheImageLab
 }
 
 TEST_F(TrainerTest, RefusesALossThroughVote) {
-  EXPECT_THAT([] { check_trainable(LossKind::kFused, FusionRule::kVote); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("--loss fused with --fusion vote")));
+  EXPECT_THAT(
+      [] { check_trainable(LossKind::kFused, FusionRule::kVote); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("--loss fused with --fusion vote")));
   EXPECT_NO_THROW(check_trainable(LossKind::kPatch, FusionRule::kVote));
-  EXPECT_THAT([] { check_trainable(LossKind::kPatch, FusionRule::kAttention); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("would never be trained")));
+  EXPECT_THAT(
+      [] { check_trainable(LossKind::kPatch, FusionRule::kAttention); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("would never be trained")));
   EXPECT_NO_THROW(check_trainable(LossKind::kBoth, FusionRule::kGatedAttention));
 }
 
@@ -151,10 +154,15 @@ TEST_F(TrainerTest, TheSameSeedGivesTheSameWeightsWithOrWithoutAugmentation) {
   EXPECT_FALSE(torch::equal(augmented, plain));
 }
 
-TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
+/// Trains 3 epochs straight, and again stopped after the first step of epoch 2 and
+/// resumed from its checkpoint: both must end bit for bit alike (the optimizer's state,
+/// the data order and every random draw come back from the checkpoint).
+void expect_stop_and_resume_bit_identical(
+    const std::string& dir, const OptimizerOptions& optimizer) {
   Dataset train = quadrant_dataset(256, 21);
   Dataset test = quadrant_dataset(64, 22);
   TrainerOptions options;
+  options.optimizer = optimizer;
   options.epochs = 3;
   options.batch = 32;
   options.augment.shift = 2;  // random draws on top of dropout's
@@ -165,7 +173,7 @@ TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
 
   // Stop right after the first step of epoch 2, as SIGINT would.
   std::atomic<int> stop{0};
-  options.checkpoint = path("run.ckpt");
+  options.checkpoint = dir + "/run.ckpt";
   options.checkpoint_every = 3;
   options.stop = &stop;
   TrainerCallbacks callbacks;
@@ -184,7 +192,7 @@ TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
   }
 
   options.stop = nullptr;
-  options.resume = path("run.ckpt");
+  options.resume = dir + "/run.ckpt";
   torch::manual_seed(99);  // whatever the new process's state, the checkpoint decides
   PatchClassifier resumed(quadrant_config(train));
   TrainResult continued = train_model(resumed, train, &test, options);
@@ -197,14 +205,44 @@ TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
   EXPECT_DOUBLE_EQ(continued.history[1].loss, reference.history[1].loss);
 }
 
+TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
+  expect_stop_and_resume_bit_identical(dir_.string(), {});  // Adam: its moments come back
+}
+
+TEST_F(TrainerTest, SgdMomentumBuffersComeBackOnResume) {
+  expect_stop_and_resume_bit_identical(dir_.string(), {OptimizerKind::kSgd, 0.05, 0.9});
+}
+
+TEST_F(TrainerTest, OptimizerOptionsAreChecked) {
+  EXPECT_THAT(
+      test::input_error([] {
+        check_optimizer_options({OptimizerKind::kAdam, 1e-3, 0.9});
+      }),
+      ::testing::HasSubstr("--momentum: 0.9, only used by --optimizer sgd, not adam"));
+  EXPECT_THAT(
+      test::input_error([] {
+        check_optimizer_options({OptimizerKind::kSgd, -1, 0});
+      }),
+      ::testing::HasSubstr("--lr: -1, expected a positive number"));
+  EXPECT_THAT(
+      test::input_error([] {
+        check_optimizer_options({OptimizerKind::kSgd, 0.1, 1.0});
+      }),
+      ::testing::HasSubstr("--momentum: 1, expected 0 <= m < 1"));
+  EXPECT_THAT(
+      test::input_error([] { parse_optimizer_kind("lamb"); }),
+      ::testing::HasSubstr("unknown optimizer 'lamb', expected adam or sgd"));
+}
+
 TEST_F(TrainerTest, ResumeRefusesAPlainModelFile) {
   Dataset train = quadrant_dataset(32, 23);
   PatchClassifier model(quadrant_config(train));
   save_model(path("plain.pw"), model, nullptr);
   TrainerOptions options;
   options.resume = path("plain.pw");
-  EXPECT_THAT([&] { train_model(model, train, nullptr, options); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("not a training checkpoint")));
+  EXPECT_THAT(
+      [&] { train_model(model, train, nullptr, options); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("not a training checkpoint")));
 }
 
 TEST_F(TrainerTest, ANonFiniteLossStopsTrainingWithAClearError) {
@@ -214,16 +252,18 @@ TEST_F(TrainerTest, ANonFiniteLossStopsTrainingWithAClearError) {
   PatchClassifier model(config);
   TrainerOptions options;
   options.epochs = 1;
-  EXPECT_THAT([&] { train_model(model, train, nullptr, options); },
-              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("training loss became")));
+  EXPECT_THAT(
+      [&] { train_model(model, train, nullptr, options); },
+      ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("training loss became")));
 }
 
 TEST_F(TrainerTest, RefusesDataThatDoesNotFitTheModel) {
   Dataset train = quadrant_dataset(16, 6);
   PatchClassifier model(quadrant_config(train));
   train.labels[3] = 9;
-  EXPECT_THAT([&] { train_model(model, train, nullptr, TrainerOptions{}); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("label 9 out of range")));
+  EXPECT_THAT(
+      [&] { train_model(model, train, nullptr, TrainerOptions{}); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("label 9 out of range")));
 }
 
 TEST_F(TrainerTest, EvaluationConfusionSumsToNAndStderrIsBinomial) {
