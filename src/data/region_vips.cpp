@@ -75,17 +75,14 @@ at::Tensor to_tensor(VipsImage* image, const std::string& path) {
   return hwc.permute({2, 0, 1}).contiguous();
 }
 
+/// Opens `path` for random access; `page` >= 0 picks a TIFF page (other loaders have none).
 Image load(const std::string& path, int page) {
   vips_error_clear();
-  VipsImage* image = vips_image_new_from_file(
-      path.c_str(),
-      "access",
-      VIPS_ACCESS_RANDOM,
-      "fail_on",
-      VIPS_FAIL_ON_ERROR,
-      "page",
-      page,
-      nullptr);
+  VipsImage* image =
+      page >= 0 ? vips_image_new_from_file(path.c_str(), "access", VIPS_ACCESS_RANDOM, "fail_on",
+                                           VIPS_FAIL_ON_ERROR, "page", page, nullptr)
+                : vips_image_new_from_file(path.c_str(), "access", VIPS_ACCESS_RANDOM, "fail_on",
+                                           VIPS_FAIL_ON_ERROR, nullptr);
   if (image == nullptr) {
     throw InputError(fmt::format("{}: cannot open ({})", path, take_vips_error()));
   }
@@ -98,7 +95,7 @@ class VipsReader : public RegionReader {
       const std::string& path, const std::string& loader, const RegionReaderOptions& options) {
     path_ = path;
     format_ = fmt::format("vips ({})", loader);
-    Image first = open_page(path, loader, 0);
+    Image first = load(path, loader == "tiffload" ? 0 : -1);
     const int64_t w = vips_image_get_width(first.get()), h = vips_image_get_height(first.get());
     check_input(w > 0 && h > 0, "{}: {}x{} pixels, expected a non-empty image", path, w, h);
     check_input(
@@ -169,17 +166,6 @@ class VipsReader : public RegionReader {
   }
 
  private:
-  static Image open_page(const std::string& path, const std::string& loader, int page) {
-    if (loader == "tiffload") return load(path, page);
-    vips_error_clear();
-    VipsImage* image = vips_image_new_from_file(
-        path.c_str(), "access", VIPS_ACCESS_RANDOM, "fail_on", VIPS_FAIL_ON_ERROR, nullptr);
-    if (image == nullptr) {
-      throw InputError(fmt::format("{}: cannot open ({})", path, take_vips_error()));
-    }
-    return Image(image);
-  }
-
   /// The following pages of a TIFF whose sizes halve, page after page, are its levels.
   void add_pyramid_pages(const std::string& loader) {
     if (loader != "tiffload") return;
