@@ -1,5 +1,5 @@
 // Writes the fuzzers' seed corpora: small valid files of every kind, one folder per
-// target (idx, cifar, digits_json, image, model_file, region) under the folder given.
+// target (idx, cifar, digits_json, image, model_file, region, manifest) under the folder given.
 //
 //   fuzz_seeds OUT_DIR
 #include <zlib.h>
@@ -35,7 +35,7 @@ void gzip_copy(const fs::path& from, const fs::path& to) {
 }
 
 void write_seeds(const fs::path& root) {
-  for (const char* target : {"idx", "cifar", "digits_json", "image", "model_file", "region"}) {
+  for (const char* target : {"idx", "cifar", "digits_json", "image", "model_file", "region", "manifest"}) {
     fs::create_directories(root / target);
   }
   torch::manual_seed(0);
@@ -75,6 +75,11 @@ void write_seeds(const fs::path& root) {
                      {16, 0, 0});
   write_image((root / "region/rgb.png").string(), rgb);
   write_image((root / "region/rgb.jpg").string(), rgb);
+
+  // Manifests naming the images manifest_fuzz places beside its input (a.png, b/c.jpg).
+  std::ofstream(root / "manifest/split.csv")
+      << "path,label,split\n# a comment\na.png,cat,train\n\"b/c.jpg\",\"d\"\"og\",test\n";
+  std::ofstream(root / "manifest/plain.csv") << "a.png,1\r\nb/c.jpg , 2\r\n";
 
   ModelConfig config;
   config.class_names = {"a", "b"};
