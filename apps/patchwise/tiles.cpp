@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <numeric>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -104,7 +105,10 @@ nlohmann::json read_tiles(const RegionReader& reader, const TilePlan& plan, cons
   double checksum = 0;  // uses every pixel, so nothing is optimized away
   for (TileBatch batch; stream.next(batch);) {
     done += batch.tiles.size(0);
-    checksum += batch.tiles.sum().item<double>();
+    // On this thread, as the peer's numpy sum: a parallel sum would wake LibTorch's
+    // OpenMP team, whose spinning between batches takes cores from the reading workers.
+    const uint8_t* p = batch.tiles.data_ptr<uint8_t>();
+    checksum += static_cast<double>(std::accumulate(p, p + batch.tiles.numel(), uint64_t{0}));
     bar.update(done, static_cast<int64_t>(boxes.size()));
   }
   bar.clear();

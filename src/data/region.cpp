@@ -28,6 +28,7 @@ struct ReaderEntry {
 const std::vector<ReaderEntry>& reader_table() {
   static const std::vector<ReaderEntry> table = {
       {"openslide", detail::open_openslide},
+      {"tiff", detail::open_tiff},
       {"vips", detail::open_vips},
   };
   return table;
@@ -82,16 +83,19 @@ std::pair<int64_t, int64_t> fit(int64_t w, int64_t h, int64_t max_side) {
 }  // namespace
 
 at::Tensor RegionReader::read(const Box& box, int level) const {
-  return checked_read(box, level).permute({2, 0, 1}).contiguous();
+  check_box(box, level);
+  return read_region(box, level).permute({2, 0, 1}).contiguous();
 }
 
 at::Tensor RegionReader::read_resized(const Box& box, int level, int64_t side) const {
-  at::Tensor hwc = checked_read(box, level);
-  if (box.w != side || box.h != side) {
+  check_box(box, level);
+  at::Tensor hwc = read_region_reduced(box, level, side);
+  const int64_t h = hwc.size(0), w = hwc.size(1);
+  if (w != side || h != side) {
     const int channels = static_cast<int>(hwc.size(2));
     cv::Mat in(
-        static_cast<int>(box.h),
-        static_cast<int>(box.w),
+        static_cast<int>(h),
+        static_cast<int>(w),
         CV_8UC(channels),
         hwc.data_ptr<uint8_t>());
     at::Tensor out = torch::empty({side, side, channels}, torch::kUInt8);
@@ -103,13 +107,13 @@ at::Tensor RegionReader::read_resized(const Box& box, int level, int64_t side) c
         resized.size(),
         0,
         0,
-        side < box.w || side < box.h ? cv::INTER_AREA : cv::INTER_LINEAR);
+        side < w || side < h ? cv::INTER_AREA : cv::INTER_LINEAR);
     hwc = out;
   }
   return hwc.permute({2, 0, 1}).contiguous();
 }
 
-at::Tensor RegionReader::checked_read(const Box& box, int level) const {
+void RegionReader::check_box(const Box& box, int level) const {
   check_input(
       level >= 0 && level < static_cast<int>(levels_.size()),
       "{}: level {}, expected 0..{} (the image has {} level{})",
@@ -131,7 +135,6 @@ at::Tensor RegionReader::checked_read(const Box& box, int level) const {
       level,
       l.width,
       l.height);
-  return read_region(box, level);
 }
 
 at::Tensor RegionReader::thumbnail(int64_t max_side) const {

@@ -12,6 +12,8 @@ namespace patchwise::detail {
 
 std::unique_ptr<RegionReader> open_openslide(
     const std::string& path, const RegionReaderOptions& options);
+std::unique_ptr<RegionReader> open_tiff(
+    const std::string& path, const RegionReaderOptions& options);
 std::unique_ptr<RegionReader> open_vips(
     const std::string& path, const RegionReaderOptions& options);
 

@@ -365,7 +365,7 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"an image no reader opens",
        [](const fs::path& d) { write_bytes(d / "bad/slide.svs", "not a slide at all"); },
        "tiles {dir}/bad/slide.svs -o {dir}/sheet.png",
-       "{dir}/bad/slide.svs: not an image that openslide or vips can read"},
+       "{dir}/bad/slide.svs: not an image that openslide or tiff or vips can read"},
       {"a truncated pyramidal TIFF",
        [](const fs::path& d) {
          write_slide(d / "bad/slide.tif");
@@ -392,7 +392,7 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        [](const fs::path& d) { write_png_header(d / "bad/huge.png", 30000, 30000); },
        "tiles {dir}/bad/huge.png", "30000x30000 = 900000000 pixels, expected at most 100000000"},
       {"an unknown reader", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
-       "tiles {dir}/bad/slide.tif --reader gdal", "reader 'gdal', expected one of: openslide, vips"},
+       "tiles {dir}/bad/slide.tif --reader gdal", "reader 'gdal', expected one of: openslide, tiff, vips"},
   };
   ASSERT_GE(rows.size(), 30u);
   for (const Row& row : rows) {

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "patchwise/core/error.h"
@@ -34,9 +35,11 @@ class RegionTest : public test::SeededTest {
 
 using test::input_error;
 
-TEST_F(RegionTest, BothReadersSeeThePyramidOfTheTiff) {
-  for (const std::string name : {"openslide", "vips"}) {
-    auto reader = open_region_reader(tiff_, {name, 0});
+TEST_F(RegionTest, EveryReaderSeesThePyramidOfTheTiff) {
+  // The tiff reader takes JPEG tiles only: it gets the same image with JPEG tiles.
+  write_pyramid_tiff(path("jpeg.tif"), image_, {256, /*mpp=*/0.5, 90});
+  for (const std::string name : {"openslide", "tiff", "vips"}) {
+    auto reader = open_region_reader(name == "tiff" ? path("jpeg.tif") : tiff_, {name, 0});
     EXPECT_THAT(reader->format(), HasSubstr(name));
     EXPECT_EQ(reader->width(), 2048);
     EXPECT_EQ(reader->height(), 1536);
@@ -47,9 +50,14 @@ TEST_F(RegionTest, BothReadersSeeThePyramidOfTheTiff) {
     EXPECT_NEAR(reader->levels()[1].downsample, 2.0, 1e-9);
     EXPECT_NEAR(reader->mpp(), 0.5, 1e-3) << name;
   }
-  // A generic TIFF goes to libvips unless OpenSlide is asked for.
+  // A generic TIFF goes to patchwise's reader when its tiles are JPEG, else to libvips,
+  // unless OpenSlide is asked for.
+  EXPECT_EQ(open_region_reader(path("jpeg.tif"))->format(), "tiff (JPEG tiles)");
   EXPECT_EQ(open_region_reader(tiff_)->format(), "vips (tiffload)");
   EXPECT_EQ(open_region_reader(tiff_, {"openslide", 0})->format(), "openslide (generic-tiff)");
+  EXPECT_THAT(
+      input_error([&] { open_region_reader(tiff_, {"tiff", 0}); }),
+      HasSubstr("slide.tif: not an image that tiff can read"));
 }
 
 TEST_F(RegionTest, Level0RegionsAreTheImagesPixelsInBothReaders) {
@@ -85,24 +93,74 @@ TEST_F(RegionTest, Level1RegionsAgreeAndAreTheHalvedImage) {
   EXPECT_LE((a.to(torch::kFloat) - expected).abs().max().item<float>(), 1.0f);
 }
 
-TEST_F(RegionTest, JpegTilesDecodeAlikeInBothReadersAtEveryLevel) {
-  // As scanners write them; OpenSlide decodes the JPEG itself, libvips through libtiff.
+TEST_F(RegionTest, JpegTilesDecodeAlikeInEveryReaderAtEveryLevel) {
+  // As scanners write them; OpenSlide and patchwise's tiff reader decode the JPEG
+  // themselves, libvips through libtiff.
   write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 90});
   auto slide = open_region_reader(path("jpeg.tif"), {"openslide", 0});
+  auto tiff = open_region_reader(path("jpeg.tif"), {"tiff", 0});
   auto vips = open_region_reader(path("jpeg.tif"), {"vips", 0});
   ASSERT_EQ(slide->levels().size(), vips->levels().size());
+  ASSERT_EQ(tiff->levels().size(), vips->levels().size());
   for (int l = 0; l < static_cast<int>(slide->levels().size()); ++l) {
     const PyramidLevel& level = slide->levels()[static_cast<size_t>(l)];
     const Box all{0, 0, level.width, level.height};
     const at::Tensor a = slide->read(all, l).to(torch::kInt);
     const at::Tensor b = vips->read(all, l).to(torch::kInt);
+    const at::Tensor c = tiff->read(all, l).to(torch::kInt);
     // The same coefficients through two IDCTs: equal, or off by a rounding step.
     EXPECT_LE((a - b).abs().max().item<int>(), 2) << "level " << l;
+    EXPECT_LE((c - b).abs().max().item<int>(), 2) << "level " << l;
+    // Boxes across tile borders and at the edges come from the right tiles.
+    for (const Box box : {Box{level.width / 3, level.height / 4, level.width / 2, level.height / 2},
+                          Box{level.width - 5, level.height - 3, 5, 3}}) {
+      EXPECT_TRUE(torch::equal(
+          tiff->read(box, l).to(torch::kInt), c.narrow(1, box.y, box.h).narrow(2, box.x, box.w)))
+          << "level " << l;
+    }
   }
   // Level 0 against the source: JPEG at quality 90 of noisy squares stays close.
   const at::Tensor a = slide->read({256, 256, 512, 512}).to(torch::kFloat);
   const at::Tensor src = image_.narrow(1, 256, 512).narrow(2, 256, 512).to(torch::kFloat);
   EXPECT_LT((a - src).abs().mean().item<float>(), 12.0f);
+}
+
+TEST_F(RegionTest, GreyJpegTilesReadAsOneChannel) {
+  write_pyramid_tiff(path("grey.tif"), image_.narrow(0, 1, 1).contiguous(), {256, 0, 90});
+  auto tiff = open_region_reader(path("grey.tif"), {"tiff", 0});
+  auto vips = open_region_reader(path("grey.tif"), {"vips", 0});
+  EXPECT_EQ(tiff->channels(), 1);
+  const Box b{100, 200, 700, 500};
+  EXPECT_LE((tiff->read(b).to(torch::kInt) - vips->read(b).to(torch::kInt)).abs().max().item<int>(),
+            2);
+}
+
+TEST_F(RegionTest, ShrinkingJpegTilesWhileDecodingGivesTheAreaAverage) {
+  write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 90});
+  auto tiff = open_region_reader(path("jpeg.tif"), {"tiff", 0});
+  auto vips = open_region_reader(path("jpeg.tif"), {"vips", 0});
+  // Aligned boxes shrunk by a whole factor shrink by 8, 4 or 2 in the decoder (then by
+  // area averaging of whole blocks to the side); the others decode in full. libvips
+  // decodes in full and averages.
+  for (const auto& [box, side] :
+       {std::pair{Box{256, 256, 256, 256}, int64_t{32}},
+        std::pair{Box{1280, 768, 512, 512}, int64_t{32}},
+        std::pair{Box{640, 640, 256, 256}, int64_t{64}},
+        std::pair{Box{640, 640, 256, 256}, int64_t{100}},
+        std::pair{Box{253, 261, 250, 250}, int64_t{32}}}) {
+    const at::Tensor a = tiff->read_resized(box, 0, side).to(torch::kFloat);
+    const at::Tensor b = vips->read_resized(box, 0, side).to(torch::kFloat);
+    ASSERT_EQ(a.sizes(), b.sizes());
+    // The DC coefficient is 8 times the block's mean, so luma agrees up to the two
+    // roundings to uint8 on each side (decode, resize): at most 2. Chroma is stored at
+    // half resolution and upsampled after scaling instead of before, which moves a pixel
+    // where the colour changes (the squares' edges) by a little more; 4 in all, and on
+    // average far less (measured: at most 1, on average 0.1).
+    const float mean = (a - b).abs().mean().item<float>();
+    EXPECT_LT(mean, 0.5f) << box.x << "," << box.y << " -> " << side;
+    EXPECT_LE((a - b).abs().max().item<float>(), 4.0f) << box.x << "," << box.y;
+    EXPECT_GT(a.std().item<float>(), 10.0f) << "the box should hold a square's texture";
+  }
 }
 
 TEST_F(RegionTest, ThumbnailsKeepTheAspectAndTheContent) {
@@ -165,35 +223,52 @@ TEST_F(RegionTest, BadFilesAndBoxesAreInputErrors) {
   std::ofstream(path("notes.txt")) << "just some words, no pixels\n";
   EXPECT_THAT(
       input_error([&] { open_region_reader(path("notes.txt")); }),
-      HasSubstr("notes.txt: not an image that openslide or vips can read"));
+      HasSubstr("notes.txt: not an image that openslide or tiff or vips can read"));
   EXPECT_THAT(
       input_error([&] {
         open_region_reader(tiff_, {"gdal", 0});
       }),
-      HasSubstr("reader 'gdal', expected one of: openslide, vips"));
+      HasSubstr("reader 'gdal', expected one of: openslide, tiff, vips"));
 }
 
 TEST_F(RegionTest, ATruncatedTiffFailsWithOneLineNotACrash) {
-  const std::string bytes = test::read_file(tiff_);
-  for (const double keep : {0.02, 0.3, 0.6, 0.9}) {
-    const std::string cut = path("cut.tif");
-    std::ofstream(cut, std::ios::binary)
-        << bytes.substr(0, static_cast<size_t>(static_cast<double>(bytes.size()) * keep));
-    for (const std::string name : {"openslide", "vips", ""}) {
-      const std::string message = input_error([&] {
-        auto r = open_region_reader(cut, {name, 0});
-        for (int l = 0; l < static_cast<int>(r->levels().size()); ++l) {
-          r->read({0, 0, r->levels()[l].width, r->levels()[l].height}, l);
+  write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 90});
+  for (const std::string& source : {tiff_, path("jpeg.tif")}) {
+    const std::string bytes = test::read_file(source);
+    for (const double keep : {0.02, 0.3, 0.6, 0.9}) {
+      const std::string cut = path("cut.tif");
+      std::ofstream(cut, std::ios::binary)
+          << bytes.substr(0, static_cast<size_t>(static_cast<double>(bytes.size()) * keep));
+      for (const std::string name : {"openslide", "tiff", "vips", ""}) {
+        const std::string message = input_error([&] {
+          auto r = open_region_reader(cut, {name, 0});
+          for (int l = 0; l < static_cast<int>(r->levels().size()); ++l) {
+            r->read({0, 0, r->levels()[l].width, r->levels()[l].height}, l);
+          }
+        });
+        // Refused at open or at the first read of a missing tile, naming the file. Cut
+        // at 90 %, only the smallest levels are lost: the file may read as a shorter
+        // pyramid.
+        if (keep < 0.8 || !message.empty()) {
+          EXPECT_THAT(message, HasSubstr("cut.tif")) << keep << " " << name;
         }
-      });
-      // Refused at open or at the first read of a missing tile, naming the file. Cut at
-      // 90 %, only the smallest levels are lost: the file may read as a shorter pyramid.
-      if (keep < 0.8 || !message.empty()) {
-        EXPECT_THAT(message, HasSubstr("cut.tif")) << keep << " " << name;
+        EXPECT_EQ(message.find('\n'), std::string::npos) << message;
       }
-      EXPECT_EQ(message.find('\n'), std::string::npos) << message;
     }
   }
+}
+
+TEST_F(RegionTest, ACorruptJpegTileIsAnErrorNamingTheTile) {
+  write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 90});
+  std::string bytes = test::read_file(path("jpeg.tif"));
+  // Overwrite the middle of the file, inside level 0's tile data, with marker bytes.
+  std::fill_n(bytes.begin() + static_cast<std::ptrdiff_t>(bytes.size() / 3), 4096, '\xff');
+  std::ofstream(path("bad.tif"), std::ios::binary) << bytes;
+  auto reader = open_region_reader(path("bad.tif"), {"tiff", 0});
+  const std::string message = input_error([&] { reader->read({0, 0, 2048, 1536}); });
+  EXPECT_THAT(message, HasSubstr("bad.tif: tile "));
+  EXPECT_THAT(message, HasSubstr("of level 0 (256x256 tiles)"));
+  EXPECT_THAT(message, HasSubstr("expected a valid JPEG tile"));
 }
 
 /// A PNG whose header declares width x height pixels, followed by a few bytes of

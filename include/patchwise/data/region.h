@@ -10,6 +10,10 @@
 //              white, i.e. as background. A generic tiled TIFF goes to vips unless this
 //              reader is asked for: Debian's OpenSlide 3.4.1 misreads the deflate- and
 //              LZW-compressed levels that are smaller than one tile.
+//   tiff       tiled TIFFs whose levels all hold JPEG tiles (as scanners and libvips'
+//              pyramids write them): tiles read by pread() and decoded by libjpeg-turbo,
+//              scaled by 1/2, 1/4 or 1/8 in the DCT domain when read_resized() shrinks
+//              by that much; a small cache of decoded tiles.
 //   vips       everything else libvips loads: PNG, JPEG, WebP, TIFF (striped or tiled;
 //              the pages of a pyramidal TIFF whose sizes halve are its levels), PNM, ...
 //              TIFF is read in regions; formats that must be decoded whole (PNG, JPEG,
@@ -47,7 +51,7 @@ struct PyramidLevel {
 };
 
 struct RegionReaderOptions {
-  std::string reader;  ///< "openslide", "vips" or empty: the first that opens the file
+  std::string reader;  ///< "openslide", "tiff", "vips" or empty: the first that opens the file
   /// Largest width * height decoded whole (PNG, JPEG, ...): 100 million pixels
   /// (300 MB as RGB) by default; 0: no limit.
   int64_t max_pixels = 100'000'000;
@@ -83,13 +87,19 @@ class RegionReader {
  protected:
   /// The pixels of a checked box as uint8 [h, w, C] (interleaved, contiguous).
   virtual at::Tensor read_region(const Box& box, int level) const = 0;
+  /// The pixels of a checked box as uint8 [h', w', C] with side <= h' <= box.h and
+  /// side <= w' <= box.w: a reader that can shrink while decoding (JPEG's DCT scaling)
+  /// returns fewer pixels for read_resized() to finish. By default read_region().
+  virtual at::Tensor read_region_reduced(const Box& box, int level, int64_t side) const {
+    return read_region(box, level);
+  }
 
   std::string path_;
   std::string format_;
 
  private:
-  /// read_region() after the level and box checks: uint8 [h, w, C].
-  at::Tensor checked_read(const Box& box, int level) const;
+  /// Throws InputError when the level does not exist or the box is not inside it.
+  void check_box(const Box& box, int level) const;
 
  protected:
   int64_t channels_ = 3;
