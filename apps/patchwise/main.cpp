@@ -2,6 +2,7 @@
 // Exit codes: 0 success, 2 bad input (a flag, a file, a value), 1 internal failure or a
 // data-parallel run whose peers failed.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +40,14 @@ void write_torchelastic_error_file(const std::string& message) {
   std::ofstream(path) << error.dump() << "\n";
 }
 
+/// The flag that sets a library option: "--" and the name with dashes, but for the
+/// options whose flag says it otherwise.
+std::string flag_of(std::string option) {
+  if (option == "backbone") return "--model";
+  std::replace(option.begin(), option.end(), '_', '-');
+  return "--" + option;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,6 +74,12 @@ int main(int argc, char** argv) {
     return kExitBadInput;
   } catch (const patchwise::cli::Exit& e) {
     return e.code;
+  } catch (const patchwise::OptionError& e) {
+    // The library names the option; the user set it with a flag.
+    const std::string message = fmt::format("{}: {}", flag_of(e.option()), first_line(e.detail()));
+    fmt::print(stderr, "patchwise: error: {}\n", message);
+    write_torchelastic_error_file(message);
+    return kExitBadInput;
   } catch (const patchwise::InputError& e) {
     fmt::print(stderr, "patchwise: error: {}\n", first_line(e.what()));
     write_torchelastic_error_file(first_line(e.what()));

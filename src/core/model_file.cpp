@@ -90,6 +90,20 @@ json model_config_to_json(const ModelConfig& c) {
   };
 }
 
+namespace {
+
+/// Runs `f`; an OptionError about a value the file holds is reported against the file.
+template <typename F>
+auto held_in(const std::string& path, F&& f) {
+  try {
+    return f();
+  } catch (const OptionError& e) {
+    throw InputError(fmt::format("{}: {}", path, e.what()));
+  }
+}
+
+}  // namespace
+
 ModelConfig model_config_from_json(const json& j, const std::string& source) {
   check_input(j.is_object(), "{}: model configuration is not a JSON object", source);
   int version = field<int>(j, "format_version", source);
@@ -105,7 +119,7 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   c.image_h = field<int64_t>(image, "height", source);
   c.image_w = field<int64_t>(image, "width", source);
   json grid = field<json>(j, "grid", source);
-  c.grid.layout = parse_patch_layout(field<std::string>(grid, "layout", source));
+  c.grid.layout = held_in(source, [&] { return parse_patch_layout(field<std::string>(grid, "layout", source)); });
   c.grid.rows = field<int64_t>(grid, "rows", source);
   c.grid.cols = field<int64_t>(grid, "cols", source);
   c.grid.patch_h = field<int64_t>(grid, "patch_h", source);
@@ -120,7 +134,7 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   c.backbone.input = field<int64_t>(backbone, "input", source);
   c.backbone.batch_norm = field<bool>(backbone, "batch_norm", source);
   c.backbone.dropout = field<double>(backbone, "dropout", source);
-  c.fusion = parse_fusion_rule(field<std::string>(j, "fusion", source), source);
+  c.fusion = held_in(source, [&] { return parse_fusion_rule(field<std::string>(j, "fusion", source)); });
   if (j.contains("attention")) {  // optional: only the learned rules use it
     json attention = field<json>(j, "attention", source);
     c.attention_hidden = field<int64_t>(attention, "hidden", source);
@@ -350,7 +364,7 @@ void save_model(const std::string& path, PatchClassifier& model, const json& tra
 PatchClassifier load_model(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   ModelConfig config = model_config_from_json(parts.config, path);
-  PatchClassifier model(config);
+  PatchClassifier model = held_in(path, [&] { return PatchClassifier(config); });
   load_weights(*model, parts, path);
   model->eval();
   return model;

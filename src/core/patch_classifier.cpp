@@ -30,7 +30,7 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
   config_.backbone.input = config.grid.input;
   backbone_ = register_module("backbone", make_backbone(config_.backbone));
   if (fusion_rule_is_learned(config.fusion)) {
-    check_input(config.attention_hidden > 0, "--attention-hidden: {}, expected a positive width",
+    check_option(config.attention_hidden > 0, "attention_hidden", "{}, expected a positive width",
                 config.attention_hidden);
     AttentionPoolOptions options;
     options.features = backbone_->feature_dim();
@@ -91,8 +91,8 @@ PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
 }
 
 void PatchClassifierImpl::set_fusion(FusionRule rule) {
-  check_input(!fusion_rule_is_learned(rule) || rule == trained_fusion_,
-              "--fusion {}: a learned rule needs a model trained with it (this one uses {})",
+  check_option(!fusion_rule_is_learned(rule) || rule == trained_fusion_, "fusion",
+              "{}: a learned rule needs a model trained with it (this one uses {})",
               fusion_rule_name(rule), fusion_rule_name(trained_fusion_));
   config_.fusion = rule;
 }

@@ -13,19 +13,18 @@ c10::Device resolve_device(const std::string& name) {
   if (name == "auto") return torch::cuda::is_available() ? torch::kCUDA : torch::kCPU;
   if (name == "cpu") return torch::kCPU;
   if (name.rfind("cuda", 0) == 0) {
-    check_input(
+    check_option(
         torch::cuda::is_available(),
-        "--device: '{}' requested, but this LibTorch has no CUDA or no GPU is present; "
-        "use --device cpu",
+        "device",
+        "'{}' requested, but this LibTorch has no CUDA or no GPU is present; expected cpu",
         name);
     try {
       return c10::Device(name);
     } catch (const c10::Error&) {
-      throw InputError(
-          fmt::format("--device: '{}' is not a device, expected cuda or cuda:N", name));
+      throw OptionError("device", fmt::format("'{}' is not a device, expected cuda or cuda:N", name));
     }
   }
-  throw InputError(fmt::format("--device: unknown device '{}', expected auto, cpu or cuda", name));
+  throw OptionError("device", fmt::format("unknown device '{}', expected auto, cpu or cuda", name));
 }
 
 int64_t set_threads(int64_t n) {

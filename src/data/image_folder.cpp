@@ -57,7 +57,7 @@ SampleList list_image_folder(const std::string& root) {
 
 Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
                     std::vector<std::string>* skipped) {
-  check_input((options.height > 0) == (options.width > 0), "--image-size: {}x{}, expected HxW",
+  check_option((options.height > 0) == (options.width > 0), "image_size", "{}x{}, expected HxW",
               options.height, options.width);
   Dataset d;
   d.source = list.source;

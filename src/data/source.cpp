@@ -118,8 +118,8 @@ bool has_test_split(const std::string& path) {
 
 Dataset load_data(const std::string& path, const std::string& split, const DataOptions& options,
                   std::vector<std::string>* skipped) {
-  check_input(split == "train" || split == "test" || split == "t10k",
-              "--split: '{}', expected train or test", split);
+  check_option(split == "train" || split == "test" || split == "t10k", "split",
+              "'{}', expected train or test", split);
   check_input(fs::exists(path), "{}: no such data set folder or manifest", path);
   const DataFormat* format = find_format(path);
   if (format != nullptr) return format->load(path, split != "train", options, skipped);

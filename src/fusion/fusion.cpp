@@ -8,14 +8,15 @@
 
 namespace patchwise {
 
-FusionRule parse_fusion_rule(const std::string& name, const std::string& flag) {
+FusionRule parse_fusion_rule(const std::string& name) {
   for (FusionRule rule : all_fusion_rules()) {
     if (fusion_rule_name(rule) == name) return rule;
   }
-  throw InputError(
-      fmt::format("{}: unknown fusion rule '{}', expected mean, gmean, max, vote, attention or "
+  throw OptionError(
+      "fusion",
+      fmt::format("unknown fusion rule '{}', expected mean, gmean, max, vote, attention or "
                   "gated-attention",
-                  flag, name));
+                  name));
 }
 
 std::string fusion_rule_name(FusionRule rule) {

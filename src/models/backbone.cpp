@@ -128,9 +128,10 @@ class Vgg16Impl : public BackboneImpl {
 };
 
 void check_options(const BackboneOptions& o) {
-  check_input(
+  check_option(
       o.name == "small-cnn" || o.name == "vgg16",
-      "--model: unknown backbone '{}', expected small-cnn or vgg16",
+      "backbone",
+      "unknown backbone '{}', expected small-cnn or vgg16",
       o.name);
   check_input(
       o.in_channels == 1 || o.in_channels == 3,
@@ -139,14 +140,15 @@ void check_options(const BackboneOptions& o) {
       o.in_channels);
   check_input(o.num_classes >= 2, "{}: {} classes, expected at least 2", o.name, o.num_classes);
   int64_t min_input = o.name == "vgg16" ? kVgg16MinInput : kSmallCnnMinInput;
-  check_input(
+  check_option(
       o.input >= min_input,
-      "--input: {} is too small for {}, expected at least {}",
+      "input",
+      "{} is too small for {}, expected at least {}",
       o.input,
       o.name,
       min_input);
-  check_input(
-      o.dropout >= 0.0 && o.dropout < 1.0, "--dropout: {}, expected a value in [0, 1)", o.dropout);
+  check_option(
+      o.dropout >= 0.0 && o.dropout < 1.0, "dropout", "{}, expected a value in [0, 1)", o.dropout);
 }
 
 }  // namespace

@@ -15,14 +15,14 @@ struct AxisPlan {
 
 /// Offsets along one axis of `extent` pixels for `count` patches of `patch` pixels.
 AxisPlan plan_axis(int64_t extent, int64_t patch, int64_t count, int64_t stride, const char* axis) {
-  check_input(patch > 0, "--patch: {} {}, expected a positive size", axis, patch);
-  check_input(patch <= extent, "--patch: patch {} {} is larger than the image's {} {}", axis, patch,
+  check_option(patch > 0, "patch", "{} {}, expected a positive size", axis, patch);
+  check_option(patch <= extent, "patch", "patch {} {} is larger than the image's {} {}", axis, patch,
               axis, extent);
   AxisPlan plan;
   if (stride > 0) {
     int64_t fits = (extent - patch) / stride + 1;
-    check_input(count == 0 || count == fits,
-                "--grid: {} patches along the {}, but stride {} with patch {} on {} pixels fits {} "
+    check_option(count == 0 || count == fits, "grid",
+                "{} patches along the {}, but stride {} with patch {} on {} pixels fits {} "
                 "(TensorFlow VALID rule)",
                 count, axis, stride, patch, extent, fits);
     plan.count = fits;
@@ -30,19 +30,19 @@ AxisPlan plan_axis(int64_t extent, int64_t patch, int64_t count, int64_t stride,
     for (int64_t i = 0; i < fits; ++i) plan.offsets.push_back(i * stride);
     return plan;
   }
-  check_input(count > 0, "--grid: {} patches along the {}, expected at least 1", count, axis);
+  check_option(count > 0, "grid", "{} patches along the {}, expected at least 1", count, axis);
   plan.count = count;
   if (count == 1) {
     plan.offsets.push_back((extent - patch) / 2);
     plan.stride = 0;
     return plan;
   }
-  check_input((extent - patch) % (count - 1) == 0,
-              "--grid: {} patches of {} flush with both borders of {} pixels need stride "
-              "({} - {}) / {}, which is not an integer; choose another patch or pass --stride",
+  check_option((extent - patch) % (count - 1) == 0, "grid",
+              "{} patches of {} flush with both borders of {} pixels need stride "
+              "({} - {}) / {}, which is not an integer; choose another patch or a stride",
               count, patch, extent, extent, patch, count - 1);
   plan.stride = (extent - patch) / (count - 1);
-  check_input(plan.stride > 0, "--grid: {} patches of {} on {} pixels all coincide (stride 0)", count,
+  check_option(plan.stride > 0, "grid", "{} patches of {} on {} pixels all coincide (stride 0)", count,
               patch, extent);
   for (int64_t i = 0; i < count; ++i) plan.offsets.push_back(i * plan.stride);
   return plan;
@@ -54,7 +54,7 @@ PatchLayout parse_patch_layout(const std::string& name) {
   if (name == "grid") return PatchLayout::kGrid;
   if (name == "five-crop") return PatchLayout::kFiveCrop;
   if (name == "ten-crop") return PatchLayout::kTenCrop;
-  throw InputError(fmt::format("--layout: unknown layout '{}', expected grid, five-crop or ten-crop", name));
+  throw OptionError("layout", fmt::format("unknown layout '{}', expected grid, five-crop or ten-crop", name));
 }
 
 std::string patch_layout_name(PatchLayout layout) {
@@ -68,7 +68,7 @@ std::string patch_layout_name(PatchLayout layout) {
 
 PatchGrid::PatchGrid(const PatchGridOptions& options, int64_t image_h, int64_t image_w)
     : options_(options), image_h_(image_h), image_w_(image_w) {
-  check_input(options.input > 0, "--input: {}, expected a positive size", options.input);
+  check_option(options.input > 0, "input", "{}, expected a positive size", options.input);
   check_input(image_h > 0 && image_w > 0, "image size {}x{}, expected positive", image_h, image_w);
   const int64_t ph = options.patch_h;
   const int64_t pw = options.patch_w;
@@ -83,8 +83,8 @@ PatchGrid::PatchGrid(const PatchGridOptions& options, int64_t image_h, int64_t i
       for (int64_t x : c.offsets) boxes_.push_back({y, x, ph, pw, false});
     return;
   }
-  check_input(ph > 0 && pw > 0, "--patch: {}x{}, expected a positive size", ph, pw);
-  check_input(ph <= image_h && pw <= image_w, "--patch: {}x{} is larger than the {}x{} image", ph,
+  check_option(ph > 0 && pw > 0, "patch", "{}x{}, expected a positive size", ph, pw);
+  check_option(ph <= image_h && pw <= image_w, "patch", "{}x{} is larger than the {}x{} image", ph,
               pw, image_h, image_w);
   const int64_t bottom = image_h - ph;
   const int64_t right = image_w - pw;

@@ -24,12 +24,12 @@ Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
               "compute_heatmap expects uint8 [", config.image_channels, ",", config.image_h, ",",
               config.image_w, "], got ", image.sizes());
   const int64_t classes = model->num_classes();
-  check_input(options.target_class >= -1 && options.target_class < classes,
-              "--class: {} out of range, the model has classes 0..{}", options.target_class,
+  check_option(options.target_class >= -1 && options.target_class < classes, "class",
+              "{} out of range, the model has classes 0..{}", options.target_class,
               classes - 1);
   const int64_t extent = std::min(config.image_h, config.image_w);
-  check_input(options.grid_only || (options.stride >= 1 && options.stride <= extent),
-              "--stride: {}, expected 1..{} (the image is {}x{})", options.stride, extent,
+  check_option(options.grid_only || (options.stride >= 1 && options.stride <= extent), "stride",
+              "{}, expected 1..{} (the image is {}x{})", options.stride, extent,
               config.image_h, config.image_w);
 
   torch::InferenceMode guard;

@@ -10,7 +10,7 @@ LossKind parse_loss_kind(const std::string& name) {
   if (name == "patch") return LossKind::kPatch;
   if (name == "fused") return LossKind::kFused;
   if (name == "both") return LossKind::kBoth;
-  throw InputError(fmt::format("--loss: unknown loss '{}', expected patch, fused or both", name));
+  throw OptionError("loss", fmt::format("unknown loss '{}', expected patch, fused or both", name));
 }
 
 std::string loss_kind_name(LossKind kind) {
@@ -23,13 +23,13 @@ std::string loss_kind_name(LossKind kind) {
 }
 
 void check_trainable(LossKind kind, FusionRule rule) {
-  check_input(kind != LossKind::kPatch || !fusion_rule_is_learned(rule),
-              "--loss patch with --fusion {}: the attention weights would never be trained; "
-              "use --loss fused or both",
+  check_option(kind != LossKind::kPatch || !fusion_rule_is_learned(rule), "loss",
+              "patch with fusion {}: the attention weights would never be trained; "
+              "use loss fused or both",
               fusion_rule_name(rule));
-  check_input(kind == LossKind::kPatch || fusion_rule_is_differentiable(rule),
-              "--loss {} with --fusion {}: the fused output of '{}' has no gradient; "
-              "use --loss patch with it, or another fusion rule",
+  check_option(kind == LossKind::kPatch || fusion_rule_is_differentiable(rule), "loss",
+              "{} with fusion {}: the fused output of '{}' has no gradient; "
+              "use loss patch with it, or another fusion rule",
               loss_kind_name(kind), fusion_rule_name(rule), fusion_rule_name(rule));
 }
 

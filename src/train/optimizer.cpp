@@ -14,7 +14,7 @@ namespace {
 const at::Tensor& state_tensor(
     const TensorMap& state, const std::string& key, const std::string& path) {
   auto it = state.find(key);
-  check_input(it != state.end(), "--resume: {} lacks the state '{}'", path, key);
+  check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint", path, key);
   return it->second;
 }
 
@@ -32,7 +32,7 @@ at::Tensor like_param(
   const at::Tensor& t = state_tensor(state, key, path);
   check_input(
       t.sizes() == param.sizes() && t.scalar_type() == param.scalar_type(),
-      "--resume: {}: optimizer state '{}' does not match its parameter",
+      "{}: optimizer state '{}' does not match its parameter, expected its shape and type",
       path,
       key);
   return t.to(param.device()).clone();
@@ -59,7 +59,7 @@ void adam_from(
   const at::Tensor& step = state_tensor(state, prefix + "step", path);
   check_input(
       step.numel() == 1 && step.scalar_type() == at::kLong,
-      "--resume: {}: optimizer state '{}step' is not a count",
+      "{}: optimizer state '{}step' is not a count, expected one int64",
       path,
       prefix);
   s->step(step.item<int64_t>());
@@ -95,7 +95,7 @@ void sgd_from(
 OptimizerKind parse_optimizer_kind(const std::string& name) {
   if (name == "adam") return OptimizerKind::kAdam;
   if (name == "sgd") return OptimizerKind::kSgd;
-  throw InputError(fmt::format("--optimizer: unknown optimizer '{}', expected adam or sgd", name));
+  throw OptionError("optimizer", fmt::format("unknown optimizer '{}', expected adam or sgd", name));
 }
 
 std::string optimizer_kind_name(OptimizerKind kind) {
@@ -103,11 +103,12 @@ std::string optimizer_kind_name(OptimizerKind kind) {
 }
 
 void check_optimizer_options(const OptimizerOptions& o) {
-  check_input(o.lr > 0 && std::isfinite(o.lr), "--lr: {}, expected a positive number", o.lr);
-  check_input(o.momentum >= 0 && o.momentum < 1, "--momentum: {}, expected 0 <= m < 1", o.momentum);
-  check_input(
+  check_option(o.lr > 0 && std::isfinite(o.lr), "lr", "{}, expected a positive number", o.lr);
+  check_option(o.momentum >= 0 && o.momentum < 1, "momentum", "{}, expected 0 <= m < 1", o.momentum);
+  check_option(
       o.kind == OptimizerKind::kSgd || o.momentum == 0,
-      "--momentum: {}, only used by --optimizer sgd, not adam",
+      "momentum",
+      "{}, only used by the sgd optimizer, not adam",
       o.momentum);
 }
 

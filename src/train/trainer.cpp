@@ -41,7 +41,7 @@ EpochMetrics metrics_from_json(const json& j) {
 const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
                                const std::string& path) {
   auto it = state.find(key);
-  check_input(it != state.end(), "--resume: {} lacks the state '{}'", path, key);
+  check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint", path, key);
   return it->second;
 }
 
@@ -89,27 +89,27 @@ json epoch_metrics_to_json(const EpochMetrics& m) {
 
 TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* test,
                         const TrainerOptions& options, const TrainerCallbacks& callbacks) {
-  check_input(options.epochs >= 1, "--epochs: {}, expected at least 1", options.epochs);
-  check_input(options.batch >= 1, "--batch: {}, expected at least 1", options.batch);
+  check_option(options.epochs >= 1, "epochs", "{}, expected at least 1", options.epochs);
+  check_option(options.batch >= 1, "batch", "{}, expected at least 1", options.batch);
   check_optimizer_options(options.optimizer);
   check_trainable(options.loss, model->config().fusion);
-  check_input(!options.keep_best || test != nullptr,
-              "--keep best: needs a validation set (--val-split)");
-  check_input(options.augment.shift >= 0 && options.augment.shift < train.height(),
-              "--shift: {}, expected 0..{}", options.augment.shift, train.height() - 1);
-  check_input(options.checkpoint_every >= 0, "--checkpoint-every: {}, expected >= 0",
+  check_option(!options.keep_best || test != nullptr, "keep",
+              "best needs a validation set, expected one (val-split)");
+  check_option(options.augment.shift >= 0 && options.augment.shift < train.height(), "shift",
+              "{}, expected 0..{}", options.augment.shift, train.height() - 1);
+  check_option(options.checkpoint_every >= 0, "checkpoint_every", "{}, expected >= 0",
               options.checkpoint_every);
   check_dataset_fits(model->config(), train);
   if (test != nullptr) check_dataset_fits(model->config(), *test);
   Distributed* const dist = options.distributed;
   const int64_t world = dist != nullptr ? dist->world_size() : 1;
   const int64_t rank = dist != nullptr ? dist->rank() : 0;
-  check_input(options.batch % world == 0,
-              "--batch: {}, expected a multiple of the {} processes (WORLD_SIZE): the global "
+  check_option(options.batch % world == 0, "batch",
+              "{}, expected a multiple of the {} processes (WORLD_SIZE): the global "
               "batch is split evenly among them",
               options.batch, world);
-  check_input(dist == nullptr || model->device().is_cpu(),
-              "--device {}: distributed training runs on the CPU (Gloo), expected --device cpu",
+  check_option(dist == nullptr || model->device().is_cpu(), "device",
+              "{}: distributed training runs on the CPU (Gloo), expected cpu",
               model->device().str());
 
   torch::manual_seed(rank_seed(options.seed, rank));
@@ -135,10 +135,10 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
     PatchClassifier saved = load_model(options.resume);
     check_input(saved->config().backbone.name == model->config().backbone.name &&
                     saved->num_patches() == model->num_patches(),
-                "--resume: {} holds another model", options.resume);
+                "{}: holds another model than the one to train, expected its checkpoint", options.resume);
     json state = load_model_training(options.resume);
     check_input(state.is_object() && state.contains("state"),
-                "--resume: {} is a model file, not a training checkpoint", options.resume);
+                "{}: a model file, expected a training checkpoint", options.resume);
     const json& st = state["state"];
     run.epoch = st.at("epoch").get<int64_t>();
     run.step = st.at("step").get<int64_t>();
@@ -149,8 +149,8 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
     run.best_accuracy = st.at("best_accuracy").get<double>();
     run.kept_epoch = st.at("kept_epoch").get<int64_t>();
     for (const json& m : st.at("history")) run.history.push_back(metrics_from_json(m));
-    check_input(run.step <= steps, "--resume: {} stopped at step {} of an epoch of {} steps; "
-                "the data or --batch differ", options.resume, run.step, steps);
+    check_input(run.step <= steps, "{}: stopped at step {} of an epoch of {} steps, expected "
+                "the same data and batch", options.resume, run.step, steps);
     {
       torch::NoGradGuard no_grad;
       auto from = saved->parameters();
@@ -166,7 +166,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
     if (options.keep_best) {
       const int64_t count = state_tensor(saved_state, "best_count", options.resume).item<int64_t>();
       check_input(count >= 0 && count <= static_cast<int64_t>(saved_state.size()),
-                  "--resume: {} has a best_count of {}", options.resume, count);
+                  "{}: a best_count of {}, expected 0..the number of parameters", options.resume, count);
       best_state.resize(static_cast<size_t>(count));
       for (size_t i = 0; i < best_state.size(); ++i) {
         best_state[i] =

@@ -298,7 +298,7 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"negative learning rate", nullptr, train + data + " --lr -1", "--lr"},
       {"patch larger than the image", nullptr, train + data + " --patch 30", "larger than the image"},
       {"input too small for the backbone", nullptr, train + data + " --input 8", "--input: 8"},
-      {"unknown backbone", nullptr, train + data + " --model resnet", "unknown backbone 'resnet'"},
+      {"unknown backbone", nullptr, train + data + " --model resnet", "--model: unknown backbone 'resnet'"},
       {"grid that is not a size", nullptr, train + data + " --grid 2y2", "'2y2' is not a size"},
       {"unknown device", nullptr, train + data + " --device tpu", "--device"},
       {"sheet cell of 2 pixels", nullptr, "patches --out {dir}/out.png --cell 2 {dir}/digit.png",

@@ -137,6 +137,20 @@ TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
               ::testing::ThrowsMessage<InputError>(HasSubstr("format version 7, expected 2")));
 }
 
+TEST_F(ModelFileTest, ABadValueInTheFileIsReportedAgainstTheFileNotAFlag) {
+  PatchClassifier model(small_config());
+  save_model(path("m.pw"), model, nullptr);
+  std::string text = test::read_file(path("m.pw"));
+  const std::string from = "\"name\":\"small-cnn\"";
+  const size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, from.size(), "\"name\":\"resnet-20\"");
+  write_text(path("m.pw"), reseal(text));
+  const std::string message = test::input_error([&] { load_model(path("m.pw")); });
+  EXPECT_THAT(message, HasSubstr("m.pw: backbone: unknown backbone 'resnet-20'"));
+  EXPECT_THAT(message, ::testing::Not(HasSubstr("--")));
+}
+
 TEST_F(ModelFileTest, AFlippedByteAnywhereIsRefused) {
   PatchClassifier model(small_config());
   save_model(path("m.pw"), model, nullptr);

@@ -66,11 +66,11 @@ TEST_F(HeatmapTest, RefusesAClassOutOfRangeAndABadStride) {
   HeatmapOptions o;
   o.target_class = 3;
   EXPECT_THAT([&] { compute_heatmap(model, image, o); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("--class: 3 out of range")));
+              ::testing::ThrowsMessage<OptionError>(HasSubstr("class: 3 out of range")));
   o.target_class = -1;
   o.stride = 0;
   EXPECT_THAT([&] { compute_heatmap(model, image, o); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("--stride: 0")));
+              ::testing::ThrowsMessage<OptionError>(HasSubstr("stride: 0")));
   o.stride = 29;
   EXPECT_THROW(compute_heatmap(model, image, o), InputError);
 }

@@ -62,7 +62,7 @@ TEST_F(TrainerTest, PatchLossIsTheMeanCrossEntropyOfEveryPatchAgainstTheImageLab
 TEST_F(TrainerTest, RefusesALossThroughVote) {
   EXPECT_THAT(
       [] { check_trainable(LossKind::kFused, FusionRule::kVote); },
-      ::testing::ThrowsMessage<InputError>(HasSubstr("--loss fused with --fusion vote")));
+      ::testing::ThrowsMessage<InputError>(HasSubstr("loss: fused with fusion vote")));
   EXPECT_NO_THROW(check_trainable(LossKind::kPatch, FusionRule::kVote));
   EXPECT_THAT(
       [] { check_trainable(LossKind::kPatch, FusionRule::kAttention); },
@@ -218,17 +218,17 @@ TEST_F(TrainerTest, OptimizerOptionsAreChecked) {
       test::input_error([] {
         check_optimizer_options({OptimizerKind::kAdam, 1e-3, 0.9});
       }),
-      ::testing::HasSubstr("--momentum: 0.9, only used by --optimizer sgd, not adam"));
+      ::testing::HasSubstr("momentum: 0.9, only used by the sgd optimizer, not adam"));
   EXPECT_THAT(
       test::input_error([] {
         check_optimizer_options({OptimizerKind::kSgd, -1, 0});
       }),
-      ::testing::HasSubstr("--lr: -1, expected a positive number"));
+      ::testing::HasSubstr("lr: -1, expected a positive number"));
   EXPECT_THAT(
       test::input_error([] {
         check_optimizer_options({OptimizerKind::kSgd, 0.1, 1.0});
       }),
-      ::testing::HasSubstr("--momentum: 1, expected 0 <= m < 1"));
+      ::testing::HasSubstr("momentum: 1, expected 0 <= m < 1"));
   EXPECT_THAT(
       test::input_error([] { parse_optimizer_kind("lamb"); }),
       ::testing::HasSubstr("unknown optimizer 'lamb', expected adam or sgd"));
@@ -242,7 +242,7 @@ TEST_F(TrainerTest, ResumeRefusesAPlainModelFile) {
   options.resume = path("plain.pw");
   EXPECT_THAT(
       [&] { train_model(model, train, nullptr, options); },
-      ::testing::ThrowsMessage<InputError>(HasSubstr("not a training checkpoint")));
+      ::testing::ThrowsMessage<InputError>(HasSubstr("a model file, expected a training checkpoint")));
 }
 
 TEST_F(TrainerTest, ANonFiniteLossStopsTrainingWithAClearError) {

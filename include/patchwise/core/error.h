@@ -17,6 +17,32 @@ class InputError : public std::runtime_error {
   explicit InputError(const std::string& message) : std::runtime_error(message) {}
 };
 
+/// A bad value of a named option (`option` is the library's name: "epochs", "backbone",
+/// ...). The message reads "epochs: 0, expected at least 1". The library does not know
+/// where a value came from: the CLI shows the flag that set it instead of the name, and
+/// a model file's loader names the file.
+class OptionError : public InputError {
+ public:
+  OptionError(const std::string& option, const std::string& detail)
+      : InputError(option + ": " + detail), option_(option), detail_(detail) {}
+  const std::string& option() const { return option_; }
+  /// The message without the option's name.
+  const std::string& detail() const { return detail_; }
+
+ private:
+  std::string option_;
+  std::string detail_;
+};
+
+/// Throws an OptionError for `option` built with fmt when `condition` is false.
+template <typename... Args>
+void check_option(
+    bool condition, const char* option, fmt::format_string<Args...> format, Args&&... args) {
+  if (!condition) {
+    throw OptionError(option, fmt::format(format, std::forward<Args>(args)...));
+  }
+}
+
 /// Throws an InputError built with fmt when `condition` is false.
 template <typename... Args>
 void check_input(bool condition, fmt::format_string<Args...> format, Args&&... args) {

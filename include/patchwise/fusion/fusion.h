@@ -22,7 +22,7 @@ enum class FusionRule { kMean, kGMean, kMax, kVote, kAttention, kGatedAttention 
 
 /// "mean", "gmean", "max", "vote", "attention", "gated-attention"; throws InputError
 /// naming `flag` otherwise.
-FusionRule parse_fusion_rule(const std::string& name, const std::string& flag = "--fusion");
+FusionRule parse_fusion_rule(const std::string& name);
 std::string fusion_rule_name(FusionRule rule);
 /// Every rule, fixed then learned.
 const std::vector<FusionRule>& all_fusion_rules();
