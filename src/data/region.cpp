@@ -147,7 +147,7 @@ at::Tensor RegionReader::thumbnail(int64_t max_side) const {
   const PyramidLevel& l = levels_[static_cast<size_t>(level)];
   const auto [out_w, out_h] = fit(l.width, l.height, max_side);
   // Bands of rows, so that a level without a smaller one is never read whole.
-  constexpr int64_t kBandPixels = int64_t{1} << 24;
+  constexpr int64_t kBandPixels = int64_t{1} << 22;  // 12 MB of RGB a band
   const int64_t band_rows = std::max<int64_t>(1, kBandPixels / std::max<int64_t>(1, l.width));
   const int64_t out_band = std::max<int64_t>(1, band_rows * out_h / l.height);
   std::vector<at::Tensor> bands;
