@@ -1,6 +1,7 @@
 // Large-image readers on arbitrary bytes: TIFF (pyramidal or not), PNG, JPEG and the
-// rest through OpenSlide and libvips, then what tiling does with an image: the
-// thumbnail, the levels, a few regions and the background filter.
+// rest through every reader (OpenSlide, patchwise's JPEG-tile TIFF reader, libvips),
+// then what tiling does with an image: the thumbnail, the levels, a few regions, a
+// resized read (the decoder's DCT scaling) and the background filter.
 #include "fuzz_support.h"
 #include "patchwise/data/region.h"
 #include "patchwise/patch/tiles.h"
@@ -18,6 +19,8 @@ void exercise(const RegionReader& reader) {
     const int64_t w = std::min<int64_t>(level.width, 48), h = std::min<int64_t>(level.height, 48);
     reader.read({0, 0, w, h}, l);
     reader.read({level.width - w, level.height - h, w, h}, l);
+    const int64_t side = std::max<int64_t>(1, std::min(w, h) / 8);
+    reader.read_resized({0, 0, std::min(w, h), std::min(w, h)}, l, side);
   }
   patchwise::TileOptions options;
   options.tile = std::max<int64_t>(1, std::min(reader.width(), reader.height()) / 2);
@@ -29,7 +32,7 @@ void exercise(const RegionReader& reader) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace patchwise;
   const std::string path = fuzz::write_input("input.tif", data, size);
-  for (const char* name : {"openslide", "vips"}) {
+  for (const std::string& name : region_reader_names()) {
     fuzz::expect_accept_or_refuse([&] {
       // At most 4 million pixels decoded whole: the fuzzer's memory limit stays far away.
       auto reader = open_region_reader(path, {name, 4'000'000});
