@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <cmath>
 #include <unistd.h>
 
 #include <cstdio>
@@ -92,6 +93,11 @@ void add_data_flags(CLI::App* app, DataFlags& flags) {
   app->add_option("--image-size", flags.image_size,
                   "resize every image of an image folder to HxW (else all must match)");
   app->add_flag("--strict", flags.strict, "an unreadable image file is an error, not skipped");
+  app->add_option("--in-memory-limit", flags.in_memory_limit,
+                  "MiB of decoded images an image folder or manifest may hold in memory; a "
+                  "larger set is decoded from its files batch by batch (0: no limit)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 }
 
 DataOptions data_options(const DataFlags& flags, int64_t limit) {
@@ -104,6 +110,7 @@ DataOptions data_options(const DataFlags& flags, int64_t limit) {
     std::tie(o.folder.height, o.folder.width) = parse_size_pair(flags.image_size, "--image-size");
   }
   o.folder.strict = flags.strict;
+  o.folder.memory_limit = static_cast<int64_t>(std::ceil(flags.in_memory_limit * 1048576.0));
   return o;
 }
 

@@ -46,11 +46,12 @@ struct TileFlags {
 };
 void add_tile_flags(CLI::App* app, TileFlags& flags);
 
-/// --label, --image-size, --strict: how a data set is read.
+/// --label, --image-size, --strict, --in-memory-limit: how a data set is read.
 struct DataFlags {
   std::string label = "fine";
   std::string image_size;
   bool strict = false;
+  double in_memory_limit = 2048;  ///< MiB
 };
 void add_data_flags(CLI::App* app, DataFlags& flags);
 DataOptions data_options(const DataFlags& flags, int64_t limit);

@@ -48,12 +48,14 @@ void run_eval(const EvalFlags& f) {
     out["model"] = f.model;
     out["data"] = f.data;
     out["split"] = f.split;
+    out["in_memory"] = data.in_memory();
     print_json(out);
     return;
   }
   fmt::print("model            {} ({}, {})\n", f.model, model->config().backbone.name,
              model->grid().describe());
-  fmt::print("data             {} ({})\n", f.data, f.split);
+  fmt::print("data             {} ({}{})\n", f.data, f.split,
+             data.in_memory() ? "" : "; decoded from its files batch by batch");
   e.print(std::cout);
 }
 

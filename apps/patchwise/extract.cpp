@@ -55,7 +55,7 @@ void run_extract(const ExtractFlags& f, const CLI::App* app) {
       write_image((fs::path(f.out) / split / folder_name(data.class_names[labels[i]]) /
                    fmt::format("{:05}.png", i))
                       .string(),
-                  data.images[i]);
+                  data.image(i));
     }
     fmt::print("extract: {} images of {} ({}) -> {}/{}/<class>/\n", data.size(), f.data, split,
                f.out, split);
@@ -66,7 +66,7 @@ void run_extract(const ExtractFlags& f, const CLI::App* app) {
     const std::string path =
         many ? (fs::path(f.out) / fmt::format("{}-{}-{}.png", f.split, index, label)).string()
              : f.out;
-    write_image(path, data.images[index]);
+    write_image(path, data.image(index));
     fmt::print("{} (index {}, label {} {})\n", path, index, label, data.class_names[label]);
   }
 }

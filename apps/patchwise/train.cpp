@@ -221,7 +221,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   config.image_w = train.width();
   config.class_names = train.class_names;
   config.class_names.resize(std::max<size_t>(config.class_names.size(), 2));
-  config.normalization = compute_normalization(train.images);
+  config.normalization = compute_normalization(train);
   config.backbone.name = f.model;
   config.backbone.num_classes = static_cast<int64_t>(config.class_names.size());
   config.backbone.batch_norm = f.batch_norm;
@@ -234,9 +234,10 @@ void run_train(TrainFlags f, const CLI::App* app) {
   NullBuffer null_buffer;
   std::ostream silent(&null_buffer);
   std::ostream& log = !writer ? silent : f.json ? std::cerr : std::cout;
-  fmt::print(log, "train: {} training, {} validation and {} test images of {}x{}x{}, {} classes, from {}\n",
+  fmt::print(log, "train: {} training, {} validation and {} test images of {}x{}x{}, {} classes, from {}{}\n",
              train.size(), validation.size(), test.size(), train.height(), train.width(),
-             train.channels(), config.class_names.size(), f.data);
+             train.channels(), config.class_names.size(), f.data,
+             train.in_memory() ? "" : " (over --in-memory-limit: decoded from the files batch by batch)");
   if (options.augment.enabled()) {
     fmt::print(log, "train: augmentation: shift up to {} pixels, flips {}\n", f.shift,
                f.flip ? "on" : "off");

@@ -2,37 +2,102 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
+#include <numeric>
 
 #include <torch/torch.h>
 
+#include "patchwise/data/image.h"
+
 namespace patchwise {
 
-Normalization compute_normalization(const at::Tensor& images) {
-  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
-              "compute_normalization expects uint8 [N,C,H,W], got ", images.sizes());
-  // A histogram of the 256 values per channel gives the exact mean and variance
-  // without a floating-point copy of the data (376 MB for Fashion-MNIST's 60,000).
-  const at::Tensor x = images.contiguous();
-  const int64_t n = x.size(0), channels = x.size(1), plane = x.size(2) * x.size(3);
-  const uint8_t* data = x.data_ptr<uint8_t>();
-  Normalization norm;
+namespace {
+
+/// Per-channel counts of the 256 values: the exact mean and variance without a
+/// floating-point copy of the data (376 MB for Fashion-MNIST's 60,000).
+using Histograms = std::vector<std::array<uint64_t, 256>>;
+
+void count_values(const uint8_t* image, int64_t channels, int64_t plane, Histograms& counts) {
   for (int64_t c = 0; c < channels; ++c) {
-    std::array<uint64_t, 256> counts{};
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t* p = data + (i * channels + c) * plane;
-      for (int64_t k = 0; k < plane; ++k) ++counts[p[k]];
-    }
-    const double total = double(n) * double(plane);
+    const uint8_t* p = image + c * plane;
+    auto& h = counts[static_cast<size_t>(c)];
+    for (int64_t k = 0; k < plane; ++k) ++h[p[k]];
+  }
+}
+
+Normalization from_histograms(const Histograms& counts) {
+  Normalization norm;
+  for (const auto& h : counts) {
+    double total = 0;
+    for (uint64_t n : h) total += double(n);
     double mean = 0;
-    for (int v = 0; v < 256; ++v) mean += double(counts[v]) * (v / 255.0);
+    for (int v = 0; v < 256; ++v) mean += double(h[v]) * (v / 255.0);
     mean /= total;
     double variance = 0;
-    for (int v = 0; v < 256; ++v) variance += double(counts[v]) * std::pow(v / 255.0 - mean, 2);
+    for (int v = 0; v < 256; ++v) variance += double(h[v]) * std::pow(v / 255.0 - mean, 2);
     const double std = std::sqrt(variance / total);
     norm.mean.push_back(mean);
     norm.std.push_back(std > 1e-8 ? std : 1.0);
   }
   return norm;
+}
+
+}  // namespace
+
+Normalization compute_normalization(const at::Tensor& images) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+              "compute_normalization expects uint8 [N,C,H,W], got ", images.sizes());
+  const at::Tensor x = images.contiguous();
+  const int64_t n = x.size(0), channels = x.size(1), plane = x.size(2) * x.size(3);
+  Histograms counts(static_cast<size_t>(channels));
+  for (int64_t i = 0; i < n; ++i) {
+    count_values(x.data_ptr<uint8_t>() + i * channels * plane, channels, plane, counts);
+  }
+  return from_histograms(counts);
+}
+
+Normalization compute_normalization(const Dataset& data) {
+  if (data.in_memory()) return compute_normalization(data.images);
+  const int64_t channels = data.channels(), plane = data.height() * data.width();
+  Histograms counts(static_cast<size_t>(channels));
+  std::vector<uint8_t> image(static_cast<size_t>(channels * plane));
+  for (int64_t i = 0; i < data.size(); ++i) {
+    data.copy_image(i, image.data());
+    count_values(image.data(), channels, plane, counts);
+  }
+  return from_histograms(counts);
+}
+
+at::Tensor Dataset::image(int64_t i) const {
+  TORCH_CHECK(i >= 0 && i < size(), "Dataset::image: item ", i, " of ", size());
+  if (in_memory()) return images[i];
+  at::Tensor out = torch::empty({channels(), height(), width()}, torch::kUInt8);
+  copy_image(i, out.data_ptr<uint8_t>());
+  return out;
+}
+
+void Dataset::copy_image(int64_t i, uint8_t* out) const {
+  TORCH_CHECK(i >= 0 && i < size(), "Dataset::copy_image: item ", i, " of ", size());
+  const int64_t bytes = channels() * height() * width();
+  if (in_memory()) {
+    std::memcpy(out, images.data_ptr<uint8_t>() + i * bytes, static_cast<size_t>(bytes));
+    return;
+  }
+  const std::string& path = files.paths[static_cast<size_t>(i)];
+  read_image_into(path, files.channels, files.height, files.width, out);
+}
+
+Dataset subset(const Dataset& data, const std::vector<int64_t>& index) {
+  Dataset out = data;
+  const at::Tensor rows = torch::tensor(index, torch::kInt64);
+  out.labels = data.labels.index_select(0, rows).contiguous();
+  if (data.in_memory()) {
+    out.images = data.images.index_select(0, rows).contiguous();
+  } else {
+    out.files.paths.clear();
+    for (int64_t i : index) out.files.paths.push_back(data.files.paths.at(static_cast<size_t>(i)));
+  }
+  return out;
 }
 
 at::Tensor normalize_images(const at::Tensor& images, const Normalization& norm) {
@@ -47,10 +112,9 @@ at::Tensor normalize_images(const at::Tensor& images, const Normalization& norm)
 
 Dataset take_first(const Dataset& data, int64_t limit) {
   if (limit <= 0 || limit >= data.size()) return data;
-  Dataset out = data;
-  out.images = data.images.narrow(0, 0, limit).contiguous();
-  out.labels = data.labels.narrow(0, 0, limit).contiguous();
-  return out;
+  std::vector<int64_t> first(static_cast<size_t>(limit));
+  std::iota(first.begin(), first.end(), 0);
+  return subset(data, first);
 }
 
 const std::vector<std::string>& fashion_mnist_class_names() {

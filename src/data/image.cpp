@@ -112,9 +112,9 @@ at::Tensor from_mat(const cv::Mat& mat) {
   return hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);  // the Mat owns the bytes
 }
 
-}  // namespace
-
-at::Tensor read_image(const std::string& path, int64_t channels) {
+/// The file decoded as an 8-bit Mat of `channels` (0: its own, grey or 3) in OpenCV's
+/// BGR order.
+cv::Mat decode_mat(const std::string& path, int64_t channels) {
   namespace fs = std::filesystem;
   check_input(fs::exists(path), "{}: no such image file", path);
   check_input(fs::is_regular_file(path), "{}: expected an image file, found a directory", path);
@@ -175,7 +175,35 @@ at::Tensor read_image(const std::string& path, int64_t channels) {
     cv::cvtColor(mat, bgr, cv::COLOR_GRAY2BGR);
     mat = bgr;
   }
-  return from_mat(mat);
+  return mat;
+}
+
+}  // namespace
+
+at::Tensor read_image(const std::string& path, int64_t channels) {
+  return from_mat(decode_mat(path, channels));
+}
+
+void read_image_into(
+    const std::string& path, int64_t channels, int64_t h, int64_t w, uint8_t* out) {
+  TORCH_CHECK(channels == 1 || channels == 3, "read_image_into: channels ", channels);
+  cv::Mat mat = decode_mat(path, channels);
+  if (mat.rows != h || mat.cols != w) {
+    cv::Mat resized;
+    const bool shrinking = h < mat.rows || w < mat.cols;
+    cv::resize(mat, resized, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
+               shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
+    mat = resized;
+  }
+  if (!mat.isContinuous()) mat = mat.clone();
+  // HWC in BGR to CHW in RGB, as read_image gives.
+  const int64_t plane = h * w;
+  const uint8_t* from = mat.data;
+  for (int64_t c = 0; c < channels; ++c) {
+    const int64_t source = channels == 3 ? 2 - c : 0;
+    uint8_t* to = out + c * plane;
+    for (int64_t k = 0; k < plane; ++k) to[k] = from[k * channels + source];
+  }
 }
 
 void write_image(const std::string& path, const at::Tensor& image) {

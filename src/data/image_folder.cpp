@@ -9,6 +9,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/image.h"
+#include "patchwise/data/region.h"
 
 namespace patchwise {
 namespace {
@@ -27,6 +28,57 @@ std::vector<fs::path> sorted_entries(const fs::path& dir, bool directories) {
   }
   std::sort(out.begin(), out.end());
   return out;
+}
+
+using SizeMap = std::map<std::pair<int64_t, int64_t>, std::string>;  // size -> first file
+
+[[noreturn]] void throw_mixed_sizes(const std::string& source, const SizeMap& sizes) {
+  std::string listed;
+  size_t n = 0;
+  for (const auto& [size, file] : sizes) {
+    if (n++ == kSizesListed) {
+      listed += ", ...";
+      break;
+    }
+    listed += fmt::format("{}{}x{} ({})", listed.empty() ? "" : ", ", size.first, size.second,
+                          file);
+  }
+  throw InputError(fmt::format("{}: images of {} different sizes: {}; pass --image-size HxW",
+                               source, sizes.size(), listed));
+}
+
+/// The set left in its files: only each file's header is read (through the region
+/// readers), with the checks pack_images makes on decoded images.
+Dataset lazy_images(const SampleList& list, const ImageFolderOptions& options,
+                    std::vector<std::string>* skipped) {
+  Dataset d;
+  d.source = list.source;
+  d.class_names = list.class_names;
+  std::vector<int64_t> labels;
+  SizeMap sizes;
+  bool all_gray = true;
+  for (size_t i = 0; i < list.files.size(); ++i) {
+    const std::string& file = list.files[i];
+    std::unique_ptr<RegionReader> header;
+    try {
+      header = open_region_reader(file, {"vips", 0});
+    } catch (const InputError&) {
+      if (options.strict) throw;
+      if (skipped != nullptr) skipped->push_back(file);
+      continue;
+    }
+    if (options.height == 0) sizes.emplace(std::make_pair(header->height(), header->width()), file);
+    all_gray = all_gray && header->channels() == 1;
+    d.files.paths.push_back(file);
+    labels.push_back(list.labels[i]);
+  }
+  check_input(!labels.empty(), "{}: no readable images", list.source);
+  if (sizes.size() > 1) throw_mixed_sizes(list.source, sizes);
+  d.files.channels = options.channels > 0 ? options.channels : (all_gray ? 1 : 3);
+  d.files.height = options.height > 0 ? options.height : sizes.begin()->first.first;
+  d.files.width = options.height > 0 ? options.width : sizes.begin()->first.second;
+  d.labels = torch::tensor(labels, torch::kInt64);
+  return d;
 }
 
 }  // namespace
@@ -59,13 +111,19 @@ Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
                     std::vector<std::string>* skipped) {
   check_option((options.height > 0) == (options.width > 0), "image_size", "{}x{}, expected HxW",
               options.height, options.width);
+  const auto n = static_cast<int64_t>(list.files.size());
+  const bool over_limit = options.memory_limit > 0 && options.height > 0 &&
+                          n * 3 * options.height * options.width > options.memory_limit;
+  if (over_limit) return lazy_images(list, options, skipped);
   Dataset d;
   d.source = list.source;
   d.class_names = list.class_names;
   std::vector<at::Tensor> images;
   std::vector<int64_t> labels;
-  std::map<std::pair<int64_t, int64_t>, std::string> sizes;  // size -> first file of that size
+  SizeMap sizes;
   bool all_gray = true;
+  const size_t skipped_before = skipped != nullptr ? skipped->size() : 0;
+  int64_t bytes = 0;
   for (size_t i = 0; i < list.files.size(); ++i) {
     const std::string& file = list.files[i];
     at::Tensor image;
@@ -83,25 +141,17 @@ Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
     } else {
       sizes.emplace(std::make_pair(image.size(1), image.size(2)), file);
     }
+    bytes += 3 * image.size(1) * image.size(2);  // as RGB, the most it can become
+    if (options.memory_limit > 0 && bytes > options.memory_limit) {
+      if (skipped != nullptr) skipped->resize(skipped_before);
+      return lazy_images(list, options, skipped);
+    }
     all_gray = all_gray && image.size(0) == 1;
     images.push_back(image);
     labels.push_back(list.labels[i]);
   }
   check_input(!images.empty(), "{}: no readable images", list.source);
-  if (sizes.size() > 1) {
-    std::string listed;
-    size_t n = 0;
-    for (const auto& [size, file] : sizes) {
-      if (n++ == kSizesListed) {
-        listed += ", ...";
-        break;
-      }
-      listed += fmt::format("{}{}x{} ({})", listed.empty() ? "" : ", ", size.first, size.second,
-                            file);
-    }
-    throw InputError(fmt::format("{}: images of {} different sizes: {}; pass --image-size HxW",
-                                 list.source, sizes.size(), listed));
-  }
+  if (sizes.size() > 1) throw_mixed_sizes(list.source, sizes);
   const int64_t channels = options.channels > 0 ? options.channels : (all_gray ? 1 : 3);
   for (at::Tensor& image : images) {
     if (image.size(0) != channels) image = image.expand({channels, image.size(1), image.size(2)});

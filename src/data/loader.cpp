@@ -16,7 +16,8 @@ Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t s
   TORCH_CHECK(batch_size >= 1, "Loader: batch size ", batch_size, ", expected >= 1");
   TORCH_CHECK(shards >= 1 && shard >= 0 && shard < shards, "Loader: shard ", shard, " of ",
               shards, ", expected 0 <= shard < shards");
-  TORCH_CHECK(data.images.is_contiguous() && data.images.scalar_type() == torch::kUInt8 &&
+  TORCH_CHECK((!data.in_memory() ||
+               (data.images.is_contiguous() && data.images.scalar_type() == torch::kUInt8)) &&
                   data.labels.is_contiguous() && data.labels.scalar_type() == torch::kInt64,
               "Loader: expects contiguous uint8 images and int64 labels");
 }
@@ -43,9 +44,9 @@ int64_t Loader::batch_rows(int64_t batch_index) const {
 }
 
 Batch Loader::gather(int64_t batch_index) const {
-  // Plain copies, no LibTorch operators: a parallel operator on this worker thread
-  // would start a second OpenMP team whose spinning threads steal the cores that
-  // the training step on the main thread is using.
+  // Plain copies (or, for a lazy set, decodes), no LibTorch operators: a parallel
+  // operator on this worker thread would start a second OpenMP team whose spinning
+  // threads steal the cores that the training step on the main thread is using.
   // This shard's positions of the batch: begin + shard, begin + shard + shards, ...
   const int64_t begin = batch_index * batch_size_ + shard_;
   const int64_t rows = batch_rows(batch_index);
@@ -53,13 +54,12 @@ Batch Loader::gather(int64_t batch_index) const {
   const int64_t image_bytes = data_.channels() * data_.height() * data_.width();
   Batch batch{torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
               torch::empty({count}, torch::kInt64)};
-  const uint8_t* src = data_.images.data_ptr<uint8_t>();
   const int64_t* labels = data_.labels.data_ptr<int64_t>();
   uint8_t* dst = batch.images.data_ptr<uint8_t>();
   int64_t* dst_labels = batch.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i) {
     const int64_t item = order_[static_cast<size_t>(begin + i * shards_)];
-    std::memcpy(dst + i * image_bytes, src + item * image_bytes, static_cast<size_t>(image_bytes));
+    data_.copy_image(item, dst + i * image_bytes);
     dst_labels[i] = labels[item];
   }
   return batch;

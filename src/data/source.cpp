@@ -101,14 +101,6 @@ const DataFormat* find_format(const std::string& path) {
   return nullptr;
 }
 
-Dataset index_select(const Dataset& data, const std::vector<int64_t>& indices) {
-  Dataset out = data;
-  at::Tensor index = torch::tensor(indices, torch::kInt64);
-  out.images = data.images.index_select(0, index).contiguous();
-  out.labels = data.labels.index_select(0, index).contiguous();
-  return out;
-}
-
 }  // namespace
 
 bool has_test_split(const std::string& path) {
@@ -149,7 +141,7 @@ std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fractio
   check_input(!first.empty() && !second.empty(),
               "{}: splitting {} images with fraction {} leaves one side empty", data.source, n,
               fraction);
-  return {index_select(data, first), index_select(data, second)};
+  return {subset(data, first), subset(data, second)};
 }
 
 bool align_class_names(Dataset& data, const std::vector<std::string>& class_names) {

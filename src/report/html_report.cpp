@@ -260,7 +260,7 @@ std::string build_html_report(PatchClassifier& model, const Dataset& data,
                      fused[i][pred[i]].item<float>());
     PatchSheetOptions sheet;
     sheet.cell = 64;
-    c += img_tag(render_patch_sheet(data.images[i], model->grid(), sheet), "patches of image " + std::to_string(i));
+    c += img_tag(render_patch_sheet(data.image(i), model->grid(), sheet), "patches of image " + std::to_string(i));
     c += "<div class=\"patches\">";
     at::Tensor pp = per_patch[i].contiguous();
     for (int64_t p = 0; p < patches; ++p) {
@@ -300,9 +300,9 @@ std::string build_html_report(PatchClassifier& model, const Dataset& data,
   HeatmapOptions hm;
   hm.stride = std::min(options.heatmap_stride, std::min(data.height(), data.width()));
   for (int64_t i = 0; i < heatmaps; ++i) {
-    Heatmap h = compute_heatmap(model, data.images[i], hm);
+    Heatmap h = compute_heatmap(model, data.image(i), hm);
     const std::string title = fmt::format("#{} p({})", i, names[h.target_class]);
-    html << "<div class=\"card\">" << img_tag(render_heatmap(data.images[i], h, title), title)
+    html << "<div class=\"card\">" << img_tag(render_heatmap(data.image(i), h, title), title)
          << "</div>";
   }
   html << "</div></body></html>\n";

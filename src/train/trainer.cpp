@@ -61,11 +61,9 @@ struct RunState {
 
 /// Items shard, shard + shards, ... of `data`: one rank's part of an evaluation set.
 Dataset strided_shard(const Dataset& data, int64_t shard, int64_t shards) {
-  Dataset part = data;
-  const at::Tensor index = torch::arange(shard, std::max(data.size(), shard), shards, torch::kInt64);
-  part.images = data.images.index_select(0, index).contiguous();
-  part.labels = data.labels.index_select(0, index).contiguous();
-  return part;
+  std::vector<int64_t> index;
+  for (int64_t i = shard; i < data.size(); i += shards) index.push_back(i);
+  return subset(data, index);
 }
 
 /// The seed of rank `rank`'s dropout and augmentation draws: rank 0 keeps the run's

@@ -198,6 +198,14 @@ TEST_F(CliTest, AnImageFolderCopyOfTheTestSetEvaluatesLikeTheIdxFiles) {
   // kernels may round differently on another processor; a near-tie may flip one image.
   EXPECT_NEAR(nlohmann::json::parse(img.out)["accuracy"].get<double>(),
               nlohmann::json::parse(idx.out)["accuracy"].get<double>(), 1.0 / 300 + 1e-12);
+  // Over the memory limit the folder is decoded batch by batch: the same batches, the
+  // same computation, the same result to the last digit.
+  Result lazy = pw("eval --model " + model() + " --data " + folder + " --json --in-memory-limit 0.1");
+  ASSERT_EQ(lazy.code, 0) << lazy.err;
+  EXPECT_EQ(nlohmann::json::parse(lazy.out)["in_memory"], false);
+  EXPECT_EQ(nlohmann::json::parse(img.out)["in_memory"], true);
+  EXPECT_EQ(nlohmann::json::parse(lazy.out)["accuracy"], nlohmann::json::parse(img.out)["accuracy"]);
+  EXPECT_EQ(nlohmann::json::parse(lazy.out)["loss"], nlohmann::json::parse(img.out)["loss"]);
 }
 
 TEST_F(CliTest, ImportWritesAStratifiedIdxSplitOfTheDigitsJson) {

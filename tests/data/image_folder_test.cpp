@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include <gmock/gmock.h>
 
@@ -74,6 +75,70 @@ TEST_F(ImageFolderTest, SkipsUnreadableFilesOrFailsWhenStrict) {
   strict.strict = true;
   EXPECT_THAT([&] { load_image_folder(root(), strict); },
               ::testing::ThrowsMessage<InputError>(HasSubstr("notes.txt: cannot decode")));
+}
+
+/// A folder of textured images of mixed sizes and channels, PNG and JPEG.
+void add_textured(const fs::path& root) {
+  const std::vector<std::tuple<std::string, int64_t, int64_t, int64_t>> files = {
+      {"cat/a.png", 3, 20, 24}, {"cat/b.jpg", 3, 31, 17}, {"dog/c.png", 1, 12, 12},
+      {"dog/d.png", 3, 40, 30}, {"dog/e.jpg", 1, 16, 16}, {"eel/f.png", 3, 9, 33}};
+  for (const auto& [name, c, h, w] : files) {
+    fs::create_directories((root / name).parent_path());
+    write_image((root / name).string(), torch::randint(0, 256, {c, h, w}, torch::kUInt8));
+  }
+}
+
+TEST_F(ImageFolderTest, ASetOverTheMemoryLimitIsReadFromItsFilesWithTheSamePixels) {
+  add_textured(dir_ / "root");
+  ImageFolderOptions packed;
+  packed.height = 14;
+  packed.width = 18;
+  ImageFolderOptions lazy = packed;
+  lazy.memory_limit = 1000;  // bytes: 6 images of 14x18x3 take 4,536
+  const Dataset a = load_image_folder(root(), packed);
+  const Dataset b = load_image_folder(root(), lazy);
+  ASSERT_TRUE(a.in_memory());
+  ASSERT_FALSE(b.in_memory());
+  EXPECT_EQ(b.size(), 6);
+  EXPECT_EQ(b.channels(), 3);
+  EXPECT_EQ(b.height(), 14);
+  EXPECT_EQ(b.width(), 18);
+  EXPECT_TRUE(torch::equal(a.labels, b.labels));
+  // The same decoder and the same resize: the same bytes, item by item.
+  for (int64_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::equal(a.image(i), b.image(i))) << i;
+  }
+  // Subsets and normalization agree too.
+  const Dataset a2 = subset(a, {5, 0, 3}), b2 = subset(b, {5, 0, 3});
+  EXPECT_TRUE(torch::equal(a2.image(0), b2.image(0)));
+  EXPECT_EQ(b2.files.paths[0], b.files.paths[5]);
+  const Normalization na = compute_normalization(a), nb = compute_normalization(b);
+  EXPECT_EQ(na.mean, nb.mean);
+  EXPECT_EQ(na.std, nb.std);
+}
+
+TEST_F(ImageFolderTest, ALazySetStillRefusesMixedSizesAndSkipsWhatItCannotRead) {
+  add("a", "small.png", 1, 4, 4, 0);
+  add("a", "large.png", 1, 8, 6, 0);
+  std::ofstream((dir_ / "root" / "a" / "notes.txt").string()) << "not an image";
+  ImageFolderOptions lazy;
+  lazy.memory_limit = 10;
+  EXPECT_THAT([&] { load_image_folder(root(), lazy); },
+              ::testing::ThrowsMessage<InputError>(
+                  AllOf(HasSubstr("2 different sizes"), HasSubstr("4x4"), HasSubstr("8x6"))));
+  lazy.height = 4;
+  lazy.width = 4;
+  std::vector<std::string> skipped;
+  const Dataset d = load_image_folder(root(), lazy, &skipped);
+  EXPECT_FALSE(d.in_memory());
+  EXPECT_EQ(d.size(), 2);
+  EXPECT_EQ(d.channels(), 1);
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_THAT(skipped[0], HasSubstr("notes.txt"));
+  // A file that goes bad after listing fails the batch that reads it, naming it.
+  std::ofstream((dir_ / "root" / "a" / "large.png").string()) << "gone";
+  EXPECT_THAT([&] { d.image(0); },
+              ::testing::ThrowsMessage<InputError>(HasSubstr("large.png: cannot decode")));
 }
 
 TEST_F(ImageFolderTest, RefusesAnEmptyClassFolder) {

@@ -4,6 +4,7 @@
 #include <memory>
 #include <set>
 
+#include "patchwise/data/image.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -38,6 +39,32 @@ TEST_F(LoaderTest, VisitsEveryImageOncePerEpochWithMatchingLabels) {
   EXPECT_EQ(batches, 11);
   EXPECT_EQ(seen.size(), 103u);
   EXPECT_EQ(std::set<int64_t>(seen.begin(), seen.end()).size(), 103u);
+}
+
+TEST_F(LoaderTest, ALazySetGivesTheBatchesOfItsPackedCopy) {
+  // The counting set written to PNG files and listed lazily.
+  const Dataset packed = counting_dataset(23);
+  Dataset lazy = packed;
+  lazy.images = at::Tensor();
+  lazy.files = {{}, 1, 2, 2};
+  for (int64_t i = 0; i < packed.size(); ++i) {
+    lazy.files.paths.push_back((dir_ / (std::to_string(i) + ".png")).string());
+    write_image(lazy.files.paths.back(), packed.images[i]);
+  }
+  Loader a(packed, 5, /*shuffle=*/true, /*seed=*/3, /*shard=*/1, /*shards=*/2);
+  Loader b(lazy, 5, /*shuffle=*/true, /*seed=*/3, /*shard=*/1, /*shards=*/2);
+  a.start_epoch(2);
+  b.start_epoch(2);
+  int64_t batches = 0;
+  for (Batch x, y; a.next(x);) {
+    ASSERT_TRUE(b.next(y));
+    EXPECT_TRUE(torch::equal(x.images, y.images));
+    EXPECT_TRUE(torch::equal(x.labels, y.labels));
+    ++batches;
+  }
+  EXPECT_EQ(batches, 5);
+  Batch extra;
+  EXPECT_FALSE(b.next(extra));
 }
 
 TEST_F(LoaderTest, OrderDependsOnlyOnSeedAndEpoch) {

@@ -14,6 +14,11 @@ namespace patchwise {
 /// when the file is missing or cannot be decoded.
 at::Tensor read_image(const std::string& path, int64_t channels = 0);
 
+/// read_image(path, channels) resized to h x w like resize_image(), written to `out`
+/// (channels * h * w bytes, [C,H,W]) with no LibTorch operator: safe on a loader thread.
+void read_image_into(
+    const std::string& path, int64_t channels, int64_t h, int64_t w, uint8_t* out);
+
 /// Writes uint8 [C,H,W] (C = 1 or 3) to `path`; the extension picks the format.
 /// Throws InputError when it cannot be written.
 void write_image(const std::string& path, const at::Tensor& image);

@@ -15,6 +15,9 @@ struct ImageFolderOptions {
   int64_t height = 0;    ///< > 0: resize every image to height x width
   int64_t width = 0;
   bool strict = false;   ///< an undecodable file is fatal instead of skipped
+  /// Bytes of decoded images a set may hold in memory; a larger one stays in its files,
+  /// which are decoded when a batch needs them. 0: no limit.
+  int64_t memory_limit = int64_t{2} << 30;
 };
 
 /// A data set before its pixels are read: image files, their labels and the class names.
@@ -33,10 +36,12 @@ bool is_image_folder(const std::string& dir);
 /// class folder or no classes.
 SampleList list_image_folder(const std::string& root);
 
-/// Reads every listed image into one uint8 [N,C,H,W] tensor. Undecodable files are
-/// skipped and listed in `skipped` (or fatal with options.strict). Throws InputError
-/// when no image is readable or the images have different sizes without a target
-/// size (the message lists the sizes found).
+/// Reads every listed image into one uint8 [N,C,H,W] tensor, or, when they would take
+/// more than options.memory_limit bytes, reads only the files' headers and leaves the
+/// pixels in the files (Dataset::in_memory() false). Undecodable files are skipped and
+/// listed in `skipped` (or fatal with options.strict). Throws InputError when no image
+/// is readable or the images have different sizes without a target size (the message
+/// lists the sizes found).
 Dataset pack_images(const SampleList& samples, const ImageFolderOptions& options,
                     std::vector<std::string>* skipped = nullptr);
 
