@@ -111,6 +111,7 @@ std::unique_ptr<RegionReader> open_openslide(
   // Generic TIFF goes to libvips unless OpenSlide is asked for: Debian's OpenSlide 3.4.1
   // misreads deflate- and LZW-compressed levels smaller than one tile.
   if (std::string(vendor) == "generic-tiff" && options.reader != "openslide") return nullptr;
+  check_tiff_layout(path);
   openslide_t* slide = openslide_open(path.c_str());
   check_input(
       slide != nullptr, "{}: OpenSlide recognizes it as {} but cannot open it", path, vendor);

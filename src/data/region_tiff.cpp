@@ -293,7 +293,58 @@ std::vector<TiffLevel> read_levels(TIFF* tif, int64_t file_size, const std::stri
   return levels;
 }
 
+/// libtiff open options: messages kept in `message` (or dropped), single allocations
+/// bounded so that a declared size cannot make it allocate gigabytes.
+std::unique_ptr<TIFFOpenOptions, void (*)(TIFFOpenOptions*)> quiet_options(std::string* message) {
+  std::unique_ptr<TIFFOpenOptions, void (*)(TIFFOpenOptions*)> options(
+      TIFFOpenOptionsAlloc(), TIFFOpenOptionsFree);
+  TIFFOpenOptionsSetErrorHandlerExtR(options.get(), keep_message, message);
+  TIFFOpenOptionsSetWarningHandlerExtR(options.get(), keep_message, nullptr);
+  TIFFOpenOptionsSetMaxSingleMemAlloc(options.get(), tmsize_t{1} << 28);
+  return options;
+}
+
 }  // namespace
+
+void check_tiff_layout(const std::string& path) {
+  constexpr uint64_t kMaxTiles = uint64_t{1} << 22;  // 4 M tiles of 256: a 500,000^2 level
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st {};
+  const bool tiff = ::fstat(fd, &st) == 0 && has_tiff_magic(fd);
+  ::close(fd);
+  if (!tiff) return;
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  auto options = quiet_options(nullptr);
+  TiffHandle tif(TIFFOpenExt(path.c_str(), "rm", options.get()));
+  if (!tif) return;
+  int page = 0;
+  do {
+    const uint64_t pieces =
+        TIFFIsTiled(tif.get()) ? TIFFNumberOfTiles(tif.get()) : TIFFNumberOfStrips(tif.get());
+    check_input(
+        pieces <= kMaxTiles,
+        "{}: page {} declares {} tiles or strips, expected at most {}",
+        path,
+        page,
+        pieces,
+        kMaxTiles);
+    uint64_t* sizes = nullptr;
+    const uint32_t tag = TIFFIsTiled(tif.get()) ? TIFFTAG_TILEBYTECOUNTS : TIFFTAG_STRIPBYTECOUNTS;
+    if (TIFFGetField(tif.get(), tag, &sizes) && sizes != nullptr) {
+      for (uint64_t i = 0; i < pieces; ++i) {
+        check_input(
+            sizes[i] <= file_size,
+            "{}: page {} declares a tile or strip of {} bytes, expected at most the file's {}",
+            path,
+            page,
+            sizes[i],
+            file_size);
+      }
+    }
+    ++page;
+  } while (TIFFReadDirectory(tif.get()));
+}
 
 std::unique_ptr<RegionReader> open_tiff(const std::string& path, const RegionReaderOptions&) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -304,11 +355,7 @@ std::unique_ptr<RegionReader> open_tiff(const std::string& path, const RegionRea
     return nullptr;
   }
   std::string message;
-  std::unique_ptr<TIFFOpenOptions, void (*)(TIFFOpenOptions*)> options(
-      TIFFOpenOptionsAlloc(), TIFFOpenOptionsFree);
-  TIFFOpenOptionsSetErrorHandlerExtR(options.get(), keep_message, &message);
-  TIFFOpenOptionsSetWarningHandlerExtR(options.get(), keep_message, nullptr);
-  TIFFOpenOptionsSetMaxSingleMemAlloc(options.get(), tmsize_t{1} << 28);
+  auto options = quiet_options(&message);
   std::vector<TiffLevel> levels;
   double mpp = std::nan("");
   try {
