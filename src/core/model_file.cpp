@@ -379,6 +379,14 @@ TensorMap load_model_state(const std::string& path) {
   return state;
 }
 
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
+                               const std::string& path) {
+  auto it = state.find(key);
+  check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint",
+              path, key);
+  return it->second;
+}
+
 json load_model_training(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   return parts.config.contains("training") ? parts.config["training"] : json();

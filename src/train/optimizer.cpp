@@ -10,14 +10,6 @@
 namespace patchwise {
 namespace {
 
-/// A state tensor a checkpoint must hold.
-const at::Tensor& state_tensor(
-    const TensorMap& state, const std::string& key, const std::string& path) {
-  auto it = state.find(key);
-  check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint", path, key);
-  return it->second;
-}
-
 /// The state of parameter `param` in `optimizer`, or null before its first step.
 torch::optim::OptimizerParamState* find_state(
     torch::optim::Optimizer& optimizer, const at::Tensor& param) {

@@ -37,13 +37,6 @@ EpochMetrics metrics_from_json(const json& j) {
   return m;
 }
 
-/// A state tensor a checkpoint must hold.
-const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
-                               const std::string& path) {
-  auto it = state.find(key);
-  check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint", path, key);
-  return it->second;
-}
 
 /// Where a run stands: everything besides weights, optimizer and RNG that a
 /// checkpoint must hold to continue exactly.

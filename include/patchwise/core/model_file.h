@@ -51,6 +51,11 @@ void save_model(const std::string& path, PatchClassifier& model, const nlohmann:
 /// bad file.
 TensorMap load_model_state(const std::string& path);
 
+/// state[key], which a checkpoint read from `path` must hold; InputError naming the
+/// file and the key otherwise.
+const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
+                               const std::string& path);
+
 /// Reads a model file; throws InputError on a missing, foreign, corrupt or
 /// other-version file. The model is on the CPU, in evaluation mode.
 PatchClassifier load_model(const std::string& path);
