@@ -3,11 +3,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <tuple>
+#include <iterator>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -15,6 +18,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
+#include "patchwise/data/region.h"
 
 namespace patchwise {
 namespace {
@@ -54,6 +58,46 @@ bool known_image_signature(const std::string& path) {
          (n >= 2 && head[0] == 'P' && ((head[1] >= '1' && head[1] <= '6') || head[1] == 'F' ||
                                        head[1] == 'f')) ||
          (starts("RIFF", 4) && n >= 12 && std::memcmp(head + 8, "WEBP", 4) == 0);
+}
+
+/// Largest width x height decoded whole: the region readers' --max-pixels default.
+/// OpenCV allocates what a header declares before decoding (a fuzzed 181-byte JPEG
+/// asked for 1.9 GB), so the header is read first, by libvips, which decodes nothing.
+constexpr int64_t kMaxDecodedPixels = 100'000'000;
+
+/// A JPEG's width and height from its first frame header (SOFn), or 0 x 0: libvips
+/// refuses a truncated JPEG whose header OpenCV still trusts.
+std::pair<int64_t, int64_t> jpeg_frame_size(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string d((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto byte = [&](size_t i) { return static_cast<uint8_t>(d[i]); };
+  for (size_t i = 2; i + 9 < d.size();) {
+    if (byte(i) != 0xff || byte(i + 1) == 0xff || byte(i + 1) == 0x00) {
+      ++i;
+      continue;
+    }
+    const uint8_t marker = byte(i + 1);
+    const size_t length = (size_t{byte(i + 2)} << 8) | byte(i + 3);
+    if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc) {
+      return {(int64_t{byte(i + 7)} << 8) | byte(i + 8), (int64_t{byte(i + 5)} << 8) | byte(i + 6)};
+    }
+    i += 2 + length;
+  }
+  return {0, 0};
+}
+
+void check_declared_size(const std::string& path) {
+  int64_t w = 0, h = 0;
+  try {
+    const auto header = open_region_reader(path, {"vips", 0});
+    w = header->width();
+    h = header->height();
+  } catch (const InputError&) {
+    std::tie(w, h) = jpeg_frame_size(path);  // else OpenCV decides, with its own message
+  }
+  check_input(w * h <= kMaxDecodedPixels,
+              "{}: {}x{} = {} pixels, expected at most {} for an image decoded whole", path, w, h,
+              w * h, kMaxDecodedPixels);
 }
 
 /// Runs `decode` with the process's stderr captured, and returns what was printed:
@@ -122,6 +166,7 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
               "{}: {} channels requested, expected 1 or 3", path, channels);
   check_input(known_image_signature(path),
               "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file", path);
+  check_declared_size(path);
   cv::Mat raw;
   std::string complaint;
   try {
