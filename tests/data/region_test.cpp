@@ -305,6 +305,19 @@ TEST_F(RegionTest, AnImageDecodedWholeBeyondTheLimitIsRefusedBeforeDecoding) {
                 "(--max-pixels) for a pngload image"));
   // A tiled TIFF is read in regions: no limit applies.
   EXPECT_NO_THROW(open_region_reader(tiff_, {"vips", 1000}));
+  // Images read whole through OpenCV (predict, image folders) are checked alike, from
+  // the header libvips reads, or, for a truncated JPEG libvips refuses, its frame header.
+  EXPECT_THAT(
+      input_error([&] { read_image(path("huge.png")); }),
+      HasSubstr("huge.png: 30000x30000 = 900000000 pixels, expected at most 100000000 for an "
+                "image decoded whole"));
+  const std::string jpeg = std::string("\xff\xd8\xff\xc0\x00\x11\x08", 7) +
+                           std::string("\x59\xa6\x6a\x95\x03", 5) +  // 22950 x 27285, 3 parts
+                           std::string("\x01\x22\x00\x02\x11\x01\x03\x11\x01", 9);
+  std::ofstream(path("huge.jpg"), std::ios::binary) << jpeg;
+  EXPECT_THAT(
+      input_error([&] { read_image(path("huge.jpg")); }),
+      HasSubstr("huge.jpg: 27285x22950 = 626190750 pixels, expected at most 100000000"));
 }
 
 }  // namespace
