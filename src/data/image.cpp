@@ -10,7 +10,6 @@
 #include <functional>
 #include <mutex>
 #include <tuple>
-#include <iterator>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -67,21 +66,24 @@ constexpr int64_t kMaxDecodedPixels = 100'000'000;
 
 /// A JPEG's width and height from its first frame header (SOFn), or 0 x 0: libvips
 /// refuses a truncated JPEG whose header OpenCV still trusts.
+/// Reads each segment's header and seeks past its body, so that only headers are read.
 std::pair<int64_t, int64_t> jpeg_frame_size(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  const std::string d((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto byte = [&](size_t i) { return static_cast<uint8_t>(d[i]); };
-  for (size_t i = 2; i + 9 < d.size();) {
-    if (byte(i) != 0xff || byte(i + 1) == 0xff || byte(i + 1) == 0x00) {
-      ++i;
+  in.seekg(2);  // past SOI
+  unsigned char m[9];
+  while (in.read(reinterpret_cast<char*>(m), 2)) {
+    if (m[0] != 0xff || m[1] == 0xff || m[1] == 0x00) {
+      in.seekg(-1, std::ios::cur);  // not a marker: resynchronize one byte on
       continue;
     }
-    const uint8_t marker = byte(i + 1);
-    const size_t length = (size_t{byte(i + 2)} << 8) | byte(i + 3);
+    if (!in.read(reinterpret_cast<char*>(m + 2), 2)) break;
+    const int64_t length = (int64_t{m[2]} << 8) | m[3];
+    const uint8_t marker = m[1];
     if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc) {
-      return {(int64_t{byte(i + 7)} << 8) | byte(i + 8), (int64_t{byte(i + 5)} << 8) | byte(i + 6)};
+      if (!in.read(reinterpret_cast<char*>(m + 4), 5)) break;
+      return {(int64_t{m[7]} << 8) | m[8], (int64_t{m[5]} << 8) | m[6]};
     }
-    i += 2 + length;
+    in.seekg(length - 2, std::ios::cur);
   }
   return {0, 0};
 }
@@ -154,6 +156,15 @@ at::Tensor from_mat(const cv::Mat& mat) {
   if (!rgb.isContinuous()) rgb = rgb.clone();
   at::Tensor hwc = torch::from_blob(rgb.data, {rgb.rows, rgb.cols, rgb.channels()}, torch::kUInt8);
   return hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);  // the Mat owns the bytes
+}
+
+/// `mat` resized to h x w: area averaging when shrinking, bilinear when enlarging.
+cv::Mat resized_mat(const cv::Mat& mat, int64_t h, int64_t w) {
+  cv::Mat out;
+  const bool shrinking = h < mat.rows || w < mat.cols;
+  cv::resize(mat, out, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
+             shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
+  return out;
 }
 
 /// The file decoded as an 8-bit Mat of `channels` (0: its own, grey or 3) in OpenCV's
@@ -233,13 +244,7 @@ void read_image_into(
     const std::string& path, int64_t channels, int64_t h, int64_t w, uint8_t* out) {
   TORCH_CHECK(channels == 1 || channels == 3, "read_image_into: channels ", channels);
   cv::Mat mat = decode_mat(path, channels);
-  if (mat.rows != h || mat.cols != w) {
-    cv::Mat resized;
-    const bool shrinking = h < mat.rows || w < mat.cols;
-    cv::resize(mat, resized, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
-               shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
-    mat = resized;
-  }
+  if (mat.rows != h || mat.cols != w) mat = resized_mat(mat, h, w);
   if (!mat.isContinuous()) mat = mat.clone();
   // HWC in BGR to CHW in RGB, as read_image gives.
   const int64_t plane = h * w;
@@ -270,12 +275,7 @@ std::string encode_png(const at::Tensor& image) {
 }
 
 at::Tensor resize_image(const at::Tensor& image, int64_t h, int64_t w) {
-  cv::Mat mat = to_mat(image);
-  cv::Mat out;
-  const bool shrinking = h < image.size(1) || w < image.size(2);
-  cv::resize(mat, out, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
-             shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
-  return from_mat(out);
+  return from_mat(resized_mat(to_mat(image), h, w));
 }
 
 }  // namespace patchwise
