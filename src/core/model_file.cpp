@@ -63,7 +63,7 @@ T field(const json& j, const char* key, const std::string& source) {
 }  // namespace
 
 json model_config_to_json(const ModelConfig& c) {
-  return json{
+  json j{
       {"format", "patchwise-model"},
       {"format_version", kModelFormatVersion},
       {"image", {{"channels", c.image_channels}, {"height", c.image_h}, {"width", c.image_w}}},
@@ -88,6 +88,14 @@ json model_config_to_json(const ModelConfig& c) {
       {"classes", c.class_names},
       {"normalization", {{"mean", c.normalization.mean}, {"std", c.normalization.std}}},
   };
+  if (c.tiled) {  // only tiled models have the section
+    j["tiles"] = {{"tile", c.tiles.tile},
+                  {"stride", c.tiles.stride},
+                  {"level", c.tiles.level},
+                  {"mpp", c.tiles.mpp},
+                  {"min_foreground", c.tiles.min_foreground}};
+  }
+  return j;
 }
 
 namespace {
@@ -144,6 +152,20 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   json norm = field<json>(j, "normalization", source);
   c.normalization.mean = field<std::vector<double>>(norm, "mean", source);
   c.normalization.std = field<std::vector<double>>(norm, "std", source);
+  if (j.contains("tiles")) {
+    json tiles = field<json>(j, "tiles", source);
+    c.tiled = true;
+    c.tiles.tile = field<int64_t>(tiles, "tile", source);
+    c.tiles.stride = field<int64_t>(tiles, "stride", source);
+    c.tiles.level = field<int>(tiles, "level", source);
+    c.tiles.mpp = field<double>(tiles, "mpp", source);
+    c.tiles.min_foreground = field<double>(tiles, "min_foreground", source);
+    check_input(c.tiles.tile > 0 && c.tiles.stride >= 0 && c.tiles.min_foreground >= 0 &&
+                    c.tiles.min_foreground <= 1 && c.tiles.mpp >= 0,
+                "{}: tiles {}, expected a positive tile, a stride >= 0, mpp >= 0 and a "
+                "foreground fraction in [0, 1]",
+                source, tiles.dump());
+  }
   return c;
 }
 

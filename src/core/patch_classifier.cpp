@@ -13,6 +13,16 @@ namespace {
 /// Patches per backbone pass on the CPU (PatchClassifierImpl::forward).
 constexpr int64_t kChunkPatches = 128;
 
+/// f over rows [start, start + chunk) of 0..rows, concatenated.
+template <typename F>
+at::Tensor chunked(int64_t rows, int64_t chunk, F&& f) {
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < rows; start += chunk) {
+    parts.push_back(f(start, std::min(chunk, rows - start)));
+  }
+  return parts.size() == 1 ? parts[0] : torch::cat(parts);
+}
+
 }  // namespace
 
 PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
@@ -36,6 +46,8 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
     options.features = backbone_->feature_dim();
     options.hidden = config.attention_hidden;
     options.gated = config.fusion == FusionRule::kGatedAttention;
+    check_option(!(config.tiled && config.position_embedding), "position_embedding",
+                 "tiled models have no fixed tile positions, expected no position embedding");
     options.positions = config.position_embedding ? grid_.count() : 0;
     attention_ = register_module("attention", AttentionPool(options));
   }
@@ -60,32 +72,50 @@ PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   // the cache: measured 2-3x faster than one pass over 1,024 patches. Batch
   // normalization in training needs the whole batch's statistics, so it gets one pass.
   const int64_t per_chunk = std::max<int64_t>(1, kChunkPatches / count);
-  const bool chunked = images.device().is_cpu() && batch > per_chunk &&
-                       !(is_training() && config_.backbone.batch_norm);
-  auto patch_features = [&](const at::Tensor& part) {
-    at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
-    return backbone_->features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
-  };
-  at::Tensor features;
-  if (chunked) {
-    std::vector<at::Tensor> parts;
-    for (int64_t start = 0; start < batch; start += per_chunk) {
-      parts.push_back(patch_features(images.narrow(0, start, std::min(per_chunk, batch - start))));
-    }
-    features = torch::cat(parts);
-  } else {
-    features = patch_features(images);
-  }
-  at::Tensor logits = backbone_->classify(features);
+  const bool chunk = images.device().is_cpu() && !(is_training() && config_.backbone.batch_norm);
+  at::Tensor features =
+      chunked(batch, chunk ? per_chunk : batch, [&](int64_t start, int64_t n) {
+        at::Tensor part = images.narrow(0, start, n);
+        at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
+        return backbone_->features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
+      });
+  return head(features.view({batch, count, features.size(1)}));
+}
+
+at::Tensor PatchClassifierImpl::tile_features(const at::Tensor& tiles) {
+  const int64_t input = config_.grid.input;
+  TORCH_CHECK(tiles.dim() == 4 && tiles.size(1) == config_.image_channels &&
+                  tiles.size(2) == input && tiles.size(3) == input,
+              "PatchClassifier expects tiles [N,", config_.image_channels, ",", input, ",", input,
+              "], got ", tiles.sizes());
+  const int64_t rows = tiles.size(0);
+  const bool chunk = tiles.device().is_cpu() && !(is_training() && config_.backbone.batch_norm);
+  return chunked(rows, chunk ? kChunkPatches : rows, [&](int64_t start, int64_t n) {
+    at::Tensor part = tiles.narrow(0, start, n);
+    return backbone_->features(part.scalar_type() == torch::kUInt8 ? normalize(part) : part);
+  });
+}
+
+PatchOutput PatchClassifierImpl::forward_bags(const at::Tensor& tiles,
+                                              const std::vector<int64_t>& counts) {
+  PaddedBags bags = pad_bags(tile_features(tiles), counts);
+  return head(bags.values, bags.mask);
+}
+
+PatchOutput PatchClassifierImpl::head(const at::Tensor& features, const at::Tensor& mask) {
+  const int64_t batch = features.size(0);
+  const int64_t count = features.size(1);
+  at::Tensor logits = backbone_->classify(features.flatten(0, 1));
   PatchOutput out;
   out.patch_logits = logits.view({batch, count, logits.size(1)});
-  out.features = features.view({batch, count, features.size(1)});
+  out.features = features;
+  out.mask = mask;
   if (fusion_rule_is_learned(config_.fusion)) {
-    out.attention = attention_->weights(out.features);
+    out.attention = attention_->weights(out.features, mask);
     at::Tensor pooled = AttentionPoolImpl::pool(out.features, out.attention);
     out.log_probs = torch::log_softmax(backbone_->classify(pooled), /*dim=*/1);
   } else {
-    out.log_probs = fuse(config_.fusion, out.patch_logits);
+    out.log_probs = fuse(config_.fusion, out.patch_logits, mask);
   }
   return out;
 }
@@ -99,7 +129,7 @@ void PatchClassifierImpl::set_fusion(FusionRule rule) {
 
 void check_dataset_fits(const ModelConfig& config, const Dataset& data) {
   check_input(data.size() > 0, "{}: no images", data.source);
-  check_input(data.channels() == config.image_channels && data.height() == config.image_h &&
+  check_input(config.tiled || data.channels() == config.image_channels && data.height() == config.image_h &&
                   data.width() == config.image_w,
               "{}: images are {}x{} with {} channel(s), the model expects {}x{} with {}",
               data.source, data.height(), data.width(), data.channels(), config.image_h,

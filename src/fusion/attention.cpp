@@ -1,6 +1,7 @@
 #include "patchwise/fusion/attention.h"
 
 #include <cmath>
+#include <limits>
 
 #include <torch/torch.h>
 
@@ -25,7 +26,7 @@ AttentionPoolImpl::AttentionPoolImpl(const AttentionPoolOptions& o) : options_(o
   }
 }
 
-at::Tensor AttentionPoolImpl::weights(const at::Tensor& features) {
+at::Tensor AttentionPoolImpl::weights(const at::Tensor& features, const at::Tensor& mask) {
   TORCH_CHECK(features.dim() == 3 && features.size(2) == options_.features,
               "AttentionPool expects features [B,P,", options_.features, "], got ",
               features.sizes());
@@ -40,6 +41,11 @@ at::Tensor AttentionPoolImpl::weights(const at::Tensor& features) {
     hidden = hidden * torch::sigmoid(torch::nn::functional::linear(h, u_, u_bias_));
   }
   at::Tensor scores = torch::matmul(hidden, w_);  // [B,P]
+  if (mask.defined()) {
+    TORCH_CHECK(mask.sizes() == scores.sizes() && mask.scalar_type() == torch::kBool,
+                "AttentionPool: mask must be bool ", scores.sizes(), ", got ", mask.sizes());
+    scores = scores.masked_fill(~mask, -std::numeric_limits<double>::infinity());
+  }
   return torch::softmax(scores, /*dim=*/1);
 }
 

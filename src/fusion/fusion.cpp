@@ -1,6 +1,9 @@
 #include "patchwise/fusion/fusion.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <stdexcept>
 
 #include <torch/torch.h>
 
@@ -50,11 +53,25 @@ bool fusion_rule_is_learned(FusionRule rule) {
 
 bool fusion_rule_is_differentiable(FusionRule rule) { return rule != FusionRule::kVote; }
 
-at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits) {
-  TORCH_CHECK(patch_logits.dim() == 3, "fuse expects patch logits [B,P,K], got ",
-              patch_logits.sizes());
-  const int64_t patches = patch_logits.size(1);
-  at::Tensor log_p = torch::log_softmax(patch_logits, /*dim=*/2);
+namespace {
+
+/// Bags padded to P: `mask` bool [B,P] -> [B,P,1], and the bag sizes as [B,1] of `like`'s type.
+struct BagMask {
+  at::Tensor valid;  ///< bool [B,P,1]
+  at::Tensor count;  ///< [B,1]
+};
+
+BagMask bag_mask(const at::Tensor& mask, const at::Tensor& like) {
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == like.size(0) && mask.size(1) == like.size(1) &&
+                  mask.scalar_type() == torch::kBool,
+              "fuse: mask must be bool [B,P] matching the logits ", like.sizes(), ", got ",
+              mask.sizes());
+  return {mask.unsqueeze(2), mask.sum(1, /*keepdim=*/true).to(like.scalar_type())};
+}
+
+/// Without a mask: every row is a bag of all P patches.
+at::Tensor fuse_full(FusionRule rule, const at::Tensor& log_p) {
+  const int64_t patches = log_p.size(1);
   switch (rule) {
     case FusionRule::kMean:
       return torch::logsumexp(log_p, /*dim=*/1) - std::log(static_cast<double>(patches));
@@ -62,20 +79,82 @@ at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits) {
       return torch::log_softmax(log_p.mean(/*dim=*/1), /*dim=*/1);
     case FusionRule::kMax:
       return torch::log_softmax(std::get<0>(log_p.max(/*dim=*/1)), /*dim=*/1);
-    case FusionRule::kAttention:
-    case FusionRule::kGatedAttention:
-      throw InputError(fmt::format("fusion '{}' is learned: it needs the model's features, use "
-                                   "PatchClassifier",
-                                   fusion_rule_name(rule)));
     case FusionRule::kVote: {
-      const int64_t classes = log_p.size(2);
       at::Tensor winners = log_p.argmax(/*dim=*/2);  // [B,P]
-      at::Tensor counts = torch::one_hot(winners, classes).to(log_p.scalar_type()).sum(1);
+      at::Tensor counts = torch::one_hot(winners, log_p.size(2)).to(log_p.scalar_type()).sum(1);
       at::Tensor mean_p = log_p.exp().mean(1);
       return ((counts + mean_p) / static_cast<double>(patches + 1)).log();
     }
+    default: break;
   }
-  return log_p.mean(1);
+  throw std::logic_error("fuse_full: a learned rule");
+}
+
+/// The same rules over padded bags: the padding is -inf for the sums of probabilities
+/// and the maxima, 0 for the sums of logs and the votes.
+at::Tensor fuse_bags(FusionRule rule, const at::Tensor& log_p, const at::Tensor& mask) {
+  const BagMask m = bag_mask(mask, log_p);
+  const double inf = std::numeric_limits<double>::infinity();
+  switch (rule) {
+    case FusionRule::kMean:
+      return torch::logsumexp(log_p.masked_fill(~m.valid, -inf), /*dim=*/1) - m.count.log();
+    case FusionRule::kGMean:
+      return torch::log_softmax(log_p.masked_fill(~m.valid, 0).sum(1) / m.count, /*dim=*/1);
+    case FusionRule::kMax:
+      return torch::log_softmax(std::get<0>(log_p.masked_fill(~m.valid, -inf).max(1)), 1);
+    case FusionRule::kVote: {
+      at::Tensor winners = torch::one_hot(log_p.argmax(/*dim=*/2), log_p.size(2));
+      at::Tensor counts = (winners.to(log_p.scalar_type()) * m.valid).sum(1);
+      at::Tensor mean_p = (log_p.exp() * m.valid).sum(1) / m.count;
+      return ((counts + mean_p) / (m.count + 1)).log();
+    }
+    default: break;
+  }
+  throw std::logic_error("fuse_bags: a learned rule");
+}
+
+}  // namespace
+
+at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits, const at::Tensor& mask) {
+  TORCH_CHECK(patch_logits.dim() == 3, "fuse expects patch logits [B,P,K], got ",
+              patch_logits.sizes());
+  if (fusion_rule_is_learned(rule)) {
+    throw InputError(fmt::format("fusion '{}' is learned: it needs the model's features, use "
+                                 "PatchClassifier",
+                                 fusion_rule_name(rule)));
+  }
+  at::Tensor log_p = torch::log_softmax(patch_logits, /*dim=*/2);
+  return mask.defined() ? fuse_bags(rule, log_p, mask) : fuse_full(rule, log_p);
+}
+
+PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts) {
+  TORCH_CHECK(!counts.empty(), "pad_bags: no bags");
+  const auto bags = static_cast<int64_t>(counts.size());
+  int64_t total = 0;
+  int64_t longest = 0;
+  for (int64_t n : counts) {
+    TORCH_CHECK(n >= 1, "pad_bags: a bag of ", n, " rows, expected at least 1");
+    total += n;
+    longest = std::max(longest, n);
+  }
+  TORCH_CHECK(flat.dim() >= 1 && flat.size(0) == total, "pad_bags: ", flat.sizes(),
+              " rows for bags of ", total, " in all");
+  std::vector<int64_t> shape = flat.sizes().vec();
+  shape[0] = longest;
+  shape.insert(shape.begin(), bags);
+  if (longest * bags == total) return {flat.view(shape), {}};
+  std::vector<int64_t> rows;  // where each row of `flat` goes in the [B*P] padded rows
+  rows.reserve(static_cast<size_t>(total));
+  for (int64_t b = 0; b < bags; ++b) {
+    for (int64_t i = 0; i < counts[static_cast<size_t>(b)]; ++i) rows.push_back(b * longest + i);
+  }
+  at::Tensor index = torch::tensor(rows, torch::kInt64).to(flat.device());
+  std::vector<int64_t> padded_shape = flat.sizes().vec();
+  padded_shape[0] = bags * longest;
+  at::Tensor padded = torch::zeros(padded_shape, flat.options()).index_copy(0, index, flat);
+  at::Tensor mask = torch::zeros({bags * longest}, flat.options().dtype(torch::kBool))
+                        .index_fill(0, index, true);
+  return {padded.view(shape), mask.view({bags, longest})};
 }
 
 }  // namespace patchwise

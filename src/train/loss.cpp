@@ -36,8 +36,14 @@ void check_trainable(LossKind kind, FusionRule rule) {
 at::Tensor compute_loss(LossKind kind, const PatchOutput& out, const at::Tensor& labels) {
   auto patch_loss = [&] {
     const int64_t patches = out.patch_logits.size(1);
-    return torch::cross_entropy_loss(out.patch_logits.flatten(0, 1),
-                                     labels.repeat_interleave(patches));
+    at::Tensor logits = out.patch_logits.flatten(0, 1);
+    at::Tensor targets = labels.repeat_interleave(patches);
+    if (out.mask.defined()) {  // bags: only the real tiles
+      at::Tensor real = out.mask.flatten();
+      logits = logits.index({real});
+      targets = targets.index({real});
+    }
+    return torch::cross_entropy_loss(logits, targets);
   };
   auto fused_loss = [&] { return torch::nll_loss(out.log_probs, labels); };
   switch (kind) {

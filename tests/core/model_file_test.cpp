@@ -109,6 +109,29 @@ TEST_F(ModelFileTest, EveryFusionRuleSavesLoadsAndPredictsTheSame) {
   }
 }
 
+TEST_F(ModelFileTest, ATiledModelKeepsItsTilesAndAFileWithBadTilesIsRefused) {
+  ModelConfig config = small_config();
+  config.tiled = true;
+  config.grid.rows = config.grid.cols = 1;
+  config.grid.patch_h = config.grid.patch_w = config.grid.input = config.image_h =
+      config.image_w = 32;
+  config.tiles.tile = 50;
+  config.tiles.min_foreground = 0.05;
+  PatchClassifier model(config);
+  save_model(path("m.pw"), model, nullptr);
+  const ModelConfig loaded = load_model(path("m.pw"))->config();
+  EXPECT_TRUE(loaded.tiled);
+  EXPECT_EQ(loaded.tiles.tile, 50);
+  EXPECT_DOUBLE_EQ(loaded.tiles.min_foreground, 0.05);
+  EXPECT_FALSE(model_config_from_json(model_config_to_json(small_config()), "x").tiled);
+
+  nlohmann::json bad = model_config_to_json(config);
+  bad["tiles"]["min_foreground"] = 2.5;
+  const std::string message = test::input_error([&] { model_config_from_json(bad, "m.pw"); });
+  EXPECT_THAT(message, ::testing::HasSubstr("m.pw: tiles"));
+  EXPECT_THAT(message, ::testing::HasSubstr("2.5"));
+}
+
 TEST_F(ModelFileTest, ALearnedRuleCannotBeSwappedIntoAnotherModel) {
   PatchClassifier model(small_config());
   EXPECT_THROW(model->set_fusion(FusionRule::kAttention), InputError);

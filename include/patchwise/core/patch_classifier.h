@@ -9,6 +9,12 @@
 //     -> fuse                      log-probabilities [B,K]
 //        fixed rules fuse the patch logits; learned rules (attention, gated-attention)
 //        pool the features with attention weights [B,P] and apply the backbone's head.
+//
+// Tiled models (config.tiled) take large images as bags of tiles: the caller cuts each
+// image's kept tiles (patch/tiles.h) and resizes them to the backbone's input, and
+// forward_bags runs the backbone over all the tiles of a batch of bags at once and
+// fuses each bag over its own tiles (fusion.h, bags). `forward` on a tiled model treats
+// each image as a bag of one tile.
 
 #include <cstdint>
 #include <string>
@@ -23,6 +29,7 @@
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/models/backbone.h"
 #include "patchwise/patch/grid.h"
+#include "patchwise/patch/tiles.h"
 
 namespace patchwise {
 
@@ -38,6 +45,9 @@ struct ModelConfig {
   bool position_embedding = false;       ///< learned per-position embedding in attention
   std::vector<std::string> class_names;  ///< K names
   Normalization normalization;           ///< per image channel
+  bool tiled = false;  ///< images are bags of tiles (see above); the grid is then one
+                       ///< patch of the backbone's input, and image_h = image_w = input
+  TileOptions tiles;   ///< how a tiled model's images are cut
 };
 
 struct PatchOutput {
@@ -45,6 +55,8 @@ struct PatchOutput {
   at::Tensor features;      ///< [B,P,F], the backbone's penultimate features
   at::Tensor log_probs;     ///< [B,K], fused
   at::Tensor attention;     ///< [B,P], the learned rules' patch weights (undefined otherwise)
+  at::Tensor mask;          ///< bool [B,P] for bags of different sizes padded to P: the
+                            ///< real tiles; undefined when every row is a full bag
 };
 
 class PatchClassifierImpl : public torch::nn::Module {
@@ -54,6 +66,14 @@ class PatchClassifierImpl : public torch::nn::Module {
 
   /// Whole images in, per-patch logits and fused log-probabilities out.
   PatchOutput forward(const at::Tensor& images);
+  /// Bags of tiles in: `tiles` uint8 or float [N,C,I,I] at the backbone's input size,
+  /// bag b's counts[b] >= 1 tiles after bag b-1's. Out: [B,P,...] padded to the largest
+  /// bag, with PatchOutput::mask when the bags differ.
+  PatchOutput forward_bags(const at::Tensor& tiles, const std::vector<int64_t>& counts);
+  /// The backbone's features of tiles [N,C,I,I] (uint8 normalized first): [N,F].
+  at::Tensor tile_features(const at::Tensor& tiles);
+  /// Per-patch logits, attention and fused output of features [B,P,F] (mask as in PatchOutput).
+  PatchOutput head(const at::Tensor& features, const at::Tensor& mask = {});
   /// Evaluates with another rule from now on: any fixed rule, or the model's own.
   /// Throws InputError for a learned rule the model was not trained with.
   void set_fusion(FusionRule rule);
@@ -81,7 +101,7 @@ class PatchClassifierImpl : public torch::nn::Module {
 TORCH_MODULE(PatchClassifier);
 
 /// Throws InputError naming data.source when the images' size or channels differ from
-/// the model's or a label is outside [0, K).
+/// the model's or a label is outside [0, K). A tiled model takes images of any size.
 void check_dataset_fits(const ModelConfig& config, const Dataset& data);
 
 }  // namespace patchwise

@@ -29,8 +29,10 @@ class AttentionPoolImpl : public torch::nn::Module {
  public:
   explicit AttentionPoolImpl(const AttentionPoolOptions& options);
 
-  /// features [B,P,F] -> weights a [B,P] (softmax over P).
-  at::Tensor weights(const at::Tensor& features);
+  /// features [B,P,F] -> weights a [B,P] (softmax over P). With `mask` bool [B,P] (bags
+  /// padded to P, fusion.h), the softmax runs over each bag's real tiles and the padding
+  /// weighs exactly 0.
+  at::Tensor weights(const at::Tensor& features, const at::Tensor& mask = {});
   /// features [B,P,F], weights [B,P] -> pooled features z [B,F].
   static at::Tensor pool(const at::Tensor& features, const at::Tensor& weights);
 

@@ -8,9 +8,15 @@
 //           m = the mean probability; the majority wins, a tie goes to the larger mean
 //           probability, and the result is a proper distribution. Not trainable.
 // All are computed in log space, so probabilities of 1e-30 give no NaN.
+//
+// Bags: with a mask [B,P] (true = a real patch), row b holds a bag of n_b = sum_i
+// mask[b,i] >= 1 tiles padded to P; every rule then runs over the bag's own tiles
+// (P above becomes n_b) and the padding's values never change a result or receive a
+// gradient. Without a mask every row is a full bag of P (the fixed grid).
 // The learned rules (attention, gated-attention) live in fusion/attention.h: they
 // weigh the patches' backbone features rather than their logits.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -34,6 +40,18 @@ bool fusion_rule_is_learned(FusionRule rule);
 bool fusion_rule_is_differentiable(FusionRule rule);
 
 /// patch logits [B,P,K] -> log-probabilities [B,K], for a fixed rule (InputError otherwise).
-at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits);
+/// `mask` bool [B,P]: the real tiles of padded bags (see above); undefined: all real.
+at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits, const at::Tensor& mask = {});
+
+/// Bags laid out for the rules above: rows padded to the largest bag, and their mask.
+struct PaddedBags {
+  at::Tensor values;  ///< [B,P,...], zeros past each bag's end
+  at::Tensor mask;    ///< bool [B,P]; undefined when every bag has P rows (no padding)
+};
+
+/// `flat` [N,...] holds B bags one after the other, counts[b] >= 1 rows each (sum N) ->
+/// PaddedBags. Equal bags give a view of `flat` and no mask: the fixed grid's layout.
+/// Differentiable with respect to `flat`.
+PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts);
 
 }  // namespace patchwise
