@@ -348,6 +348,12 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"more digits asked than present",
        [](const fs::path& d) { write_digits(d / "bad"); },
        "import mnist-json --from {dir}/bad --out {dir}/outdir --train 25 --test 10", "--train"},
+      {"canvas digits that are not a majority",
+       [](const fs::path& d) { write_digits(d / "bad"); },
+       "import megapixel-mnist --from {dir}/bad --out {dir}/mp --same 2", "--same"},
+      {"a canvas too small for a digit",
+       [](const fs::path& d) { write_digits(d / "bad"); },
+       "import megapixel-mnist --from {dir}/bad --out {dir}/mp --size 30", "--size"},
       // CSV manifests
       {"a manifest naming a missing image",
        [](const fs::path& d) {

@@ -1,0 +1,48 @@
+#pragma once
+// Megapixel MNIST (Katharopoulos & Fleuret, ICML 2019): large canvases on which a few
+// handwritten digits decide the label, and scribbles of noise look like strokes.
+//
+// A canvas of side S (1500) is black. With noise, `scribbles` (50) patterns of 28x28,
+// each two straight white lines between random points (anti-aliased, 2 pixels wide),
+// go at random places. Then `digits` (5) MNIST digits of 28x28 go at random places
+// where no two digits overlap: `same` (3) of them of the canvas's class, chosen
+// uniformly, and the others each of a class drawn uniformly from the other classes.
+// A digit's pixels are combined with what lies under it by their maximum. The label
+// is the majority class. Every draw comes from one generator seeded by (seed, index),
+// so canvas i is the same whatever the count and the threads that made the others.
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "patchwise/data/dataset.h"
+#include "patchwise/data/region.h"
+
+namespace patchwise {
+
+struct MegapixelOptions {
+  int64_t size = 1500;      ///< canvas side
+  int64_t digits = 5;       ///< digits per canvas
+  int64_t same = 3;         ///< of them, of the label's class (a strict majority)
+  int64_t scribbles = 50;   ///< noise patterns; 0: none
+  uint64_t seed = 0;
+};
+
+struct MegapixelCanvas {
+  at::Tensor image;                    ///< uint8 [1,S,S]
+  int64_t label = 0;                   ///< the majority class
+  std::vector<Box> digit_boxes;        ///< where each digit lies, 28x28
+  std::vector<int64_t> digit_classes;  ///< each digit's class
+};
+
+/// Throws InputError (option names) when the numbers cannot make a canvas: a side
+/// below 56, `same` not a strict majority of `digits`, digits that cannot fit apart.
+void check_megapixel_options(const MegapixelOptions& options);
+
+/// Canvas `index` drawn from `digits` (uint8 [N,1,28,28], labels 0..9, every class
+/// present). Throws InputError when a class has no digit.
+MegapixelCanvas make_megapixel_canvas(const Dataset& digits, const MegapixelOptions& options,
+                                      int64_t index);
+
+}  // namespace patchwise
