@@ -81,6 +81,13 @@ void add_tile_flags(CLI::App* app, TileFlags& f) {
                   "keep tiles with at least this foreground fraction (Otsu mask); 0: all")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  app->add_option("--mask-side", f.tiles.mask_side,
+                  "longer side of the foreground mask's thumbnail; 0: about 8 mask pixels "
+                  "per tile")
+      ->check(CLI::Range(int64_t{0}, int64_t{16384}));
+  app->add_flag("--mask-cleanup,!--no-mask-cleanup", f.tiles.cleanup,
+                "close and open the mask (fills pinholes, drops specks; default), or not "
+                "(thin strokes)");
   app->add_option("--reader", f.reader.reader, "openslide or vips; default: the first that opens it");
   app->add_option("--max-pixels", f.reader.max_pixels,
                   "largest image decoded whole (PNG, JPEG, ...); 0: no limit")

@@ -93,7 +93,9 @@ json model_config_to_json(const ModelConfig& c) {
                   {"stride", c.tiles.stride},
                   {"level", c.tiles.level},
                   {"mpp", c.tiles.mpp},
-                  {"min_foreground", c.tiles.min_foreground}};
+                  {"min_foreground", c.tiles.min_foreground},
+                  {"mask_side", c.tiles.mask_side},
+                  {"cleanup", c.tiles.cleanup}};
   }
   return j;
 }
@@ -160,11 +162,9 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
     c.tiles.level = field<int>(tiles, "level", source);
     c.tiles.mpp = field<double>(tiles, "mpp", source);
     c.tiles.min_foreground = field<double>(tiles, "min_foreground", source);
-    check_input(c.tiles.tile > 0 && c.tiles.stride >= 0 && c.tiles.min_foreground >= 0 &&
-                    c.tiles.min_foreground <= 1 && c.tiles.mpp >= 0,
-                "{}: tiles {}, expected a positive tile, a stride >= 0, mpp >= 0 and a "
-                "foreground fraction in [0, 1]",
-                source, tiles.dump());
+    c.tiles.mask_side = field<int64_t>(tiles, "mask_side", source);
+    c.tiles.cleanup = field<bool>(tiles, "cleanup", source);
+    held_in(source, [&] { check_tile_options(c.tiles); });
   }
   return c;
 }

@@ -109,7 +109,17 @@ int64_t mask_side(const RegionReader& reader, int64_t tile, double downsample) {
   return std::clamp<int64_t>(std::llround(8 * tiles_across), 256, 4096);
 }
 
-ForegroundMask foreground_mask(const RegionReader& reader, int64_t max_side) {
+void check_tile_options(const TileOptions& o) {
+  check_option(o.tile >= 1, "tile", "{}, expected a positive number of pixels", o.tile);
+  check_option(o.stride >= 0, "tile_stride", "{}, expected >= 0", o.stride);
+  check_option(o.mpp >= 0, "mpp", "{}, expected >= 0", o.mpp);
+  check_option(o.min_foreground >= 0 && o.min_foreground <= 1, "min_foreground",
+               "{}, expected a fraction in [0, 1]", o.min_foreground);
+  check_option(o.mask_side == 0 || (o.mask_side >= 16 && o.mask_side <= 16384), "mask_side",
+               "{}, expected 0 (automatic) or 16..16384", o.mask_side);
+}
+
+ForegroundMask foreground_mask(const RegionReader& reader, int64_t max_side, bool cleanup) {
   ForegroundMask out;
   out.thumbnail = reader.thumbnail(max_side);
   cv::Mat values = mask_channel(out.thumbnail, out.channel);
@@ -118,9 +128,11 @@ ForegroundMask foreground_mask(const RegionReader& reader, int64_t max_side) {
       static_cast<int>(cv::threshold(values, binary, 0, 1, cv::THRESH_BINARY | cv::THRESH_OTSU));
   out.foreground_high = out.channel == "saturation" || !border_mostly_set(binary);
   if (!out.foreground_high) binary = 1 - binary;
-  const cv::Mat kernel = cv::getStructuringElement(cv::MORPH_ELLIPSE, cv::Size(3, 3));
-  cv::morphologyEx(binary, binary, cv::MORPH_CLOSE, kernel);
-  cv::morphologyEx(binary, binary, cv::MORPH_OPEN, kernel);
+  if (cleanup) {
+    const cv::Mat kernel = cv::getStructuringElement(cv::MORPH_ELLIPSE, cv::Size(3, 3));
+    cv::morphologyEx(binary, binary, cv::MORPH_CLOSE, kernel);
+    cv::morphologyEx(binary, binary, cv::MORPH_OPEN, kernel);
+  }
   out.mask = torch::from_blob(binary.data, {binary.rows, binary.cols}, torch::kUInt8).clone();
   return out;
 }
@@ -134,10 +146,7 @@ Box level0_box(const Box& b, double ds) {
 }
 
 TilePlan plan_tiles(const RegionReader& reader, const TileOptions& options) {
-  check_input(
-      options.min_foreground >= 0 && options.min_foreground <= 1,
-      "min foreground {}, expected a fraction in [0, 1]",
-      options.min_foreground);
+  check_tile_options(options);
   TilePlan plan;
   plan.level = choose_level(reader, options);
   const PyramidLevel& level = reader.levels()[static_cast<size_t>(plan.level)];
@@ -156,7 +165,9 @@ TilePlan plan_tiles(const RegionReader& reader, const TileOptions& options) {
   plan.boxes = tile_lattice(level.width, level.height, plan.tile, plan.stride);
   plan.foreground.assign(plan.boxes.size(), 1.0f);
   if (options.min_foreground > 0) {
-    plan.mask = foreground_mask(reader, mask_side(reader, plan.tile, plan.downsample));
+    const int64_t side = options.mask_side > 0 ? options.mask_side
+                                               : mask_side(reader, plan.tile, plan.downsample);
+    plan.mask = foreground_mask(reader, side, options.cleanup);
     // Integral image of the mask: each tile's fraction in O(1).
     cv::Mat mask(
         static_cast<int>(plan.mask.mask.size(0)),

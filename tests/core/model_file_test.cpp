@@ -128,7 +128,7 @@ TEST_F(ModelFileTest, ATiledModelKeepsItsTilesAndAFileWithBadTilesIsRefused) {
   nlohmann::json bad = model_config_to_json(config);
   bad["tiles"]["min_foreground"] = 2.5;
   const std::string message = test::input_error([&] { model_config_from_json(bad, "m.pw"); });
-  EXPECT_THAT(message, ::testing::HasSubstr("m.pw: tiles"));
+  EXPECT_THAT(message, ::testing::HasSubstr("m.pw: min_foreground"));
   EXPECT_THAT(message, ::testing::HasSubstr("2.5"));
 }
 

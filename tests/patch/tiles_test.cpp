@@ -133,6 +133,32 @@ TEST_F(TilesTest, AGreyCanvasWithABlackBackgroundHasBrightForeground) {
   EXPECT_EQ(inverse.kept, plan.kept);
 }
 
+TEST_F(TilesTest, ThinStrokesSurviveAFullSizeMaskWithoutCleanUp) {
+  // A block (so that Otsu sees two classes) and a line 2 pixels wide in another tile.
+  at::Tensor canvas = torch::zeros({1, 400, 400}, torch::kUInt8);
+  canvas.narrow(1, 0, 100).narrow(2, 0, 100).fill_(255);
+  canvas.narrow(1, 250, 2).narrow(2, 210, 80).fill_(255);
+  auto reader = memory_region_reader(canvas, "strokes");
+  TileOptions options;
+  options.tile = 100;
+  options.min_foreground = 0.01;
+  options.mask_side = 400;
+  const Box line_tile{200, 200, 100, 100};
+  auto kept = [&](const TilePlan& plan) {
+    for (int64_t i : plan.kept) {
+      if (plan.boxes[static_cast<size_t>(i)] == line_tile) return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(kept(plan_tiles(*reader, options)));  // the opening erases the line
+  options.cleanup = false;
+  const TilePlan plan = plan_tiles(*reader, options);
+  EXPECT_TRUE(kept(plan));
+  EXPECT_EQ(plan.mask.mask.size(0), 400);
+  options.mask_side = 8;
+  EXPECT_THROW(plan_tiles(*reader, options), OptionError);
+}
+
 TEST_F(TilesTest, NoForegroundKeepsEveryTileAndSaysSo) {
   auto blank = memory_region_reader(torch::full({3, 300, 300}, 255, torch::kUInt8), "blank");
   TileOptions options;

@@ -12,7 +12,7 @@
 // file must state its resolution), or level 0.
 //
 // Foreground mask (computed on a thumbnail whose side gives about 8 mask pixels per
-// tile, between 256 and 4096):
+// tile, between 256 and 4096, or of the side mask_side asks for):
 //   colour images: Otsu's threshold on the HSV saturation; saturated is foreground
 //                  (stained tissue against a white or grey background)
 //   grey images, and colour images whose saturation spans fewer than 16 levels:
@@ -20,7 +20,8 @@
 //                  thumbnail's border pixels is the background (so white slides and
 //                  black canvases both work)
 //   clean-up    :  a closing then an opening with a 3x3 ellipse (fills pinholes,
-//                  drops specks)
+//                  drops specks); off with cleanup = false, for sparse thin strokes
+//                  (handwriting, line drawings) that an opening would erase
 // A tile's foreground fraction is the mean of the mask over the tile's box; tiles
 // with a fraction >= min_foreground are kept. When no tile reaches it, every tile is
 // kept and TilePlan::fallback says so (a bag is never silently empty).
@@ -42,7 +43,14 @@ struct TileOptions {
   double mpp = 0;                ///< > 0: the level nearest to this many microns per pixel
   double min_foreground = 0.25;  ///< keep tiles with at least this foreground fraction;
                                  ///< 0: keep every tile (no mask is computed)
+  int64_t mask_side = 0;         ///< longer side of the mask's thumbnail; 0: automatic
+  bool cleanup = true;           ///< the mask's closing and opening
 };
+
+/// Throws OptionError when `options` cannot describe tiles (a tile below 1, a negative
+/// stride, level or mpp, a foreground fraction outside [0, 1], a mask side outside
+/// 0 or 16..16384).
+void check_tile_options(const TileOptions& options);
 
 /// The offsets 0, stride, ... of tiles of `tile` along a side of `size` (VALID rule).
 std::vector<int64_t> tile_offsets(int64_t size, int64_t tile, int64_t stride);
@@ -63,7 +71,7 @@ struct ForegroundMask {
 };
 
 /// The foreground mask of `reader`'s image on a thumbnail of `max_side`.
-ForegroundMask foreground_mask(const RegionReader& reader, int64_t max_side);
+ForegroundMask foreground_mask(const RegionReader& reader, int64_t max_side, bool cleanup = true);
 
 /// The thumbnail side the background filter uses for tiles of `tile` pixels at a level
 /// of `downsample`: about 8 mask pixels per tile, between 256 and 4096.
