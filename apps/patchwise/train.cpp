@@ -20,6 +20,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
+#include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/train/trainer.h"
@@ -58,6 +59,9 @@ struct TrainFlags {
   std::string resume;
   double dist_timeout = 300;
   RuntimeFlags runtime;
+  bool tiled = false;  ///< --tile given: images are bags of tiles
+  TileFlags tiles;
+  int64_t select = 0;
 };
 
 /// Swallows what ranks other than 0 would log.
@@ -90,7 +94,15 @@ nlohmann::json flags_to_json(const TrainFlags& f) {
           {"strict", f.data_flags.strict},
           {"val_split", f.val_split}, {"keep", f.keep},
           {"shift", f.shift},         {"flip", f.flip},
-          {"threads", f.runtime.threads}};
+          {"threads", f.runtime.threads},
+          {"tiled", f.tiled},         {"tile", f.tiles.tiles.tile},
+          {"tile_stride", f.tiles.tiles.stride},
+          {"level", f.tiles.tiles.level},
+          {"mpp", f.tiles.tiles.mpp},
+          {"min_foreground", f.tiles.tiles.min_foreground},
+          {"mask_side", f.tiles.tiles.mask_side},
+          {"mask_cleanup", f.tiles.tiles.cleanup},
+          {"select", f.select}};
 }
 
 /// `app`'s command line keeps --epochs and --threads when it gives them.
@@ -124,6 +136,48 @@ void flags_from_json(const nlohmann::json& j, TrainFlags& f, const CLI::App* app
   f.keep = j.at("keep");
   f.shift = j.at("shift");
   f.flip = j.at("flip");
+  f.tiled = j.value("tiled", false);  // checkpoints before tiled training existed
+  if (f.tiled) {
+    f.tiles.tiles.tile = j.at("tile");
+    f.tiles.tiles.stride = j.at("tile_stride");
+    f.tiles.tiles.level = j.at("level");
+    f.tiles.tiles.mpp = j.at("mpp");
+    f.tiles.tiles.min_foreground = j.at("min_foreground");
+    f.tiles.tiles.mask_side = j.at("mask_side");
+    f.tiles.tiles.cleanup = j.at("mask_cleanup");
+    f.select = j.at("select");
+  }
+}
+
+/// A tiled run: the model takes bags of tiles at its input size; its normalization comes
+/// from the tiles of the first training images; the trainer reads bags, keeping them in
+/// memory up to --in-memory-limit for each set.
+BagOptions bag_options(const TrainFlags& f, int64_t channels) {
+  BagOptions bags;
+  bags.tiles = f.tiles.tiles;
+  bags.reader = f.tiles.reader;
+  bags.input = f.grid.input;
+  bags.channels = channels;
+  return bags;
+}
+
+void setup_tiled(const TrainFlags& f, const Dataset& train, const Dataset* eval_set,
+                 ModelConfig& config, TrainerOptions& options) {
+  check_tile_options(f.tiles.tiles);
+  const BagOptions bags = bag_options(
+      f, open_region_reader(train.files.paths.front(), f.tiles.reader)->channels());
+  config.tiled = true;
+  config.tiles = f.tiles.tiles;
+  config.grid = PatchGridOptions{};
+  config.grid.rows = config.grid.cols = 1;
+  config.grid.patch_h = config.grid.patch_w = config.grid.input = f.grid.input;
+  config.image_h = config.image_w = f.grid.input;
+  config.image_channels = bags.channels;
+  config.normalization = tile_normalization(train, bags, 64);
+  const auto cache = static_cast<int64_t>(f.data_flags.in_memory_limit * 1048576.0);
+  options.bags = bag_reader(train, bags, cache);
+  if (eval_set != nullptr) options.eval_bags = bag_reader(*eval_set, bags, cache);
+  options.select = f.select;
 }
 
 std::string epoch_line(const EpochMetrics& m, bool validation) {
@@ -202,7 +256,10 @@ void run_train(TrainFlags f, const CLI::App* app) {
   threads = set_threads(threads);
   f.runtime.threads = threads;  // stored in checkpoints: --resume runs with as many
 
-  Dataset train = load_data_reporting(f.data, "train", data_options(f.data_flags, f.limit_train));
+  DataOptions train_options = data_options(f.data_flags, f.limit_train);
+  DataOptions test_options = data_options(f.data_flags, f.limit_test);
+  train_options.folder.list_only = test_options.folder.list_only = f.tiled;
+  Dataset train = load_data_reporting(f.data, "train", train_options);
   Dataset validation;
   if (f.val_split > 0) {
     std::tie(train, validation) = stratified_split(train, f.val_split, f.seed);
@@ -211,7 +268,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   const bool has_test = has_test_split(f.data);
   Dataset test;
   if (has_test) {
-    test = load_data_reporting(f.data, "test", data_options(f.data_flags, f.limit_test));
+    test = load_data_reporting(f.data, "test", test_options);
     check_input(align_class_names(test, train.class_names) || test.class_names == train.class_names,
                 "{}: test classes differ from the training classes", f.data);
   }
@@ -221,7 +278,11 @@ void run_train(TrainFlags f, const CLI::App* app) {
   config.image_w = train.width();
   config.class_names = train.class_names;
   config.class_names.resize(std::max<size_t>(config.class_names.size(), 2));
-  config.normalization = compute_normalization(train);
+  if (f.tiled) {
+    setup_tiled(f, train, eval_set, config, options);
+  } else {
+    config.normalization = compute_normalization(train);
+  }
   config.backbone.name = f.model;
   config.backbone.num_classes = static_cast<int64_t>(config.class_names.size());
   config.backbone.batch_norm = f.batch_norm;
@@ -242,9 +303,19 @@ void run_train(TrainFlags f, const CLI::App* app) {
     fmt::print(log, "train: augmentation: shift up to {} pixels, flips {}\n", f.shift,
                f.flip ? "on" : "off");
   }
-  fmt::print(log, "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n", f.model,
-             model->grid().describe(), model->num_patches(), model->num_patches() == 1 ? "" : "es",
-             f.fusion, f.loss);
+  if (f.tiled) {
+    fmt::print(log, "train: {} on bags of tiles of {} (stride {}, level {}, foreground >= {}) "
+               "resized to {}x{}{}; fusion {}, loss {}\n",
+               f.model, f.tiles.tiles.tile, f.tiles.tiles.stride > 0 ? f.tiles.tiles.stride : f.tiles.tiles.tile,
+               f.tiles.tiles.level < 0 ? std::string("auto") : std::to_string(f.tiles.tiles.level),
+               f.tiles.tiles.min_foreground, f.grid.input, f.grid.input,
+               f.select > 0 ? fmt::format(", training on the {} best of each bag", f.select) : "",
+               f.fusion, f.loss);
+  } else {
+    fmt::print(log, "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n", f.model,
+               model->grid().describe(), model->num_patches(),
+               model->num_patches() == 1 ? "" : "es", f.fusion, f.loss);
+  }
   fmt::print(log, "train: device {}, {} threads, batch {}, {} lr {}{}, {} epochs, seed {}\n",
              device.str(), threads, f.batch, f.optimizer, f.lr,
              f.momentum > 0 ? fmt::format(" momentum {}", f.momentum) : "", f.epochs, f.seed);
@@ -309,7 +380,9 @@ void run_train(TrainFlags f, const CLI::App* app) {
   const std::vector<EpochMetrics>& history = result.history;
   double final_test_accuracy = history.back().test_accuracy;
   if (f.val_split > 0 && has_test) {
-    Evaluation e = evaluate(model, test, options.eval_batch);
+    const BagFn test_bags =
+        f.tiled ? bag_reader(test, bag_options(f, config.image_channels), 0) : BagFn{};
+    Evaluation e = evaluate(model, test, options.eval_batch, false, test_bags);
     final_test_accuracy = e.accuracy;
     fmt::print(log, "train: kept epoch {}; test accuracy {:.4f} ± {:.4f} on {} images\n",
                result.kept_epoch, e.accuracy, e.accuracy_stderr, e.n);
@@ -400,8 +473,18 @@ void setup_train(CLI::App& app) {
   cmd->add_option("--dist-timeout", flags->dist_timeout,
                   "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
                   "at the rendezvous and in every collective before giving up");
+  add_tile_flags(cmd, flags->tiles);
+  cmd->add_option("--select", flags->select,
+                  "with --tile: train on the N best tiles of each bag, scored without "
+                  "gradients; 0: every tile")
+      ->check(CLI::NonNegativeNumber);
   add_runtime_flags(cmd, flags->runtime);
-  cmd->callback([flags, cmd] { run_train(*flags, cmd); });
+  cmd->callback([flags, cmd] {
+    flags->tiled = cmd->count("--tile") > 0;
+    // Bags have one label for many tiles: the fused loss is the natural default there.
+    if (flags->tiled && cmd->count("--loss") == 0) flags->loss = "fused";
+    run_train(*flags, cmd);
+  });
 }
 
 }  // namespace patchwise::cli

@@ -112,6 +112,16 @@ Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
   check_option((options.height > 0) == (options.width > 0), "image_size", "{}x{}, expected HxW",
               options.height, options.width);
   const auto n = static_cast<int64_t>(list.files.size());
+  if (options.list_only) {
+    Dataset d;
+    d.source = list.source;
+    d.class_names = list.class_names;
+    d.files.paths = list.files;
+    d.files.channels = options.channels;
+    d.labels = torch::tensor(list.labels, torch::kInt64);
+    check_input(n > 0, "{}: no images", list.source);
+    return d;
+  }
   const bool over_limit = options.memory_limit > 0 && options.height > 0 &&
                           n * 3 * options.height * options.width > options.memory_limit;
   if (over_limit) return lazy_images(list, options, skipped);

@@ -10,9 +10,9 @@
 namespace patchwise {
 
 Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed,
-               int64_t shard, int64_t shards)
+               int64_t shard, int64_t shards, BagFn bags)
     : data_(data), batch_size_(batch_size), shuffle_(shuffle), seed_(seed), shard_(shard),
-      shards_(shards) {
+      shards_(shards), bags_(std::move(bags)) {
   TORCH_CHECK(batch_size >= 1, "Loader: batch size ", batch_size, ", expected >= 1");
   TORCH_CHECK(shards >= 1 && shard >= 0 && shard < shards, "Loader: shard ", shard, " of ",
               shards, ", expected 0 <= shard < shards");
@@ -51,6 +51,11 @@ Batch Loader::gather(int64_t batch_index) const {
   const int64_t begin = batch_index * batch_size_ + shard_;
   const int64_t rows = batch_rows(batch_index);
   const int64_t count = rows > shard_ ? (rows - shard_ + shards_ - 1) / shards_ : 0;
+  if (bags_) {
+    std::vector<int64_t> items;
+    for (int64_t i = 0; i < count; ++i) items.push_back(order_[static_cast<size_t>(begin + i * shards_)]);
+    return gather_bags(items);
+  }
   const int64_t image_bytes = data_.channels() * data_.height() * data_.width();
   Batch batch{torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
               torch::empty({count}, torch::kInt64)};
@@ -61,6 +66,36 @@ Batch Loader::gather(int64_t batch_index) const {
     const int64_t item = order_[static_cast<size_t>(begin + i * shards_)];
     data_.copy_image(item, dst + i * image_bytes);
     dst_labels[i] = labels[item];
+  }
+  return batch;
+}
+
+Batch Loader::gather_bags(const std::vector<int64_t>& items) const {
+  std::vector<at::Tensor> bags;
+  Batch batch;
+  batch.labels = torch::empty({static_cast<int64_t>(items.size())}, torch::kInt64);
+  int64_t total = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    bags.push_back(bags_(items[i]));
+    TORCH_CHECK(bags.back().dim() == 4 && bags.back().size(0) >= 1 &&
+                    bags.back().sizes().slice(1) == bags.front().sizes().slice(1),
+                "Loader: bag ", items[i], " is ", bags.back().sizes(), ", expected [n>=1,C,I,I]");
+    batch.counts.push_back(bags.back().size(0));
+    batch.labels.data_ptr<int64_t>()[i] = data_.labels.data_ptr<int64_t>()[items[i]];
+    total += bags.back().size(0);
+  }
+  if (bags.empty()) {
+    batch.images = torch::empty({0}, torch::kUInt8);
+    return batch;
+  }
+  std::vector<int64_t> shape = bags.front().sizes().vec();
+  shape[0] = total;
+  batch.images = torch::empty(shape, torch::kUInt8);  // copies, no operator (see gather)
+  uint8_t* dst = batch.images.data_ptr<uint8_t>();
+  for (const at::Tensor& bag : bags) {
+    const at::Tensor b = bag.contiguous();
+    std::memcpy(dst, b.data_ptr<uint8_t>(), static_cast<size_t>(b.numel()));
+    dst += b.numel();
   }
   return batch;
 }

@@ -15,7 +15,8 @@ double binomial_stderr(double accuracy, int64_t n) {
   return n > 0 ? std::sqrt(accuracy * (1.0 - accuracy) / static_cast<double>(n)) : 0.0;
 }
 
-Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, bool all_rules) {
+Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, bool all_rules,
+                    const BagFn& bags) {
   check_dataset_fits(model->config(), data);
   const auto start = std::chrono::steady_clock::now();
   const bool was_training = model->is_training();
@@ -28,6 +29,7 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
   at::Tensor loss_sum = torch::zeros({}, f64);
   at::Tensor position_correct = torch::zeros({patches}, f64);
+  int64_t tiles = 0;  // with bags: every tile scored
   at::Tensor confusion = torch::zeros({classes * classes}, f64);
   std::vector<FusionRule> rules;
   if (all_rules) {
@@ -37,19 +39,28 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
   at::Tensor rule_correct = torch::zeros({static_cast<int64_t>(rules.size())}, f64);
   {
     torch::InferenceMode guard;
-    Loader loader(data, batch, /*shuffle=*/false, /*seed=*/0);
+    Loader loader(data, batch, /*shuffle=*/false, /*seed=*/0, 0, 1, bags);
     loader.start_epoch(0);
     for (Batch b; loader.next(b);) {
       at::Tensor labels = b.labels.to(device);
-      PatchOutput out = model->forward(b.images);
+      PatchOutput out = b.counts.empty() ? model->forward(b.images)
+                                         : model->forward_bags(b.images.to(device), b.counts);
       loss_sum += torch::nll_loss(out.log_probs, labels, {}, at::Reduction::Sum).to(torch::kFloat64);
       at::Tensor predicted = out.log_probs.argmax(1);
       confusion.index_add_(0, labels * classes + predicted,
                            torch::ones({labels.size(0)}, f64));
-      position_correct += out.patch_logits.argmax(2).eq(labels.unsqueeze(1)).sum(0).to(torch::kFloat64);
+      at::Tensor hits = out.patch_logits.argmax(2).eq(labels.unsqueeze(1));  // [B,P]
+      if (out.mask.defined()) hits = hits.logical_and(out.mask.to(device));
+      if (b.counts.empty()) {
+        position_correct += hits.sum(0).to(torch::kFloat64);
+      } else {  // bags: one position, every tile of every bag
+        position_correct += hits.sum().to(torch::kFloat64);
+        for (int64_t n : b.counts) tiles += n;
+      }
       for (size_t r = 0; r < rules.size(); ++r) {
-        at::Tensor fused = fusion_rule_is_learned(rules[r]) ? out.log_probs
-                                                            : fuse(rules[r], out.patch_logits);
+        at::Tensor fused = fusion_rule_is_learned(rules[r])
+                               ? out.log_probs
+                               : fuse(rules[r], out.patch_logits, out.mask);
         rule_correct[static_cast<int64_t>(r)] += fused.argmax(1).eq(labels).sum().to(torch::kFloat64);
       }
     }
@@ -61,7 +72,8 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
   e.fusion = fusion_rule_name(model->config().fusion);
   e.class_names = model->config().class_names;
   at::Tensor cm = confusion.to(torch::kCPU).view({classes, classes}).to(torch::kInt64);
-  at::Tensor pos = position_correct.to(torch::kCPU) / static_cast<double>(e.n);
+  at::Tensor pos =
+      position_correct.to(torch::kCPU) / static_cast<double>(bags ? std::max<int64_t>(tiles, 1) : e.n);
   const double n = static_cast<double>(e.n);
   e.loss = loss_sum.item<double>() / n;
   e.accuracy = cm.diagonal().sum().item<double>() / n;

@@ -13,6 +13,7 @@
 #include "patchwise/report/evaluation.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/train/optimizer.h"
+#include "patchwise/train/select.h"
 
 namespace patchwise {
 namespace {
@@ -86,8 +87,11 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
   check_trainable(options.loss, model->config().fusion);
   check_option(!options.keep_best || test != nullptr, "keep",
               "best needs a validation set, expected one (val-split)");
-  check_option(options.augment.shift >= 0 && options.augment.shift < train.height(), "shift",
-              "{}, expected 0..{}", options.augment.shift, train.height() - 1);
+  const int64_t side = options.bags ? model->config().grid.input : train.height();
+  check_option(options.augment.shift >= 0 && options.augment.shift < side, "shift",
+              "{}, expected 0..{}", options.augment.shift, side - 1);
+  check_option(options.select >= 0, "select", "{}, expected 0 (every tile) or more",
+               options.select);
   check_option(options.checkpoint_every >= 0, "checkpoint_every", "{}, expected >= 0",
               options.checkpoint_every);
   check_dataset_fits(model->config(), train);
@@ -108,7 +112,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
   std::unique_ptr<torch::optim::Optimizer> optimizer_owner =
       make_optimizer(model->parameters(), options.optimizer);
   torch::optim::Optimizer& optimizer = *optimizer_owner;
-  Loader loader(train, options.batch, /*shuffle=*/true, options.seed, rank, world);
+  Loader loader(train, options.batch, /*shuffle=*/true, options.seed, rank, world, options.bags);
   const int64_t steps = loader.num_batches();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
   at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle: shares the state
@@ -250,7 +254,15 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       at::Tensor images = options.augment.enabled()
                               ? augment_images(batch.images, options.augment)
                               : batch.images;
-      PatchOutput out = model->forward(images);
+      PatchOutput out;
+      if (batch.counts.empty()) {
+        out = model->forward(images);
+      } else if (options.select > 0) {
+        Selection kept = select_tiles(model, images, batch.counts, options.select);
+        out = model->forward_bags(kept.tiles.to(device), kept.counts);
+      } else {
+        out = model->forward_bags(images.to(device), batch.counts);
+      }
       at::Tensor loss = compute_loss(options.loss, out, labels);
       loss_sum += loss.detach().to(torch::kFloat64) * static_cast<double>(labels.size(0));
       correct += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
@@ -336,14 +348,14 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
     m.accuracy = run.correct / static_cast<double>(run.seen);
     m.images_per_second = static_cast<double>(run.seen) / std::max(m.seconds, 1e-9);
     if (test != nullptr && dist == nullptr) {
-      Evaluation e = evaluate(model, *test, options.eval_batch);
+      Evaluation e = evaluate(model, *test, options.eval_batch, false, options.eval_bags);
       m.test_loss = e.loss;
       m.test_accuracy = e.accuracy;
     } else if (test != nullptr) {
       // Each rank scores its shard; the sums make the whole set's mean loss and accuracy.
       at::Tensor sums = torch::zeros({3}, torch::kFloat64);
       if (eval_data->size() > 0) {
-        Evaluation e = evaluate(model, *eval_data, options.eval_batch);
+        Evaluation e = evaluate(model, *eval_data, options.eval_batch, false, options.eval_bags);
         const double n = static_cast<double>(e.n);
         sums = torch::tensor({n, e.loss * n, e.accuracy * n}, torch::kFloat64);
       }

@@ -18,6 +18,9 @@ struct ImageFolderOptions {
   /// Bytes of decoded images a set may hold in memory; a larger one stays in its files,
   /// which are decoded when a batch needs them. 0: no limit.
   int64_t memory_limit = int64_t{2} << 30;
+  /// Keep the files unread: no pixels, no headers, any sizes (height and width 0). For
+  /// sets of large images whose tiles are read image by image (patch/bags.h).
+  bool list_only = false;
 };
 
 /// A data set before its pixels are read: image files, their labels and the class names.

@@ -7,6 +7,7 @@
 // batches one process would.
 
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <vector>
 
@@ -17,15 +18,21 @@
 namespace patchwise {
 
 struct Batch {
-  at::Tensor images;  ///< uint8 [b,C,H,W]
-  at::Tensor labels;  ///< int64 [b]
+  at::Tensor images;            ///< uint8 [b,C,H,W]; with bags, the tiles [N,C,I,I]
+  at::Tensor labels;            ///< int64 [b]
+  std::vector<int64_t> counts;  ///< with bags: image i's tiles, in order (sum N); else empty
 };
+
+/// Item i's bag of tiles, uint8 [n,C,I,I] with n >= 1 (patch/bags.h makes one). Called
+/// on the loader's thread.
+using BagFn = std::function<at::Tensor(int64_t item)>;
 
 class Loader {
  public:
   /// `data` must outlive the loader. batch_size >= 1; 0 <= shard < shards.
+  /// With `bags`, a batch holds its images' bags of tiles instead of their pixels.
   Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed, int64_t shard = 0,
-         int64_t shards = 1);
+         int64_t shards = 1, BagFn bags = {});
   ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
@@ -44,6 +51,7 @@ class Loader {
 
  private:
   Batch gather(int64_t batch_index) const;
+  Batch gather_bags(const std::vector<int64_t>& items) const;
 
   const Dataset& data_;
   int64_t batch_size_;
@@ -51,6 +59,7 @@ class Loader {
   uint64_t seed_;
   int64_t shard_;
   int64_t shards_;
+  BagFn bags_;
   std::vector<int64_t> order_;
   int64_t next_batch_ = 0;
   std::future<Batch> pending_;

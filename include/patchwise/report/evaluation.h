@@ -12,6 +12,7 @@
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
+#include "patchwise/data/loader.h"
 
 namespace patchwise {
 
@@ -48,9 +49,11 @@ struct Evaluation {
 /// Runs `model` (in evaluation mode, without gradients) over `data`; restores its
 /// training mode afterwards. With `all_rules`, also scores every fixed fusion rule
 /// (and the model's own learned rule) on the same patch outputs. Throws InputError
-/// when the data does not fit the model.
+/// when the data does not fit the model. With `bags` (a tiled model), each image is its
+/// bag of tiles; the patch accuracy is then over every tile, and position_accuracy holds
+/// it alone.
 Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch = 256,
-                    bool all_rules = false);
+                    bool all_rules = false, const BagFn& bags = {});
 
 /// sqrt(a (1 - a) / n), 0 when n == 0.
 double binomial_stderr(double accuracy, int64_t n);

@@ -15,6 +15,7 @@
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/augment.h"
 #include "patchwise/data/dataset.h"
+#include "patchwise/data/loader.h"
 #include "patchwise/train/loss.h"
 #include "patchwise/train/optimizer.h"
 
@@ -39,6 +40,10 @@ struct TrainerOptions {
   std::string resume;              ///< a checkpoint to continue from; empty: a fresh start
   const std::atomic<int>* stop = nullptr;  ///< nonzero (a signal number): finish the current
                                            ///< step, write the checkpoint, throw TrainingStopped
+  BagFn bags;                      ///< tiled models: each training image's bag of tiles
+  BagFn eval_bags;                 ///< and each evaluation image's
+  int64_t select = 0;              ///< > 0: train on the `select` best tiles of each bag
+                                   ///< (train/select.h); 0: on every tile
   Distributed* distributed = nullptr;  ///< data-parallel: this process's group (batch is the
                                        ///< global batch, a multiple of the world size); null:
                                        ///< one process

@@ -1,0 +1,48 @@
+#pragma once
+// Bags: a large image as the tiles its background filter keeps (patch/tiles.h), each
+// read at its level and resized to the backbone's input. A tiled model trains and
+// predicts on bags (core/patch_classifier.h, forward_bags).
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "patchwise/data/dataset.h"
+#include "patchwise/data/region.h"
+#include "patchwise/patch/tiles.h"
+
+namespace patchwise {
+
+struct BagOptions {
+  TileOptions tiles;
+  RegionReaderOptions reader;
+  int64_t input = 32;    ///< side each tile is resized to
+  int64_t channels = 0;  ///< the model's; an image with other channels is refused (0: any)
+};
+
+struct Bag {
+  at::Tensor tiles;        ///< uint8 [n,C,input,input], n >= 1, in lattice order
+  std::vector<Box> boxes;  ///< each tile's box in level-0 coordinates
+  int level = 0;           ///< the level the tiles were read at
+  bool fallback = false;   ///< no tile passed the filter: all were kept (TilePlan)
+};
+
+/// The bag of the image at `path`. Uses no parallel LibTorch operator: safe on a
+/// loader thread. Throws InputError naming the file when it cannot be read, is
+/// smaller than a tile, or has channels other than options.channels.
+Bag read_bag(const std::string& path, const BagOptions& options);
+
+/// A Loader's bag reader over data.files.paths: item i's tiles. Bags are kept in
+/// memory once read, up to `cache_bytes` in all (0: none kept), so that later epochs
+/// skip decoding; the reader may be called from one thread at a time.
+std::function<at::Tensor(int64_t)> bag_reader(const Dataset& data, const BagOptions& options,
+                                              int64_t cache_bytes);
+
+/// The mean and standard deviation of each channel over the tiles of the first
+/// `images` images of `data` (a tiled model's input normalization).
+Normalization tile_normalization(const Dataset& data, const BagOptions& options, int64_t images);
+
+}  // namespace patchwise
