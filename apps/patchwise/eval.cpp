@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "commands.h"
+#include "patchwise/patch/bags.h"
 #include "common.h"
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
@@ -32,7 +33,14 @@ void run_eval(const EvalFlags& f) {
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
   PatchClassifier model = load_model(f.model);
-  Dataset data = load_data_reporting(f.data, f.split, data_options(f.data_flags, f.limit));
+  const ModelConfig& config = model->config();
+  DataOptions options = data_options(f.data_flags, f.limit);
+  options.folder.list_only = config.tiled;  // a tiled model reads each image's tiles itself
+  Dataset data = load_data_reporting(f.data, f.split, options);
+  BagFn bags;
+  if (config.tiled) {
+    bags = bag_reader(data, BagOptions{config.tiles, {}, config.grid.input, config.image_channels}, 0);
+  }
   if (data.class_names != model->config().class_names &&
       !align_class_names(data, model->config().class_names)) {
     check_dataset_fits(model->config(), data);  // an error makes the warning moot
@@ -42,7 +50,7 @@ void run_eval(const EvalFlags& f) {
   model->to(device);
   const bool all_rules = f.fusion == "all";
   if (!f.fusion.empty() && !all_rules) model->set_fusion(parse_fusion_rule(f.fusion));
-  Evaluation e = evaluate(model, data, f.batch, all_rules);
+  Evaluation e = evaluate(model, data, f.batch, all_rules, bags);
   if (f.json) {
     nlohmann::json out = e.to_json();
     out["model"] = f.model;
@@ -52,10 +60,14 @@ void run_eval(const EvalFlags& f) {
     print_json(out);
     return;
   }
-  fmt::print("model            {} ({}, {})\n", f.model, model->config().backbone.name,
-             model->grid().describe());
+  fmt::print("model            {} ({}, {})\n", f.model, config.backbone.name,
+             config.tiled ? fmt::format("bags of tiles of {} resized to {}", config.tiles.tile,
+                                        config.grid.input)
+                          : model->grid().describe());
   fmt::print("data             {} ({}{})\n", f.data, f.split,
-             data.in_memory() ? "" : "; decoded from its files batch by batch");
+             config.tiled        ? "; each image read as its bag of tiles"
+             : data.in_memory() ? ""
+                                : "; decoded from its files batch by batch");
   e.print(std::cout);
 }
 

@@ -84,7 +84,6 @@ struct MegapixelFlags {
 /// threads; one CSV row per canvas with its digits' classes and boxes.
 void write_canvases(const Dataset& digits, const MegapixelOptions& options, int64_t count,
                     const std::string& split, const MegapixelFlags& f, std::ofstream& csv) {
-  for (const std::string& name : digits.class_names) make_folder((fs::path(f.out) / split / name).string());
   std::atomic<int64_t> next{0};
   std::mutex lock;  // the CSV and the progress bar
   std::exception_ptr error;
@@ -96,6 +95,7 @@ void write_canvases(const Dataset& digits, const MegapixelOptions& options, int6
         MegapixelCanvas c = make_megapixel_canvas(digits, options, i);
         const std::string file = fmt::format("{}/{}/{:05d}.png", split,
                                              digits.class_names[static_cast<size_t>(c.label)], i);
+        make_folder((fs::path(f.out) / file).parent_path().string());
         write_image((fs::path(f.out) / file).string(), c.image);
         std::string row = fmt::format("{},{},{}", file, split, c.label);
         for (size_t d = 0; d < c.digit_boxes.size(); ++d) {

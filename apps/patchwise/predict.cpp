@@ -12,6 +12,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/image.h"
+#include "patchwise/patch/bags.h"
 
 namespace patchwise::cli {
 namespace {
@@ -20,6 +21,8 @@ struct PredictFlags {
   std::string model;
   std::vector<std::string> images;
   bool json = false;
+  int64_t top = 5;
+  TileFlags tiles;  ///< only the reader's flags apply: the model decides the tiles
   RuntimeFlags runtime;
 };
 
@@ -45,12 +48,66 @@ void print_table(const std::string& file, const std::vector<std::string>& names,
   }
 }
 
+/// A tiled model's answer for one large image: its bag through the model, the class,
+/// and the `top` tiles by score (attention weight, or the class's probability).
+nlohmann::json predict_tiled(PatchClassifier& model, const std::string& file, const PredictFlags& f) {
+  const ModelConfig& config = model->config();
+  BagOptions options{config.tiles, f.tiles.reader, config.grid.input, config.image_channels};
+  const Bag bag = read_bag(file, options);
+  torch::InferenceMode guard;
+  const auto n = bag.tiles.size(0);
+  PatchOutput out = model->forward_bags(bag.tiles.to(model->device()), {n});
+  at::Tensor probs = out.log_probs[0].exp().to(torch::kCPU, torch::kFloat64);
+  const int64_t winner = probs.argmax().item<int64_t>();
+  at::Tensor scores = out.attention.defined()
+                          ? out.attention[0]
+                          : torch::softmax(out.patch_logits[0], 1).select(1, winner);
+  scores = scores.to(torch::kCPU, torch::kFloat64);
+  const int64_t k = std::min<int64_t>(f.top, n);
+  at::Tensor best = std::get<1>(scores.topk(k));
+  nlohmann::json tiles = nlohmann::json::array();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t t = best[i].item<int64_t>();
+    const Box& b = bag.boxes[static_cast<size_t>(t)];
+    tiles.push_back({{"x", b.x}, {"y", b.y}, {"w", b.w}, {"h", b.h},
+                     {"score", scores[t].item<double>()}});
+  }
+  return {{"file", file},
+          {"tiles", n},
+          {"level", bag.level},
+          {"probabilities", to_vector(probs)},
+          {"class", winner},
+          {"label", config.class_names[static_cast<size_t>(winner)]},
+          {"probability", probs[winner].item<double>()},
+          {"score", out.attention.defined() ? "attention" : "class probability"},
+          {"top_tiles", tiles}};
+}
+
+void print_tiled(const nlohmann::json& r) {
+  fmt::print("{}: {} (class {}), probability {:.4f}, from {} tiles\n",
+             r["file"].get<std::string>(), r["label"].get<std::string>(), r["class"].get<int64_t>(),
+             r["probability"].get<double>(), r["tiles"].get<int64_t>());
+  fmt::print("  top tiles by {} (x, y, w, h in level-0 pixels):\n", r["score"].get<std::string>());
+  for (const auto& t : r["top_tiles"]) {
+    fmt::print("    {:>7} {:>7} {:>5} {:>5}  {:.4f}\n", t["x"].get<int64_t>(), t["y"].get<int64_t>(),
+               t["w"].get<int64_t>(), t["h"].get<int64_t>(), t["score"].get<double>());
+  }
+}
+
 void run_predict(const PredictFlags& f) {
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
   PatchClassifier model = load_model(f.model);
   model->to(device);
+  model->eval();
   const ModelConfig& config = model->config();
+  if (config.tiled) {
+    nlohmann::json results = nlohmann::json::array();
+    for (const std::string& file : f.images) results.push_back(predict_tiled(model, file, f));
+    if (f.json) return print_json(results);
+    for (const auto& r : results) print_tiled(r);
+    return;
+  }
 
   // Every file is read and checked before anything is printed.
   std::vector<at::Tensor> images;
@@ -95,6 +152,11 @@ void setup_predict(CLI::App& app) {
   cmd->add_option("--model,-m", flags->model, "model file written by train")->required();
   cmd->add_option("images", flags->images, "image files")->required();
   cmd->add_flag("--json", flags->json, "print a JSON array, one object per image");
+  cmd->add_option("--top", flags->top, "tiled models: the tiles listed, best first")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--reader", flags->tiles.reader.reader,
+                  "tiled models: openslide, tiff or vips; default: the first that opens it");
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_predict(*flags); });
 }

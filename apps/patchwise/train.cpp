@@ -298,7 +298,9 @@ void run_train(TrainFlags f, const CLI::App* app) {
   fmt::print(log, "train: {} training, {} validation and {} test images of {}x{}x{}, {} classes, from {}{}\n",
              train.size(), validation.size(), test.size(), train.height(), train.width(),
              train.channels(), config.class_names.size(), f.data,
-             train.in_memory() ? "" : " (over --in-memory-limit: decoded from the files batch by batch)");
+             f.tiled             ? " (large images: each read as its bag of tiles)"
+             : train.in_memory() ? ""
+                                 : " (over --in-memory-limit: decoded from the files batch by batch)");
   if (options.augment.enabled()) {
     fmt::print(log, "train: augmentation: shift up to {} pixels, flips {}\n", f.shift,
                f.flip ? "on" : "off");

@@ -116,7 +116,7 @@ MegapixelCanvas make_megapixel_canvas(const Dataset& digits, const MegapixelOpti
     const cv::Mat pattern = scribble(rng);
     stamp(canvas, o.size, pattern.data, random_box(rng, o.size));
   }
-  c.label = uniform(rng, 0, digits.num_classes() - 1);
+  c.label = index % digits.num_classes();
   c.digit_classes = digit_classes(rng, c.label, digits.num_classes(), o);
   c.digit_boxes = digit_places(rng, o.digits, o.size);
   const uint8_t* pixels = digits.images.data_ptr<uint8_t>();

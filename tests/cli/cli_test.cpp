@@ -229,6 +229,46 @@ TEST_F(CliTest, ImportWritesAStratifiedIdxSplitOfTheDigitsJson) {
                    "3 values, expected a multiple of 784");
 }
 
+TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
+  const std::string digits = file("mp-digits");
+  fs::create_directories(digits);
+  for (int k = 0; k <= 9; ++k) {  // 10 digits per class: a bright bar at row 4 + 2k
+    std::ofstream out(digits + "/" + std::to_string(k) + ".json");
+    out << "{\"data\": [";
+    for (int i = 0; i < 10 * 784; ++i) out << (i ? "," : "") << ((i % 784) / 28 == 4 + 2 * k ? 1 : 0);
+    out << "]}";
+  }
+  const std::string data = file("mp");
+  Result made = pw("import megapixel-mnist --from " + digits + " --out " + data +
+                   " --size 168 --train 20 --test 10 --scribbles 4");
+  ASSERT_EQ(made.code, 0) << made.err;
+  EXPECT_TRUE(fs::exists(data + "/canvases.csv"));
+  Result trained = pw("train --data " + data + " --tile 28 --min-foreground 0.01 --no-mask-cleanup "
+                      "--input 28 --fusion gated-attention --epochs 1 --batch 4 --select 6 --out " +
+                      file("mp.pw"));
+  ASSERT_EQ(trained.code, 0) << trained.err;
+  EXPECT_THAT(trained.out, HasSubstr("bags of tiles of 28"));
+  EXPECT_THAT(trained.out, HasSubstr("loss fused"));  // the default with --tile
+  std::string canvas;
+  for (const auto& entry : fs::recursive_directory_iterator(data + "/test")) {
+    if (entry.path().extension() == ".png") canvas = entry.path().string();
+  }
+  Result predicted = pw("predict --json --top 3 -m " + file("mp.pw") + " " + canvas);
+  ASSERT_EQ(predicted.code, 0) << predicted.err;
+  nlohmann::json p = nlohmann::json::parse(predicted.out)[0];
+  EXPECT_EQ(p["score"], "attention");
+  ASSERT_EQ(p["top_tiles"].size(), 3u);
+  double previous = 2;
+  for (const auto& t : p["top_tiles"]) {
+    EXPECT_TRUE(t["x"].get<int64_t>() + t["w"].get<int64_t>() <= 168 && t["w"] == 28);
+    EXPECT_LE(t["score"].get<double>(), previous);  // best first
+    previous = t["score"].get<double>();
+  }
+  Result evaluated = pw("eval -m " + file("mp.pw") + " --data " + data);
+  ASSERT_EQ(evaluated.code, 0) << evaluated.err;
+  EXPECT_THAT(evaluated.out, HasSubstr("images           10"));
+}
+
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
   Result r = pw("train --data " + kData + " --limit-train 1000 --limit-test 200 --epochs 2 "
                 "--val-split 0.2 --keep best --shift 2 --json --out " + file("val.pw"));

@@ -5,8 +5,8 @@
 // A canvas of side S (1500) is black. With noise, `scribbles` (50) patterns of 28x28,
 // each two straight white lines between random points (anti-aliased, 2 pixels wide),
 // go at random places. Then `digits` (5) MNIST digits of 28x28 go at random places
-// where no two digits overlap: `same` (3) of them of the canvas's class, chosen
-// uniformly, and the others each of a class drawn uniformly from the other classes.
+// where no two digits overlap: `same` (3) of them of the canvas's class (canvas i's is
+// i mod the number of classes, so every class is equally frequent), and the others each of a class drawn uniformly from the other classes.
 // A digit's pixels are combined with what lies under it by their maximum. The label
 // is the majority class. Every draw comes from one generator seeded by (seed, index),
 // so canvas i is the same whatever the count and the threads that made the others.
