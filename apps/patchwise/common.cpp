@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/model_file.h"
 
 namespace patchwise::cli {
 
@@ -58,6 +59,15 @@ PatchGridOptions grid_options(const GridFlags& flags, const CLI::App* app) {
     if (app->count("--grid") == 0) o.rows = o.cols = 0;  // the stride decides
   }
   return o;
+}
+
+PatchClassifier load_grid_model(const std::string& path, const std::string& command) {
+  PatchClassifier model = load_model(path);
+  check_input(!model->config().tiled,
+              "--model: {} is a tiled model (bags of tiles); {} works on the fixed patch grid, "
+              "expected a grid model (predict and eval take tiled ones)",
+              path, command);
+  return model;
 }
 
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json_fwd.hpp>
 
+#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/source.h"
 #include "patchwise/data/region.h"
 #include "patchwise/patch/grid.h"
@@ -58,6 +59,9 @@ DataOptions data_options(const DataFlags& flags, int64_t limit);
 /// load_data, with a warning on stderr naming the image files it skipped.
 Dataset load_data_reporting(const std::string& path, const std::string& split,
                             const DataOptions& options);
+
+/// load_model, refusing a tiled model: `command` draws or cuts the fixed patch grid.
+PatchClassifier load_grid_model(const std::string& path, const std::string& command);
 
 /// Prints `json` on stdout, indented, with a trailing newline.
 void print_json(const nlohmann::json& json);

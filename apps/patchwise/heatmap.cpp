@@ -32,7 +32,7 @@ void run_heatmap(const HeatmapFlags& f) {
   check_output_writable(f.out, "--out");
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
-  PatchClassifier model = load_model(f.model);
+  PatchClassifier model = load_grid_model(f.model, "heatmap");
   model->to(device);
   const ModelConfig& config = model->config();
   at::Tensor image = read_image(f.image, config.image_channels);

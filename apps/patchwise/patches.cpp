@@ -33,7 +33,7 @@ void run_patches(const PatchesFlags& f, const CLI::App* app) {
       check_input(app->count(flag) == 0, "{}: not allowed with --model, which fixes the patches",
                   flag);
     }
-    PatchClassifier model = load_model(f.model);
+    PatchClassifier model = load_grid_model(f.model, "patches");
     const ModelConfig& config = model->config();
     options = config.grid;
     image = read_image(f.image, config.image_channels);

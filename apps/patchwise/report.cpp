@@ -33,7 +33,7 @@ void run_report(ReportFlags f) {
   check_output_writable(f.out, "--out");
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
-  PatchClassifier model = load_model(f.model);
+  PatchClassifier model = load_grid_model(f.model, "report");
   nlohmann::json training = load_model_training(f.model);
   Dataset data = load_data_reporting(f.data, f.split, data_options(f.data_flags, f.limit));
   if (data.class_names != model->config().class_names) {

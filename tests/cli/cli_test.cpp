@@ -267,6 +267,8 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   Result evaluated = pw("eval -m " + file("mp.pw") + " --data " + data);
   ASSERT_EQ(evaluated.code, 0) << evaluated.err;
   EXPECT_THAT(evaluated.out, HasSubstr("images           10"));
+  expect_bad_input("heatmap -m " + file("mp.pw") + " " + canvas + " -o " + file("h.png"),
+                   "tiled model");
 }
 
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
