@@ -38,12 +38,12 @@ at::Tensor compute_loss(LossKind kind, const PatchOutput& out, const at::Tensor&
     const int64_t patches = out.patch_logits.size(1);
     at::Tensor logits = out.patch_logits.flatten(0, 1);
     at::Tensor targets = labels.repeat_interleave(patches);
-    if (out.mask.defined()) {  // bags: only the real tiles
-      at::Tensor real = out.mask.flatten();
-      logits = logits.index({real});
-      targets = targets.index({real});
-    }
-    return torch::cross_entropy_loss(logits, targets);
+    if (!out.mask.defined()) return torch::cross_entropy_loss(logits, targets);
+    // Bags: each bag's mean over its real tiles, then the mean over bags.
+    at::Tensor each = torch::cross_entropy_loss(logits, targets, {}, at::Reduction::None)
+                          .view({-1, patches});
+    at::Tensor real = out.mask.to(each.scalar_type());
+    return ((each * real).sum(1) / real.sum(1)).mean();
   };
   auto fused_loss = [&] { return torch::nll_loss(out.log_probs, labels); };
   switch (kind) {

@@ -180,6 +180,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
   TrainResult result;
   const Dataset* eval_data = test;
   Dataset eval_shard;
+  BagFn eval_shard_bags;
   double backward_seconds = 0;
   int64_t backward_steps = 0;
   if (dist != nullptr) {
@@ -200,6 +201,11 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
     if (test != nullptr) {
       eval_shard = strided_shard(*test, rank, world);
       eval_data = &eval_shard;
+      if (options.eval_bags) {  // the shard's item i is the set's rank + i * world
+        eval_shard_bags = [bags = options.eval_bags, rank, world](int64_t i) {
+          return bags(rank + i * world);
+        };
+      }
     }
   }
   // Sums the running metrics over the ranks. `rank0_only`: a checkpoint's partial sums,
@@ -355,7 +361,7 @@ TrainResult train_model(PatchClassifier& model, const Dataset& train, const Data
       // Each rank scores its shard; the sums make the whole set's mean loss and accuracy.
       at::Tensor sums = torch::zeros({3}, torch::kFloat64);
       if (eval_data->size() > 0) {
-        Evaluation e = evaluate(model, *eval_data, options.eval_batch, false, options.eval_bags);
+        Evaluation e = evaluate(model, *eval_data, options.eval_batch, false, eval_shard_bags);
         const double n = static_cast<double>(e.n);
         sums = torch::tensor({n, e.loss * n, e.accuracy * n}, torch::kFloat64);
       }

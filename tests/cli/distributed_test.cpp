@@ -103,7 +103,7 @@ struct Child {
 /// The flags of a short run on a Fashion-MNIST subset: 1 thread, plain SGD (see
 /// expect_same_sgd_steps), no dropout (whose masks would differ per rank), no batch norm
 /// (whose statistics are per rank).
-/// `extra` (flag, value pairs) adds flags or replaces the defaults.
+/// `extra` (flag, value pairs; value "" for a flag alone) adds flags or replaces the defaults.
 std::vector<std::string> train_args(int64_t images, const std::string& out,
                                     const std::vector<std::string>& extra = {}) {
   std::vector<std::pair<std::string, std::string>> flags = {
@@ -118,7 +118,10 @@ std::vector<std::string> train_args(int64_t images, const std::string& out,
     else flags.emplace_back(extra[i], extra[i + 1]);
   }
   std::vector<std::string> args{"train"};
-  for (const auto& [flag, value] : flags) args.insert(args.end(), {flag, value});
+  for (const auto& [flag, value] : flags) {
+    args.push_back(flag);
+    if (!value.empty()) args.push_back(value);  // "": a flag without a value
+  }
   return args;
 }
 
@@ -214,6 +217,28 @@ TEST_F(DistributedTest, EmptyShardsAndUnusedParametersStillMatch) {
   // 225 = 7 * 32 + 1: rank 1 has no image of the last batch. The fused loss through
   // attention leaves the patch-logit layer without a gradient (find_unused).
   expect_two_processes_match_one(225, {"--loss", "fused", "--fusion", "attention"});
+}
+
+TEST_F(DistributedTest, BagsOfDifferentSizesTrainAsInOneProcess) {
+  // Megapixel-MNIST-like canvases: each rank's bags differ in size at every step.
+  const fs::path digits = dir_ / "digits";
+  fs::create_directories(digits);
+  for (int k = 0; k <= 9; ++k) {  // 4 digits per class: a bright bar at row 4 + 2k
+    std::ofstream out(digits / (std::to_string(k) + ".json"));
+    out << "{\"data\": [";
+    for (int i = 0; i < 4 * 784; ++i) out << (i ? "," : "") << ((i % 784) / 28 == 4 + 2 * k ? 1 : 0);
+    out << "]}";
+  }
+  Child import(PATCHWISE_BINARY,
+               {"import", "megapixel-mnist", "--from", digits.string(), "--out", path("mp"),
+                "--size", "140", "--train", "40", "--test", "20", "--scribbles", "3"},
+               {}, dir_, "import");
+  ASSERT_EQ(import.wait_for(std::chrono::seconds(60)), 0) << import.stderr_text();
+  // 40 canvases in batches of 32: a full batch, then 8 split 4 + 4.
+  expect_two_processes_match_one(
+      40, {"--data", path("mp"), "--limit-train", "0", "--limit-test", "0", "--tile", "28",
+           "--min-foreground", "0.01", "--no-mask-cleanup", "", "--input", "28", "--fusion",
+           "gated-attention", "--loss", "both"});
 }
 
 TEST_F(DistributedTest, AKilledPeerStopsTheOtherWithOneLineAndTheModelFileIntact) {

@@ -119,7 +119,7 @@ TEST_F(BagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
   }
 }
 
-TEST_F(BagsTest, PatchLossCountsOnlyTheRealTiles) {
+TEST_F(BagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
   at::Tensor flat = flat_logits();
   PaddedBags p = pad_bags(flat, kCounts);
   PatchOutput out;
@@ -127,8 +127,13 @@ TEST_F(BagsTest, PatchLossCountsOnlyTheRealTiles) {
   out.mask = p.mask;
   out.log_probs = fuse(FusionRule::kMean, p.values, p.mask);
   at::Tensor labels = torch::tensor({2, 0, 3}, torch::kInt64);
-  at::Tensor repeated = labels.repeat_interleave(torch::tensor(kCounts, torch::kInt64));
-  at::Tensor expected = torch::cross_entropy_loss(flat, repeated);
+  double sum = 0;  // each bag's mean over its tiles, then the mean over bags
+  for (size_t b = 0; b < kCounts.size(); ++b) {
+    at::Tensor target = torch::full({kCounts[b]}, labels[static_cast<int64_t>(b)].item<int64_t>(),
+                                    torch::kInt64);
+    sum += torch::cross_entropy_loss(bag(flat, b)[0], target).item<double>();
+  }
+  at::Tensor expected = torch::tensor(sum / 3.0, torch::kFloat64);
   EXPECT_NEAR(compute_loss(LossKind::kPatch, out, labels).item<double>(),
               expected.item<double>(), 1e-12);
 }

@@ -1,8 +1,9 @@
 #pragma once
 // Losses over a PatchOutput, with y the image labels [B]:
 //   patch : mean over b and i of CE(patch_logits[b,i], y[b])  (the seed's rule: every patch
-//           trained on the repeated image label); over bags, the mean over every real
-//           tile of the batch (padding excluded), so a larger bag weighs more
+//           trained on the repeated image label); over bags, each bag's mean over its
+//           real tiles, then the mean over bags: every image weighs the same, as in the
+//           fused loss, so data-parallel ranks can weigh their parts by images
 //   fused : mean over b of -log_probs[b, y[b]]                 (NLL of the fused output)
 //   both  : patch + fused
 
