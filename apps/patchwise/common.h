@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json_fwd.hpp>
@@ -62,6 +63,22 @@ Dataset load_data_reporting(const std::string& path, const std::string& split,
 
 /// load_model, refusing a tiled model: `command` draws or cuts the fixed patch grid.
 PatchClassifier load_grid_model(const std::string& path, const std::string& command);
+
+/// A tiled model's answer for one bag of tiles.
+struct BagPrediction {
+  std::vector<double> probabilities;  ///< [K], fused
+  int64_t winner = 0;                 ///< argmax
+  int64_t target = 0;                 ///< the class the scores are about
+  std::vector<double> scores;         ///< per tile: attention weight, or p(target)
+  std::string score_name;             ///< "attention" or "p(<class>)"
+};
+
+/// Runs `tiles` (uint8 [n,C,I,I]) as one bag; target_class -1: the predicted class.
+/// Throws InputError on a class outside [0, K).
+BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class);
+
+/// Tile indices by score, best first (ties in index order): at most `top` of them.
+std::vector<int64_t> top_tiles(const std::vector<double>& scores, int64_t top);
 
 /// Prints `json` on stdout, indented, with a trailing newline.
 void print_json(const nlohmann::json& json);

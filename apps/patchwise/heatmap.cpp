@@ -11,6 +11,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/image.h"
+#include "patchwise/patch/bags.h"
 #include "patchwise/report/heatmap.h"
 
 namespace patchwise::cli {
@@ -25,15 +26,67 @@ struct HeatmapFlags {
   bool grid_only = false;
   int64_t scale = 8;
   bool json = false;
+  int64_t top = 8;
+  int64_t size = 1024;
   RuntimeFlags runtime;
 };
+
+/// The heatmap picture over a large image's thumbnail with the top tiles' crops below.
+at::Tensor stack_vertically(const at::Tensor& top, const at::Tensor& bottom) {
+  const int64_t width = std::max(top.size(2), bottom.size(2));
+  auto pad = [&](const at::Tensor& t) {
+    return torch::constant_pad_nd(t, {0, width - t.size(2)}, 255);
+  };
+  return torch::cat({pad(top), pad(bottom)}, 1).contiguous();
+}
+
+/// A tiled model: each kept tile's attention weight (or class probability) over the
+/// image's thumbnail, a colour bar, and the top tiles as crops.
+void run_tiled_heatmap(const HeatmapFlags& f, PatchClassifier& model) {
+  const ModelConfig& config = model->config();
+  const BagOptions options{config.tiles, {}, config.grid.input, config.image_channels};
+  std::unique_ptr<RegionReader> reader = open_region_reader(f.image, options.reader);
+  const Bag bag = read_bag(f.image, options);
+  const BagPrediction p = predict_bag(model, bag.tiles, f.target_class);
+  const at::Tensor thumb = reader->thumbnail(f.size);
+  const Heatmap h = tile_heatmap(bag.boxes, p.scores, reader->width(), reader->height(),
+                                 thumb.size(1), thumb.size(2));
+  const std::string label = config.class_names[static_cast<size_t>(p.winner)];
+  const std::string title = fmt::format("{} / max over {} tiles; predicted {} ({:.3f})",
+                                        p.score_name, bag.tiles.size(0), label,
+                                        p.probabilities[static_cast<size_t>(p.winner)]);
+  std::vector<at::Tensor> crops;
+  std::vector<double> crop_scores;
+  nlohmann::json tiles = nlohmann::json::array();
+  const double downsample = reader->levels()[static_cast<size_t>(bag.level)].downsample;
+  for (int64_t t : top_tiles(p.scores, f.top)) {
+    const Box& b = bag.boxes[static_cast<size_t>(t)];
+    const Box at_level{std::llround(b.x / downsample), std::llround(b.y / downsample),
+                       std::llround(b.w / downsample), std::llround(b.h / downsample)};
+    crops.push_back(reader->read_resized(at_level, bag.level, 128));
+    crop_scores.push_back(p.scores[static_cast<size_t>(t)]);
+    tiles.push_back({{"x", b.x}, {"y", b.y}, {"w", b.w}, {"h", b.h}, {"score", crop_scores.back()}});
+  }
+  write_image(f.out, stack_vertically(render_heatmap(thumb, h, title, 1),
+                                      render_crop_strip(crops, crop_scores)));
+  if (f.json) {
+    return print_json({{"image", f.image}, {"out", f.out}, {"class", p.winner}, {"label", label},
+                       {"score", p.score_name}, {"tiles", bag.tiles.size(0)}, {"top_tiles", tiles}});
+  }
+  fmt::print("heatmap: {} tiles of {}, {} from {:.4g} to {:.4g}, predicted {} -> {}\n",
+             bag.tiles.size(0), f.image, p.score_name,
+             *std::min_element(p.scores.begin(), p.scores.end()),
+             *std::max_element(p.scores.begin(), p.scores.end()), label, f.out);
+}
 
 void run_heatmap(const HeatmapFlags& f) {
   check_output_writable(f.out, "--out");
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
-  PatchClassifier model = load_grid_model(f.model, "heatmap");
+  PatchClassifier model = load_model(f.model);
   model->to(device);
+  model->eval();
+  if (model->config().tiled) return run_tiled_heatmap(f, model);
   const ModelConfig& config = model->config();
   at::Tensor image = read_image(f.image, config.image_channels);
   if (image.size(1) != config.image_h || image.size(2) != config.image_w) {
@@ -85,6 +138,12 @@ void setup_heatmap(CLI::App& app) {
   cmd->add_flag("--grid-only", flags->grid_only, "only the model's own patches");
   cmd->add_option("--scale", flags->scale, "enlargement of the drawn image")->check(CLI::Range(1, 64));
   cmd->add_flag("--json", flags->json, "print the probability matrix as JSON");
+  cmd->add_option("--top", flags->top, "tiled models: crops of the best tiles drawn below")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--size", flags->size, "tiled models: longer side of the drawn thumbnail")
+      ->check(CLI::Range(64, 16384))
+      ->capture_default_str();
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_heatmap(*flags); });
 }

@@ -54,32 +54,21 @@ nlohmann::json predict_tiled(PatchClassifier& model, const std::string& file, co
   const ModelConfig& config = model->config();
   BagOptions options{config.tiles, f.tiles.reader, config.grid.input, config.image_channels};
   const Bag bag = read_bag(file, options);
-  torch::InferenceMode guard;
-  const auto n = bag.tiles.size(0);
-  PatchOutput out = model->forward_bags(bag.tiles.to(model->device()), {n});
-  at::Tensor probs = out.log_probs[0].exp().to(torch::kCPU, torch::kFloat64);
-  const int64_t winner = probs.argmax().item<int64_t>();
-  at::Tensor scores = out.attention.defined()
-                          ? out.attention[0]
-                          : torch::softmax(out.patch_logits[0], 1).select(1, winner);
-  scores = scores.to(torch::kCPU, torch::kFloat64);
-  const int64_t k = std::min<int64_t>(f.top, n);
-  at::Tensor best = std::get<1>(scores.topk(k));
+  const BagPrediction p = predict_bag(model, bag.tiles, -1);
   nlohmann::json tiles = nlohmann::json::array();
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t t = best[i].item<int64_t>();
+  for (int64_t t : top_tiles(p.scores, f.top)) {
     const Box& b = bag.boxes[static_cast<size_t>(t)];
     tiles.push_back({{"x", b.x}, {"y", b.y}, {"w", b.w}, {"h", b.h},
-                     {"score", scores[t].item<double>()}});
+                     {"score", p.scores[static_cast<size_t>(t)]}});
   }
   return {{"file", file},
-          {"tiles", n},
+          {"tiles", bag.tiles.size(0)},
           {"level", bag.level},
-          {"probabilities", to_vector(probs)},
-          {"class", winner},
-          {"label", config.class_names[static_cast<size_t>(winner)]},
-          {"probability", probs[winner].item<double>()},
-          {"score", out.attention.defined() ? "attention" : "class probability"},
+          {"probabilities", p.probabilities},
+          {"class", p.winner},
+          {"label", config.class_names[static_cast<size_t>(p.winner)]},
+          {"probability", p.probabilities[static_cast<size_t>(p.winner)]},
+          {"score", p.score_name},
           {"top_tiles", tiles}};
 }
 

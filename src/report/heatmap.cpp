@@ -1,5 +1,6 @@
 #include "patchwise/report/heatmap.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <opencv2/imgproc.hpp>
@@ -70,6 +71,57 @@ Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
   h.coverage = sum / count;  // 0 / 0 = NaN where no patch reaches
   if (was_training) model->train();
   return h;
+}
+
+Heatmap tile_heatmap(const std::vector<Box>& boxes, const std::vector<double>& scores,
+                     int64_t width, int64_t height, int64_t thumb_h, int64_t thumb_w) {
+  check_input(boxes.size() == scores.size() && !boxes.empty() && width > 0 && height > 0 &&
+                  thumb_h > 0 && thumb_w > 0,
+              "tile heatmap: {} boxes, {} scores, image {}x{}, thumbnail {}x{}", boxes.size(),
+              scores.size(), width, height, thumb_w, thumb_h);
+  Heatmap h;
+  h.probs = torch::tensor(scores, torch::kFloat64).view({1, -1});
+  const double top = std::max(h.probs.max().item<double>(), 1e-30);
+  at::Tensor sum = torch::zeros({thumb_h, thumb_w}, torch::kFloat64);
+  at::Tensor count = torch::zeros_like(sum);
+  const double sx = static_cast<double>(thumb_w) / width;
+  const double sy = static_cast<double>(thumb_h) / height;
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    const Box& b = boxes[i];
+    const int64_t x0 = std::clamp<int64_t>(std::llround(b.x * sx), 0, thumb_w - 1);
+    const int64_t y0 = std::clamp<int64_t>(std::llround(b.y * sy), 0, thumb_h - 1);
+    const int64_t x1 = std::clamp<int64_t>(std::llround((b.x + b.w) * sx), x0 + 1, thumb_w);
+    const int64_t y1 = std::clamp<int64_t>(std::llround((b.y + b.h) * sy), y0 + 1, thumb_h);
+    sum.narrow(0, y0, y1 - y0).narrow(1, x0, x1 - x0).add_(scores[i] / top);
+    count.narrow(0, y0, y1 - y0).narrow(1, x0, x1 - x0).add_(1.0);
+    h.boxes.push_back({y0, x0, y1 - y0, x1 - x0, false});
+  }
+  h.coverage = sum / count;
+  return h;
+}
+
+at::Tensor render_crop_strip(const std::vector<at::Tensor>& crops, const std::vector<double>& scores) {
+  constexpr int kGap = 8;
+  constexpr int kLabel = 16;
+  const int side = crops.empty() ? 1 : static_cast<int>(crops.front().size(1));
+  const int n = static_cast<int>(crops.size());
+  cv::Mat strip(side + kLabel, std::max(1, n * (side + kGap)), CV_8UC3, cv::Scalar(255, 255, 255));
+  for (int i = 0; i < n; ++i) {
+    at::Tensor c = crops[static_cast<size_t>(i)];
+    if (c.size(0) == 1) c = c.expand({3, c.size(1), c.size(2)});
+    at::Tensor hwc = c.permute({1, 2, 0}).contiguous();
+    cv::Mat rgb(side, side, CV_8UC3, hwc.data_ptr<uint8_t>());
+    cv::Mat bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    bgr.copyTo(strip(cv::Rect(i * (side + kGap), 0, side, side)));
+    cv::putText(strip, fmt::format("{:.3f}", scores[static_cast<size_t>(i)]),
+                cv::Point(i * (side + kGap) + 2, side + 12), cv::FONT_HERSHEY_SIMPLEX, 0.4,
+                cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+  }
+  cv::Mat rgb;
+  cv::cvtColor(strip, rgb, cv::COLOR_BGR2RGB);
+  at::Tensor out = torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8);
+  return out.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
 }
 
 at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const std::string& title,

@@ -267,7 +267,14 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   Result evaluated = pw("eval -m " + file("mp.pw") + " --data " + data);
   ASSERT_EQ(evaluated.code, 0) << evaluated.err;
   EXPECT_THAT(evaluated.out, HasSubstr("images           10"));
-  expect_bad_input("heatmap -m " + file("mp.pw") + " " + canvas + " -o " + file("h.png"),
+  Result heat = pw("heatmap --json --top 4 -m " + file("mp.pw") + " " + canvas + " -o " + file("h.png"));
+  ASSERT_EQ(heat.code, 0) << heat.err;
+  nlohmann::json h = nlohmann::json::parse(heat.out);
+  EXPECT_EQ(h["top_tiles"].size(), 4u);
+  EXPECT_EQ(h["top_tiles"][0], p["top_tiles"][0]);  // the same bag, the same best tile
+  at::Tensor picture = read_image(file("h.png"), 3);
+  EXPECT_GT(picture.size(1), 168 + 128);  // the thumbnail's map above the crops
+  expect_bad_input("patches -m " + file("mp.pw") + " " + canvas + " -o " + file("p.png"),
                    "tiled model");
 }
 
