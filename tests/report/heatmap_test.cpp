@@ -85,5 +85,24 @@ TEST_F(HeatmapTest, RenderingHasTheEnlargedSizePlusBarAndTitle) {
   EXPECT_GT(picture.size(2), 28 * 4);
 }
 
+TEST_F(HeatmapTest, TileScoresLandOnTheirBoxesOfTheThumbnailDividedByTheLargest) {
+  // A 1000x500 image drawn on a 100x50 thumbnail: tiles of 100 become 10x10 squares.
+  const std::vector<Box> boxes = {{0, 0, 100, 100}, {500, 200, 100, 100}, {550, 200, 100, 100}};
+  const std::vector<double> scores = {0.1, 0.4, 0.2};
+  Heatmap h = tile_heatmap(boxes, scores, 1000, 500, 50, 100);
+  ASSERT_EQ(h.coverage.sizes(), (std::vector<int64_t>{50, 100}));
+  EXPECT_DOUBLE_EQ(h.coverage[5][5].item<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(h.coverage[25][52].item<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(h.coverage[25][57].item<double>(), 0.75);  // overlap: the mean of both
+  EXPECT_DOUBLE_EQ(h.coverage[25][62].item<double>(), 0.5);
+  EXPECT_TRUE(std::isnan(h.coverage[40][90].item<double>()));  // no tile there
+  EXPECT_THROW(tile_heatmap(boxes, {0.1}, 1000, 500, 50, 100), InputError);
+  at::Tensor strip = render_crop_strip({torch::zeros({1, 32, 32}, torch::kUInt8),
+                                        torch::full({3, 32, 32}, 200, torch::kUInt8)},
+                                       {0.5, 0.25});
+  EXPECT_EQ(strip.size(1), 32 + 16);
+  EXPECT_EQ(strip[0][10][40 + 10].item<int64_t>(), 200);  // the second crop, after a gap of 8
+}
+
 }  // namespace
 }  // namespace patchwise
