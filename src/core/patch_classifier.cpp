@@ -13,14 +13,16 @@ namespace {
 /// Patches per backbone pass on the CPU (PatchClassifierImpl::forward).
 constexpr int64_t kChunkPatches = 128;
 
-/// f over rows [start, start + chunk) of 0..rows, concatenated.
+/// f over rows [start, start + chunk) of 0..rows, concatenated (one call when they fit,
+/// an empty batch included).
 template <typename F>
 at::Tensor chunked(int64_t rows, int64_t chunk, F&& f) {
+  if (rows <= chunk) return f(0, rows);
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < rows; start += chunk) {
     parts.push_back(f(start, std::min(chunk, rows - start)));
   }
-  return parts.size() == 1 ? parts[0] : torch::cat(parts);
+  return torch::cat(parts);
 }
 
 }  // namespace
