@@ -1,17 +1,17 @@
 #include "patchwise/data/megapixel_mnist.h"
 
-#include <algorithm>
-#include <random>
-
-#include <opencv2/imgproc.hpp>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <opencv2/imgproc.hpp>
+#include <random>
 
 #include "patchwise/core/error.h"
 
 namespace patchwise {
 namespace {
 
-constexpr int64_t kSide = 28;         ///< digits and scribbles
+constexpr int64_t kSide = 28;  ///< digits and scribbles
 constexpr int kPlacementTries = 10000;
 
 using Rng = std::mt19937_64;
@@ -41,8 +41,10 @@ Box random_box(Rng& rng, int64_t side) {
 cv::Mat scribble(Rng& rng) {
   cv::Mat pattern = cv::Mat::zeros(kSide, kSide, CV_8UC1);
   for (int line = 0; line < 2; ++line) {
-    cv::Point a(static_cast<int>(uniform(rng, 0, kSide - 1)), static_cast<int>(uniform(rng, 0, kSide - 1)));
-    cv::Point b(static_cast<int>(uniform(rng, 0, kSide - 1)), static_cast<int>(uniform(rng, 0, kSide - 1)));
+    cv::Point a(
+        static_cast<int>(uniform(rng, 0, kSide - 1)), static_cast<int>(uniform(rng, 0, kSide - 1)));
+    cv::Point b(
+        static_cast<int>(uniform(rng, 0, kSide - 1)), static_cast<int>(uniform(rng, 0, kSide - 1)));
     cv::line(pattern, a, b, cv::Scalar(255), 2, cv::LINE_AA);
   }
   return pattern;
@@ -54,15 +56,15 @@ std::vector<std::vector<int64_t>> by_class(const Dataset& digits) {
   const int64_t* labels = digits.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < digits.size(); ++i) groups[static_cast<size_t>(labels[i])].push_back(i);
   for (size_t k = 0; k < groups.size(); ++k) {
-    check_input(!groups[k].empty(), "{}: no digit of class {}, expected every class",
-                digits.source, k);
+    check_input(
+        !groups[k].empty(), "{}: no digit of class {}, expected every class", digits.source, k);
   }
   return groups;
 }
 
 /// The classes of the canvas's digits: `same` of `label`, the rest of other classes.
-std::vector<int64_t> digit_classes(Rng& rng, int64_t label, int64_t classes,
-                                   const MegapixelOptions& o) {
+std::vector<int64_t> digit_classes(
+    Rng& rng, int64_t label, int64_t classes, const MegapixelOptions& o) {
   std::vector<int64_t> out(static_cast<size_t>(o.same), label);
   for (int64_t i = o.same; i < o.digits; ++i) {
     const int64_t other = uniform(rng, 0, classes - 2);
@@ -75,8 +77,11 @@ std::vector<int64_t> digit_classes(Rng& rng, int64_t label, int64_t classes,
 std::vector<Box> digit_places(Rng& rng, int64_t count, int64_t side) {
   std::vector<Box> boxes;
   for (int tries = 0; static_cast<int64_t>(boxes.size()) < count; ++tries) {
-    check_input(tries < kPlacementTries, "--digits {}: no room for them apart on a canvas of {}",
-                count, side);
+    check_input(
+        tries < kPlacementTries,
+        "--digits {}: no room for them apart on a canvas of {}",
+        count,
+        side);
     Box box = random_box(rng, side);
     if (std::none_of(boxes.begin(), boxes.end(), [&](const Box& b) { return overlaps(b, box); })) {
       boxes.push_back(box);
@@ -89,24 +94,37 @@ std::vector<Box> digit_places(Rng& rng, int64_t count, int64_t side) {
 
 void check_megapixel_options(const MegapixelOptions& o) {
   check_option(o.size >= 2 * kSide, "size", "{}, expected at least {}", o.size, 2 * kSide);
-  check_option(o.digits >= 1 && o.same >= 1 && 2 * o.same > o.digits, "same",
-               "{} of {} digits, expected a strict majority of at least 1", o.same, o.digits);
+  check_option(
+      o.digits >= 1 && o.same >= 1 && 2 * o.same > o.digits,
+      "same",
+      "{} of {} digits, expected a strict majority of at least 1",
+      o.same,
+      o.digits);
   // Digits at random places need room: at most a quarter of the canvas's 28x28 cells.
   const int64_t cells = (o.size / kSide) * (o.size / kSide);
-  check_option(o.digits * 4 <= cells, "digits", "{} on a canvas of {}, expected at most {}",
-               o.digits, o.size, cells / 4);
+  check_option(
+      o.digits * 4 <= cells,
+      "digits",
+      "{} on a canvas of {}, expected at most {}",
+      o.digits,
+      o.size,
+      cells / 4);
   check_option(o.scribbles >= 0, "scribbles", "{}, expected >= 0", o.scribbles);
 }
 
-MegapixelCanvas make_megapixel_canvas(const Dataset& digits, const MegapixelOptions& o,
-                                      int64_t index) {
+MegapixelCanvas make_megapixel_canvas(
+    const Dataset& digits, const MegapixelOptions& o, int64_t index) {
   check_megapixel_options(o);
-  check_input(digits.in_memory() && digits.channels() == 1 && digits.height() == kSide &&
-                  digits.width() == kSide && digits.num_classes() >= 2,
-              "{}: digits of {}x{} with {} channel(s) in {} classes, expected 28x28 grey in at "
-              "least 2",
-              digits.source, digits.height(), digits.width(), digits.channels(),
-              digits.num_classes());
+  check_input(
+      digits.in_memory() && digits.channels() == 1 && digits.height() == kSide &&
+          digits.width() == kSide && digits.num_classes() >= 2,
+      "{}: digits of {}x{} with {} channel(s) in {} classes, expected 28x28 grey in at "
+      "least 2",
+      digits.source,
+      digits.height(),
+      digits.width(),
+      digits.channels(),
+      digits.num_classes());
   const auto groups = by_class(digits);
   Rng rng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(index));
   MegapixelCanvas c;
@@ -122,7 +140,8 @@ MegapixelCanvas make_megapixel_canvas(const Dataset& digits, const MegapixelOpti
   const uint8_t* pixels = digits.images.data_ptr<uint8_t>();
   for (size_t i = 0; i < c.digit_boxes.size(); ++i) {
     const auto& group = groups[static_cast<size_t>(c.digit_classes[i])];
-    const int64_t item = group[static_cast<size_t>(uniform(rng, 0, static_cast<int64_t>(group.size()) - 1))];
+    const int64_t item =
+        group[static_cast<size_t>(uniform(rng, 0, static_cast<int64_t>(group.size()) - 1))];
     stamp(canvas, o.size, pixels + item * kSide * kSide, c.digit_boxes[i]);
   }
   return c;

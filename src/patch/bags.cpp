@@ -1,11 +1,11 @@
 #include "patchwise/patch/bags.h"
 
+#include <torch/torch.h>
+
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
-
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 
@@ -13,9 +13,12 @@ namespace patchwise {
 
 Bag read_bag(const std::string& path, const BagOptions& options) {
   std::unique_ptr<RegionReader> reader = open_region_reader(path, options.reader);
-  check_input(options.channels == 0 || reader->channels() == options.channels,
-              "{}: {} channel(s), the model expects {}", path, reader->channels(),
-              options.channels);
+  check_input(
+      options.channels == 0 || reader->channels() == options.channels,
+      "{}: {} channel(s), the model expects {}",
+      path,
+      reader->channels(),
+      options.channels);
   const TilePlan plan = plan_tiles(*reader, options.tiles);
   Bag bag;
   bag.level = plan.level;
@@ -34,8 +37,8 @@ Bag read_bag(const std::string& path, const BagOptions& options) {
   return bag;
 }
 
-std::function<at::Tensor(int64_t)> bag_reader(const Dataset& data, const BagOptions& options,
-                                              int64_t cache_bytes) {
+std::function<at::Tensor(int64_t)> bag_reader(
+    const Dataset& data, const BagOptions& options, int64_t cache_bytes) {
   struct Cache {
     std::mutex lock;
     std::map<int64_t, at::Tensor> bags;

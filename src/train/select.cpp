@@ -1,16 +1,16 @@
 #include "patchwise/train/select.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <numeric>
-
-#include <torch/torch.h>
 
 namespace patchwise {
 namespace {
 
 /// Per padded bag position: how much the model says the tile matters. [B,P]
-at::Tensor tile_scores(PatchClassifier& model, const at::Tensor& tiles,
-                       const std::vector<int64_t>& counts) {
+at::Tensor tile_scores(
+    PatchClassifier& model, const at::Tensor& tiles, const std::vector<int64_t>& counts) {
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
   model->eval();
@@ -23,8 +23,9 @@ at::Tensor tile_scores(PatchClassifier& model, const at::Tensor& tiles,
 
 }  // namespace
 
-Selection select_tiles(PatchClassifier& model, const at::Tensor& tiles,
-                       const std::vector<int64_t>& counts, int64_t keep) {
+Selection select_tiles(
+    PatchClassifier& model, const at::Tensor& tiles, const std::vector<int64_t>& counts,
+    int64_t keep) {
   TORCH_CHECK(keep >= 1, "select_tiles: keep ", keep, ", expected >= 1");
   const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   Selection s;

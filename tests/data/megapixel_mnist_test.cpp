@@ -1,8 +1,8 @@
 #include "patchwise/data/megapixel_mnist.h"
 
-#include <algorithm>
-
 #include <gmock/gmock.h>
+
+#include <algorithm>
 
 #include "support/test_support.h"
 
@@ -90,8 +90,9 @@ TEST_F(MegapixelTest, NumbersThatCannotMakeACanvasAreRefused) {
   EXPECT_THROW(check_megapixel_options(o), OptionError);
   Dataset missing = flat_digits();
   missing.labels.masked_fill_(missing.labels.eq(4), 3);  // no digit of class 4
-  EXPECT_THAT(test::input_error([&] { make_megapixel_canvas(missing, small(0), 0); }),
-              ::testing::HasSubstr("class 4"));
+  EXPECT_THAT(
+      test::input_error([&] { make_megapixel_canvas(missing, small(0), 0); }),
+      ::testing::HasSubstr("class 4"));
 }
 
 }  // namespace

@@ -91,8 +91,8 @@ ModelConfig bag_config(FusionRule rule) {
 }
 
 TEST_F(BagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
-  for (FusionRule rule : {FusionRule::kMean, FusionRule::kMax, FusionRule::kAttention,
-                          FusionRule::kGatedAttention}) {
+  for (FusionRule rule :
+       {FusionRule::kMean, FusionRule::kMax, FusionRule::kAttention, FusionRule::kGatedAttention}) {
     PatchClassifier model(bag_config(rule));
     model->to(torch::kFloat64);
     model->eval();
@@ -110,8 +110,8 @@ TEST_F(BagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
       EXPECT_TRUE(torch::allclose(together.log_probs[row], alone.log_probs[0], 0, 1e-10))
           << fusion_rule_name(rule) << " bag " << b;
       if (together.attention.defined()) {
-        EXPECT_TRUE(torch::allclose(together.attention[row].narrow(0, 0, n),
-                                    alone.attention[0], 0, 1e-10));
+        EXPECT_TRUE(
+            torch::allclose(together.attention[row].narrow(0, 0, n), alone.attention[0], 0, 1e-10));
         EXPECT_EQ(together.attention[row].narrow(0, n, 5 - n).abs().sum().item<double>(), 0.0);
       }
       start += n;
@@ -129,13 +129,13 @@ TEST_F(BagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
   at::Tensor labels = torch::tensor({2, 0, 3}, torch::kInt64);
   double sum = 0;  // each bag's mean over its tiles, then the mean over bags
   for (size_t b = 0; b < kCounts.size(); ++b) {
-    at::Tensor target = torch::full({kCounts[b]}, labels[static_cast<int64_t>(b)].item<int64_t>(),
-                                    torch::kInt64);
+    at::Tensor target =
+        torch::full({kCounts[b]}, labels[static_cast<int64_t>(b)].item<int64_t>(), torch::kInt64);
     sum += torch::cross_entropy_loss(bag(flat, b)[0], target).item<double>();
   }
   at::Tensor expected = torch::tensor(sum / 3.0, torch::kFloat64);
-  EXPECT_NEAR(compute_loss(LossKind::kPatch, out, labels).item<double>(),
-              expected.item<double>(), 1e-12);
+  EXPECT_NEAR(
+      compute_loss(LossKind::kPatch, out, labels).item<double>(), expected.item<double>(), 1e-12);
 }
 
 TEST_F(BagsTest, TiledModelsRefuseAPositionEmbedding) {

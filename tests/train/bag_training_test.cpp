@@ -86,7 +86,8 @@ TEST_F(BagTrainingTest, SelectionKeepsTheBestScoredTilesOfEachBagInOrder) {
   // The scores by hand: each tile's top class probability, in evaluation mode.
   model->eval();
   torch::NoGradGuard no_grad;
-  at::Tensor top = std::get<0>(torch::softmax(model->forward_bags(tiles, {9}).patch_logits[0], 1).max(1));
+  at::Tensor top =
+      std::get<0>(torch::softmax(model->forward_bags(tiles, {9}).patch_logits[0], 1).max(1));
   for (int64_t b = 0, start = 0; b < 2; start += counts[static_cast<size_t>(b)], ++b) {
     at::Tensor best = std::get<1>(top.narrow(0, start, counts[static_cast<size_t>(b)]).topk(2));
     best = std::get<0>(best.sort()) + start;

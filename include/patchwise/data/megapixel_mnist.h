@@ -6,15 +6,15 @@
 // each two straight white lines between random points (anti-aliased, 2 pixels wide),
 // go at random places. Then `digits` (5) MNIST digits of 28x28 go at random places
 // where no two digits overlap: `same` (3) of them of the canvas's class (canvas i's is
-// i mod the number of classes, so every class is equally frequent), and the others each of a class drawn uniformly from the other classes.
-// A digit's pixels are combined with what lies under it by their maximum. The label
-// is the majority class. Every draw comes from one generator seeded by (seed, index),
-// so canvas i is the same whatever the count and the threads that made the others.
+// i mod the number of classes, so every class is equally frequent), and the others each of a class
+// drawn uniformly from the other classes. A digit's pixels are combined with what lies under it by
+// their maximum. The label is the majority class. Every draw comes from one generator seeded by
+// (seed, index), so canvas i is the same whatever the count and the threads that made the others.
+
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/region.h"
@@ -22,10 +22,10 @@
 namespace patchwise {
 
 struct MegapixelOptions {
-  int64_t size = 1500;      ///< canvas side
-  int64_t digits = 5;       ///< digits per canvas
-  int64_t same = 3;         ///< of them, of the label's class (a strict majority)
-  int64_t scribbles = 50;   ///< noise patterns; 0: none
+  int64_t size = 1500;     ///< canvas side
+  int64_t digits = 5;      ///< digits per canvas
+  int64_t same = 3;        ///< of them, of the label's class (a strict majority)
+  int64_t scribbles = 50;  ///< noise patterns; 0: none
   uint64_t seed = 0;
 };
 
@@ -42,7 +42,7 @@ void check_megapixel_options(const MegapixelOptions& options);
 
 /// Canvas `index` drawn from `digits` (uint8 [N,1,28,28], labels 0..9, every class
 /// present). Throws InputError when a class has no digit.
-MegapixelCanvas make_megapixel_canvas(const Dataset& digits, const MegapixelOptions& options,
-                                      int64_t index);
+MegapixelCanvas make_megapixel_canvas(
+    const Dataset& digits, const MegapixelOptions& options, int64_t index);
 
 }  // namespace patchwise

@@ -3,12 +3,12 @@
 // read at its level and resized to the backbone's input. A tiled model trains and
 // predicts on bags (core/patch_classifier.h, forward_bags).
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/region.h"
@@ -38,8 +38,8 @@ Bag read_bag(const std::string& path, const BagOptions& options);
 /// A Loader's bag reader over data.files.paths: item i's tiles. Bags are kept in
 /// memory once read, up to `cache_bytes` in all (0: none kept), so that later epochs
 /// skip decoding; the reader may be called from one thread at a time.
-std::function<at::Tensor(int64_t)> bag_reader(const Dataset& data, const BagOptions& options,
-                                              int64_t cache_bytes);
+std::function<at::Tensor(int64_t)> bag_reader(
+    const Dataset& data, const BagOptions& options, int64_t cache_bytes);
 
 /// The mean and standard deviation of each channel over the tiles of the first
 /// `images` images of `data` (a tiled model's input normalization).

@@ -6,10 +6,10 @@
 // fixed ones. Memory for the scoring pass is the chunk's activations plus N feature
 // vectors; for the training pass, keep tiles per bag: neither grows with the bag.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "patchwise/core/patch_classifier.h"
 
@@ -23,7 +23,8 @@ struct Selection {
 
 /// The `keep` (>= 1) best tiles of each bag of `tiles` (bags as in forward_bags). A bag
 /// of at most `keep` tiles is kept whole; when every bag is, the input is returned as is.
-Selection select_tiles(PatchClassifier& model, const at::Tensor& tiles,
-                       const std::vector<int64_t>& counts, int64_t keep);
+Selection select_tiles(
+    PatchClassifier& model, const at::Tensor& tiles, const std::vector<int64_t>& counts,
+    int64_t keep);
 
 }  // namespace patchwise
