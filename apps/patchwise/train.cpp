@@ -295,12 +295,15 @@ void run_train(TrainFlags f, const CLI::App* app) {
   NullBuffer null_buffer;
   std::ostream silent(&null_buffer);
   std::ostream& log = !writer ? silent : f.json ? std::cerr : std::cout;
-  fmt::print(log, "train: {} training, {} validation and {} test images of {}x{}x{}, {} classes, from {}{}\n",
-             train.size(), validation.size(), test.size(), train.height(), train.width(),
-             train.channels(), config.class_names.size(), f.data,
-             f.tiled             ? " (large images: each read as its bag of tiles)"
-             : train.in_memory() ? ""
-                                 : " (over --in-memory-limit: decoded from the files batch by batch)");
+  const std::string sizes =
+      f.tiled ? fmt::format("large images with {} channel(s), each read as its bag of tiles",
+                            config.image_channels)
+              : fmt::format("images of {}x{}x{}{}", train.height(), train.width(), train.channels(),
+                            train.in_memory()
+                                ? ""
+                                : " (over --in-memory-limit: decoded from the files batch by batch)");
+  fmt::print(log, "train: {} training, {} validation and {} test {}, {} classes, from {}\n",
+             train.size(), validation.size(), test.size(), sizes, config.class_names.size(), f.data);
   if (options.augment.enabled()) {
     fmt::print(log, "train: augmentation: shift up to {} pixels, flips {}\n", f.shift,
                f.flip ? "on" : "off");

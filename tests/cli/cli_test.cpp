@@ -248,6 +248,7 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
                       file("mp.pw"));
   ASSERT_EQ(trained.code, 0) << trained.err;
   EXPECT_THAT(trained.out, HasSubstr("bags of tiles of 28"));
+  EXPECT_THAT(trained.out, HasSubstr("20 training, 0 validation and 10 test large images"));
   EXPECT_THAT(trained.out, HasSubstr("loss fused"));  // the default with --tile
   std::string canvas;
   for (const auto& entry : fs::recursive_directory_iterator(data + "/test")) {
