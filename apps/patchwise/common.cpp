@@ -73,6 +73,10 @@ PatchClassifier load_grid_model(const std::string& path, const std::string& comm
   return model;
 }
 
+BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader) {
+  return {config.tiles, reader, config.grid.input, config.image_channels};
+}
+
 BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class) {
   const ModelConfig& config = model->config();
   check_input(target_class >= -1 && target_class < model->num_classes(),

@@ -12,6 +12,7 @@
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/source.h"
+#include "patchwise/patch/bags.h"
 #include "patchwise/data/region.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"
@@ -63,6 +64,9 @@ Dataset load_data_reporting(const std::string& path, const std::string& split,
 
 /// load_model, refusing a tiled model: `command` draws or cuts the fixed patch grid.
 PatchClassifier load_grid_model(const std::string& path, const std::string& command);
+
+/// How a tiled model's images become bags: its tiles, input side and channels.
+BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader = {});
 
 /// A tiled model's answer for one bag of tiles.
 struct BagPrediction {

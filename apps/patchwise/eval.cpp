@@ -39,7 +39,7 @@ void run_eval(const EvalFlags& f) {
   Dataset data = load_data_reporting(f.data, f.split, options);
   BagFn bags;
   if (config.tiled) {
-    bags = bag_reader(data, BagOptions{config.tiles, {}, config.grid.input, config.image_channels}, 0);
+    bags = bag_reader(data, model_bag_options(config), 0);
   }
   if (data.class_names != model->config().class_names &&
       !align_class_names(data, model->config().class_names)) {

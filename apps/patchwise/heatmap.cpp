@@ -44,9 +44,9 @@ at::Tensor stack_vertically(const at::Tensor& top, const at::Tensor& bottom) {
 /// image's thumbnail, a colour bar, and the top tiles as crops.
 void run_tiled_heatmap(const HeatmapFlags& f, PatchClassifier& model) {
   const ModelConfig& config = model->config();
-  const BagOptions options{config.tiles, {}, config.grid.input, config.image_channels};
+  const BagOptions options = model_bag_options(config);
   std::unique_ptr<RegionReader> reader = open_region_reader(f.image, options.reader);
-  const Bag bag = read_bag(f.image, options);
+  const Bag bag = read_bag(*reader, options);
   const BagPrediction p = predict_bag(model, bag.tiles, f.target_class);
   const at::Tensor thumb = reader->thumbnail(f.size);
   const Heatmap h = tile_heatmap(bag.boxes, p.scores, reader->width(), reader->height(),

@@ -52,8 +52,7 @@ void print_table(const std::string& file, const std::vector<std::string>& names,
 /// and the `top` tiles by score (attention weight, or the class's probability).
 nlohmann::json predict_tiled(PatchClassifier& model, const std::string& file, const PredictFlags& f) {
   const ModelConfig& config = model->config();
-  BagOptions options{config.tiles, f.tiles.reader, config.grid.input, config.image_channels};
-  const Bag bag = read_bag(file, options);
+  const Bag bag = read_bag(file, model_bag_options(config, f.tiles.reader));
   const BagPrediction p = predict_bag(model, bag.tiles, -1);
   nlohmann::json tiles = nlohmann::json::array();
   for (int64_t t : top_tiles(p.scores, f.top)) {

@@ -152,27 +152,18 @@ void flags_from_json(const nlohmann::json& j, TrainFlags& f, const CLI::App* app
 /// A tiled run: the model takes bags of tiles at its input size; its normalization comes
 /// from the tiles of the first training images; the trainer reads bags, keeping them in
 /// memory up to --in-memory-limit for each set.
-BagOptions bag_options(const TrainFlags& f, int64_t channels) {
-  BagOptions bags;
-  bags.tiles = f.tiles.tiles;
-  bags.reader = f.tiles.reader;
-  bags.input = f.grid.input;
-  bags.channels = channels;
-  return bags;
-}
-
 void setup_tiled(const TrainFlags& f, const Dataset& train, const Dataset* eval_set,
                  ModelConfig& config, TrainerOptions& options) {
   check_tile_options(f.tiles.tiles);
-  const BagOptions bags = bag_options(
-      f, open_region_reader(train.files.paths.front(), f.tiles.reader)->channels());
   config.tiled = true;
   config.tiles = f.tiles.tiles;
   config.grid = PatchGridOptions{};
   config.grid.rows = config.grid.cols = 1;
   config.grid.patch_h = config.grid.patch_w = config.grid.input = f.grid.input;
   config.image_h = config.image_w = f.grid.input;
-  config.image_channels = bags.channels;
+  config.image_channels =
+      open_region_reader(train.files.paths.front(), f.tiles.reader)->channels();
+  const BagOptions bags = model_bag_options(config, f.tiles.reader);
   config.normalization = tile_normalization(train, bags, 64);
   const auto cache = static_cast<int64_t>(f.data_flags.in_memory_limit * 1048576.0);
   options.bags = bag_reader(train, bags, cache);
@@ -386,7 +377,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   double final_test_accuracy = history.back().test_accuracy;
   if (f.val_split > 0 && has_test) {
     const BagFn test_bags =
-        f.tiled ? bag_reader(test, bag_options(f, config.image_channels), 0) : BagFn{};
+        f.tiled ? bag_reader(test, model_bag_options(config, f.tiles.reader), 0) : BagFn{};
     Evaluation e = evaluate(model, test, options.eval_batch, false, test_bags);
     final_test_accuracy = e.accuracy;
     fmt::print(log, "train: kept epoch {}; test accuracy {:.4f} ± {:.4f} on {} images\n",

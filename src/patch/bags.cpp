@@ -12,25 +12,28 @@
 namespace patchwise {
 
 Bag read_bag(const std::string& path, const BagOptions& options) {
-  std::unique_ptr<RegionReader> reader = open_region_reader(path, options.reader);
+  return read_bag(*open_region_reader(path, options.reader), options);
+}
+
+Bag read_bag(const RegionReader& reader, const BagOptions& options) {
   check_input(
-      options.channels == 0 || reader->channels() == options.channels,
+      options.channels == 0 || reader.channels() == options.channels,
       "{}: {} channel(s), the model expects {}",
-      path,
-      reader->channels(),
+      reader.path(),
+      reader.channels(),
       options.channels);
-  const TilePlan plan = plan_tiles(*reader, options.tiles);
+  const TilePlan plan = plan_tiles(reader, options.tiles);
   Bag bag;
   bag.level = plan.level;
   bag.fallback = plan.fallback;
-  const int64_t c = reader->channels();
+  const int64_t c = reader.channels();
   const int64_t side = options.input;
   const auto n = static_cast<int64_t>(plan.kept.size());
   bag.tiles = torch::empty({n, c, side, side}, torch::kUInt8);
   uint8_t* out = bag.tiles.data_ptr<uint8_t>();
   for (int64_t i = 0; i < n; ++i) {
     const Box& box = plan.boxes[static_cast<size_t>(plan.kept[static_cast<size_t>(i)])];
-    const at::Tensor tile = reader->read_resized(box, plan.level, side);  // contiguous [C,s,s]
+    const at::Tensor tile = reader.read_resized(box, plan.level, side);  // contiguous [C,s,s]
     std::memcpy(out + i * c * side * side, tile.data_ptr<uint8_t>(), c * side * side);
     bag.boxes.push_back(level0_box(box, plan.downsample));
   }

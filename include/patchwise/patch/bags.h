@@ -34,6 +34,8 @@ struct Bag {
 /// loader thread. Throws InputError naming the file when it cannot be read, is
 /// smaller than a tile, or has channels other than options.channels.
 Bag read_bag(const std::string& path, const BagOptions& options);
+/// The same from an image already open (options.reader is not used).
+Bag read_bag(const RegionReader& reader, const BagOptions& options);
 
 /// A Loader's bag reader over data.files.paths: item i's tiles. Bags are kept in
 /// memory once read, up to `cache_bytes` in all (0: none kept), so that later epochs
