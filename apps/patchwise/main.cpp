@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "patchwise/core/cpu_allocator.h"
 #include "patchwise/core/error.h"
 #include "patchwise/dist/distributed.h"
 
@@ -51,6 +52,7 @@ std::string flag_of(std::string option) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  patchwise::use_caching_cpu_allocator(patchwise::kDefaultCpuCacheBytes);
   CLI::App app{"patchwise: patch-based image classification"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();
