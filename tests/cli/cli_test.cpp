@@ -349,10 +349,14 @@ TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
 }
 
 TEST_F(CliTest, SigintWritesACheckpointAndExits130) {
+  // A background job of a non-interactive shell starts with SIGINT ignored until train
+  // installs its handler (after loading the data): send it every second until it exits,
+  // so that a slow start on a busy machine cannot swallow the only signal.
   const std::string command = std::string(PATCHWISE_BINARY) + " train --data " + kData +
                               " --limit-train 20000 --limit-test 64 --epochs 1 --out " +
                               file("int.pw") + " >/dev/null 2>" + file("int.err") +
-                              " & pid=$!; sleep 3; kill -INT $pid; wait $pid; echo $? > " +
+                              " & pid=$!; for i in $(seq 120); do sleep 1; kill -INT $pid 2>/dev/null || break; "
+                              "done; wait $pid; echo $? > " +
                               file("int.rc");
   ASSERT_EQ(std::system(("bash -c '" + command + "'").c_str()), 0);
   EXPECT_EQ(test::read_file(file("int.rc")), "130\n") << test::read_file(file("int.err"));
