@@ -5,21 +5,39 @@
 //   whole_train / whole_infer   small-cnn on the whole 28x28 image resized to 32
 //   vgg_train / vgg_infer       VGG16 on the seed's 4 patches of 32x32
 //   predict_latency             one image through the seed model
+//   mil_train / mil_infer       gated-attention MIL: a tiled small-cnn (batch norm, no
+//                               dropout) on 4 bags of 32x32 tiles per call
 //
 // Training: batch 64, what `patchwise train` does per step (loader thread gathers
 // the batch, normalize, cut and resize, forward, loss, backward, Adam). Inference:
 // batch 256 under InferenceMode. Data: Fashion-MNIST when installed.
 //
+// MIL: what `patchwise train --tile 50 --tile-stride 25 --input 32 --fusion gated-attention
+// --batch-norm --dropout 0 --loss fused --batch 4` does per step once its bags are cached
+// (forward_bags over one batch of uint8 tiles, the fused loss, backward,
+// Adam); inference is forward_bags in eval mode under InferenceMode. The same 4 bags of
+// random tiles every call; bag sizes uniform in [300, 420] (about what Megapixel MNIST
+// keeps with tiles of 50 at stride 25), or PATCHWISE_BAG_SIZES="n1,n2,..." cycled over the
+// bags, drawn as bench/peer.py draws them. Each job prints its bags, parameter count
+// and loss at step 0 on stderr, once.
+//
 //   build/bench/patchwise_bench --benchmark_counters_tabular=true
 //
-// Counters: images_per_s, gflops (the backbone's multiply-adds x 2, x 3 for a
-// training step's forward and backward), latency_ms (per call).
+// Counters: images_per_s (bags for MIL), tiles_per_s (MIL only), gflops (the backbone's
+// multiply-adds x 2, x 3 for a training step's forward and backward), latency_ms (per call).
 
 #include <benchmark/benchmark.h>
+#include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
+#include "patchwise/core/cpu_allocator.h"
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/idx.h"
@@ -53,6 +71,7 @@ const Dataset& bench_data() {
 void bench_threads() {
   const char* env = std::getenv("PATCHWISE_THREADS");
   set_threads(env ? std::atoi(env) : 0);
+  use_caching_cpu_allocator(kDefaultCpuCacheBytes);
 }
 
 enum Layout : int64_t { kSeed = 0, kWhole = 1, kVgg = 2 };
@@ -71,19 +90,26 @@ ModelConfig bench_config(int64_t layout) {
   return c;
 }
 
-/// Floating-point operations per image: the backbone's multiply-adds over every patch,
-/// two operations each; a training step costs about three forward passes.
-double flops_per_image(const PatchClassifier& model, bool training) {
-  const double forward =
-      2.0 * double(backbone_forward_macs(model->config().backbone)) * double(model->num_patches());
+/// Floating-point operations per patch: the backbone's multiply-adds, two operations
+/// each; a training step costs about three forward passes.
+double flops_per_patch(const PatchClassifier& model, bool training) {
+  const double forward = 2.0 * double(backbone_forward_macs(model->config().backbone));
   return training ? 3.0 * forward : forward;
 }
 
-void report(benchmark::State& state, const PatchClassifier& model, int64_t batch, bool training) {
-  const double images = double(state.iterations() * batch);
-  state.counters["images_per_s"] = benchmark::Counter(images, benchmark::Counter::kIsRate);
+/// Counters of calls on `batch` images each; `tiles` > 0: the images are bags of that
+/// many tiles in all per call (adds tiles_per_s), else each has the model's patches.
+void report(
+    benchmark::State& state, const PatchClassifier& model, int64_t batch, bool training,
+    int64_t tiles = 0) {
+  const double calls = double(state.iterations());
+  const double patches = double(tiles > 0 ? tiles : batch * model->num_patches());
+  state.counters["images_per_s"] = benchmark::Counter(calls * batch, benchmark::Counter::kIsRate);
+  if (tiles > 0) {
+    state.counters["tiles_per_s"] = benchmark::Counter(calls * tiles, benchmark::Counter::kIsRate);
+  }
   state.counters["gflops"] = benchmark::Counter(
-      images * flops_per_image(model, training) / 1e9, benchmark::Counter::kIsRate);
+      calls * patches * flops_per_patch(model, training) / 1e9, benchmark::Counter::kIsRate);
   state.counters["latency_ms"] = benchmark::Counter(
       double(state.iterations()) / 1e3, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
@@ -131,6 +157,145 @@ void infer_job(benchmark::State& state, int64_t layout, int64_t batch) {
   report(state, model, batch, /*training=*/false);
 }
 
+constexpr int64_t kMilBags = 4;        // bags per call: the recipe's batch
+constexpr int64_t kMilInput = 32;      // tile side at the backbone's input
+constexpr int64_t kMilMinTiles = 300;  // default bag sizes: uniform in [300, 420]
+constexpr int64_t kMilMaxTiles = 420;
+
+struct MilBatch {
+  std::vector<int64_t> counts;  ///< tiles per bag
+  at::Tensor tiles;             ///< uint8 [N,1,32,32], the bags one after the other
+  at::Tensor labels;            ///< int64 [16]
+};
+
+/// splitmix64, the default bag sizes' generator (bench/peer.py has the same).
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/// PATCHWISE_BAG_SIZES="n1,n2,..." (each >= 1); empty when unset.
+std::vector<int64_t> env_bag_sizes() {
+  const char* env = std::getenv("PATCHWISE_BAG_SIZES");
+  std::vector<int64_t> sizes;
+  for (std::string rest = env ? env : ""; !rest.empty();) {
+    const size_t comma = rest.find(',');
+    const std::string item = rest.substr(0, comma);
+    char* end = nullptr;
+    const long long n = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || n < 1) {
+      throw std::invalid_argument(
+          "PATCHWISE_BAG_SIZES: '" + std::string(env) +
+          "', expected positive integers separated by commas");
+    }
+    sizes.push_back(n);
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+  }
+  return sizes;
+}
+
+/// The bags' sizes: PATCHWISE_BAG_SIZES cycled, else splitmix64 from seed 1, each
+/// kMilMinTiles + draw % (kMilMaxTiles - kMilMinTiles + 1).
+std::vector<int64_t> mil_bag_sizes() {
+  const std::vector<int64_t> given = env_bag_sizes();
+  std::vector<int64_t> sizes;
+  uint64_t state = 1;
+  for (size_t i = 0; i < size_t(kMilBags); ++i) {
+    const uint64_t draw = splitmix64(state) % uint64_t(kMilMaxTiles - kMilMinTiles + 1);
+    sizes.push_back(given.empty() ? kMilMinTiles + int64_t(draw) : given[i % given.size()]);
+  }
+  return sizes;
+}
+
+const MilBatch& mil_batch() {
+  static const MilBatch batch = [] {
+    MilBatch b;
+    b.counts = mil_bag_sizes();
+    const int64_t n = std::accumulate(b.counts.begin(), b.counts.end(), int64_t{0});
+    torch::manual_seed(1);
+    b.tiles = torch::randint(0, 256, {n, 1, kMilInput, kMilInput}, torch::kUInt8);
+    b.labels = torch::randint(0, 10, {kMilBags}, torch::kInt64);
+    return b;
+  }();
+  return batch;
+}
+
+/// A tiled model as `patchwise train --tile T --input 32 --fusion gated-attention
+/// --batch-norm --dropout 0` builds it (setup_tiled, run_train).
+ModelConfig mil_config() {
+  ModelConfig c;
+  c.tiled = true;
+  c.grid = PatchGridOptions{};
+  c.grid.rows = c.grid.cols = 1;
+  c.grid.patch_h = c.grid.patch_w = c.grid.input = kMilInput;
+  c.image_h = c.image_w = kMilInput;
+  c.image_channels = 1;
+  c.class_names = std::vector<std::string>(10, "c");
+  c.normalization = compute_normalization(mil_batch().tiles);
+  c.fusion = FusionRule::kGatedAttention;
+  c.attention_hidden = 128;
+  c.backbone.num_classes = 10;
+  c.backbone.batch_norm = true;
+  c.backbone.dropout = 0.0;
+  return c;
+}
+
+/// Once per process, on stderr: the bags, the parameter count and the loss ("fused") of
+/// the untrained model in its current mode, without gradients, to set beside bench/peer.py's.
+void describe_mil(const char* job, PatchClassifier& model, const MilBatch& batch) {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  torch::NoGradGuard no_grad;
+  int64_t parameters = 0;
+  for (const at::Tensor& p : model->parameters()) parameters += p.numel();
+  const PatchOutput out = model->forward_bags(batch.tiles, batch.counts);
+  const double loss = compute_loss(LossKind::kFused, out, batch.labels).item<double>();
+  fmt::print(
+      stderr,
+      "{}: {} bags, {} tiles, {} parameters, loss at step 0 {:.4f}\n",
+      job,
+      batch.counts.size(),
+      batch.tiles.size(0),
+      parameters,
+      loss);
+}
+
+void mil_train(benchmark::State& state) {
+  bench_threads();
+  const MilBatch& batch = mil_batch();
+  torch::manual_seed(0);
+  PatchClassifier model(mil_config());
+  model->train();
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+  describe_mil("mil_train", model, batch);
+  for (auto _ : state) {
+    PatchOutput out = model->forward_bags(batch.tiles, batch.counts);
+    at::Tensor loss = compute_loss(LossKind::kFused, out, batch.labels);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+  }
+  report(state, model, kMilBags, /*training=*/true, batch.tiles.size(0));
+}
+
+void mil_infer(benchmark::State& state) {
+  bench_threads();
+  const MilBatch& batch = mil_batch();
+  torch::manual_seed(0);
+  PatchClassifier model(mil_config());
+  model->eval();
+  describe_mil("mil_infer", model, batch);
+  torch::InferenceMode guard;
+  for (auto _ : state) {
+    PatchOutput out = model->forward_bags(batch.tiles, batch.counts);
+    benchmark::DoNotOptimize(out.log_probs.data_ptr<float>());
+  }
+  report(state, model, kMilBags, /*training=*/false, batch.tiles.size(0));
+}
+
 void seed_train(benchmark::State& s) { train_job(s, kSeed); }
 void seed_infer(benchmark::State& s) { infer_job(s, kSeed, kInferBatch); }
 void whole_train(benchmark::State& s) { train_job(s, kWhole); }
@@ -146,6 +311,8 @@ BENCHMARK(whole_infer)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
 BENCHMARK(vgg_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(vgg_infer)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(predict_latency)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
+BENCHMARK(mil_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(mil_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
 
 }  // namespace
 }  // namespace patchwise

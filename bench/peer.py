@@ -3,7 +3,9 @@
 
     /usr/bin/python3 bench/peer.py --job JOB [--seconds S] [--threads N] [--data DIR] [--warmup W]
 
-JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, predict_latency.
+JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, predict_latency,
+mil_train, mil_infer (gated-attention MIL on 4 bags of random 32x32 tiles; bag sizes as
+patchwise_bench draws them, or PATCHWISE_BAG_SIZES="n1,n2,..." cycled over the bags).
 Prints one JSON line on stdout; everything else goes to stderr. Bad arguments: exit 2.
 Needs Debian's python3-torch (torch 1.13, the same libtorch patchwise links against).
 """
@@ -24,12 +26,16 @@ except ImportError as e:
     sys.exit(2)
 
 JOBS = ("seed_train", "seed_infer", "whole_train", "whole_infer", "vgg_train", "vgg_infer",
-        "predict_latency")
+        "predict_latency", "mil_train", "mil_infer")
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 BENCH_IMAGES = 12800  # kBenchImages
 TRAIN_BATCH = 64      # kTrainBatch
 INFER_BATCH = 256     # kInferBatch
 INPUT = 32            # PatchGridOptions::input
+MIL_BAGS = 4           # kMilBags
+MIL_TILES = (300, 420)  # kMilMinTiles, kMilMaxTiles: default bag sizes, uniform
+MIL_HIDDEN = 128        # ModelConfig::attention_hidden
+MASK64 = (1 << 64) - 1
 VGG16_PLAN = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0]
 
 
@@ -78,22 +84,31 @@ def normalization(images):
 
 
 class SmallCnn(nn.Module):
-    """backbone.cpp SmallCnnImpl: 3x [conv3x3 valid, ReLU(inplace), maxpool 2], fc1 64, fc2 K."""
+    """backbone.cpp SmallCnnImpl: 3x [conv3x3 valid, (BatchNorm), ReLU(inplace), maxpool 2],
+    fc1 64 + ReLU (the features), dropout, fc2 K (the classifier)."""
 
-    def __init__(self, in_channels, side, classes=10, dropout=0.5):
+    def __init__(self, in_channels, side, classes=10, dropout=0.5, batch_norm=False):
         super().__init__()
         layers = []
         for out in (16, 32, 64):
-            layers += [nn.Conv2d(in_channels, out, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers.append(nn.Conv2d(in_channels, out, 3))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             in_channels, side = out, (side - 2) // 2
         self.conv = nn.Sequential(*layers)
         self.fc1 = nn.Linear(in_channels * side * side, 64)
         self.dropout = nn.Dropout(dropout)  # BackboneOptions::dropout defaults to 0.5
         self.fc2 = nn.Linear(64, classes)
 
-    def forward(self, x):
-        features = torch.relu(self.fc1(self.conv(x).flatten(1)))  # not in place, as features()
+    def features(self, x):
+        return torch.relu(self.fc1(self.conv(x).flatten(1)))  # not in place, as features()
+
+    def classify(self, features):
         return self.fc2(self.dropout(features))
+
+    def forward(self, x):
+        return self.classify(self.features(x))
 
 
 class Vgg16(nn.Module):
@@ -143,6 +158,99 @@ class PatchClassifier(nn.Module):
         # fuse(kMean): log of the mean of the patches' softmax probabilities.
         log_probs = torch.logsumexp(torch.log_softmax(patch_logits, 2), 1) - np.log(n)
         return patch_logits, log_probs
+
+
+class GatedAttentionMil(nn.Module):
+    """A tiled PatchClassifier with gated-attention fusion (attention.cpp, Ilse et al. 2018):
+    one backbone pass over every bag's tiles, then per bag a = softmax(w(tanh(V h) *
+    sigmoid(U h))), z = sum a h, and the backbone's own classifier on z."""
+
+    def __init__(self, mean, std, hidden=MIL_HIDDEN):
+        super().__init__()
+        self.backbone = SmallCnn(1, INPUT, dropout=0.0, batch_norm=True)
+        self.V = nn.Linear(64, hidden)
+        self.U = nn.Linear(64, hidden)
+        self.w = nn.Linear(hidden, 1, bias=False)  # AttentionPool's w has no bias
+        self.register_buffer("mean", mean.to(torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", std.to(torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, tiles, sizes):
+        x = tiles.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        features = self.backbone.features(x)  # [N,64]
+        bag_logits = []
+        for h in torch.split(features, sizes):
+            scores = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(1)
+            a = torch.softmax(scores, 0)
+            bag_logits.append(self.backbone.classify(a @ h))
+        return torch.stack(bag_logits)
+
+
+def mil_loss(bag_logits, labels):
+    """compute_loss(kFused): the cross-entropy of the bags' fused outputs."""
+    return F.cross_entropy(bag_logits, labels)
+
+
+def splitmix64(state):
+    """-> (new state, draw); patchwise_bench.cpp's splitmix64."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return state, z ^ (z >> 31)
+
+
+def mil_bag_sizes():
+    """mil_bag_sizes(): PATCHWISE_BAG_SIZES cycled over the bags, else splitmix64 from seed 1."""
+    env = os.environ.get("PATCHWISE_BAG_SIZES", "")
+    given = [item.strip() for item in env.split(",")] if env else []
+    if not all(item.isdigit() and int(item) >= 1 for item in given):
+        raise ValueError(f"PATCHWISE_BAG_SIZES: '{env}', expected positive integers separated "
+                         "by commas")
+    given = [int(item) for item in given]
+    sizes, state = [], 1
+    low, high = MIL_TILES
+    for i in range(MIL_BAGS):
+        state, draw = splitmix64(state)
+        sizes.append(given[i % len(given)] if given else low + draw % (high - low + 1))
+    return sizes
+
+
+def mil_batch():
+    """mil_batch(): uint8 tiles [N,1,32,32] of the bags one after the other, and labels."""
+    sizes = mil_bag_sizes()
+    torch.manual_seed(1)
+    tiles = torch.randint(0, 256, (sum(sizes), 1, INPUT, INPUT), dtype=torch.uint8)
+    return tiles, sizes, torch.randint(0, 10, (MIL_BAGS,), dtype=torch.int64)
+
+
+def describe_mil(job, model, tiles, sizes, labels):
+    """As patchwise_bench: bags, parameters and the step-0 loss, on stderr."""
+    with torch.no_grad():
+        loss = mil_loss(model(tiles, sizes), labels).item()
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"{job}: {len(sizes)} bags, {len(tiles)} tiles, {parameters} parameters, "
+          f"loss at step 0 {loss:.4f}", file=sys.stderr)
+
+
+def mil_fn(job, tiles, sizes, labels):
+    """mil_train: forward, the fused loss, backward, Adam(1e-3); mil_infer: eval, inference mode."""
+    torch.manual_seed(0)
+    model = GatedAttentionMil(*normalization(tiles))
+    training = job == "mil_train"
+    model.train(training)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3) if training else None
+    describe_mil(job, model, tiles, sizes, labels)
+
+    def train_step():
+        loss = mil_loss(model(tiles, sizes), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def infer_step():
+        with torch.inference_mode():
+            return model(tiles, sizes)
+    return (train_step if training else infer_step), MIL_BAGS
 
 
 def build_model(job, images):
@@ -226,23 +334,31 @@ def main():
         parser.error(f"--threads: {args.threads}, expected at least 1")
     if args.warmup < 0:
         parser.error(f"--warmup: {args.warmup}, expected 0 or more")
+    mil = args.job.startswith("mil")
     try:
-        images, labels = load_data(args.data or DEFAULT_DATA, args.data is not None)
+        if mil:
+            tiles, sizes, labels = mil_batch()
+        else:
+            images, labels = load_data(args.data or DEFAULT_DATA, args.data is not None)
     except (OSError, ValueError) as e:
         parser.error(str(e))
 
     torch.set_num_threads(args.threads)  # set_threads()
-    model = build_model(args.job, images)
-    if args.job.endswith("_train"):
-        step, batch = train_step_fn(model, images, labels)
+    if mil:
+        step, batch = mil_fn(args.job, tiles, sizes, labels)
+    elif args.job.endswith("_train"):
+        step, batch = train_step_fn(build_model(args.job, images), images, labels)
     else:  # predict_latency: the seed model, one image per call
+        model = build_model(args.job, images)
         step, batch = infer_fn(model, images, 1 if args.job == "predict_latency" else INFER_BATCH)
     print(f"peer.py: {args.job}, batch {batch}, {args.threads} threads", file=sys.stderr)
     iterations, seconds = measure(step, args.warmup, args.seconds)
-    print(json.dumps({"job": args.job, "images_per_s": round(iterations * batch / seconds, 2),
-                      "iterations": iterations, "seconds": round(seconds, 4), "batch": batch,
-                      "latency_ms": round(1000.0 * seconds / iterations, 4),
-                      "threads": args.threads}))
+    result = {"job": args.job, "images_per_s": round(iterations * batch / seconds, 2),
+              "iterations": iterations, "seconds": round(seconds, 4), "batch": batch,
+              "latency_ms": round(1000.0 * seconds / iterations, 4), "threads": args.threads}
+    if mil:
+        result["tiles_per_s"] = round(iterations * len(tiles) / seconds, 2)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
