@@ -1,16 +1,15 @@
 #include "common.h"
 
-#include <cmath>
+#include <fmt/format.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
-#include <numeric>
 #include <iostream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <numeric>
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
@@ -19,9 +18,12 @@ namespace patchwise::cli {
 
 std::pair<int64_t, int64_t> parse_size_pair(const std::string& text, const std::string& flag) {
   auto parse_one = [&](const std::string& part) -> int64_t {
-    check_input(!part.empty() && part.size() <= 9 &&
-                    part.find_first_not_of("0123456789") == std::string::npos,
-                "{}: '{}' is not a size, expected N or NxM with positive integers", flag, text);
+    check_input(
+        !part.empty() && part.size() <= 9 &&
+            part.find_first_not_of("0123456789") == std::string::npos,
+        "{}: '{}' is not a size, expected N or NxM with positive integers",
+        flag,
+        text);
     int64_t value = std::stoll(part);
     check_input(value > 0, "{}: '{}' has a zero size, expected positive integers", flag, text);
     return value;
@@ -37,9 +39,11 @@ std::pair<int64_t, int64_t> parse_size_pair(const std::string& text, const std::
 void add_grid_flags(CLI::App* app, GridFlags& flags) {
   app->add_option("--grid", flags.grid, "patch grid, ROWSxCOLS (ignored by five-crop/ten-crop)");
   app->add_option("--patch", flags.patch, "patch size in image pixels, P or HxW");
-  app->add_option("--stride", flags.stride,
-                  "stride S or SHxSW (TensorFlow VALID rule); default: outer patches flush "
-                  "with the borders");
+  app->add_option(
+      "--stride",
+      flags.stride,
+      "stride S or SHxSW (TensorFlow VALID rule); default: outer patches flush "
+      "with the borders");
   app->add_option("--layout", flags.layout, "patch layout: grid, five-crop or ten-crop");
   app->add_option("--input", flags.input, "side of the backbone input each patch is resized to");
 }
@@ -66,10 +70,12 @@ PatchGridOptions grid_options(const GridFlags& flags, const CLI::App* app) {
 
 PatchClassifier load_grid_model(const std::string& path, const std::string& command) {
   PatchClassifier model = load_model(path);
-  check_input(!model->config().tiled,
-              "--model: {} is a tiled model (bags of tiles); {} works on the fixed patch grid, "
-              "expected a grid model (predict and eval take tiled ones)",
-              path, command);
+  check_input(
+      !model->config().tiled,
+      "--model: {} is a tiled model (bags of tiles); {} works on the fixed patch grid, "
+      "expected a grid model (predict and eval take tiled ones)",
+      path,
+      command);
   return model;
 }
 
@@ -79,8 +85,11 @@ BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOption
 
 BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class) {
   const ModelConfig& config = model->config();
-  check_input(target_class >= -1 && target_class < model->num_classes(),
-              "--class: {}, expected -1 or 0..{}", target_class, model->num_classes() - 1);
+  check_input(
+      target_class >= -1 && target_class < model->num_classes(),
+      "--class: {}, expected -1 or 0..{}",
+      target_class,
+      model->num_classes() - 1);
   torch::InferenceMode guard;
   PatchOutput out = model->forward_bags(tiles.to(model->device()), {tiles.size(0)});
   at::Tensor probs = out.log_probs[0].exp().to(torch::kCPU, torch::kFloat64).contiguous();
@@ -104,8 +113,13 @@ std::vector<int64_t> top_tiles(const std::vector<double>& scores, int64_t top) {
   std::vector<int64_t> order(scores.size());
   std::iota(order.begin(), order.end(), 0);
   const auto k = std::min<size_t>(static_cast<size_t>(std::max<int64_t>(top, 0)), order.size());
-  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
-                    [&](int64_t a, int64_t b) { return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(b)]; });
+  std::partial_sort(
+      order.begin(),
+      order.begin() + static_cast<std::ptrdiff_t>(k),
+      order.end(),
+      [&](int64_t a, int64_t b) {
+        return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(b)];
+      });
   order.resize(k);
   return order;
 }
@@ -127,32 +141,45 @@ void add_tile_flags(CLI::App* app, TileFlags& f) {
   app->add_option("--mpp", f.tiles.mpp, "tile the level nearest to this many microns per pixel")
       ->check(CLI::PositiveNumber)
       ->excludes(level);
-  app->add_option("--min-foreground", f.tiles.min_foreground,
-                  "keep tiles with at least this foreground fraction (Otsu mask); 0: all")
+  app->add_option(
+         "--min-foreground",
+         f.tiles.min_foreground,
+         "keep tiles with at least this foreground fraction (Otsu mask); 0: all")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  app->add_option("--mask-side", f.tiles.mask_side,
-                  "longer side of the foreground mask's thumbnail; 0: about 8 mask pixels "
-                  "per tile")
+  app->add_option(
+         "--mask-side",
+         f.tiles.mask_side,
+         "longer side of the foreground mask's thumbnail; 0: about 8 mask pixels "
+         "per tile")
       ->check(CLI::Range(int64_t{0}, int64_t{16384}));
-  app->add_flag("--mask-cleanup,!--no-mask-cleanup", f.tiles.cleanup,
-                "close and open the mask (fills pinholes, drops specks; default), or not "
-                "(thin strokes)");
-  app->add_option("--reader", f.reader.reader, "openslide or vips; default: the first that opens it");
-  app->add_option("--max-pixels", f.reader.max_pixels,
-                  "largest image decoded whole (PNG, JPEG, ...); 0: no limit")
+  app->add_flag(
+      "--mask-cleanup,!--no-mask-cleanup",
+      f.tiles.cleanup,
+      "close and open the mask (fills pinholes, drops specks; default), or not "
+      "(thin strokes)");
+  app->add_option(
+      "--reader", f.reader.reader, "openslide or vips; default: the first that opens it");
+  app->add_option(
+         "--max-pixels",
+         f.reader.max_pixels,
+         "largest image decoded whole (PNG, JPEG, ...); 0: no limit")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
 }
 
 void add_data_flags(CLI::App* app, DataFlags& flags) {
   app->add_option("--label", flags.label, "CIFAR-100 labels: fine or coarse");
-  app->add_option("--image-size", flags.image_size,
-                  "resize every image of an image folder to HxW (else all must match)");
+  app->add_option(
+      "--image-size",
+      flags.image_size,
+      "resize every image of an image folder to HxW (else all must match)");
   app->add_flag("--strict", flags.strict, "an unreadable image file is an error, not skipped");
-  app->add_option("--in-memory-limit", flags.in_memory_limit,
-                  "MiB of decoded images an image folder or manifest may hold in memory; a "
-                  "larger set is decoded from its files batch by batch (0: no limit)")
+  app->add_option(
+         "--in-memory-limit",
+         flags.in_memory_limit,
+         "MiB of decoded images an image folder or manifest may hold in memory; a "
+         "larger set is decoded from its files batch by batch (0: no limit)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
 }
@@ -160,8 +187,10 @@ void add_data_flags(CLI::App* app, DataFlags& flags) {
 DataOptions data_options(const DataFlags& flags, int64_t limit) {
   DataOptions o;
   o.limit = limit;
-  check_input(flags.label == "fine" || flags.label == "coarse",
-              "--label: '{}', expected fine or coarse", flags.label);
+  check_input(
+      flags.label == "fine" || flags.label == "coarse",
+      "--label: '{}', expected fine or coarse",
+      flags.label);
   o.cifar_label = flags.label == "fine" ? CifarLabel::kFine : CifarLabel::kCoarse;
   if (!flags.image_size.empty()) {
     std::tie(o.folder.height, o.folder.width) = parse_size_pair(flags.image_size, "--image-size");
@@ -171,8 +200,8 @@ DataOptions data_options(const DataFlags& flags, int64_t limit) {
   return o;
 }
 
-Dataset load_data_reporting(const std::string& path, const std::string& split,
-                            const DataOptions& options) {
+Dataset load_data_reporting(
+    const std::string& path, const std::string& split, const DataOptions& options) {
   std::vector<std::string> skipped;
   Dataset data = load_data(path, split, options, &skipped);
   if (!skipped.empty()) {
@@ -182,8 +211,12 @@ Dataset load_data_reporting(const std::string& path, const std::string& split,
       names += (i ? ", " : "") + skipped[i];
     }
     if (skipped.size() > kNamed) names += ", ...";
-    fmt::print(stderr, "warning: skipped {} unreadable image file(s) in {}: {} (--strict makes this an error)\n",
-               skipped.size(), path, names);
+    fmt::print(
+        stderr,
+        "warning: skipped {} unreadable image file(s) in {}: {} (--strict makes this an error)\n",
+        skipped.size(),
+        path,
+        names);
   }
   return data;
 }

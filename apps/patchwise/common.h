@@ -2,18 +2,17 @@
 // Pieces shared by the subcommands: the patch-layout flags, runtime flags,
 // JSON output and the progress bar.
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <CLI/CLI.hpp>
-#include <nlohmann/json_fwd.hpp>
-
 #include "patchwise/core/patch_classifier.h"
+#include "patchwise/data/region.h"
 #include "patchwise/data/source.h"
 #include "patchwise/patch/bags.h"
-#include "patchwise/data/region.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"
 
@@ -59,8 +58,8 @@ struct DataFlags {
 void add_data_flags(CLI::App* app, DataFlags& flags);
 DataOptions data_options(const DataFlags& flags, int64_t limit);
 /// load_data, with a warning on stderr naming the image files it skipped.
-Dataset load_data_reporting(const std::string& path, const std::string& split,
-                            const DataOptions& options);
+Dataset load_data_reporting(
+    const std::string& path, const std::string& split, const DataOptions& options);
 
 /// load_model, refusing a tiled model: `command` draws or cuts the fixed patch grid.
 PatchClassifier load_grid_model(const std::string& path, const std::string& command);

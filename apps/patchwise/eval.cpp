@@ -1,17 +1,17 @@
 // patchwise eval: accuracy of a saved model on an IDX split.
 
-#include <iostream>
-
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <iostream>
+#include <nlohmann/json.hpp>
+
 #include "commands.h"
-#include "patchwise/patch/bags.h"
 #include "common.h"
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
+#include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
 
 namespace patchwise::cli {
@@ -44,8 +44,10 @@ void run_eval(const EvalFlags& f) {
   if (data.class_names != model->config().class_names &&
       !align_class_names(data, model->config().class_names)) {
     check_dataset_fits(model->config(), data);  // an error makes the warning moot
-    fmt::print(stderr, "warning: {}: class names differ from the model's; comparing labels by index\n",
-               f.data);
+    fmt::print(
+        stderr,
+        "warning: {}: class names differ from the model's; comparing labels by index\n",
+        f.data);
   }
   model->to(device);
   const bool all_rules = f.fusion == "all";
@@ -60,14 +62,20 @@ void run_eval(const EvalFlags& f) {
     print_json(out);
     return;
   }
-  fmt::print("model            {} ({}, {})\n", f.model, config.backbone.name,
-             config.tiled ? fmt::format("bags of tiles of {} resized to {}", config.tiles.tile,
-                                        config.grid.input)
-                          : model->grid().describe());
-  fmt::print("data             {} ({}{})\n", f.data, f.split,
-             config.tiled        ? "; each image read as its bag of tiles"
-             : data.in_memory() ? ""
-                                : "; decoded from its files batch by batch");
+  fmt::print(
+      "model            {} ({}, {})\n",
+      f.model,
+      config.backbone.name,
+      config.tiled
+          ? fmt::format("bags of tiles of {} resized to {}", config.tiles.tile, config.grid.input)
+          : model->grid().describe());
+  fmt::print(
+      "data             {} ({}{})\n",
+      f.data,
+      f.split,
+      config.tiled       ? "; each image read as its bag of tiles"
+      : data.in_memory() ? ""
+                         : "; decoded from its files batch by batch");
   e.print(std::cout);
 }
 
@@ -77,15 +85,18 @@ void setup_eval(CLI::App& app) {
   auto flags = std::make_shared<EvalFlags>();
   CLI::App* cmd = app.add_subcommand("eval", "evaluate a model: accuracy, per class, confusion");
   cmd->add_option("--model,-m", flags->model, "model file written by train")->required();
-  cmd->add_option("--data", flags->data, "data set folder: IDX, CIFAR or class folders")->required();
+  cmd->add_option("--data", flags->data, "data set folder: IDX, CIFAR or class folders")
+      ->required();
   cmd->add_option("--split", flags->split, "test (t10k) or train");
   add_data_flags(cmd, flags->data_flags);
   cmd->add_option("--limit", flags->limit, "use the first N images; 0: all")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", flags->batch, "images per forward pass")->check(CLI::PositiveNumber);
-  cmd->add_option("--fusion", flags->fusion,
-                  "fuse with this rule instead of the model's own (mean, gmean, max, vote), or "
-                  "'all': a table of every rule and of each patch position alone");
+  cmd->add_option(
+      "--fusion",
+      flags->fusion,
+      "fuse with this rule instead of the model's own (mean, gmean, max, vote), or "
+      "'all': a table of every rule and of each patch position alone");
   cmd->add_flag("--json", flags->json, "print one JSON object");
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_eval(*flags); });

@@ -2,16 +2,16 @@
 // Exit codes: 0 success, 2 bad input (a flag, a file, a value), 1 internal failure or a
 // data-parallel run whose peers failed.
 
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <string>
-
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "commands.h"
 #include "patchwise/core/cpu_allocator.h"

@@ -1,10 +1,10 @@
 // patchwise predict: per-patch and fused probabilities for image files.
 
-#include <iostream>
-
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common.h"
@@ -31,15 +31,16 @@ std::vector<double> to_vector(const at::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
-void print_table(const std::string& file, const std::vector<std::string>& names,
-                 const std::vector<std::vector<double>>& patch_probs,
-                 const std::vector<double>& probs, int64_t winner) {
-  fmt::print("{}: {} (class {}), probability {:.4f}\n", file, names[winner], winner,
-             probs[winner]);
+void print_table(
+    const std::string& file, const std::vector<std::string>& names,
+    const std::vector<std::vector<double>>& patch_probs, const std::vector<double>& probs,
+    int64_t winner) {
+  fmt::print("{}: {} (class {}), probability {:.4f}\n", file, names[winner], winner, probs[winner]);
   size_t width = 5;
   for (const auto& n : names) width = std::max(width, n.size());
   fmt::print("  {:<{}}", "class", width);
-  for (size_t p = 0; p < patch_probs.size(); ++p) fmt::print(" {:>8}", fmt::format("patch{}", p + 1));
+  for (size_t p = 0; p < patch_probs.size(); ++p)
+    fmt::print(" {:>8}", fmt::format("patch{}", p + 1));
   fmt::print(" {:>8}\n", "fused");
   for (size_t k = 0; k < names.size(); ++k) {
     fmt::print("{} {:<{}}", static_cast<int64_t>(k) == winner ? '*' : ' ', names[k], width);
@@ -50,35 +51,50 @@ void print_table(const std::string& file, const std::vector<std::string>& names,
 
 /// A tiled model's answer for one large image: its bag through the model, the class,
 /// and the `top` tiles by score (attention weight, or the class's probability).
-nlohmann::json predict_tiled(PatchClassifier& model, const std::string& file, const PredictFlags& f) {
+nlohmann::json predict_tiled(
+    PatchClassifier& model, const std::string& file, const PredictFlags& f) {
   const ModelConfig& config = model->config();
   const Bag bag = read_bag(file, model_bag_options(config, f.tiles.reader));
   const BagPrediction p = predict_bag(model, bag.tiles, -1);
   nlohmann::json tiles = nlohmann::json::array();
   for (int64_t t : top_tiles(p.scores, f.top)) {
     const Box& b = bag.boxes[static_cast<size_t>(t)];
-    tiles.push_back({{"x", b.x}, {"y", b.y}, {"w", b.w}, {"h", b.h},
-                     {"score", p.scores[static_cast<size_t>(t)]}});
+    tiles.push_back(
+        {{"x", b.x},
+         {"y", b.y},
+         {"w", b.w},
+         {"h", b.h},
+         {"score", p.scores[static_cast<size_t>(t)]}});
   }
-  return {{"file", file},
-          {"tiles", bag.tiles.size(0)},
-          {"level", bag.level},
-          {"probabilities", p.probabilities},
-          {"class", p.winner},
-          {"label", config.class_names[static_cast<size_t>(p.winner)]},
-          {"probability", p.probabilities[static_cast<size_t>(p.winner)]},
-          {"score", p.score_name},
-          {"top_tiles", tiles}};
+  return {
+      {"file", file},
+      {"tiles", bag.tiles.size(0)},
+      {"level", bag.level},
+      {"probabilities", p.probabilities},
+      {"class", p.winner},
+      {"label", config.class_names[static_cast<size_t>(p.winner)]},
+      {"probability", p.probabilities[static_cast<size_t>(p.winner)]},
+      {"score", p.score_name},
+      {"top_tiles", tiles}};
 }
 
 void print_tiled(const nlohmann::json& r) {
-  fmt::print("{}: {} (class {}), probability {:.4f}, from {} tiles\n",
-             r["file"].get<std::string>(), r["label"].get<std::string>(), r["class"].get<int64_t>(),
-             r["probability"].get<double>(), r["tiles"].get<int64_t>());
+  fmt::print(
+      "{}: {} (class {}), probability {:.4f}, from {} tiles\n",
+      r["file"].get<std::string>(),
+      r["label"].get<std::string>(),
+      r["class"].get<int64_t>(),
+      r["probability"].get<double>(),
+      r["tiles"].get<int64_t>());
   fmt::print("  top tiles by {} (x, y, w, h in level-0 pixels):\n", r["score"].get<std::string>());
   for (const auto& t : r["top_tiles"]) {
-    fmt::print("    {:>7} {:>7} {:>5} {:>5}  {:.4f}\n", t["x"].get<int64_t>(), t["y"].get<int64_t>(),
-               t["w"].get<int64_t>(), t["h"].get<int64_t>(), t["score"].get<double>());
+    fmt::print(
+        "    {:>7} {:>7} {:>5} {:>5}  {:.4f}\n",
+        t["x"].get<int64_t>(),
+        t["y"].get<int64_t>(),
+        t["w"].get<int64_t>(),
+        t["h"].get<int64_t>(),
+        t["score"].get<double>());
   }
 }
 
@@ -102,8 +118,14 @@ void run_predict(const PredictFlags& f) {
   for (const std::string& file : f.images) {
     at::Tensor image = read_image(file, config.image_channels);
     if (image.size(1) != config.image_h || image.size(2) != config.image_w) {
-      fmt::print(stderr, "predict: {}: resizing {}x{} to the model's {}x{}\n", file, image.size(1),
-                 image.size(2), config.image_h, config.image_w);
+      fmt::print(
+          stderr,
+          "predict: {}: resizing {}x{} to the model's {}x{}\n",
+          file,
+          image.size(1),
+          image.size(2),
+          config.image_h,
+          config.image_w);
       image = resize_image(image, config.image_h, config.image_w);
     }
     images.push_back(image);
@@ -119,12 +141,13 @@ void run_predict(const PredictFlags& f) {
     std::vector<double> probs = to_vector(out.log_probs[0].exp());
     const int64_t winner = out.log_probs[0].argmax().item<int64_t>();
     if (f.json) {
-      results.push_back({{"file", f.images[i]},
-                         {"patch_probabilities", patch_probs},
-                         {"probabilities", probs},
-                         {"class", winner},
-                         {"label", config.class_names[winner]},
-                         {"probability", probs[winner]}});
+      results.push_back(
+          {{"file", f.images[i]},
+           {"patch_probabilities", patch_probs},
+           {"probabilities", probs},
+           {"class", winner},
+           {"label", config.class_names[winner]},
+           {"probability", probs[winner]}});
     } else {
       print_table(f.images[i], config.class_names, patch_probs, probs, winner);
     }
@@ -143,8 +166,10 @@ void setup_predict(CLI::App& app) {
   cmd->add_option("--top", flags->top, "tiled models: the tiles listed, best first")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--reader", flags->tiles.reader.reader,
-                  "tiled models: openslide, tiff or vips; default: the first that opens it");
+  cmd->add_option(
+      "--reader",
+      flags->tiles.reader.reader,
+      "tiled models: openslide, tiff or vips; default: the first that opens it");
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_predict(*flags); });
 }

@@ -1,17 +1,17 @@
 // patchwise train: fits a PatchClassifier on an IDX data set and saves it.
 
+#include <fmt/format.h>
+#include <fmt/ostream.h>
+#include <torch/torch.h>
+
 #include <atomic>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <thread>
-
-#include <fmt/format.h>
-#include <fmt/ostream.h>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <thread>
 
 #include "commands.h"
 #include "common.h"
@@ -20,9 +20,9 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
+#include "patchwise/dist/distributed.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
-#include "patchwise/dist/distributed.h"
 #include "patchwise/train/trainer.h"
 
 namespace patchwise::cli {
@@ -77,32 +77,45 @@ extern "C" void on_stop_signal(int signal) { g_stop_signal.store(signal); }
 
 /// The flags that decide what a run trains, stored in checkpoints so --resume repeats them.
 nlohmann::json flags_to_json(const TrainFlags& f) {
-  return {{"data", f.data},           {"model", f.model},
-          {"grid", f.grid.grid},      {"patch", f.grid.patch},
-          {"stride", f.grid.stride},  {"layout", f.grid.layout},
-          {"input", f.grid.input},    {"fusion", f.fusion},
-          {"attention_hidden", f.attention_hidden},
-          {"position_embedding", f.position_embedding},
-          {"loss", f.loss},           {"epochs", f.epochs},
-          {"batch", f.batch},         {"lr", f.lr},
-          {"optimizer", f.optimizer}, {"momentum", f.momentum},
-          {"seed", f.seed},           {"batch_norm", f.batch_norm},
-          {"dropout", f.dropout},     {"limit_train", f.limit_train},
-          {"limit_test", f.limit_test},
-          {"label", f.data_flags.label},
-          {"image_size", f.data_flags.image_size},
-          {"strict", f.data_flags.strict},
-          {"val_split", f.val_split}, {"keep", f.keep},
-          {"shift", f.shift},         {"flip", f.flip},
-          {"threads", f.runtime.threads},
-          {"tiled", f.tiled},         {"tile", f.tiles.tiles.tile},
-          {"tile_stride", f.tiles.tiles.stride},
-          {"level", f.tiles.tiles.level},
-          {"mpp", f.tiles.tiles.mpp},
-          {"min_foreground", f.tiles.tiles.min_foreground},
-          {"mask_side", f.tiles.tiles.mask_side},
-          {"mask_cleanup", f.tiles.tiles.cleanup},
-          {"select", f.select}};
+  return {
+      {"data", f.data},
+      {"model", f.model},
+      {"grid", f.grid.grid},
+      {"patch", f.grid.patch},
+      {"stride", f.grid.stride},
+      {"layout", f.grid.layout},
+      {"input", f.grid.input},
+      {"fusion", f.fusion},
+      {"attention_hidden", f.attention_hidden},
+      {"position_embedding", f.position_embedding},
+      {"loss", f.loss},
+      {"epochs", f.epochs},
+      {"batch", f.batch},
+      {"lr", f.lr},
+      {"optimizer", f.optimizer},
+      {"momentum", f.momentum},
+      {"seed", f.seed},
+      {"batch_norm", f.batch_norm},
+      {"dropout", f.dropout},
+      {"limit_train", f.limit_train},
+      {"limit_test", f.limit_test},
+      {"label", f.data_flags.label},
+      {"image_size", f.data_flags.image_size},
+      {"strict", f.data_flags.strict},
+      {"val_split", f.val_split},
+      {"keep", f.keep},
+      {"shift", f.shift},
+      {"flip", f.flip},
+      {"threads", f.runtime.threads},
+      {"tiled", f.tiled},
+      {"tile", f.tiles.tiles.tile},
+      {"tile_stride", f.tiles.tiles.stride},
+      {"level", f.tiles.tiles.level},
+      {"mpp", f.tiles.tiles.mpp},
+      {"min_foreground", f.tiles.tiles.min_foreground},
+      {"mask_side", f.tiles.tiles.mask_side},
+      {"mask_cleanup", f.tiles.tiles.cleanup},
+      {"select", f.select}};
 }
 
 /// `app`'s command line keeps --epochs and --threads when it gives them.
@@ -152,8 +165,9 @@ void flags_from_json(const nlohmann::json& j, TrainFlags& f, const CLI::App* app
 /// A tiled run: the model takes bags of tiles at its input size; its normalization comes
 /// from the tiles of the first training images; the trainer reads bags, keeping them in
 /// memory up to --in-memory-limit for each set.
-void setup_tiled(const TrainFlags& f, const Dataset& train, const Dataset* eval_set,
-                 ModelConfig& config, TrainerOptions& options) {
+void setup_tiled(
+    const TrainFlags& f, const Dataset& train, const Dataset* eval_set, ModelConfig& config,
+    TrainerOptions& options) {
   check_tile_options(f.tiles.tiles);
   config.tiled = true;
   config.tiles = f.tiles.tiles;
@@ -161,8 +175,7 @@ void setup_tiled(const TrainFlags& f, const Dataset& train, const Dataset* eval_
   config.grid.rows = config.grid.cols = 1;
   config.grid.patch_h = config.grid.patch_w = config.grid.input = f.grid.input;
   config.image_h = config.image_w = f.grid.input;
-  config.image_channels =
-      open_region_reader(train.files.paths.front(), f.tiles.reader)->channels();
+  config.image_channels = open_region_reader(train.files.paths.front(), f.tiles.reader)->channels();
   const BagOptions bags = model_bag_options(config, f.tiles.reader);
   config.normalization = tile_normalization(train, bags, 64);
   const auto cache = static_cast<int64_t>(f.data_flags.in_memory_limit * 1048576.0);
@@ -172,11 +185,13 @@ void setup_tiled(const TrainFlags& f, const Dataset& train, const Dataset* eval_
 }
 
 std::string epoch_line(const EpochMetrics& m, bool validation) {
-  std::string line = fmt::format("Epoch {:>2} Loss: {:.3f} Acc: {:.3f}%", m.epoch, m.loss,
-                                 100.0 * m.accuracy);
+  std::string line =
+      fmt::format("Epoch {:>2} Loss: {:.3f} Acc: {:.3f}%", m.epoch, m.loss, 100.0 * m.accuracy);
   if (!std::isnan(m.test_accuracy)) {
-    line += fmt::format(validation ? " VLoss: {:.3f} VAcc: {:.3f}%" : " TLoss: {:.3f} TAcc: {:.3f}%",
-                        m.test_loss, 100.0 * m.test_accuracy);
+    line += fmt::format(
+        validation ? " VLoss: {:.3f} VAcc: {:.3f}%" : " TLoss: {:.3f} TAcc: {:.3f}%",
+        m.test_loss,
+        100.0 * m.test_accuracy);
   }
   return line + fmt::format("  ({:.1f} s, {:.0f} images/s)", m.seconds, m.images_per_second);
 }
@@ -184,8 +199,10 @@ std::string epoch_line(const EpochMetrics& m, bool validation) {
 void run_train(TrainFlags f, const CLI::App* app) {
   // torchrun's variables; WORLD_SIZE unset or 1 is a plain one-process run.
   DistributedConfig dist_config = distributed_config_from_env();
-  check_input(f.dist_timeout > 0 && std::isfinite(f.dist_timeout),
-              "--dist-timeout: {}, expected a positive number of seconds", f.dist_timeout);
+  check_input(
+      f.dist_timeout > 0 && std::isfinite(f.dist_timeout),
+      "--dist-timeout: {}, expected a positive number of seconds",
+      f.dist_timeout);
   dist_config.timeout_seconds = f.dist_timeout;
   // Rank 0 logs and writes every file; the others only train.
   const bool writer = dist_config.rank == 0;
@@ -193,8 +210,10 @@ void run_train(TrainFlags f, const CLI::App* app) {
     // A resumed run trains what the checkpoint's run trained; only where the output
     // goes (and, when given, a new --epochs) comes from this command line.
     nlohmann::json training = load_model_training(f.resume);
-    check_input(training.is_object() && training.contains("flags") && training.contains("state"),
-                "--resume: {} is not a training checkpoint", f.resume);
+    check_input(
+        training.is_object() && training.contains("flags") && training.contains("state"),
+        "--resume: {} is not a training checkpoint",
+        f.resume);
     try {
       flags_from_json(training["flags"], f, app);
     } catch (const nlohmann::json::exception& e) {
@@ -205,19 +224,22 @@ void run_train(TrainFlags f, const CLI::App* app) {
   // Everything the flags alone decide is checked before any data is read.
   if (writer) check_output_writable(f.out, "--out");
   if (writer && !f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
-  check_input(f.batch % dist_config.world_size == 0,
-              "--batch: {}, expected a multiple of the {} processes (WORLD_SIZE): the global "
-              "batch is split evenly among them",
-              f.batch, dist_config.world_size);
+  check_input(
+      f.batch % dist_config.world_size == 0,
+      "--batch: {}, expected a multiple of the {} processes (WORLD_SIZE): the global "
+      "batch is split evenly among them",
+      f.batch,
+      dist_config.world_size);
   PatchGridOptions grid = grid_options(f.grid, app);
   ModelConfig config;
   config.grid = grid;
   config.fusion = parse_fusion_rule(f.fusion);
   config.attention_hidden = f.attention_hidden;
   config.position_embedding = f.position_embedding;
-  check_input(!f.position_embedding || fusion_rule_is_learned(config.fusion),
-              "--position-embedding: only used by --fusion attention or gated-attention, not {}",
-              f.fusion);
+  check_input(
+      !f.position_embedding || fusion_rule_is_learned(config.fusion),
+      "--position-embedding: only used by --fusion attention or gated-attention, not {}",
+      f.fusion);
   TrainerOptions options;
   options.loss = parse_loss_kind(f.loss);
   check_trainable(options.loss, config.fusion);
@@ -228,8 +250,9 @@ void run_train(TrainFlags f, const CLI::App* app) {
   options.seed = f.seed;
   check_input(f.keep == "best" || f.keep == "last", "--keep: '{}', expected best or last", f.keep);
   options.keep_best = f.keep == "best";
-  check_input(!options.keep_best || f.val_split > 0,
-              "--keep best: needs a validation set, pass --val-split F");
+  check_input(
+      !options.keep_best || f.val_split > 0,
+      "--keep best: needs a validation set, pass --val-split F");
   options.augment.shift = f.shift;
   options.augment.flip = f.flip;
   if (writer) check_output_writable(f.checkpoint, "--checkpoint");
@@ -260,8 +283,10 @@ void run_train(TrainFlags f, const CLI::App* app) {
   Dataset test;
   if (has_test) {
     test = load_data_reporting(f.data, "test", test_options);
-    check_input(align_class_names(test, train.class_names) || test.class_names == train.class_names,
-                "{}: test classes differ from the training classes", f.data);
+    check_input(
+        align_class_names(test, train.class_names) || test.class_names == train.class_names,
+        "{}: test classes differ from the training classes",
+        f.data);
   }
   const Dataset* eval_set = f.val_split > 0 ? &validation : (has_test ? &test : nullptr);
   config.image_channels = train.channels();
@@ -287,42 +312,83 @@ void run_train(TrainFlags f, const CLI::App* app) {
   std::ostream silent(&null_buffer);
   std::ostream& log = !writer ? silent : f.json ? std::cerr : std::cout;
   const std::string sizes =
-      f.tiled ? fmt::format("large images with {} channel(s), each read as its bag of tiles",
-                            config.image_channels)
-              : fmt::format("images of {}x{}x{}{}", train.height(), train.width(), train.channels(),
-                            train.in_memory()
-                                ? ""
-                                : " (over --in-memory-limit: decoded from the files batch by batch)");
-  fmt::print(log, "train: {} training, {} validation and {} test {}, {} classes, from {}\n",
-             train.size(), validation.size(), test.size(), sizes, config.class_names.size(), f.data);
+      f.tiled ? fmt::format(
+                    "large images with {} channel(s), each read as its bag of tiles",
+                    config.image_channels)
+              : fmt::format(
+                    "images of {}x{}x{}{}",
+                    train.height(),
+                    train.width(),
+                    train.channels(),
+                    train.in_memory()
+                        ? ""
+                        : " (over --in-memory-limit: decoded from the files batch by batch)");
+  fmt::print(
+      log,
+      "train: {} training, {} validation and {} test {}, {} classes, from {}\n",
+      train.size(),
+      validation.size(),
+      test.size(),
+      sizes,
+      config.class_names.size(),
+      f.data);
   if (options.augment.enabled()) {
-    fmt::print(log, "train: augmentation: shift up to {} pixels, flips {}\n", f.shift,
-               f.flip ? "on" : "off");
+    fmt::print(
+        log,
+        "train: augmentation: shift up to {} pixels, flips {}\n",
+        f.shift,
+        f.flip ? "on" : "off");
   }
   if (f.tiled) {
-    fmt::print(log, "train: {} on bags of tiles of {} (stride {}, level {}, foreground >= {}) "
-               "resized to {}x{}{}; fusion {}, loss {}\n",
-               f.model, f.tiles.tiles.tile, f.tiles.tiles.stride > 0 ? f.tiles.tiles.stride : f.tiles.tiles.tile,
-               f.tiles.tiles.level < 0 ? std::string("auto") : std::to_string(f.tiles.tiles.level),
-               f.tiles.tiles.min_foreground, f.grid.input, f.grid.input,
-               f.select > 0 ? fmt::format(", training on the {} best of each bag", f.select) : "",
-               f.fusion, f.loss);
+    fmt::print(
+        log,
+        "train: {} on bags of tiles of {} (stride {}, level {}, foreground >= {}) "
+        "resized to {}x{}{}; fusion {}, loss {}\n",
+        f.model,
+        f.tiles.tiles.tile,
+        f.tiles.tiles.stride > 0 ? f.tiles.tiles.stride : f.tiles.tiles.tile,
+        f.tiles.tiles.level < 0 ? std::string("auto") : std::to_string(f.tiles.tiles.level),
+        f.tiles.tiles.min_foreground,
+        f.grid.input,
+        f.grid.input,
+        f.select > 0 ? fmt::format(", training on the {} best of each bag", f.select) : "",
+        f.fusion,
+        f.loss);
   } else {
-    fmt::print(log, "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n", f.model,
-               model->grid().describe(), model->num_patches(),
-               model->num_patches() == 1 ? "" : "es", f.fusion, f.loss);
+    fmt::print(
+        log,
+        "train: {} on a {} ({} patch{} per image); fusion {}, loss {}\n",
+        f.model,
+        model->grid().describe(),
+        model->num_patches(),
+        model->num_patches() == 1 ? "" : "es",
+        f.fusion,
+        f.loss);
   }
-  fmt::print(log, "train: device {}, {} threads, batch {}, {} lr {}{}, {} epochs, seed {}\n",
-             device.str(), threads, f.batch, f.optimizer, f.lr,
-             f.momentum > 0 ? fmt::format(" momentum {}", f.momentum) : "", f.epochs, f.seed);
+  fmt::print(
+      log,
+      "train: device {}, {} threads, batch {}, {} lr {}{}, {} epochs, seed {}\n",
+      device.str(),
+      threads,
+      f.batch,
+      f.optimizer,
+      f.lr,
+      f.momentum > 0 ? fmt::format(" momentum {}", f.momentum) : "",
+      f.epochs,
+      f.seed);
   log.flush();
 
   std::unique_ptr<Distributed> dist;
   if (dist_config.enabled()) {
-    fmt::print(log, "train: data-parallel: {} processes (rendezvous {}:{}, timeout {} s), {} "
-               "images of each batch per process\n",
-               dist_config.world_size, dist_config.master_addr, dist_config.master_port,
-               f.dist_timeout, f.batch / dist_config.world_size);
+    fmt::print(
+        log,
+        "train: data-parallel: {} processes (rendezvous {}:{}, timeout {} s), {} "
+        "images of each batch per process\n",
+        dist_config.world_size,
+        dist_config.master_addr,
+        dist_config.master_port,
+        f.dist_timeout,
+        f.batch / dist_config.world_size);
     log.flush();
     dist = std::make_unique<Distributed>(dist_config);
     options.distributed = dist.get();
@@ -332,9 +398,10 @@ void run_train(TrainFlags f, const CLI::App* app) {
   if (writer && !f.metrics.empty()) metrics.open(f.metrics, std::ios::trunc);
   ProgressBar bar("train");
   TrainerCallbacks callbacks;
-  if (writer) callbacks.on_step = [&](int64_t epoch, int64_t step, int64_t steps, double loss) {
-    bar.update(step, steps, fmt::format("epoch {} loss {:.4f}", epoch, loss));
-  };
+  if (writer)
+    callbacks.on_step = [&](int64_t epoch, int64_t step, int64_t steps, double loss) {
+      bar.update(step, steps, fmt::format("epoch {} loss {:.4f}", epoch, loss));
+    };
   callbacks.on_epoch = [&](const EpochMetrics& m) {
     bar.clear();
     log << epoch_line(m, f.val_split > 0) << std::endl;
@@ -353,25 +420,36 @@ void run_train(TrainFlags f, const CLI::App* app) {
   } catch (const DistributedError& e) {
     std::error_code ignored;
     const bool checkpoint = writer && std::filesystem::exists(f.checkpoint, ignored);
-    throw DistributedError(fmt::format("{}; no model written{}", e.what(),
-                                       checkpoint ? "; last checkpoint " + f.checkpoint : ""));
+    throw DistributedError(fmt::format(
+        "{}; no model written{}", e.what(), checkpoint ? "; last checkpoint " + f.checkpoint : ""));
   } catch (const TrainingStopped& stopped) {
     if (!writer) throw Exit{128 + stopped.signal};
     bar.clear();
-    fmt::print(stderr,
-               "train: stopped by signal {} at epoch {} step {}; checkpoint {}; continue with "
-               "patchwise train --data {} --resume {} --out {}\n",
-               stopped.signal, stopped.epoch, stopped.step, f.checkpoint, f.data, f.checkpoint,
-               f.out);
+    fmt::print(
+        stderr,
+        "train: stopped by signal {} at epoch {} step {}; checkpoint {}; continue with "
+        "patchwise train --data {} --resume {} --out {}\n",
+        stopped.signal,
+        stopped.epoch,
+        stopped.step,
+        f.checkpoint,
+        f.data,
+        f.checkpoint,
+        f.out);
     throw Exit{128 + stopped.signal};
   }
   if (!writer) return;
   if (dist) {
-    fmt::print(log, "train: data-parallel: {} gradient values in {} bucket{}; one allreduce of "
-               "all of them {:.2f} ms (median); backward pass with its allreduces {:.2f} ms per "
-               "step\n",
-               result.gradient_floats, result.gradient_buckets,
-               result.gradient_buckets == 1 ? "" : "s", result.allreduce_ms, result.backward_ms);
+    fmt::print(
+        log,
+        "train: data-parallel: {} gradient values in {} bucket{}; one allreduce of "
+        "all of them {:.2f} ms (median); backward pass with its allreduces {:.2f} ms per "
+        "step\n",
+        result.gradient_floats,
+        result.gradient_buckets,
+        result.gradient_buckets == 1 ? "" : "s",
+        result.allreduce_ms,
+        result.backward_ms);
   }
   const std::vector<EpochMetrics>& history = result.history;
   double final_test_accuracy = history.back().test_accuracy;
@@ -380,36 +458,43 @@ void run_train(TrainFlags f, const CLI::App* app) {
         f.tiled ? bag_reader(test, model_bag_options(config, f.tiles.reader), 0) : BagFn{};
     Evaluation e = evaluate(model, test, options.eval_batch, false, test_bags);
     final_test_accuracy = e.accuracy;
-    fmt::print(log, "train: kept epoch {}; test accuracy {:.4f} ± {:.4f} on {} images\n",
-               result.kept_epoch, e.accuracy, e.accuracy_stderr, e.n);
+    fmt::print(
+        log,
+        "train: kept epoch {}; test accuracy {:.4f} ± {:.4f} on {} images\n",
+        result.kept_epoch,
+        e.accuracy,
+        e.accuracy_stderr,
+        e.n);
   }
 
   nlohmann::json epochs = nlohmann::json::array();
   for (const EpochMetrics& m : history) epochs.push_back(epoch_metrics_to_json(m));
-  nlohmann::json training = {{"data", f.data},
-                             {"loss", f.loss},
-                             {"epochs", f.epochs},
-                             {"batch", f.batch},
-                             {"lr", f.lr},
-                             {"optimizer", f.optimizer},
-                             {"seed", f.seed},
-                             {"train_images", train.size()},
-                             {"validation_images", validation.size()},
-                             {"val_split", f.val_split},
-                             {"keep", f.keep},
-                             {"kept_epoch", result.kept_epoch},
-                             {"augment", {{"shift", f.shift}, {"flip", f.flip}}},
-                             {"history", epochs}};
+  nlohmann::json training = {
+      {"data", f.data},
+      {"loss", f.loss},
+      {"epochs", f.epochs},
+      {"batch", f.batch},
+      {"lr", f.lr},
+      {"optimizer", f.optimizer},
+      {"seed", f.seed},
+      {"train_images", train.size()},
+      {"validation_images", validation.size()},
+      {"val_split", f.val_split},
+      {"keep", f.keep},
+      {"kept_epoch", result.kept_epoch},
+      {"augment", {{"shift", f.shift}, {"flip", f.flip}}},
+      {"history", epochs}};
   training["flags"] = flags_to_json(f);
   save_model(f.out, model, training);
   std::error_code ignored;
   std::filesystem::remove(f.checkpoint, ignored);  // the finished model supersedes it
   fmt::print(log, "train: saved {}\n", f.out);
   if (f.json) {
-    print_json({{"model", f.out},
-                {"test_accuracy", final_test_accuracy},
-                {"kept_epoch", result.kept_epoch},
-                {"history", epochs}});
+    print_json(
+        {{"model", f.out},
+         {"test_accuracy", final_test_accuracy},
+         {"kept_epoch", result.kept_epoch},
+         {"history", epochs}});
   }
 }
 
@@ -418,33 +503,42 @@ void run_train(TrainFlags f, const CLI::App* app) {
 void setup_train(CLI::App& app) {
   auto flags = std::make_shared<TrainFlags>();
   CLI::App* cmd = app.add_subcommand("train", "train a patch classifier on an IDX data set");
-  cmd->add_option("--data", flags->data,
-                  "data set folder: IDX files, CIFAR-10/100 batches, or class folders")
+  cmd->add_option(
+         "--data",
+         flags->data,
+         "data set folder: IDX files, CIFAR-10/100 batches, or class folders")
       ->required();
   add_data_flags(cmd, flags->data_flags);
-  cmd->add_option("--val-split", flags->val_split,
-                  "hold out this fraction of the training set (stratified) for validation")
+  cmd->add_option(
+         "--val-split",
+         flags->val_split,
+         "hold out this fraction of the training set (stratified) for validation")
       ->check(CLI::Range(0.0, 0.9));
-  cmd->add_option("--keep", flags->keep, "best (the epoch with the best validation accuracy) or last");
+  cmd->add_option(
+      "--keep", flags->keep, "best (the epoch with the best validation accuracy) or last");
   cmd->add_option("--shift", flags->shift, "augmentation: random shifts of up to N pixels")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--flip", flags->flip, "augmentation: random horizontal flips");
   cmd->add_option("--model", flags->model, "backbone: small-cnn or vgg16");
   add_grid_flags(cmd, flags->grid);
-  cmd->add_option("--fusion", flags->fusion,
-                  "fusion rule: mean, gmean, max, vote, attention or gated-attention");
-  cmd->add_option("--attention-hidden", flags->attention_hidden,
-                  "hidden width of the learned fusion rules")
+  cmd->add_option(
+      "--fusion",
+      flags->fusion,
+      "fusion rule: mean, gmean, max, vote, attention or gated-attention");
+  cmd->add_option(
+         "--attention-hidden", flags->attention_hidden, "hidden width of the learned fusion rules")
       ->check(CLI::PositiveNumber);
-  cmd->add_flag("--position-embedding", flags->position_embedding,
-                "learned per-position embedding in the attention scores");
+  cmd->add_flag(
+      "--position-embedding",
+      flags->position_embedding,
+      "learned per-position embedding in the attention scores");
   cmd->add_option("--loss", flags->loss, "loss: patch, fused or both");
   cmd->add_option("--epochs", flags->epochs, "passes over the training set")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", flags->batch, "images per step")->check(CLI::PositiveNumber);
   cmd->add_option("--lr", flags->lr, "learning rate")->check(CLI::PositiveNumber);
-  cmd->add_option("--optimizer", flags->optimizer,
-                  "adam, or sgd (plain, or heavy-ball with --momentum)");
+  cmd->add_option(
+      "--optimizer", flags->optimizer, "adam, or sgd (plain, or heavy-ball with --momentum)");
   cmd->add_option("--momentum", flags->momentum, "sgd's momentum; 0: plain SGD");
   cmd->add_option("--seed", flags->seed, "seed of weights, data order and dropout");
   cmd->add_flag("--batch-norm", flags->batch_norm, "batch normalization after each convolution");
@@ -457,22 +551,32 @@ void setup_train(CLI::App& app) {
   cmd->add_option("--out,-o", flags->out, "model file to write");
   cmd->add_option("--metrics", flags->metrics, "write one JSON object per epoch to this file");
   cmd->add_flag("--json", flags->json, "print a JSON summary on stdout (logs go to stderr)");
-  cmd->add_option("--checkpoint", flags->checkpoint,
-                  "checkpoint file, written after every epoch, every --checkpoint-every steps "
-                  "and on SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends");
-  cmd->add_option("--checkpoint-every", flags->checkpoint_every,
-                  "also write the checkpoint every N steps; 0: only after epochs")
+  cmd->add_option(
+      "--checkpoint",
+      flags->checkpoint,
+      "checkpoint file, written after every epoch, every --checkpoint-every steps "
+      "and on SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends");
+  cmd->add_option(
+         "--checkpoint-every",
+         flags->checkpoint_every,
+         "also write the checkpoint every N steps; 0: only after epochs")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--resume", flags->resume,
-                  "continue the run saved in this checkpoint (its flags and thread count; "
-                  "--data, --out, --epochs, --threads from this command line)");
-  cmd->add_option("--dist-timeout", flags->dist_timeout,
-                  "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
-                  "at the rendezvous and in every collective before giving up");
+  cmd->add_option(
+      "--resume",
+      flags->resume,
+      "continue the run saved in this checkpoint (its flags and thread count; "
+      "--data, --out, --epochs, --threads from this command line)");
+  cmd->add_option(
+      "--dist-timeout",
+      flags->dist_timeout,
+      "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
+      "at the rendezvous and in every collective before giving up");
   add_tile_flags(cmd, flags->tiles);
-  cmd->add_option("--select", flags->select,
-                  "with --tile: train on the N best tiles of each bag, scored without "
-                  "gradients; 0: every tile")
+  cmd->add_option(
+         "--select",
+         flags->select,
+         "with --tile: train on the N best tiles of each bag, scored without "
+         "gradients; 0: every tile")
       ->check(CLI::NonNegativeNumber);
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags, cmd] {

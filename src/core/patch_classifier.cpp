@@ -1,9 +1,9 @@
 #include "patchwise/core/patch_classifier.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 
@@ -28,36 +28,49 @@ at::Tensor chunked(int64_t rows, int64_t chunk, F&& f) {
 }  // namespace
 
 PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
-    : config_(config), grid_(config.grid, config.image_h, config.image_w),
+    : config_(config),
+      grid_(config.grid, config.image_h, config.image_w),
       trained_fusion_(config.fusion) {
   const int64_t channels = config.image_channels;
-  check_input(static_cast<int64_t>(config.normalization.mean.size()) == channels &&
-                  static_cast<int64_t>(config.normalization.std.size()) == channels,
-              "normalization has {} means and {} deviations for {} image channels",
-              config.normalization.mean.size(), config.normalization.std.size(), channels);
-  check_input(static_cast<int64_t>(config.class_names.size()) == config.backbone.num_classes,
-              "{} class names for {} classes", config.class_names.size(),
-              config.backbone.num_classes);
+  check_input(
+      static_cast<int64_t>(config.normalization.mean.size()) == channels &&
+          static_cast<int64_t>(config.normalization.std.size()) == channels,
+      "normalization has {} means and {} deviations for {} image channels",
+      config.normalization.mean.size(),
+      config.normalization.std.size(),
+      channels);
+  check_input(
+      static_cast<int64_t>(config.class_names.size()) == config.backbone.num_classes,
+      "{} class names for {} classes",
+      config.class_names.size(),
+      config.backbone.num_classes);
   config_.backbone.in_channels = channels;
   config_.backbone.input = config.grid.input;
   backbone_ = register_module("backbone", make_backbone(config_.backbone));
   if (fusion_rule_is_learned(config.fusion)) {
-    check_option(config.attention_hidden > 0, "attention_hidden", "{}, expected a positive width",
-                config.attention_hidden);
+    check_option(
+        config.attention_hidden > 0,
+        "attention_hidden",
+        "{}, expected a positive width",
+        config.attention_hidden);
     AttentionPoolOptions options;
     options.features = backbone_->feature_dim();
     options.hidden = config.attention_hidden;
     options.gated = config.fusion == FusionRule::kGatedAttention;
-    check_option(!(config.tiled && config.position_embedding), "position_embedding",
-                 "tiled models have no fixed tile positions, expected no position embedding");
+    check_option(
+        !(config.tiled && config.position_embedding),
+        "position_embedding",
+        "tiled models have no fixed tile positions, expected no position embedding");
     options.positions = config.position_embedding ? grid_.count() : 0;
     attention_ = register_module("attention", AttentionPool(options));
   }
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   mean_ = register_buffer(
-      "mean", torch::tensor(config.normalization.mean, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
+      "mean",
+      torch::tensor(config.normalization.mean, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
   std_ = register_buffer(
-      "std", torch::tensor(config.normalization.std, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
+      "std",
+      torch::tensor(config.normalization.std, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
 }
 
 at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
@@ -66,8 +79,12 @@ at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
 }
 
 PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
-  TORCH_CHECK(images.dim() == 4 && images.size(1) == config_.image_channels,
-              "PatchClassifier expects [B,", config_.image_channels, ",H,W], got ", images.sizes());
+  TORCH_CHECK(
+      images.dim() == 4 && images.size(1) == config_.image_channels,
+      "PatchClassifier expects [B,",
+      config_.image_channels,
+      ",H,W], got ",
+      images.sizes());
   const int64_t batch = images.size(0);
   const int64_t count = grid_.count();
   // On the CPU, a few dozen patches at a time keep every layer's activations in
@@ -75,21 +92,27 @@ PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   // normalization in training needs the whole batch's statistics, so it gets one pass.
   const int64_t per_chunk = std::max<int64_t>(1, kChunkPatches / count);
   const bool chunk = images.device().is_cpu() && !(is_training() && config_.backbone.batch_norm);
-  at::Tensor features =
-      chunked(batch, chunk ? per_chunk : batch, [&](int64_t start, int64_t n) {
-        at::Tensor part = images.narrow(0, start, n);
-        at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
-        return backbone_->features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
-      });
+  at::Tensor features = chunked(batch, chunk ? per_chunk : batch, [&](int64_t start, int64_t n) {
+    at::Tensor part = images.narrow(0, start, n);
+    at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
+    return backbone_->features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
+  });
   return head(features.view({batch, count, features.size(1)}));
 }
 
 at::Tensor PatchClassifierImpl::tile_features(const at::Tensor& tiles) {
   const int64_t input = config_.grid.input;
-  TORCH_CHECK(tiles.dim() == 4 && tiles.size(1) == config_.image_channels &&
-                  tiles.size(2) == input && tiles.size(3) == input,
-              "PatchClassifier expects tiles [N,", config_.image_channels, ",", input, ",", input,
-              "], got ", tiles.sizes());
+  TORCH_CHECK(
+      tiles.dim() == 4 && tiles.size(1) == config_.image_channels && tiles.size(2) == input &&
+          tiles.size(3) == input,
+      "PatchClassifier expects tiles [N,",
+      config_.image_channels,
+      ",",
+      input,
+      ",",
+      input,
+      "], got ",
+      tiles.sizes());
   const int64_t rows = tiles.size(0);
   const bool chunk = tiles.device().is_cpu() && !(is_training() && config_.backbone.batch_norm);
   return chunked(rows, chunk ? kChunkPatches : rows, [&](int64_t start, int64_t n) {
@@ -98,8 +121,8 @@ at::Tensor PatchClassifierImpl::tile_features(const at::Tensor& tiles) {
   });
 }
 
-PatchOutput PatchClassifierImpl::forward_bags(const at::Tensor& tiles,
-                                              const std::vector<int64_t>& counts) {
+PatchOutput PatchClassifierImpl::forward_bags(
+    const at::Tensor& tiles, const std::vector<int64_t>& counts) {
   PaddedBags bags = pad_bags(tile_features(tiles), counts);
   return head(bags.values, bags.mask);
 }
@@ -123,24 +146,36 @@ PatchOutput PatchClassifierImpl::head(const at::Tensor& features, const at::Tens
 }
 
 void PatchClassifierImpl::set_fusion(FusionRule rule) {
-  check_option(!fusion_rule_is_learned(rule) || rule == trained_fusion_, "fusion",
-              "{}: a learned rule needs a model trained with it (this one uses {})",
-              fusion_rule_name(rule), fusion_rule_name(trained_fusion_));
+  check_option(
+      !fusion_rule_is_learned(rule) || rule == trained_fusion_,
+      "fusion",
+      "{}: a learned rule needs a model trained with it (this one uses {})",
+      fusion_rule_name(rule),
+      fusion_rule_name(trained_fusion_));
   config_.fusion = rule;
 }
 
 void check_dataset_fits(const ModelConfig& config, const Dataset& data) {
   check_input(data.size() > 0, "{}: no images", data.source);
-  check_input(config.tiled || data.channels() == config.image_channels && data.height() == config.image_h &&
-                  data.width() == config.image_w,
-              "{}: images are {}x{} with {} channel(s), the model expects {}x{} with {}",
-              data.source, data.height(), data.width(), data.channels(), config.image_h,
-              config.image_w, config.image_channels);
+  check_input(
+      config.tiled || data.channels() == config.image_channels && data.height() == config.image_h &&
+                          data.width() == config.image_w,
+      "{}: images are {}x{} with {} channel(s), the model expects {}x{} with {}",
+      data.source,
+      data.height(),
+      data.width(),
+      data.channels(),
+      config.image_h,
+      config.image_w,
+      config.image_channels);
   const int64_t low = data.labels.min().item<int64_t>();
   const int64_t high = data.labels.max().item<int64_t>();
-  check_input(low >= 0 && high < config.backbone.num_classes,
-              "{}: label {} out of range, the model has classes 0..{}", data.source,
-              low < 0 ? low : high, config.backbone.num_classes - 1);
+  check_input(
+      low >= 0 && high < config.backbone.num_classes,
+      "{}: label {} out of range, the model has classes 0..{}",
+      data.source,
+      low < 0 ? low : high,
+      config.backbone.num_classes - 1);
 }
 
 }  // namespace patchwise

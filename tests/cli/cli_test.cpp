@@ -1,16 +1,15 @@
 // End-to-end tests of the patchwise binary: a short training run on a
 // Fashion-MNIST subset, eval/predict/patches on its model, and bad inputs.
 
+#include <gmock/gmock.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <filesystem>
-#include <thread>
 #include <fstream>
-#include <sstream>
-
-#include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
 
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/idx.h"
@@ -51,10 +50,12 @@ class CliTest : public ::testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() / ("patchwise-cli-" + std::to_string(getpid())));
     fs::remove_all(*dir_);
     fs::create_directories(*dir_);
-    train_ = new Result(run("train --data " + kData + " --limit-train 3000 --limit-test 500 "
-                            "--epochs 2 --seed 7 --out " + model() + " --metrics " +
-                            (*dir_ / "metrics.jsonl").string(),
-                            *dir_));
+    train_ = new Result(
+        run("train --data " + kData +
+                " --limit-train 3000 --limit-test 500 "
+                "--epochs 2 --seed 7 --out " +
+                model() + " --metrics " + (*dir_ / "metrics.jsonl").string(),
+            *dir_));
   }
   static void TearDownTestSuite() {
     fs::remove_all(*dir_);
@@ -100,8 +101,8 @@ TEST_F(CliTest, EvalJsonHasTheDocumentedFieldsAndAgreesWithTraining) {
   Result r = pw("eval --model " + model() + " --data " + kData + " --limit 500 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
-  for (const char* key : {"accuracy", "accuracy_stderr", "patch_accuracy", "per_class_accuracy",
-                          "confusion", "n"}) {
+  for (const char* key :
+       {"accuracy", "accuracy_stderr", "patch_accuracy", "per_class_accuracy", "confusion", "n"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_EQ(j["n"], 500);
@@ -110,19 +111,23 @@ TEST_F(CliTest, EvalJsonHasTheDocumentedFieldsAndAgreesWithTraining) {
   std::ifstream metrics(file("metrics.jsonl"));
   std::string line, last;
   while (std::getline(metrics, line)) last = line;
-  EXPECT_NEAR(j["accuracy"].get<double>(),
-              nlohmann::json::parse(last)["test_accuracy"].get<double>(), 1e-9);
+  EXPECT_NEAR(
+      j["accuracy"].get<double>(),
+      nlohmann::json::parse(last)["test_accuracy"].get<double>(),
+      1e-9);
 }
 
 TEST_F(CliTest, EvalFusionAllScoresEveryFixedRuleAndEveryPatchPosition) {
-  Result r = pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion all --json");
+  Result r =
+      pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion all --json");
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["fusion_rules"].size(), 4u);
   EXPECT_EQ(j["fusion_rules"][0]["rule"], "mean");
   EXPECT_EQ(j["fusion_rules"][0]["accuracy"], j["accuracy"]);  // the model's own rule
   EXPECT_EQ(j["position_accuracy"].size(), 4u);
-  Result gmean = pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion gmean --json");
+  Result gmean =
+      pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion gmean --json");
   ASSERT_EQ(gmean.code, 0) << gmean.err;
   EXPECT_EQ(nlohmann::json::parse(gmean.out)["accuracy"], j["fusion_rules"][1]["accuracy"]);
   Result text = pw("eval --model " + model() + " --data " + kData + " --limit 100 --fusion all");
@@ -146,8 +151,17 @@ TEST_F(CliTest, PredictGivesPatchAndFusedProbabilitiesWithClassNames) {
   const int64_t winner = std::max_element(probs.begin(), probs.end()) - probs.begin();
   EXPECT_EQ(j[0]["class"], winner);
   EXPECT_EQ(j[0]["probability"], probs[winner]);
-  const char* names[] = {"T-shirt/top", "Trouser", "Pullover", "Dress",   "Coat",
-                         "Sandal",      "Shirt",   "Sneaker",  "Bag",     "Ankle boot"};
+  const char* names[] = {
+      "T-shirt/top",
+      "Trouser",
+      "Pullover",
+      "Dress",
+      "Coat",
+      "Sandal",
+      "Shirt",
+      "Sneaker",
+      "Bag",
+      "Ankle boot"};
   EXPECT_EQ(j[0]["label"], names[winner]);
   Result text = pw("predict --model " + model() + " " + a);
   EXPECT_THAT(text.out, HasSubstr("patch4"));
@@ -155,8 +169,11 @@ TEST_F(CliTest, PredictGivesPatchAndFusedProbabilitiesWithClassNames) {
 
 TEST_F(CliTest, PredictResizesOtherSizesAndSaysSo) {
   ASSERT_EQ(pw("extract --data " + kData + " --index 0 --out " + file("boot.png")).code, 0);
-  ASSERT_EQ(pw("patches " + file("boot.png") + " --grid 1x1 --patch 28 --input 28 --cell 56 -o " +
-               file("big.png")).code, 0);
+  ASSERT_EQ(
+      pw("patches " + file("boot.png") + " --grid 1x1 --patch 28 --input 28 --cell 56 -o " +
+         file("big.png"))
+          .code,
+      0);
   Result r = pw("predict --model " + model() + " " + file("big.png"));
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("resizing"));
@@ -164,15 +181,16 @@ TEST_F(CliTest, PredictResizesOtherSizesAndSaysSo) {
 
 TEST_F(CliTest, PatchesWritesTheSheetFromFlagsOrFromTheModel) {
   ASSERT_EQ(pw("extract --data " + kData + " --index 7 --out " + file("shirt.png")).code, 0);
-  Result r = pw("patches " + file("shirt.png") + " --grid 2x2 --patch 18 --input 32 -o " +
-                file("sheet.png") + " --json");
+  Result r =
+      pw("patches " + file("shirt.png") + " --grid 2x2 --patch 18 --input 32 -o " +
+         file("sheet.png") + " --json");
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["patches"].size(), 4u);
   EXPECT_EQ(j["patches"][3]["y"], 10);
   EXPECT_GT(fs::file_size(file("sheet.png")), 1000u);
-  EXPECT_EQ(pw("patches " + file("shirt.png") + " --model " + model() + " -o " + file("s2.png")).code,
-            0);
+  EXPECT_EQ(
+      pw("patches " + file("shirt.png") + " --model " + model() + " -o " + file("s2.png")).code, 0);
 }
 
 TEST_F(CliTest, AnImageFolderCopyOfTheTestSetEvaluatesLikeTheIdxFiles) {
@@ -196,15 +214,19 @@ TEST_F(CliTest, AnImageFolderCopyOfTheTestSetEvaluatesLikeTheIdxFiles) {
   EXPECT_EQ(nlohmann::json::parse(img.out)["n"], 300);
   // The same pixels, but in class order: other images share each forward pass, whose
   // kernels may round differently on another processor; a near-tie may flip one image.
-  EXPECT_NEAR(nlohmann::json::parse(img.out)["accuracy"].get<double>(),
-              nlohmann::json::parse(idx.out)["accuracy"].get<double>(), 1.0 / 300 + 1e-12);
+  EXPECT_NEAR(
+      nlohmann::json::parse(img.out)["accuracy"].get<double>(),
+      nlohmann::json::parse(idx.out)["accuracy"].get<double>(),
+      1.0 / 300 + 1e-12);
   // Over the memory limit the folder is decoded batch by batch: the same batches, the
   // same computation, the same result to the last digit.
-  Result lazy = pw("eval --model " + model() + " --data " + folder + " --json --in-memory-limit 0.1");
+  Result lazy =
+      pw("eval --model " + model() + " --data " + folder + " --json --in-memory-limit 0.1");
   ASSERT_EQ(lazy.code, 0) << lazy.err;
   EXPECT_EQ(nlohmann::json::parse(lazy.out)["in_memory"], false);
   EXPECT_EQ(nlohmann::json::parse(img.out)["in_memory"], true);
-  EXPECT_EQ(nlohmann::json::parse(lazy.out)["accuracy"], nlohmann::json::parse(img.out)["accuracy"]);
+  EXPECT_EQ(
+      nlohmann::json::parse(lazy.out)["accuracy"], nlohmann::json::parse(img.out)["accuracy"]);
   EXPECT_EQ(nlohmann::json::parse(lazy.out)["loss"], nlohmann::json::parse(img.out)["loss"]);
 }
 
@@ -217,16 +239,17 @@ TEST_F(CliTest, ImportWritesAStratifiedIdxSplitOfTheDigitsJson) {
     for (int i = 0; i < 10 * 784; ++i) out << (i ? "," : "") << (i % 784 == k ? 1 : 0);
     out << "]}";
   }
-  Result r = pw("import mnist-json --from " + digits + " --out " + file("mnist") +
-                " --train 80 --test 20");
+  Result r = pw(
+      "import mnist-json --from " + digits + " --out " + file("mnist") + " --train 80 --test 20");
   ASSERT_EQ(r.code, 0) << r.err;
   at::Tensor test_labels = read_idx_labels(file("mnist") + "/t10k-labels-idx1-ubyte");
   EXPECT_EQ(test_labels.numel(), 20);
   for (int k = 0; k <= 9; ++k) EXPECT_EQ(test_labels.eq(k).sum().item<int64_t>(), 2);
   EXPECT_EQ(read_idx_images(file("mnist") + "/train-images-idx3-ubyte").size(0), 80);
   std::ofstream(digits + "/4.json") << "{\"data\": [0, 0.5, 1]}";
-  expect_bad_input("import mnist-json --from " + digits + " --out " + file("mnist2"),
-                   "3 values, expected a multiple of 784");
+  expect_bad_input(
+      "import mnist-json --from " + digits + " --out " + file("mnist2"),
+      "3 values, expected a multiple of 784");
 }
 
 TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
@@ -235,17 +258,21 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   for (int k = 0; k <= 9; ++k) {  // 10 digits per class: a bright bar at row 4 + 2k
     std::ofstream out(digits + "/" + std::to_string(k) + ".json");
     out << "{\"data\": [";
-    for (int i = 0; i < 10 * 784; ++i) out << (i ? "," : "") << ((i % 784) / 28 == 4 + 2 * k ? 1 : 0);
+    for (int i = 0; i < 10 * 784; ++i)
+      out << (i ? "," : "") << ((i % 784) / 28 == 4 + 2 * k ? 1 : 0);
     out << "]}";
   }
   const std::string data = file("mp");
-  Result made = pw("import megapixel-mnist --from " + digits + " --out " + data +
-                   " --size 168 --train 20 --test 10 --scribbles 4");
+  Result made =
+      pw("import megapixel-mnist --from " + digits + " --out " + data +
+         " --size 168 --train 20 --test 10 --scribbles 4");
   ASSERT_EQ(made.code, 0) << made.err;
   EXPECT_TRUE(fs::exists(data + "/canvases.csv"));
-  Result trained = pw("train --data " + data + " --tile 28 --min-foreground 0.01 --no-mask-cleanup "
-                      "--input 28 --fusion gated-attention --epochs 1 --batch 4 --select 6 --out " +
-                      file("mp.pw"));
+  Result trained =
+      pw("train --data " + data +
+         " --tile 28 --min-foreground 0.01 --no-mask-cleanup "
+         "--input 28 --fusion gated-attention --epochs 1 --batch 4 --select 6 --out " +
+         file("mp.pw"));
   ASSERT_EQ(trained.code, 0) << trained.err;
   EXPECT_THAT(trained.out, HasSubstr("bags of tiles of 28"));
   EXPECT_THAT(trained.out, HasSubstr("20 training, 0 validation and 10 test large images"));
@@ -268,20 +295,24 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   Result evaluated = pw("eval -m " + file("mp.pw") + " --data " + data);
   ASSERT_EQ(evaluated.code, 0) << evaluated.err;
   EXPECT_THAT(evaluated.out, HasSubstr("images           10"));
-  Result heat = pw("heatmap --json --top 4 -m " + file("mp.pw") + " " + canvas + " -o " + file("h.png"));
+  Result heat =
+      pw("heatmap --json --top 4 -m " + file("mp.pw") + " " + canvas + " -o " + file("h.png"));
   ASSERT_EQ(heat.code, 0) << heat.err;
   nlohmann::json h = nlohmann::json::parse(heat.out);
   EXPECT_EQ(h["top_tiles"].size(), 4u);
   EXPECT_EQ(h["top_tiles"][0], p["top_tiles"][0]);  // the same bag, the same best tile
   at::Tensor picture = read_image(file("h.png"), 3);
   EXPECT_GT(picture.size(1), 168 + 128);  // the thumbnail's map above the crops
-  expect_bad_input("patches -m " + file("mp.pw") + " " + canvas + " -o " + file("p.png"),
-                   "tiled model");
+  expect_bad_input(
+      "patches -m " + file("mp.pw") + " " + canvas + " -o " + file("p.png"), "tiled model");
 }
 
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
-  Result r = pw("train --data " + kData + " --limit-train 1000 --limit-test 200 --epochs 2 "
-                "--val-split 0.2 --keep best --shift 2 --json --out " + file("val.pw"));
+  Result r =
+      pw("train --data " + kData +
+         " --limit-train 1000 --limit-test 200 --epochs 2 "
+         "--val-split 0.2 --keep best --shift 2 --json --out " +
+         file("val.pw"));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("VAcc: "));
   EXPECT_THAT(r.err, HasSubstr(" validation and 200 test images"));
@@ -292,27 +323,34 @@ TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy
 
 TEST_F(CliTest, HeatmapAndReportWritePicturesAndRefuseBadInput) {
   ASSERT_EQ(pw("extract --data " + kData + " --index 3 --out " + file("h.png")).code, 0);
-  Result h = pw("heatmap --model " + model() + " " + file("h.png") + " -o " + file("heat.png") +
-                " --stride 5 --json");
+  Result h =
+      pw("heatmap --model " + model() + " " + file("h.png") + " -o " + file("heat.png") +
+         " --stride 5 --json");
   ASSERT_EQ(h.code, 0) << h.err;
   nlohmann::json j = nlohmann::json::parse(h.out);
   EXPECT_EQ(j["probabilities"].size(), 3u);  // (28 - 18) / 5 + 1
   EXPECT_GT(fs::file_size(file("heat.png")), 500u);
-  expect_bad_input("heatmap --model " + model() + " " + file("h.png") + " -o " + file("x.png") +
-                   " --class 10", "--class: 10 out of range");
-  expect_bad_input("heatmap --model " + model() + " " + file("h.png") + " -o " + file("x.png") +
-                   " --stride 0", "--stride: 0");
-  expect_bad_input("heatmap --model " + model() + " " + file("h.png") + " -o /nonexistent/x.png",
-                   "does not exist");
+  expect_bad_input(
+      "heatmap --model " + model() + " " + file("h.png") + " -o " + file("x.png") + " --class 10",
+      "--class: 10 out of range");
+  expect_bad_input(
+      "heatmap --model " + model() + " " + file("h.png") + " -o " + file("x.png") + " --stride 0",
+      "--stride: 0");
+  expect_bad_input(
+      "heatmap --model " + model() + " " + file("h.png") + " -o /nonexistent/x.png",
+      "does not exist");
 
-  Result r = pw("report --model " + model() + " --data " + kData + " --limit 200 --gallery 2 "
-                "--heatmaps 1 -o " + file("report.html"));
+  Result r =
+      pw("report --model " + model() + " --data " + kData +
+         " --limit 200 --gallery 2 "
+         "--heatmaps 1 -o " +
+         file("report.html"));
   ASSERT_EQ(r.code, 0) << r.err;
   const std::string html = test::read_file(file("report.html"));
   EXPECT_THAT(html, HasSubstr("<svg"));
   EXPECT_THAT(html, HasSubstr("Ankle boot"));
-  expect_bad_input("report --model " + model() + " --data " + kData + " -o " + dir_->string(),
-                   "is a directory");
+  expect_bad_input(
+      "report --model " + model() + " --data " + kData + " -o " + dir_->string(), "is a directory");
 }
 
 /// Every parameter of two model files, compared bit for bit.
@@ -327,7 +365,8 @@ bool same_weights(const std::string& a, const std::string& b) {
 }
 
 TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
-  const std::string args = "train --data " + kData + " --limit-train 1536 --limit-test 64 "
+  const std::string args = "train --data " + kData +
+                           " --limit-train 1536 --limit-test 64 "
                            "--epochs 2 --shift 1 --checkpoint-every 4 --threads 2";
   ASSERT_EQ(pw(args + " --out " + file("straight.pw")).code, 0);
   // Start the same run in the background, kill -9 it once a mid-run checkpoint exists.
@@ -335,14 +374,16 @@ TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
   const std::string command = std::string(PATCHWISE_BINARY) + " " + args + " --out " +
                               file("killed.pw") + " >/dev/null 2>&1 & echo $! > " + file("pid");
   ASSERT_EQ(std::system(command.c_str()), 0);
-  for (int i = 0; i < 600 && !fs::exists(ckpt); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 600 && !fs::exists(ckpt); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint appeared";
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const std::string pid = test::read_file(file("pid"));
   std::system(("kill -9 " + pid + " 2>/dev/null; sleep 0.2").c_str());
   ASSERT_FALSE(fs::exists(file("killed.pw"))) << "the run finished before the kill; nothing tested";
   // No --threads: the checkpoint's thread count (2) is restored, as bit-identity needs.
-  Result resumed = pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw"));
+  Result resumed =
+      pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw"));
   ASSERT_EQ(resumed.code, 0) << resumed.err;
   EXPECT_TRUE(same_weights(file("straight.pw"), file("killed.pw")));
   EXPECT_FALSE(fs::exists(ckpt)) << "a finished run removes its checkpoint";
@@ -352,12 +393,13 @@ TEST_F(CliTest, SigintWritesACheckpointAndExits130) {
   // A background job of a non-interactive shell starts with SIGINT ignored until train
   // installs its handler (after loading the data): send it every second until it exits,
   // so that a slow start on a busy machine cannot swallow the only signal.
-  const std::string command = std::string(PATCHWISE_BINARY) + " train --data " + kData +
-                              " --limit-train 20000 --limit-test 64 --epochs 1 --out " +
-                              file("int.pw") + " >/dev/null 2>" + file("int.err") +
-                              " & pid=$!; for i in $(seq 120); do sleep 1; kill -INT $pid 2>/dev/null || break; "
-                              "done; wait $pid; echo $? > " +
-                              file("int.rc");
+  const std::string command =
+      std::string(PATCHWISE_BINARY) + " train --data " + kData +
+      " --limit-train 20000 --limit-test 64 --epochs 1 --out " + file("int.pw") + " >/dev/null 2>" +
+      file("int.err") +
+      " & pid=$!; for i in $(seq 120); do sleep 1; kill -INT $pid 2>/dev/null || break; "
+      "done; wait $pid; echo $? > " +
+      file("int.rc");
   ASSERT_EQ(std::system(("bash -c '" + command + "'").c_str()), 0);
   EXPECT_EQ(test::read_file(file("int.rc")), "130\n") << test::read_file(file("int.err"));
   EXPECT_THAT(test::read_file(file("int.err")), HasSubstr("--resume"));
