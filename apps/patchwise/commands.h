@@ -20,5 +20,6 @@ void setup_import(CLI::App& app);
 void setup_heatmap(CLI::App& app);
 void setup_report(CLI::App& app);
 void setup_tiles(CLI::App& app);
+void setup_features(CLI::App& app);
 
 }  // namespace patchwise::cli

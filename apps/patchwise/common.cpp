@@ -158,11 +158,17 @@ void add_tile_flags(CLI::App* app, TileFlags& f) {
       f.tiles.cleanup,
       "close and open the mask (fills pinholes, drops specks; default), or not "
       "(thin strokes)");
+  add_reader_flags(app, f.reader);
+}
+
+void add_reader_flags(CLI::App* app, RegionReaderOptions& reader) {
   app->add_option(
-      "--reader", f.reader.reader, "openslide or vips; default: the first that opens it");
+      "--reader",
+      reader.reader,
+      "large images: openslide, tiff or vips; default: the first that opens it");
   app->add_option(
          "--max-pixels",
-         f.reader.max_pixels,
+         reader.max_pixels,
          "largest image decoded whole (PNG, JPEG, ...); 0: no limit")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

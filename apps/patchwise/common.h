@@ -47,6 +47,8 @@ struct TileFlags {
   RegionReaderOptions reader;
 };
 void add_tile_flags(CLI::App* app, TileFlags& flags);
+/// --reader and --max-pixels alone: how large images are opened (a tiled model knows its tiles).
+void add_reader_flags(CLI::App* app, RegionReaderOptions& reader);
 
 /// --label, --image-size, --strict, --in-memory-limit: how a data set is read.
 struct DataFlags {

@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_heatmap(app);
   patchwise::cli::setup_report(app);
   patchwise::cli::setup_tiles(app);
+  patchwise::cli::setup_features(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -166,10 +166,7 @@ void setup_predict(CLI::App& app) {
   cmd->add_option("--top", flags->top, "tiled models: the tiles listed, best first")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option(
-      "--reader",
-      flags->tiles.reader.reader,
-      "tiled models: openslide, tiff or vips; default: the first that opens it");
+  add_reader_flags(cmd, flags->tiles.reader);
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_predict(*flags); });
 }

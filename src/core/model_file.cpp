@@ -383,23 +383,9 @@ void save_model(const std::string& path, PatchClassifier& model, const json& tra
   });
 }
 
-PatchClassifier load_model(const std::string& path) {
-  ModelFileParts parts = read_model_file(path);
-  ModelConfig config = model_config_from_json(parts.config, path);
-  PatchClassifier model = held_in(path, [&] { return PatchClassifier(config); });
-  load_weights(*model, parts, path);
-  model->eval();
-  return model;
-}
+PatchClassifier load_model(const std::string& path) { return load_model_file(path).model; }
 
-TensorMap load_model_state(const std::string& path) {
-  ModelFileParts parts = read_model_file(path);
-  TensorMap state;
-  for (const auto& [name, record] : parts.records) {
-    if (name.rfind("state/", 0) == 0) state.emplace(name.substr(6), to_tensor(parts.file, record));
-  }
-  return state;
-}
+TensorMap load_model_state(const std::string& path) { return load_model_file(path).state; }
 
 const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
                                const std::string& path) {
@@ -407,6 +393,22 @@ const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
   check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint",
               path, key);
   return it->second;
+}
+
+ModelFile load_model_file(const std::string& path) {
+  ModelFileParts parts = read_model_file(path);
+  ModelConfig config = model_config_from_json(parts.config, path);
+  ModelFile out;
+  out.model = held_in(path, [&] { return PatchClassifier(config); });
+  load_weights(*out.model, parts, path);
+  out.model->eval();
+  if (parts.config.contains("training")) out.training = parts.config["training"];
+  for (const auto& [name, record] : parts.records) {
+    if (name.rfind("state/", 0) == 0) {
+      out.state.emplace(name.substr(6), to_tensor(parts.file, record));
+    }
+  }
+  return out;
 }
 
 json load_model_training(const std::string& path) {

@@ -123,7 +123,16 @@ at::Tensor PatchClassifierImpl::tile_features(const at::Tensor& tiles) {
 
 PatchOutput PatchClassifierImpl::forward_bags(
     const at::Tensor& tiles, const std::vector<int64_t>& counts) {
-  PaddedBags bags = pad_bags(tile_features(tiles), counts);
+  const bool features = tiles.dim() == 2;
+  TORCH_CHECK(
+      !features || (tiles.size(1) == backbone_->feature_dim() && tiles.is_floating_point()),
+      "PatchClassifier expects features [N,",
+      backbone_->feature_dim(),
+      "] of float, got ",
+      tiles.sizes(),
+      " of ",
+      tiles.scalar_type());
+  PaddedBags bags = pad_bags(features ? tiles : tile_features(tiles), counts);
   return head(bags.values, bags.mask);
 }
 
@@ -143,6 +152,23 @@ PatchOutput PatchClassifierImpl::head(const at::Tensor& features, const at::Tens
     out.log_probs = fuse(config_.fusion, out.patch_logits, mask);
   }
   return out;
+}
+
+void PatchClassifierImpl::freeze_features() {
+  std::vector<at::Tensor> head = backbone_->classifier_parameters();
+  for (at::Tensor& p : backbone_->parameters()) {
+    const bool in_head =
+        std::any_of(head.begin(), head.end(), [&](const at::Tensor& h) { return h.is_same(p); });
+    if (!in_head) p.requires_grad_(false);
+  }
+}
+
+std::vector<at::Tensor> PatchClassifierImpl::trainable_parameters() const {
+  std::vector<at::Tensor> trainable;
+  for (const at::Tensor& p : parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  return trainable;
 }
 
 void PatchClassifierImpl::set_fusion(FusionRule rule) {

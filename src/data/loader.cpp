@@ -77,9 +77,11 @@ Batch Loader::gather_bags(const std::vector<int64_t>& items) const {
   int64_t total = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     bags.push_back(bags_(items[i]));
-    TORCH_CHECK(bags.back().dim() == 4 && bags.back().size(0) >= 1 &&
-                    bags.back().sizes().slice(1) == bags.front().sizes().slice(1),
-                "Loader: bag ", items[i], " is ", bags.back().sizes(), ", expected [n>=1,C,I,I]");
+    TORCH_CHECK((bags.back().dim() == 4 || bags.back().dim() == 2) && bags.back().size(0) >= 1 &&
+                    bags.back().sizes().slice(1) == bags.front().sizes().slice(1) &&
+                    bags.back().scalar_type() == bags.front().scalar_type(),
+                "Loader: bag ", items[i], " is ", bags.back().sizes(), " of ",
+                bags.back().scalar_type(), ", expected [n>=1,C,I,I] or [n>=1,F] like the first");
     batch.counts.push_back(bags.back().size(0));
     batch.labels.data_ptr<int64_t>()[i] = data_.labels.data_ptr<int64_t>()[items[i]];
     total += bags.back().size(0);
@@ -90,12 +92,14 @@ Batch Loader::gather_bags(const std::vector<int64_t>& items) const {
   }
   std::vector<int64_t> shape = bags.front().sizes().vec();
   shape[0] = total;
-  batch.images = torch::empty(shape, torch::kUInt8);  // copies, no operator (see gather)
-  uint8_t* dst = batch.images.data_ptr<uint8_t>();
+  // Copies, no operator (see gather). Tiles are uint8; a feature cache's bags are floats.
+  batch.images = torch::empty(shape, bags.front().options());
+  auto* dst = static_cast<char*>(batch.images.data_ptr());
   for (const at::Tensor& bag : bags) {
     const at::Tensor b = bag.contiguous();
-    std::memcpy(dst, b.data_ptr<uint8_t>(), static_cast<size_t>(b.numel()));
-    dst += b.numel();
+    const size_t bytes = static_cast<size_t>(b.numel()) * b.element_size();
+    std::memcpy(dst, b.data_ptr(), bytes);
+    dst += bytes;
   }
   return batch;
 }

@@ -80,6 +80,7 @@ class SmallCnnImpl : public BackboneImpl {
   }
   at::Tensor classify(const at::Tensor& f) override { return fc2_->forward(dropout_->forward(f)); }
   int64_t feature_dim() const override { return kHidden; }
+  std::vector<at::Tensor> classifier_parameters() const override { return fc2_->parameters(); }
   void pretty_print(std::ostream& stream) const override {
     stream << "patchwise::SmallCnn(in_channels=" << options_.in_channels
            << ", input=" << options_.input << ", classes=" << options_.num_classes
@@ -115,6 +116,7 @@ class Vgg16Impl : public BackboneImpl {
   }
   at::Tensor classify(const at::Tensor& f) override { return fc_->forward(f); }
   int64_t feature_dim() const override { return 512; }
+  std::vector<at::Tensor> classifier_parameters() const override { return fc_->parameters(); }
   void pretty_print(std::ostream& stream) const override {
     stream << "patchwise::Vgg16(in_channels=" << options_.in_channels
            << ", input=" << options_.input << ", classes=" << options_.num_classes

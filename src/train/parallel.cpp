@@ -23,7 +23,7 @@ Dataset strided_shard(const Dataset& data, int64_t shard, int64_t shards) {
 /// gives the Reducer every gradient (zero), so that it joins the same allreduces.
 at::Tensor zero_objective(PatchClassifier& model) {
   at::Tensor objective = torch::zeros({}, torch::TensorOptions().device(model->device()));
-  for (const auto& p : model->parameters()) objective = objective + p.sum() * 0.0;
+  for (const auto& p : model->trainable_parameters()) objective = objective + p.sum() * 0.0;
   return objective;
 }
 
@@ -41,13 +41,18 @@ void Parallel::start(PatchClassifier& model, LossKind loss, TrainResult& result)
   std::vector<at::Tensor> state = model->parameters();
   for (const auto& t : model->buffers()) state.push_back(t);
   dist_->broadcast(state);
+  std::vector<at::Tensor> trainable;
   std::vector<std::string> names;
-  for (const auto& item : model->named_parameters()) names.push_back(item.key());
+  for (const auto& item : model->named_parameters()) {
+    if (!item.value().requires_grad()) continue;  // frozen (a feature cache's backbone)
+    trainable.push_back(item.value());
+    names.push_back(item.key());
+  }
   // The fused loss through a learned rule leaves the patch-logit layer out of the graph.
   const bool find_unused =
       loss == LossKind::kFused && fusion_rule_is_learned(model->config().fusion);
-  dist_->attach_gradients(model->parameters(), names, find_unused);
-  for (const auto& p : model->parameters()) result.gradient_floats += p.numel();
+  dist_->attach_gradients(trainable, names, find_unused);
+  for (const auto& p : trainable) result.gradient_floats += p.numel();
   result.gradient_buckets = dist_->buckets();
   result.allreduce_ms = dist_->time_allreduce(result.gradient_floats, 20);
   if (eval_set_ == nullptr) return;

@@ -154,7 +154,7 @@ class TrainRun {
         parallel_(options.distributed, test, options.eval_bags),
         device_(model->device()) {
     torch::manual_seed(rank_seed(options.seed, parallel_.rank()));
-    optimizer_ = make_optimizer(model->parameters(), options.optimizer);
+    optimizer_ = make_optimizer(model->trainable_parameters(), options.optimizer);
     loader_ = std::make_unique<Loader>(
         train,
         options.batch,

@@ -74,6 +74,7 @@ class CliTest : public ::testing::Test {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << "\n" << r.err;
   }
 
+  void expect_feature_cache(const std::string& data);
   static fs::path* dir_;
   static Result* train_;
 };
@@ -305,6 +306,42 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   EXPECT_GT(picture.size(1), 168 + 128);  // the thumbnail's map above the crops
   expect_bad_input(
       "patches -m " + file("mp.pw") + " " + canvas + " -o " + file("p.png"), "tiled model");
+  expect_feature_cache(data);
+}
+
+/// The trained bag model's feature cache, a head trained on it, and the flags it refuses.
+void CliTest::expect_feature_cache(const std::string& data) {
+  Result cached =
+      pw("features --json -m " + file("mp.pw") + " --data " + data + " -o " + file("mp.pwf"));
+  ASSERT_EQ(cached.code, 0) << cached.err;
+  nlohmann::json c = nlohmann::json::parse(cached.out);
+  EXPECT_EQ(c["train_images"], 20);
+  EXPECT_EQ(c["test_images"], 10);
+  EXPECT_EQ(c["feature_dim"], 64);
+  EXPECT_GE(c["tiles"].get<int64_t>(), 30);  // at least one tile per image
+  Result head =
+      pw("train --json --features " + file("mp.pwf") +
+         " --fusion attention --epochs 2 --batch 4 -o " + file("head.pw"));
+  ASSERT_EQ(head.code, 0) << head.err;
+  EXPECT_THAT(head.err, HasSubstr("frozen: only the head learns"));
+  const double cached_accuracy = nlohmann::json::parse(head.out)["test_accuracy"];
+  // The head's model reads images: its accuracy on them is the one measured on the cache
+  // (features equal to a few ulps; one of the 10 images may sit on a tie).
+  Result evaluated = pw("eval --json -m " + file("head.pw") + " --data " + data);
+  ASSERT_EQ(evaluated.code, 0) << evaluated.err;
+  EXPECT_NEAR(
+      nlohmann::json::parse(evaluated.out)["accuracy"].get<double>(), cached_accuracy, 0.1 + 1e-9);
+  expect_bad_input(
+      "train --features " + file("mp.pwf") + " --tile 28 -o " + file("x.pw"),
+      "--tile: the backbone and its tiles come from the feature cache");
+  expect_bad_input(
+      "train --features " + file("mp.pw") + " -o " + file("x.pw"),
+      "mp.pw: a model file without features, expected a feature cache");
+  expect_bad_input(
+      "train --epochs 1 -o " + file("x.pw"), "neither --data nor --features, expected one of");
+  expect_bad_input(
+      "features -m " + model() + " --data " + data + " -o " + file("x.pwf"),
+      "fashion.pw: not a tiled model");
 }
 
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {

@@ -20,11 +20,11 @@
 // every record's declared size is checked against the bytes present before
 // anything is allocated, and each weight against the shape the configuration implies.
 
-#include <map>
-#include <string>
-
 #include <ATen/core/Tensor.h>
-#include <nlohmann/json_fwd.hpp>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
 
 #include "patchwise/core/patch_classifier.h"
 
@@ -44,8 +44,9 @@ using TensorMap = std::map<std::string, at::Tensor>;
 /// Writes `model` (moved to the CPU for writing) with `training` (any JSON: options,
 /// per-epoch history) and `state` tensors atomically to `path`. Throws InputError
 /// when it cannot be written.
-void save_model(const std::string& path, PatchClassifier& model, const nlohmann::json& training,
-                const TensorMap& state = {});
+void save_model(
+    const std::string& path, PatchClassifier& model, const nlohmann::json& training,
+    const TensorMap& state = {});
 
 /// The state tensors of a model file (empty for a finished model); InputError on a
 /// bad file.
@@ -53,13 +54,21 @@ TensorMap load_model_state(const std::string& path);
 
 /// state[key], which a checkpoint read from `path` must hold; InputError naming the
 /// file and the key otherwise.
-const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
-                               const std::string& path);
+const at::Tensor& state_tensor(
+    const TensorMap& state, const std::string& key, const std::string& path);
 
 /// Reads a model file; throws InputError on a missing, foreign, corrupt or
 /// other-version file. The model is on the CPU, in evaluation mode.
 PatchClassifier load_model(const std::string& path);
 /// The "training" section of a model file (null JSON when absent).
 nlohmann::json load_model_training(const std::string& path);
+
+/// All of a model file from one read: load_model, load_model_training and load_model_state.
+struct ModelFile {
+  PatchClassifier model{nullptr};
+  nlohmann::json training;
+  TensorMap state;
+};
+ModelFile load_model_file(const std::string& path);
 
 }  // namespace patchwise

@@ -16,13 +16,13 @@
 // fuses each bag over its own tiles (fusion.h, bags). `forward` on a tiled model treats
 // each image as a bag of one tile.
 
-#include <cstdint>
-#include <string>
-#include <vector>
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
 
 #include "patchwise/data/dataset.h"
 #include "patchwise/fusion/attention.h"
@@ -68,12 +68,20 @@ class PatchClassifierImpl : public torch::nn::Module {
   PatchOutput forward(const at::Tensor& images);
   /// Bags of tiles in: `tiles` uint8 or float [N,C,I,I] at the backbone's input size,
   /// bag b's counts[b] >= 1 tiles after bag b-1's. Out: [B,P,...] padded to the largest
-  /// bag, with PatchOutput::mask when the bags differ.
+  /// bag, with PatchOutput::mask when the bags differ. `tiles` may instead be the
+  /// tiles' backbone features, float [N,F] (a feature cache, patch/feature_cache.h):
+  /// the backbone's feature layers are then skipped.
   PatchOutput forward_bags(const at::Tensor& tiles, const std::vector<int64_t>& counts);
   /// The backbone's features of tiles [N,C,I,I] (uint8 normalized first): [N,F].
   at::Tensor tile_features(const at::Tensor& tiles);
   /// Per-patch logits, attention and fused output of features [B,P,F] (mask as in PatchOutput).
   PatchOutput head(const at::Tensor& features, const at::Tensor& mask = {});
+  /// From now on only the head learns (the attention and the backbone's classifier, as
+  /// when training on a feature cache): the backbone's feature layers stop requiring
+  /// gradients.
+  void freeze_features();
+  /// The parameters that require gradients: all of them, or the head's after freeze_features.
+  std::vector<at::Tensor> trainable_parameters() const;
   /// Evaluates with another rule from now on: any fixed rule, or the model's own.
   /// Throws InputError for a learned rule the model was not trained with.
   void set_fusion(FusionRule rule);
@@ -83,6 +91,7 @@ class PatchClassifierImpl : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
   const PatchGrid& grid() const { return grid_; }
   BackboneImpl& backbone() { return *backbone_; }
+  const BackboneImpl& backbone() const { return *backbone_; }
   int64_t num_patches() const { return grid_.count(); }
   int64_t num_classes() const { return config_.backbone.num_classes; }
   /// Where the parameters live.

@@ -6,12 +6,12 @@
 // (DistributedSampler's rule applied per batch): together they train on exactly the
 // batches one process would.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <functional>
 #include <future>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "patchwise/data/dataset.h"
 
@@ -23,16 +23,18 @@ struct Batch {
   std::vector<int64_t> counts;  ///< with bags: image i's tiles, in order (sum N); else empty
 };
 
-/// Item i's bag of tiles, uint8 [n,C,I,I] with n >= 1 (patch/bags.h makes one). Called
-/// on the loader's thread.
+/// Item i's bag of tiles, uint8 [n,C,I,I] with n >= 1 (patch/bags.h makes one), or of
+/// their backbone features, float [n,F] (patch/feature_cache.h). Called on the loader's
+/// thread.
 using BagFn = std::function<at::Tensor(int64_t item)>;
 
 class Loader {
  public:
   /// `data` must outlive the loader. batch_size >= 1; 0 <= shard < shards.
   /// With `bags`, a batch holds its images' bags of tiles instead of their pixels.
-  Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed, int64_t shard = 0,
-         int64_t shards = 1, BagFn bags = {});
+  Loader(
+      const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed, int64_t shard = 0,
+      int64_t shards = 1, BagFn bags = {});
   ~Loader();
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;

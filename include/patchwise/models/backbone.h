@@ -12,11 +12,12 @@
 //   Needs s >= 32.
 // Both take 1 or 3 input channels and optional batch normalization after each convolution.
 
+#include <torch/nn/module.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
-
-#include <torch/nn/module.h>
+#include <vector>
 
 namespace patchwise {
 
@@ -37,6 +38,8 @@ class BackboneImpl : public torch::nn::Module {
   virtual at::Tensor classify(const at::Tensor& features) = 0;
   /// F, the width of the features.
   virtual int64_t feature_dim() const = 0;
+  /// The parameters of `classify` (the rest belong to `features`).
+  virtual std::vector<at::Tensor> classifier_parameters() const = 0;
 
   at::Tensor forward(const at::Tensor& x) { return classify(features(x)); }
 };
