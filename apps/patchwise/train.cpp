@@ -34,6 +34,7 @@ namespace {
 struct TrainFlags {
   std::string data;
   std::string features;  ///< a feature cache to train the head on, instead of --data
+  std::string init;      ///< a model file whose weights start the run
   std::string model = "small-cnn";
   GridFlags grid;
   std::string fusion = "mean";
@@ -84,6 +85,7 @@ nlohmann::json flags_to_json(const TrainFlags& f) {
   return {
       {"data", f.data},
       {"features", f.features},
+      {"init", f.init},
       {"model", f.model},
       {"grid", f.grid.grid},
       {"patch", f.grid.patch},
@@ -154,7 +156,8 @@ void flags_from_json(const nlohmann::json& j, TrainFlags& f, const CLI::App* app
   f.keep = j.at("keep");
   f.shift = j.at("shift");
   f.flip = j.at("flip");
-  f.tiled = j.value("tiled", false);  // checkpoints before tiled training existed
+  f.init = j.value("init", std::string());  // for the record: a resumed run's weights are its own
+  f.tiled = j.value("tiled", false);        // checkpoints before tiled training existed
   if (f.tiled) {
     f.tiles.tiles.tile = j.at("tile");
     f.tiles.tiles.stride = j.at("tile_stride");
@@ -279,6 +282,11 @@ void check_flags(
       "train: {}, expected one of --data DIR or --features FILE",
       f.data.empty() ? "neither --data nor --features" : "both --data and --features");
   check_feature_flags(f, app);
+  check_input(
+      f.init.empty() || f.features.empty(),
+      "--init: {}: a head trained on a feature cache starts from the cache's model, expected "
+      "no --init with --features",
+      f.init);
   if (writer) {
     check_output_writable(f.out, "--out");
     if (!f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
@@ -396,6 +404,8 @@ PatchClassifier build_model(
     const TrainFlags& f, const ModelConfig& config, const TrainData& d, c10::Device device) {
   torch::manual_seed(f.seed);
   PatchClassifier model = d.cache ? head_model(*d.cache, config) : PatchClassifier(config);
+  // A resumed run's weights come from its checkpoint, not from --init again.
+  if (!f.init.empty() && f.resume.empty()) load_model_weights(model, f.init);
   model->to(device);
   return model;
 }
@@ -473,6 +483,7 @@ void print_plan(
       f.momentum > 0 ? fmt::format(" momentum {}", f.momentum) : "",
       f.epochs,
       f.seed);
+  if (!f.init.empty()) fmt::print(log, "train: starting from the weights of {}\n", f.init);
   log.flush();
 }
 
@@ -721,6 +732,11 @@ void setup_train(CLI::App& app) {
          flags->checkpoint_every,
          "also write the checkpoint every N steps; 0: only after epochs")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option(
+      "--init",
+      flags->init,
+      "start from this model file's weights (a warm start): it must be the model these flags "
+      "build, its input normalization included");
   cmd->add_option(
       "--resume",
       flags->resume,

@@ -395,6 +395,14 @@ const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
   return it->second;
 }
 
+void load_model_weights(PatchClassifier& model, const std::string& path) {
+  const ModelFileParts parts = read_model_file(path);
+  const c10::Device device = model->device();
+  model->to(torch::kCPU);
+  load_weights(*model, parts, path);
+  model->to(device);
+}
+
 ModelFile load_model_file(const std::string& path) {
   ModelFileParts parts = read_model_file(path);
   ModelConfig config = model_config_from_json(parts.config, path);

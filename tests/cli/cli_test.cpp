@@ -344,6 +344,26 @@ void CliTest::expect_feature_cache(const std::string& data) {
       "fashion.pw: not a tiled model");
 }
 
+TEST_F(CliTest, InitStartsFromASavedModelsWeights) {
+  ASSERT_EQ(train_->code, 0) << train_->err;
+  std::ifstream metrics(file("metrics.jsonl"));
+  std::string line, last;
+  while (std::getline(metrics, line)) last = line;
+  const double saved = nlohmann::json::parse(last)["test_accuracy"];
+  // At a rate of 1e-9 an epoch leaves the weights where --init put them.
+  Result warm =
+      pw("train --json --data " + kData +
+         " --limit-train 256 --limit-test 500 --epochs 1 --seed 7 --lr 1e-9 --init " + model() +
+         " -o " + file("warm.pw"));
+  ASSERT_EQ(warm.code, 0) << warm.err;
+  EXPECT_THAT(warm.err, HasSubstr("starting from the weights of"));
+  EXPECT_NEAR(nlohmann::json::parse(warm.out)["test_accuracy"].get<double>(), saved, 2.0 / 500);
+  expect_bad_input(
+      "train --data " + kData + " --fusion attention --loss fused --init " + model() + " -o " +
+          file("x.pw"),
+      "fashion.pw: weights lack 'attention.");
+}
+
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
   Result r =
       pw("train --data " + kData +

@@ -1,12 +1,12 @@
 #include "patchwise/core/model_file.h"
 
+#include <gmock/gmock.h>
+#include <zlib.h>
+
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
-#include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
-#include <zlib.h>
+#include <sstream>
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
@@ -49,8 +49,9 @@ std::string build_file(const ModelConfig& config, const std::string& records) {
 }
 
 /// One tensor record: name, type code, sizes, then `data` as its elements.
-std::string record(const std::string& name, uint8_t type, const std::vector<uint64_t>& sizes,
-                   const std::string& data) {
+std::string record(
+    const std::string& name, uint8_t type, const std::vector<uint64_t>& sizes,
+    const std::string& data) {
   std::string r = {char(name.size()), char(name.size() >> 8)};
   r += name;
   r.push_back(char(type));
@@ -113,8 +114,8 @@ TEST_F(ModelFileTest, ATiledModelKeepsItsTilesAndAFileWithBadTilesIsRefused) {
   ModelConfig config = small_config();
   config.tiled = true;
   config.grid.rows = config.grid.cols = 1;
-  config.grid.patch_h = config.grid.patch_w = config.grid.input = config.image_h =
-      config.image_w = 32;
+  config.grid.patch_h = config.grid.patch_w = config.grid.input = config.image_h = config.image_w =
+      32;
   config.tiles.tile = 50;
   config.tiles.min_foreground = 0.05;
   PatchClassifier model(config);
@@ -141,10 +142,41 @@ TEST_F(ModelFileTest, ALearnedRuleCannotBeSwappedIntoAnotherModel) {
   EXPECT_TRUE(torch::equal(out.log_probs, fuse(FusionRule::kMax, out.patch_logits)));
 }
 
+TEST_F(ModelFileTest, AWarmStartTakesEveryWeightAndRefusesAnotherModel) {
+  ModelConfig config = small_config();
+  config.fusion = FusionRule::kGatedAttention;
+  config.normalization = {{0.25}, {0.5}};
+  PatchClassifier saved(config);
+  save_model(path("m.pw"), saved, nlohmann::json());
+  ModelConfig fresh = config;
+  fresh.normalization = {{0.1}, {0.2}};  // the file's normalization wins
+  torch::manual_seed(123);
+  PatchClassifier model(fresh);
+  load_model_weights(model, path("m.pw"));
+  const auto want = saved->named_parameters();
+  for (const auto& p : model->named_parameters()) {
+    EXPECT_TRUE(torch::equal(p.value(), want[p.key()])) << p.key();
+  }
+  EXPECT_TRUE(torch::equal(model->buffers()[0], saved->buffers()[0]));
+  ModelConfig other = config;
+  other.fusion = FusionRule::kMean;  // no attention weights to take
+  PatchClassifier mean_model(other);
+  EXPECT_THAT(
+      test::input_error([&] { load_model_weights(mean_model, path("m.pw")); }),
+      ::testing::HasSubstr("m.pw: unexpected weight 'attention."));
+  other = config;
+  other.attention_hidden = 64;
+  PatchClassifier narrow(other);
+  EXPECT_THAT(
+      test::input_error([&] { load_model_weights(narrow, path("m.pw")); }),
+      ::testing::HasSubstr("has shape 128x64, expected 64x64"));
+}
+
 TEST_F(ModelFileTest, RefusesAFileOfAnotherFormat) {
   write_text(path("m.pw"), "this is not a model at all");
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("not a patchwise model file")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("not a patchwise model file")));
 }
 
 TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
@@ -156,8 +188,9 @@ TEST_F(ModelFileTest, RefusesAnotherFormatVersionNamingBoth) {
   ASSERT_NE(at, std::string::npos);
   text.replace(at, from.size(), "\"format_version\":7");
   write_text(path("m.pw"), reseal(text));
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("format version 7, expected 2")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("format version 7, expected 2")));
 }
 
 TEST_F(ModelFileTest, ABadValueInTheFileIsReportedAgainstTheFileNotAFlag) {
@@ -180,14 +213,20 @@ TEST_F(ModelFileTest, AFlippedByteAnywhereIsRefused) {
   const std::string good = test::read_file(path("m.pw"));
   // The magic is checked by itself; every later region is covered by the checksum:
   // the length, the configuration, the weights (start, middle, end) and the trailer.
-  for (size_t at : {size_t(9), size_t(30), good.size() / 2, good.size() - 20, good.size() - 6,
-                    good.size() - 1}) {
+  for (size_t at :
+       {size_t(9),
+        size_t(30),
+        good.size() / 2,
+        good.size() - 20,
+        good.size() - 6,
+        good.size() - 1}) {
     std::string bad = good;
     bad[at] = char(bad[at] ^ 0x10);
     write_text(path("bad.pw"), bad);
-    EXPECT_THAT([&] { load_model(path("bad.pw")); },
-                ::testing::ThrowsMessage<InputError>(
-                    ::testing::AnyOf(HasSubstr("checksum mismatch"), HasSubstr("no checksum"))))
+    EXPECT_THAT(
+        [&] { load_model(path("bad.pw")); },
+        ::testing::ThrowsMessage<InputError>(
+            ::testing::AnyOf(HasSubstr("checksum mismatch"), HasSubstr("no checksum"))))
         << "byte " << at;
   }
 }
@@ -199,8 +238,9 @@ TEST_F(ModelFileTest, AVersionOneFileIsRefusedNamingTheVersion) {
   std::string bytes(kModelMagic, 8);
   for (int i = 0; i < 8; ++i) bytes.push_back(char(uint8_t(json.size() >> (8 * i))));
   write_text(path("v1.pw"), bytes + json + "PK\x03\x04 a LibTorch archive");
-  EXPECT_THAT([&] { load_model(path("v1.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("format version 1")));
+  EXPECT_THAT(
+      [&] { load_model(path("v1.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("format version 1")));
 }
 
 TEST_F(ModelFileTest, DeclaredSizesBeyondTheFileAreRefusedBeforeAllocating) {
@@ -225,8 +265,9 @@ TEST_F(ModelFileTest, DeclaredSizesBeyondTheFileAreRefusedBeforeAllocating) {
   };
   for (const Case& c : cases) {
     write_text(path("m.pw"), build_file(config, c.records));
-    EXPECT_THAT([&] { load_model(path("m.pw")); },
-                ::testing::ThrowsMessage<InputError>(HasSubstr(c.message)))
+    EXPECT_THAT(
+        [&] { load_model(path("m.pw")); },
+        ::testing::ThrowsMessage<InputError>(HasSubstr(c.message)))
         << c.message;
   }
 }
@@ -237,11 +278,13 @@ TEST_F(ModelFileTest, MissingUnexpectedAndMistypedWeightsAreRefused) {
   PatchClassifier loaded = load_model(path("m.pw"));  // the real thing loads
   const ModelConfig config = small_config();
   write_text(path("m.pw"), build_file(config, count(0)));
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("weights lack 'backbone.")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("weights lack 'backbone.")));
   write_text(path("m.pw"), build_file(config, count(1) + record("model/extra", 4, {1}, "a")));
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("unexpected weight 'extra'")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("unexpected weight 'extra'")));
 }
 
 TEST_F(ModelFileTest, StateTensorsRoundTripNextToTheWeights) {
@@ -277,9 +320,10 @@ TEST_F(ModelFileTest, AWeightOfAnotherShapeIsRefusedNamingIt) {
   for (int i = 0; i < 8; ++i) rebuilt.push_back(char(uint8_t(json.size() >> (8 * i))));
   rebuilt += json + text.substr(16 + old_length);
   write_text(path("m.pw"), reseal(rebuilt));
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(
-                  HasSubstr("weight 'backbone.fc2.weight' has shape 3x64, expected 4x64")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(
+          HasSubstr("weight 'backbone.fc2.weight' has shape 3x64, expected 4x64")));
 }
 
 TEST_F(ModelFileTest, RefusesTruncatedWeights) {
@@ -287,12 +331,14 @@ TEST_F(ModelFileTest, RefusesTruncatedWeights) {
   save_model(path("m.pw"), model, nullptr);
   std::string text = test::read_file(path("m.pw"));
   write_text(path("m.pw"), text.substr(0, text.size() - 500));
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("truncated or corrupt")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("truncated or corrupt")));
   // Past the checksum (resealed), the records themselves are found wanting.
   write_text(path("m.pw"), reseal(text.substr(0, text.size() - 500)));
-  EXPECT_THAT([&] { load_model(path("m.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("declares more elements")));
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("declares more elements")));
 }
 
 TEST_F(ModelFileTest, RefusesATruncatedConfiguration) {
@@ -303,26 +349,32 @@ TEST_F(ModelFileTest, RefusesATruncatedConfiguration) {
 }
 
 TEST_F(ModelFileTest, RefusesAMissingFileAndADirectory) {
-  EXPECT_THAT([&] { load_model(path("none.pw")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("no such model file")));
-  EXPECT_THAT([&] { load_model(dir_.string()); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("directory")));
+  EXPECT_THAT(
+      [&] { load_model(path("none.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("no such model file")));
+  EXPECT_THAT(
+      [&] { load_model(dir_.string()); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("directory")));
 }
 
 TEST_F(ModelFileTest, SavingIntoAMissingFolderFailsCleanly) {
   PatchClassifier model(small_config());
-  EXPECT_THAT([&] { save_model(path("no/such/dir/m.pw"), model, nullptr); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("does not exist")));
+  EXPECT_THAT(
+      [&] { save_model(path("no/such/dir/m.pw"), model, nullptr); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("does not exist")));
 }
 
 TEST_F(ModelFileTest, AFailedWriteLeavesTheExistingFileIntactAndNoTemporary) {
   write_text(path("out"), "precious");
-  EXPECT_THROW(write_file_atomically(path("out"), "--out",
-                                     [](std::ostream& out) {
-                                       out << "half";
-                                       throw InputError("disk on fire");
-                                     }),
-               InputError);
+  EXPECT_THROW(
+      write_file_atomically(
+          path("out"),
+          "--out",
+          [](std::ostream& out) {
+            out << "half";
+            throw InputError("disk on fire");
+          }),
+      InputError);
   EXPECT_EQ(test::read_file(path("out")), "precious");
   int files = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
@@ -335,8 +387,9 @@ TEST_F(ModelFileTest, AFailedWriteLeavesTheExistingFileIntactAndNoTemporary) {
 TEST_F(ModelFileTest, ConfigurationJsonRefusesMissingFields) {
   nlohmann::json j = model_config_to_json(small_config());
   j.erase("grid");
-  EXPECT_THAT([&] { model_config_from_json(j, "x.pw"); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("lacks 'grid'")));
+  EXPECT_THAT(
+      [&] { model_config_from_json(j, "x.pw"); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("lacks 'grid'")));
 }
 
 }  // namespace

@@ -63,6 +63,11 @@ PatchClassifier load_model(const std::string& path);
 /// The "training" section of a model file (null JSON when absent).
 nlohmann::json load_model_training(const std::string& path);
 
+/// Starts `model` from the weights of the model file at `path` (a warm start): every
+/// parameter and buffer by name, the input normalization included. InputError naming
+/// the file and the weight when one is missing, unexpected, or of another shape or type.
+void load_model_weights(PatchClassifier& model, const std::string& path);
+
 /// All of a model file from one read: load_model, load_model_training and load_model_state.
 struct ModelFile {
   PatchClassifier model{nullptr};
