@@ -1,10 +1,10 @@
 // patchwise report: one self-contained HTML page about a model on a data set.
 
-#include <fstream>
-
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common.h"
@@ -26,6 +26,7 @@ struct ReportFlags {
   std::string out = "report.html";
   ReportOptions options;
   DataFlags data_flags;
+  RegionReaderOptions reader;
   RuntimeFlags runtime;
 };
 
@@ -33,21 +34,33 @@ void run_report(ReportFlags f) {
   check_output_writable(f.out, "--out");
   const c10::Device device = resolve_device(f.runtime.device);
   set_threads(f.runtime.threads);
-  PatchClassifier model = load_grid_model(f.model, "report");
-  nlohmann::json training = load_model_training(f.model);
-  Dataset data = load_data_reporting(f.data, f.split, data_options(f.data_flags, f.limit));
+  ModelFile file = load_model_file(f.model);
+  PatchClassifier model = file.model;
+  const nlohmann::json& training = file.training;
+  const bool tiled = model->config().tiled;
+  DataOptions options = data_options(f.data_flags, f.limit);
+  options.folder.list_only = tiled;  // a tiled model reads each image's tiles itself
+  Dataset data = load_data_reporting(f.data, f.split, options);
   if (data.class_names != model->config().class_names) {
     align_class_names(data, model->config().class_names);
   }
   model->to(device);
   f.options.model_path = f.model;
   if (training.is_null() || !training.contains("history")) {
-    fmt::print(stderr, "report: {} has no training history; the report omits the curves\n", f.model);
+    fmt::print(
+        stderr, "report: {} has no training history; the report omits the curves\n", f.model);
   }
-  const std::string html = build_html_report(model, data, training, f.options);
+  check_dataset_fits(model->config(), data);
+  const std::string html = tiled ? build_bag_report(model, data, training, f.options, f.reader)
+                                 : build_html_report(model, data, training, f.options);
   write_file_atomically(f.out, "--out", [&](std::ostream& out) { out << html; });
-  fmt::print("report: {} ({} KiB) for {} on {} images of {}\n", f.out, html.size() / 1024, f.model,
-             data.size(), f.data);
+  fmt::print(
+      "report: {} ({} KiB) for {} on {} images of {}\n",
+      f.out,
+      html.size() / 1024,
+      f.model,
+      data.size(),
+      f.data);
 }
 
 }  // namespace
@@ -56,7 +69,11 @@ void setup_report(CLI::App& app) {
   auto flags = std::make_shared<ReportFlags>();
   CLI::App* cmd = app.add_subcommand("report", "write a self-contained HTML report of a model");
   cmd->add_option("--model,-m", flags->model, "model file written by train")->required();
-  cmd->add_option("--data", flags->data, "data set folder: IDX, CIFAR or class folders")->required();
+  cmd->add_option(
+         "--data",
+         flags->data,
+         "data set folder: IDX, CIFAR or class folders (a tiled model: large images)")
+      ->required();
   cmd->add_option("--split", flags->split, "test (t10k) or train");
   cmd->add_option("--limit", flags->limit, "use the first N images; 0: all")
       ->check(CLI::NonNegativeNumber);
@@ -71,6 +88,7 @@ void setup_report(CLI::App& app) {
   cmd->add_option("--heatmap-stride", flags->options.heatmap_stride, "stride of the heatmaps")
       ->check(CLI::PositiveNumber);
   add_data_flags(cmd, flags->data_flags);
+  add_reader_flags(cmd, flags->reader);
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_report(*flags); });
 }

@@ -16,7 +16,7 @@ double binomial_stderr(double accuracy, int64_t n) {
 }
 
 Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, bool all_rules,
-                    const BagFn& bags) {
+                    const BagFn& bags, const BatchObserver& observe) {
   check_dataset_fits(model->config(), data);
   const auto start = std::chrono::steady_clock::now();
   const bool was_training = model->is_training();
@@ -63,6 +63,7 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
                                : fuse(rules[r], out.patch_logits, out.mask);
         rule_correct[static_cast<int64_t>(r)] += fused.argmax(1).eq(labels).sum().to(torch::kFloat64);
       }
+      if (observe) observe(b, out);
     }
   }
   if (was_training) model->train();

@@ -1,14 +1,15 @@
 #include "patchwise/report/html_report.h"
 
+#include <fmt/format.h>
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
 
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
-#include <torch/torch.h>
-
+#include "html_parts.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/report/evaluation.h"
@@ -16,7 +17,7 @@
 #include "patchwise/report/patch_sheet.h"
 
 namespace patchwise {
-namespace {
+namespace html {
 
 constexpr int kChartWidth = 420;
 constexpr int kChartHeight = 220;
@@ -26,26 +27,38 @@ std::string escape(const std::string& text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
 }
 
-std::string img_tag(const at::Tensor& image, const std::string& alt, int64_t scale = 1) {
-  at::Tensor shown = scale > 1 ? resize_image(image, image.size(1) * scale, image.size(2) * scale)
-                               : image;
-  return fmt::format("<img alt=\"{}\" src=\"data:image/png;base64,{}\">", escape(alt),
-                     base64_encode(encode_png(shown)));
+std::string img_tag(const at::Tensor& image, const std::string& alt, int64_t scale) {
+  at::Tensor shown =
+      scale > 1 ? resize_image(image, image.size(1) * scale, image.size(2) * scale) : image;
+  return fmt::format(
+      "<img alt=\"{}\" src=\"data:image/png;base64,{}\">",
+      escape(alt),
+      base64_encode(encode_png(shown)));
 }
 
 /// A line chart of several series over epochs, as inline SVG.
-std::string svg_chart(const std::string& title,
-                      const std::vector<std::pair<std::string, std::vector<double>>>& series) {
+std::string svg_chart(
+    const std::string& title,
+    const std::vector<std::pair<std::string, std::vector<double>>>& series) {
   const char* colours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"};
   double lo = INFINITY, hi = -INFINITY;
   size_t epochs = 0;
@@ -63,18 +76,37 @@ std::string svg_chart(const std::string& title,
   const double plot_w = kChartWidth - 2 * kChartMargin;
   const double plot_h = kChartHeight - 2 * kChartMargin;
   auto x_of = [&](size_t i) {
-    return kChartMargin + (epochs > 1 ? plot_w * static_cast<double>(i) / double(epochs - 1) : plot_w / 2);
+    return kChartMargin +
+           (epochs > 1 ? plot_w * static_cast<double>(i) / double(epochs - 1) : plot_w / 2);
   };
   auto y_of = [&](double v) { return kChartMargin + plot_h * (hi - v) / (hi - lo); };
   std::string svg = fmt::format(
       "<svg class=\"chart\" width=\"{}\" height=\"{}\" viewBox=\"0 0 {} {}\" role=\"img\">"
       "<text x=\"{}\" y=\"20\" class=\"ct\">{}</text>"
       "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" class=\"frame\"/>"
-      "<text x=\"4\" y=\"{}\" class=\"ax\">{:.3f}</text><text x=\"4\" y=\"{}\" class=\"ax\">{:.3f}</text>"
-      "<text x=\"{}\" y=\"{}\" class=\"ax\">epoch 1</text><text x=\"{}\" y=\"{}\" class=\"ax\">{}</text>",
-      kChartWidth, kChartHeight, kChartWidth, kChartHeight, kChartMargin, escape(title),
-      kChartMargin, kChartMargin, plot_w, plot_h, kChartMargin + 4, hi, kChartMargin + plot_h, lo,
-      kChartMargin, kChartHeight - 14, kChartMargin + plot_w - 20, kChartHeight - 14, epochs);
+      "<text x=\"4\" y=\"{}\" class=\"ax\">{:.3f}</text><text x=\"4\" y=\"{}\" "
+      "class=\"ax\">{:.3f}</text>"
+      "<text x=\"{}\" y=\"{}\" class=\"ax\">epoch 1</text><text x=\"{}\" y=\"{}\" "
+      "class=\"ax\">{}</text>",
+      kChartWidth,
+      kChartHeight,
+      kChartWidth,
+      kChartHeight,
+      kChartMargin,
+      escape(title),
+      kChartMargin,
+      kChartMargin,
+      plot_w,
+      plot_h,
+      kChartMargin + 4,
+      hi,
+      kChartMargin + plot_h,
+      lo,
+      kChartMargin,
+      kChartHeight - 14,
+      kChartMargin + plot_w - 20,
+      kChartHeight - 14,
+      epochs);
   for (size_t s = 0; s < series.size(); ++s) {
     std::string points;
     for (size_t i = 0; i < series[s].second.size(); ++i) {
@@ -85,7 +117,11 @@ std::string svg_chart(const std::string& title,
     svg += fmt::format(
         "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>"
         "<text x=\"{}\" y=\"{}\" fill=\"{}\" class=\"ax\">{}</text>",
-        colour, points, kChartMargin + 8 + 110 * s, kChartHeight - 2, colour,
+        colour,
+        points,
+        kChartMargin + 8 + 110 * s,
+        kChartHeight - 2,
+        colour,
         escape(series[s].first));
   }
   return svg + "</svg>";
@@ -100,24 +136,29 @@ std::vector<double> history_values(const nlohmann::json& history, const char* ke
 }
 
 /// A small HTML bar list of a probability vector's top entries.
-std::string probability_bars(const std::vector<std::string>& names, const float* p, int64_t k,
-                             int64_t top, int64_t truth) {
+std::string probability_bars(
+    const std::vector<std::string>& names, const float* p, int64_t k, int64_t top, int64_t truth) {
   std::vector<int64_t> order(static_cast<size_t>(k));
   std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + std::min(top, k), order.end(),
-                    [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+  std::partial_sort(
+      order.begin(), order.begin() + std::min(top, k), order.end(), [&](int64_t a, int64_t b) {
+        return p[a] > p[b];
+      });
   std::string html = "<div class=\"bars\">";
   for (int64_t i = 0; i < std::min(top, k); ++i) {
     const int64_t c = order[static_cast<size_t>(i)];
     html += fmt::format(
         "<div class=\"bar{}\"><span class=\"fill\" style=\"width:{:.0f}%\"></span>"
         "<span class=\"lbl\">{} {:.2f}</span></div>",
-        c == truth ? " truth" : "", 100.0 * p[c], escape(names[static_cast<size_t>(c)]), p[c]);
+        c == truth ? " truth" : "",
+        100.0 * p[c],
+        escape(names[static_cast<size_t>(c)]),
+        p[c]);
   }
   return html + "</div>";
 }
 
-const char* kStyle = R"(
+const char* const kStyle = R"(
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#222;background:#fff}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:28px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;margin-bottom:16px}.kpi{display:flex;gap:14px;flex-wrap:wrap}
@@ -135,7 +176,63 @@ th{background:#f4f6fa}td.name,th.name{text-align:left}
 .patches{display:grid;grid-template-columns:1fr 1fr;gap:4px}.note{color:#8a5a00;background:#fff6e0;padding:8px;border-radius:6px}
 )";
 
-}  // namespace
+std::string page_start(const std::string& title) {
+  return "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+         "<title>" +
+         escape(title) + "</title><style>" + kStyle + "</style></head><body><h1>" + escape(title) +
+         "</h1>";
+}
+
+std::string training_curves(const nlohmann::json& training) {
+  std::string out = "<h2>Training curves</h2>";
+  const bool has_history = training.is_object() && training.contains("history") &&
+                           training["history"].is_array() && !training["history"].empty();
+  if (!has_history) {
+    return out +
+           "<p class=\"note\">This model file has no training history, so there are no "
+           "curves.</p>";
+  }
+  const nlohmann::json& h = training["history"];
+  return out +
+         svg_chart(
+             "loss",
+             {{"train", history_values(h, "loss")}, {"test", history_values(h, "test_loss")}}) +
+         svg_chart(
+             "accuracy",
+             {{"train", history_values(h, "accuracy")},
+              {"test", history_values(h, "test_accuracy")}});
+}
+
+std::string confusion_table(
+    const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& confusion) {
+  const auto classes = static_cast<int64_t>(names.size());
+  std::string out = "<h2>Confusion matrix</h2><table><tr><th class=\"name\">true \\ predicted</th>";
+  for (const auto& n : names) out += "<th>" + escape(n) + "</th>";
+  out += "<th>accuracy</th></tr>";
+  for (int64_t t = 0; t < classes; ++t) {
+    int64_t row_total = 0;
+    for (int64_t v : confusion[t]) row_total += v;
+    out += "<tr><td class=\"name\">" + escape(names[t]) + "</td>";
+    for (int64_t c = 0; c < classes; ++c) {
+      const double share = row_total > 0 ? double(confusion[t][c]) / double(row_total) : 0.0;
+      const char* hue = t == c ? "46,160,67" : "214,39,40";
+      out += fmt::format(
+          "<td style=\"background:rgba({},{:.2f})\">{}</td>",
+          hue,
+          std::min(1.0, share * 1.2),
+          confusion[t][c]);
+    }
+    out += row_total > 0
+               ? fmt::format("<td>{:.3f}</td></tr>", double(confusion[t][t]) / double(row_total))
+               : std::string("<td>–</td></tr>");
+  }
+  return out + "</table>";
+}
+
+}  // namespace html
+
+using namespace html;
 
 std::string base64_encode(const std::string& bytes) {
   static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -143,7 +240,8 @@ std::string base64_encode(const std::string& bytes) {
   out.reserve((bytes.size() + 2) / 3 * 4);
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t n = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    const uint32_t n =
+        (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
     out += table[(n >> 18) & 63];
     out += table[(n >> 12) & 63];
     out += table[(n >> 6) & 63];
@@ -160,107 +258,98 @@ std::string base64_encode(const std::string& bytes) {
   return out;
 }
 
-std::string build_html_report(PatchClassifier& model, const Dataset& data,
-                              const nlohmann::json& training, const ReportOptions& options) {
+std::string build_html_report(
+    PatchClassifier& model, const Dataset& data, const nlohmann::json& training,
+    const ReportOptions& options) {
   const ModelConfig& config = model->config();
   const std::vector<std::string>& names = config.class_names;
   const int64_t classes = model->num_classes();
   const int64_t patches = model->num_patches();
-  Evaluation e = evaluate(model, data, options.batch, /*all_rules=*/true);
-
-  // Per-image fused and per-patch probabilities, for the gallery and the mistakes.
+  // One pass: the evaluation, and each image's fused and per-patch probabilities for the
+  // gallery and the mistakes.
   at::Tensor fused = torch::empty({data.size(), classes});
   at::Tensor per_patch = torch::empty({data.size(), patches, classes});
-  {
-    torch::InferenceMode guard;
-    model->eval();
-    Loader loader(data, options.batch, /*shuffle=*/false, 0);
-    loader.start_epoch(0);
-    int64_t offset = 0;
-    for (Batch b; loader.next(b);) {
-      PatchOutput out = model->forward(b.images);
-      const int64_t n = b.labels.size(0);
-      fused.narrow(0, offset, n).copy_(out.log_probs.exp().cpu());
-      per_patch.narrow(0, offset, n).copy_(torch::softmax(out.patch_logits, 2).cpu());
-      offset += n;
-    }
-  }
+  int64_t offset = 0;
+  Evaluation e = evaluate(
+      model,
+      data,
+      options.batch,
+      /*all_rules=*/true,
+      {},
+      [&](const Batch& b, const PatchOutput& out) {
+        const int64_t n = b.labels.size(0);
+        fused.narrow(0, offset, n).copy_(out.log_probs.exp().cpu());
+        per_patch.narrow(0, offset, n).copy_(torch::softmax(out.patch_logits, 2).cpu());
+        offset += n;
+      });
   at::Tensor predicted = fused.argmax(1);
   const int64_t* labels = data.labels.data_ptr<int64_t>();
   const int64_t* pred = predicted.data_ptr<int64_t>();
 
   std::ostringstream html;
-  html << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-       << "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-       << "<title>" << escape(options.title) << "</title><style>" << kStyle << "</style></head><body>";
-  html << "<h1>" << escape(options.title) << "</h1><div class=\"sub\">"
-       << escape(fmt::format("{} — {} on a {}, fusion {}; {} images from {}", options.model_path,
-                             config.backbone.name, model->grid().describe(),
-                             fusion_rule_name(config.fusion), e.n, data.source))
+  html << page_start(options.title) << "<div class=\"sub\">"
+       << escape(fmt::format(
+              "{} — {} on a {}, fusion {}; {} images from {}",
+              options.model_path,
+              config.backbone.name,
+              model->grid().describe(),
+              fusion_rule_name(config.fusion),
+              e.n,
+              data.source))
        << "</div>";
   html << fmt::format(
-      "<div class=\"kpi\"><div>accuracy<b>{:.4f} ± {:.4f}</b></div><div>mean patch accuracy<b>{:.4f}</b>"
+      "<div class=\"kpi\"><div>accuracy<b>{:.4f} ± {:.4f}</b></div><div>mean patch "
+      "accuracy<b>{:.4f}</b>"
       "</div><div>fused loss<b>{:.4f}</b></div><div>images<b>{}</b></div></div>",
-      e.accuracy, e.accuracy_stderr, e.patch_accuracy, e.loss, e.n);
-
-  html << "<h2>Training curves</h2>";
-  const bool has_history = training.is_object() && training.contains("history") &&
-                           training["history"].is_array() && !training["history"].empty();
-  if (has_history) {
-    const nlohmann::json& h = training["history"];
-    html << svg_chart("loss", {{"train", history_values(h, "loss")},
-                               {"test", history_values(h, "test_loss")}})
-         << svg_chart("accuracy", {{"train", history_values(h, "accuracy")},
-                                   {"test", history_values(h, "test_accuracy")}});
-  } else {
-    html << "<p class=\"note\">This model file has no training history, so there are no curves.</p>";
-  }
+      e.accuracy,
+      e.accuracy_stderr,
+      e.patch_accuracy,
+      e.loss,
+      e.n);
+  html << training_curves(training);
 
   html << "<h2>Accuracy per fusion rule and per patch position</h2><table><tr><th class=\"name\">"
           "fusion rule (same patch outputs)</th><th>accuracy</th><th>± s.e.</th></tr>";
   for (const RuleAccuracy& r : e.rules) {
-    html << fmt::format("<tr><td class=\"name\">{}{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
-                        r.rule, r.rule == e.fusion ? " (the model's)" : "", r.accuracy,
-                        r.accuracy_stderr);
+    html << fmt::format(
+        "<tr><td class=\"name\">{}{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
+        r.rule,
+        r.rule == e.fusion ? " (the model's)" : "",
+        r.accuracy,
+        r.accuracy_stderr);
   }
   for (size_t p = 0; p < e.position_accuracy.size(); ++p) {
     const PatchBox& b = model->grid().boxes()[p];
     html << fmt::format(
-        "<tr><td class=\"name\">patch {} alone (y {}, x {}{})</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
-        p + 1, b.y, b.x, b.flip ? ", mirrored" : "", e.position_accuracy[p],
+        "<tr><td class=\"name\">patch {} alone (y {}, x "
+        "{}{})</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
+        p + 1,
+        b.y,
+        b.x,
+        b.flip ? ", mirrored" : "",
+        e.position_accuracy[p],
         binomial_stderr(e.position_accuracy[p], e.n));
   }
   html << "</table>";
 
-  html << "<h2>Confusion matrix</h2><table><tr><th class=\"name\">true \\ predicted</th>";
-  for (const auto& n : names) html << "<th>" << escape(n) << "</th>";
-  html << "<th>accuracy</th></tr>";
-  for (int64_t t = 0; t < classes; ++t) {
-    int64_t row_total = 0;
-    for (int64_t v : e.confusion[t]) row_total += v;
-    html << "<tr><td class=\"name\">" << escape(names[t]) << "</td>";
-    for (int64_t c = 0; c < classes; ++c) {
-      const double share = row_total > 0 ? double(e.confusion[t][c]) / double(row_total) : 0.0;
-      const char* hue = t == c ? "46,160,67" : "214,39,40";
-      html << fmt::format("<td style=\"background:rgba({},{:.2f})\">{}</td>", hue,
-                          std::min(1.0, share * 1.2), e.confusion[t][c]);
-    }
-    html << fmt::format("<td>{}</td></tr>", std::isnan(e.per_class_accuracy[t])
-                                                ? std::string("–")
-                                                : fmt::format("{:.3f}", e.per_class_accuracy[t]));
-  }
-  html << "</table>";
+  html << confusion_table(names, e.confusion);
 
   auto card = [&](int64_t i) {
     const int64_t truth = labels[i];
     const bool right = pred[i] == truth;
     std::string c = "<div class=\"card\">";
-    c += fmt::format("<div>#{} — true <b>{}</b>, predicted <span class=\"{}\">{}</span> ({:.2f})</div>",
-                     i, escape(names[truth]), right ? "ok" : "bad", escape(names[pred[i]]),
-                     fused[i][pred[i]].item<float>());
+    c += fmt::format(
+        "<div>#{} — true <b>{}</b>, predicted <span class=\"{}\">{}</span> ({:.2f})</div>",
+        i,
+        escape(names[truth]),
+        right ? "ok" : "bad",
+        escape(names[pred[i]]),
+        fused[i][pred[i]].item<float>());
     PatchSheetOptions sheet;
     sheet.cell = 64;
-    c += img_tag(render_patch_sheet(data.image(i), model->grid(), sheet), "patches of image " + std::to_string(i));
+    c += img_tag(
+        render_patch_sheet(data.image(i), model->grid(), sheet),
+        "patches of image " + std::to_string(i));
     c += "<div class=\"patches\">";
     at::Tensor pp = per_patch[i].contiguous();
     for (int64_t p = 0; p < patches; ++p) {
@@ -268,7 +357,8 @@ std::string build_html_report(PatchClassifier& model, const Dataset& data,
            probability_bars(names, pp[p].data_ptr<float>(), classes, 3, truth) + "</div>";
     }
     at::Tensor fp = fused[i].contiguous();
-    c += "</div><div>fused" + probability_bars(names, fp.data_ptr<float>(), classes, 3, truth) + "</div>";
+    c += "</div><div>fused" + probability_bars(names, fp.data_ptr<float>(), classes, 3, truth) +
+         "</div>";
     return c + "</div>";
   };
 

@@ -306,6 +306,25 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   EXPECT_GT(picture.size(1), 168 + 128);  // the thumbnail's map above the crops
   expect_bad_input(
       "patches -m " + file("mp.pw") + " " + canvas + " -o " + file("p.png"), "tiled model");
+  Result reported =
+      pw("report -m " + file("mp.pw") + " --data " + data + " --gallery 3 --mistakes 2 -o " +
+         file("mp.html"));
+  ASSERT_EQ(reported.code, 0) << reported.err;
+  const std::string html = test::read_file(file("mp.html"));
+  EXPECT_THAT(html, HasSubstr("bags of tiles of 28 resized to 28"));
+  EXPECT_THAT(html, HasSubstr("Confusion matrix"));
+  // Up to 5 cards, each a map over the thumbnail and a strip of top tiles.
+  size_t images = 0;
+  for (size_t at = html.find("<img"); at != std::string::npos; at = html.find("<img", at + 1)) {
+    ++images;
+  }
+  EXPECT_GE(images, 6u);
+  const double evaluated_accuracy = nlohmann::json::parse(
+      pw("eval --json -m " + file("mp.pw") + " --data " + data).out)["accuracy"];
+  // Both read every bag once; one of the 10 images may sit on a tie between classes.
+  const size_t kpi = html.find("accuracy<b>");
+  ASSERT_NE(kpi, std::string::npos);
+  EXPECT_NEAR(std::stod(html.substr(kpi + 11, 6)), evaluated_accuracy, 0.1 + 1e-9);
   expect_feature_cache(data);
 }
 

@@ -4,11 +4,11 @@
 // and the confusion matrix (rows: true class, columns: predicted).
 
 #include <cstdint>
+#include <functional>
+#include <nlohmann/json_fwd.hpp>
 #include <ostream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
@@ -25,18 +25,18 @@ struct RuleAccuracy {
 
 struct Evaluation {
   int64_t n = 0;
-  std::string fusion;                          ///< the rule the fused numbers use
-  double loss = 0;                             ///< mean fused NLL
-  double accuracy = 0;                         ///< fused
-  double accuracy_stderr = 0;                  ///< sqrt(a (1 - a) / n)
-  double patch_accuracy = 0;                   ///< mean over patches of argmax == label
-  std::vector<double> position_accuracy;       ///< [P] accuracy of each patch position alone
-  std::vector<double> per_class_accuracy;      ///< [K] recall of each class (NaN: no sample)
-  std::vector<std::vector<int64_t>> confusion; ///< [K][K]
-  std::vector<std::string> class_names;        ///< [K]
-  std::vector<RuleAccuracy> rules;             ///< every fixed rule (and the model's learned
-                                               ///< one), when asked for; else empty
-  double seconds = 0;                          ///< wall time
+  std::string fusion;                           ///< the rule the fused numbers use
+  double loss = 0;                              ///< mean fused NLL
+  double accuracy = 0;                          ///< fused
+  double accuracy_stderr = 0;                   ///< sqrt(a (1 - a) / n)
+  double patch_accuracy = 0;                    ///< mean over patches of argmax == label
+  std::vector<double> position_accuracy;        ///< [P] accuracy of each patch position alone
+  std::vector<double> per_class_accuracy;       ///< [K] recall of each class (NaN: no sample)
+  std::vector<std::vector<int64_t>> confusion;  ///< [K][K]
+  std::vector<std::string> class_names;         ///< [K]
+  std::vector<RuleAccuracy> rules;              ///< every fixed rule (and the model's learned
+                                                ///< one), when asked for; else empty
+  double seconds = 0;                           ///< wall time
   double images_per_second = 0;
 
   /// A human-readable report: accuracies, per-class table, confusion matrix.
@@ -52,8 +52,12 @@ struct Evaluation {
 /// when the data does not fit the model. With `bags` (a tiled model), each image is its
 /// bag of tiles; the patch accuracy is then over every tile, and position_accuracy holds
 /// it alone.
-Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch = 256,
-                    bool all_rules = false, const BagFn& bags = {});
+/// `observe`, when given, sees every batch with the model's output for it, in the set's
+/// order (a report's per-image pictures come from the same pass).
+using BatchObserver = std::function<void(const Batch&, const PatchOutput&)>;
+Evaluation evaluate(
+    PatchClassifier& model, const Dataset& data, int64_t batch = 256, bool all_rules = false,
+    const BagFn& bags = {}, const BatchObserver& observe = {});
 
 /// sqrt(a (1 - a) / n), 0 when n == 0.
 double binomial_stderr(double accuracy, int64_t n);

@@ -9,12 +9,12 @@
 // the most confident mistakes; heatmaps of a few images.
 
 #include <cstdint>
-#include <string>
-
 #include <nlohmann/json_fwd.hpp>
+#include <string>
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
+#include "patchwise/data/region.h"
 
 namespace patchwise {
 
@@ -29,8 +29,20 @@ struct ReportOptions {
 };
 
 /// Builds the report; `training` is the model file's "training" section (null: none).
-std::string build_html_report(PatchClassifier& model, const Dataset& data,
-                              const nlohmann::json& training, const ReportOptions& options);
+std::string build_html_report(
+    PatchClassifier& model, const Dataset& data, const nlohmann::json& training,
+    const ReportOptions& options);
+
+/// The report of a tiled model on a set of large images (`data`: their files and
+/// labels). One pass over every image's bag gives the accuracy, the confusion matrix and
+/// each tile's score (its attention weight, or for a fixed rule its probability of the
+/// predicted class); the gallery and the most confident mistakes show each image's
+/// thumbnail with the scores over it, a colour bar, its top tiles as crops and its fused
+/// probabilities. `reader` opens the images. Sections not meaningful for bags (fusion
+/// rules, patch positions, sliding heatmaps) are left out.
+std::string build_bag_report(
+    PatchClassifier& model, const Dataset& data, const nlohmann::json& training,
+    const ReportOptions& options, const RegionReaderOptions& reader = {});
 
 /// Standard base64 of `bytes` (RFC 4648, with padding).
 std::string base64_encode(const std::string& bytes);
