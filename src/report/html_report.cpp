@@ -258,6 +258,60 @@ std::string base64_encode(const std::string& bytes) {
   return out;
 }
 
+namespace {
+
+/// Accuracy of every fusion rule and of each patch position alone, on the same outputs.
+std::string rules_table(const Evaluation& e, PatchClassifier& model) {
+  std::ostringstream html;
+  html << "<h2>Accuracy per fusion rule and per patch position</h2><table><tr><th class=\"name\">"
+          "fusion rule (same patch outputs)</th><th>accuracy</th><th>± s.e.</th></tr>";
+  for (const RuleAccuracy& r : e.rules) {
+    html << fmt::format(
+        "<tr><td class=\"name\">{}{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
+        r.rule,
+        r.rule == e.fusion ? " (the model's)" : "",
+        r.accuracy,
+        r.accuracy_stderr);
+  }
+  for (size_t p = 0; p < e.position_accuracy.size(); ++p) {
+    const PatchBox& b = model->grid().boxes()[p];
+    html << fmt::format(
+        "<tr><td class=\"name\">patch {} alone (y {}, x "
+        "{}{})</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
+        p + 1,
+        b.y,
+        b.x,
+        b.flip ? ", mirrored" : "",
+        e.position_accuracy[p],
+        binomial_stderr(e.position_accuracy[p], e.n));
+  }
+  html << "</table>";
+  return html.str();
+}
+
+/// The sliding-patch heatmaps of the first images.
+std::string heatmaps_section(
+    PatchClassifier& model, const Dataset& data, const ReportOptions& options,
+    const std::vector<std::string>& names) {
+  std::ostringstream html;
+  const int64_t heatmaps = std::min(options.heatmaps, data.size());
+  html << "<h2>Heatmaps</h2><p>Every position of the model's patch at stride "
+       << options.heatmap_stride
+       << ", classified alone; the colour is the mean probability of the predicted class over "
+          "the patches covering each pixel.</p><div class=\"cards\">";
+  HeatmapOptions hm;
+  hm.stride = std::min(options.heatmap_stride, std::min(data.height(), data.width()));
+  for (int64_t i = 0; i < heatmaps; ++i) {
+    Heatmap h = compute_heatmap(model, data.image(i), hm);
+    const std::string title = fmt::format("#{} p({})", i, names[h.target_class]);
+    html << "<div class=\"card\">" << img_tag(render_heatmap(data.image(i), h, title), title)
+         << "</div>";
+  }
+  return html.str() + "</div>";
+}
+
+}  // namespace
+
 std::string build_html_report(
     PatchClassifier& model, const Dataset& data, const nlohmann::json& training,
     const ReportOptions& options) {
@@ -308,29 +362,7 @@ std::string build_html_report(
       e.n);
   html << training_curves(training);
 
-  html << "<h2>Accuracy per fusion rule and per patch position</h2><table><tr><th class=\"name\">"
-          "fusion rule (same patch outputs)</th><th>accuracy</th><th>± s.e.</th></tr>";
-  for (const RuleAccuracy& r : e.rules) {
-    html << fmt::format(
-        "<tr><td class=\"name\">{}{}</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
-        r.rule,
-        r.rule == e.fusion ? " (the model's)" : "",
-        r.accuracy,
-        r.accuracy_stderr);
-  }
-  for (size_t p = 0; p < e.position_accuracy.size(); ++p) {
-    const PatchBox& b = model->grid().boxes()[p];
-    html << fmt::format(
-        "<tr><td class=\"name\">patch {} alone (y {}, x "
-        "{}{})</td><td>{:.4f}</td><td>{:.4f}</td></tr>",
-        p + 1,
-        b.y,
-        b.x,
-        b.flip ? ", mirrored" : "",
-        e.position_accuracy[p],
-        binomial_stderr(e.position_accuracy[p], e.n));
-  }
-  html << "</table>";
+  html << rules_table(e, model);
 
   html << confusion_table(names, e.confusion);
 
@@ -382,20 +414,8 @@ std::string build_html_report(
   for (int64_t i : mistakes) html << card(i);
   html << "</div>";
 
-  const int64_t heatmaps = std::min(options.heatmaps, data.size());
-  html << "<h2>Heatmaps</h2><p>Every position of the model's patch at stride "
-       << options.heatmap_stride
-       << ", classified alone; the colour is the mean probability of the predicted class over "
-          "the patches covering each pixel.</p><div class=\"cards\">";
-  HeatmapOptions hm;
-  hm.stride = std::min(options.heatmap_stride, std::min(data.height(), data.width()));
-  for (int64_t i = 0; i < heatmaps; ++i) {
-    Heatmap h = compute_heatmap(model, data.image(i), hm);
-    const std::string title = fmt::format("#{} p({})", i, names[h.target_class]);
-    html << "<div class=\"card\">" << img_tag(render_heatmap(data.image(i), h, title), title)
-         << "</div>";
-  }
-  html << "</div></body></html>\n";
+  html << heatmaps_section(model, data, options, names);
+  html << "</body></html>\n";
   return html.str();
 }
 
