@@ -1,17 +1,17 @@
 #include "patchwise/core/model_file.h"
 
+#include <torch/torch.h>
+#include <zlib.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <set>
-#include <vector>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
-#include <zlib.h>
+#include <set>
+#include <sstream>
+#include <vector>
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
@@ -55,8 +55,11 @@ T field(const json& j, const char* key, const std::string& source) {
   try {
     return j.at(key).get<T>();
   } catch (const json::exception&) {
-    throw InputError(fmt::format("{}: model configuration field '{}' has the wrong type ({})",
-                                 source, key, j.at(key).dump()));
+    throw InputError(fmt::format(
+        "{}: model configuration field '{}' has the wrong type ({})",
+        source,
+        key,
+        j.at(key).dump()));
   }
 }
 
@@ -89,13 +92,14 @@ json model_config_to_json(const ModelConfig& c) {
       {"normalization", {{"mean", c.normalization.mean}, {"std", c.normalization.std}}},
   };
   if (c.tiled) {  // only tiled models have the section
-    j["tiles"] = {{"tile", c.tiles.tile},
-                  {"stride", c.tiles.stride},
-                  {"level", c.tiles.level},
-                  {"mpp", c.tiles.mpp},
-                  {"min_foreground", c.tiles.min_foreground},
-                  {"mask_side", c.tiles.mask_side},
-                  {"cleanup", c.tiles.cleanup}};
+    j["tiles"] = {
+        {"tile", c.tiles.tile},
+        {"stride", c.tiles.stride},
+        {"level", c.tiles.level},
+        {"mpp", c.tiles.mpp},
+        {"min_foreground", c.tiles.min_foreground},
+        {"mask_side", c.tiles.mask_side},
+        {"cleanup", c.tiles.cleanup}};
   }
   return j;
 }
@@ -117,19 +121,26 @@ auto held_in(const std::string& path, F&& f) {
 ModelConfig model_config_from_json(const json& j, const std::string& source) {
   check_input(j.is_object(), "{}: model configuration is not a JSON object", source);
   int version = field<int>(j, "format_version", source);
-  check_input(version != 1,
-              "{}: model file format version 1 (LibTorch archive weights, patchwise 0.1), which "
-              "is no longer read, expected {}: train the model again",
-              source, kModelFormatVersion);
-  check_input(version == kModelFormatVersion, "{}: model file format version {}, expected {}",
-              source, version, kModelFormatVersion);
+  check_input(
+      version != 1,
+      "{}: model file format version 1 (LibTorch archive weights, patchwise 0.1), which "
+      "is no longer read, expected {}: train the model again",
+      source,
+      kModelFormatVersion);
+  check_input(
+      version == kModelFormatVersion,
+      "{}: model file format version {}, expected {}",
+      source,
+      version,
+      kModelFormatVersion);
   ModelConfig c;
   json image = field<json>(j, "image", source);
   c.image_channels = field<int64_t>(image, "channels", source);
   c.image_h = field<int64_t>(image, "height", source);
   c.image_w = field<int64_t>(image, "width", source);
   json grid = field<json>(j, "grid", source);
-  c.grid.layout = held_in(source, [&] { return parse_patch_layout(field<std::string>(grid, "layout", source)); });
+  c.grid.layout = held_in(
+      source, [&] { return parse_patch_layout(field<std::string>(grid, "layout", source)); });
   c.grid.rows = field<int64_t>(grid, "rows", source);
   c.grid.cols = field<int64_t>(grid, "cols", source);
   c.grid.patch_h = field<int64_t>(grid, "patch_h", source);
@@ -144,7 +155,8 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   c.backbone.input = field<int64_t>(backbone, "input", source);
   c.backbone.batch_norm = field<bool>(backbone, "batch_norm", source);
   c.backbone.dropout = field<double>(backbone, "dropout", source);
-  c.fusion = held_in(source, [&] { return parse_fusion_rule(field<std::string>(j, "fusion", source)); });
+  c.fusion =
+      held_in(source, [&] { return parse_fusion_rule(field<std::string>(j, "fusion", source)); });
   if (j.contains("attention")) {  // optional: only the learned rules use it
     json attention = field<json>(j, "attention", source);
     c.attention_hidden = field<int64_t>(attention, "hidden", source);
@@ -190,11 +202,16 @@ constexpr size_t kMaxDims = 8;
 /// The record type codes of the format (model_file.h).
 uint8_t type_code(at::ScalarType type) {
   switch (type) {
-    case at::kFloat: return 1;
-    case at::kDouble: return 2;
-    case at::kLong: return 3;
-    case at::kByte: return 4;
-    default: break;
+    case at::kFloat:
+      return 1;
+    case at::kDouble:
+      return 2;
+    case at::kLong:
+      return 3;
+    case at::kByte:
+      return 4;
+    default:
+      break;
   }
   throw std::logic_error(fmt::format("model file: no record type for {}", c10::toString(type)));
 }
@@ -215,11 +232,11 @@ void write_record(std::string& file, const std::string& name, const at::Tensor& 
 /// Parses the tensor records from `at` to the end of `file` (the trailer removed).
 /// Every declared size is checked against the bytes present before anything is
 /// allocated for it.
-std::map<std::string, Record> read_records(const std::string& file, size_t at,
-                                           const std::string& path) {
+std::map<std::string, Record> read_records(
+    const std::string& file, size_t at, const std::string& path) {
   auto need = [&](uint64_t bytes, const char* what) {
-    check_input(bytes <= file.size() - at, "{}: truncated tensor records ({} at byte {})", path,
-                what, at);
+    check_input(
+        bytes <= file.size() - at, "{}: truncated tensor records ({} at byte {})", path, what, at);
   };
   auto take = [&](size_t width) {
     need(width, "a header field");
@@ -229,8 +246,12 @@ std::map<std::string, Record> read_records(const std::string& file, size_t at,
   };
   const uint64_t count = take(4);
   // Each record takes at least 4 bytes: a count beyond that is a lie.
-  check_input(count <= (file.size() - at) / 4, "{}: {} tensor records declared in {} bytes", path,
-              count, file.size() - at);
+  check_input(
+      count <= (file.size() - at) / 4,
+      "{}: {} tensor records declared in {} bytes",
+      path,
+      count,
+      file.size() - at);
   std::map<std::string, Record> records;
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t name_length = take(2);
@@ -241,24 +262,40 @@ std::map<std::string, Record> read_records(const std::string& file, size_t at,
     const uint64_t dims = take(1);
     Record r;
     switch (code) {
-      case 1: r.type = at::kFloat; break;
-      case 2: r.type = at::kDouble; break;
-      case 3: r.type = at::kLong; break;
-      case 4: r.type = at::kByte; break;
+      case 1:
+        r.type = at::kFloat;
+        break;
+      case 2:
+        r.type = at::kDouble;
+        break;
+      case 3:
+        r.type = at::kLong;
+        break;
+      case 4:
+        r.type = at::kByte;
+        break;
       default:
-        throw InputError(fmt::format("{}: tensor '{}' has type code {}, expected 1 to 4", path,
-                                     name, code));
+        throw InputError(
+            fmt::format("{}: tensor '{}' has type code {}, expected 1 to 4", path, name, code));
     }
-    check_input(dims <= kMaxDims, "{}: tensor '{}' has {} dimensions, expected at most {}", path,
-                name, dims, kMaxDims);
+    check_input(
+        dims <= kMaxDims,
+        "{}: tensor '{}' has {} dimensions, expected at most {}",
+        path,
+        name,
+        dims,
+        kMaxDims);
     const uint64_t element = c10::elementSize(r.type);
     uint64_t elements = 1;
     for (uint64_t d = 0; d < dims; ++d) {
       const uint64_t size = take(8);
       // Division, not multiplication: a forged size cannot overflow the check.
-      check_input(size == 0 || elements <= (file.size() - at) / element / size,
-                  "{}: tensor '{}' declares more elements than the file's {} bytes hold", path,
-                  name, file.size());
+      check_input(
+          size == 0 || elements <= (file.size() - at) / element / size,
+          "{}: tensor '{}' declares more elements than the file's {} bytes hold",
+          path,
+          name,
+          file.size());
       elements *= size;
       r.sizes.push_back(static_cast<int64_t>(size));
     }
@@ -266,11 +303,11 @@ std::map<std::string, Record> read_records(const std::string& file, size_t at,
     r.offset = at;
     r.size = elements * element;
     at += elements * element;
-    check_input(records.emplace(name, std::move(r)).second, "{}: tensor '{}' stored twice", path,
-                name);
+    check_input(
+        records.emplace(name, std::move(r)).second, "{}: tensor '{}' stored twice", path, name);
   }
-  check_input(at == file.size(), "{}: {} bytes after the last tensor record", path,
-              file.size() - at);
+  check_input(
+      at == file.size(), "{}: {} bytes after the last tensor record", path, file.size() - at);
   return records;
 }
 
@@ -287,8 +324,11 @@ ModelFileParts read_model_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   check_input(in.good(), "{}: cannot open for reading", path);
   std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  check_input(file.compare(0, kMagicSize, kModelMagic) == 0,
-              "{}: not a patchwise model file (it does not start with '{}')", path, kModelMagic);
+  check_input(
+      file.compare(0, kMagicSize, kModelMagic) == 0,
+      "{}: not a patchwise model file (it does not start with '{}')",
+      path,
+      kModelMagic);
   check_input(file.size() >= kMagicSize + kLengthSize, "{}: truncated model file header", path);
 
   // The checksum first: nothing of a corrupt file is parsed.
@@ -299,29 +339,35 @@ ModelFileParts read_model_file(const std::string& path) {
     const auto stored = static_cast<uint32_t>(read_le(file, tag_at + kTrailerSize - 4, 4));
     file.resize(tag_at);
     const uint32_t computed = checksum(file);
-    check_input(stored == computed,
-                "{}: checksum mismatch (stored {:08x}, computed {:08x}): the file is corrupt",
-                path, stored, computed);
+    check_input(
+        stored == computed,
+        "{}: checksum mismatch (stored {:08x}, computed {:08x}): the file is corrupt",
+        path,
+        stored,
+        computed);
   }
 
   const uint64_t length = read_le(file, kMagicSize, kLengthSize);
   const uint64_t room = file.size() - kMagicSize - kLengthSize;
-  check_input(length <= kMaxConfigBytes && length <= room,
-              "{}: configuration of {} bytes declared, but the file has {} bytes", path, length,
-              file.size());
+  check_input(
+      length <= kMaxConfigBytes && length <= room,
+      "{}: configuration of {} bytes declared, but the file has {} bytes",
+      path,
+      length,
+      file.size());
   ModelFileParts parts;
   try {
     parts.config = json::parse(file.substr(kMagicSize + kLengthSize, length));
   } catch (const json::exception& e) {
     throw InputError(fmt::format("{}: corrupt model configuration ({})", path, e.what()));
   }
-  const json version = parts.config.is_object() ? parts.config.value("format_version", json())
-                                                : json();
+  const json version =
+      parts.config.is_object() ? parts.config.value("format_version", json()) : json();
   if (!has_trailer && version.is_number_integer() && version.get<int>() != kModelFormatVersion) {
     model_config_from_json(parts.config, path);  // names the version
   }
-  check_input(has_trailer, "{}: no checksum at the end of the file: it is truncated or corrupt",
-              path);
+  check_input(
+      has_trailer, "{}: no checksum at the end of the file: it is truncated or corrupt", path);
   parts.records = read_records(file, kMagicSize + kLengthSize + length, path);
   parts.file = std::move(file);  // the records' offsets point into it
   return parts;
@@ -330,8 +376,8 @@ ModelFileParts read_model_file(const std::string& path) {
 /// Copies the "model/" records into the model's parameters and buffers, after
 /// checking each has the type and shape the configuration implies; a missing or an
 /// unexpected weight is refused.
-void load_weights(PatchClassifierImpl& model, const ModelFileParts& parts,
-                  const std::string& path) {
+void load_weights(
+    PatchClassifierImpl& model, const ModelFileParts& parts, const std::string& path) {
   const std::map<std::string, Record>& records = parts.records;
   const std::string& file = parts.file;
   std::vector<std::pair<std::string, at::Tensor>> targets;
@@ -340,33 +386,46 @@ void load_weights(PatchClassifierImpl& model, const ModelFileParts& parts,
   std::set<std::string> expected;
   for (const auto& target : targets) expected.insert("model/" + target.first);
   for (const auto& record : records) {
-    check_input(record.first.rfind("model/", 0) != 0 || expected.count(record.first) > 0,
-                "{}: unexpected weight '{}' for this configuration", path,
-                record.first.substr(6));
+    check_input(
+        record.first.rfind("model/", 0) != 0 || expected.count(record.first) > 0,
+        "{}: unexpected weight '{}' for this configuration",
+        path,
+        record.first.substr(6));
   }
   torch::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
     auto it = records.find("model/" + name);
     check_input(it != records.end(), "{}: weights lack '{}'", path, name);
     const Record& r = it->second;
-    check_input(r.sizes == target.sizes(), "{}: weight '{}' has shape {}, expected {}", path,
-                name, fmt::join(r.sizes, "x"), fmt::join(target.sizes(), "x"));
-    check_input(r.type == target.scalar_type(), "{}: weight '{}' has type {}, expected {}", path,
-                name, c10::toString(r.type), c10::toString(target.scalar_type()));
+    check_input(
+        r.sizes == target.sizes(),
+        "{}: weight '{}' has shape {}, expected {}",
+        path,
+        name,
+        fmt::join(r.sizes, "x"),
+        fmt::join(target.sizes(), "x"));
+    check_input(
+        r.type == target.scalar_type(),
+        "{}: weight '{}' has type {}, expected {}",
+        path,
+        name,
+        c10::toString(r.type),
+        c10::toString(target.scalar_type()));
     target.copy_(to_tensor(file, r));
   }
 }
 
 }  // namespace
 
-void save_model(const std::string& path, PatchClassifier& model, const json& training,
-                const TensorMap& state) {
+void save_model(
+    const std::string& path, PatchClassifier& model, const json& training, const TensorMap& state) {
   json config = model_config_to_json(model->config());
   if (!training.is_null()) config["training"] = training;
   const std::string text = config.dump();
 
   std::vector<std::pair<std::string, at::Tensor>> records;
-  for (const auto& p : model->named_parameters()) records.emplace_back("model/" + p.key(), p.value());
+  for (const auto& p : model->named_parameters())
+    records.emplace_back("model/" + p.key(), p.value());
   for (const auto& b : model->named_buffers()) records.emplace_back("model/" + b.key(), b.value());
   for (const auto& [key, tensor] : state) records.emplace_back("state/" + key, tensor);
 
@@ -387,11 +446,11 @@ PatchClassifier load_model(const std::string& path) { return load_model_file(pat
 
 TensorMap load_model_state(const std::string& path) { return load_model_file(path).state; }
 
-const at::Tensor& state_tensor(const TensorMap& state, const std::string& key,
-                               const std::string& path) {
+const at::Tensor& state_tensor(
+    const TensorMap& state, const std::string& key, const std::string& path) {
   auto it = state.find(key);
-  check_input(it != state.end(), "{}: lacks the state '{}', expected a training checkpoint",
-              path, key);
+  check_input(
+      it != state.end(), "{}: lacks the state '{}', expected a training checkpoint", path, key);
   return it->second;
 }
 

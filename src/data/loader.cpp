@@ -1,25 +1,37 @@
 #include "patchwise/data/loader.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
 #include <random>
 
-#include <torch/torch.h>
-
 namespace patchwise {
 
-Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed,
-               int64_t shard, int64_t shards, BagFn bags)
-    : data_(data), batch_size_(batch_size), shuffle_(shuffle), seed_(seed), shard_(shard),
-      shards_(shards), bags_(std::move(bags)) {
+Loader::Loader(
+    const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed, int64_t shard,
+    int64_t shards, BagFn bags)
+    : data_(data),
+      batch_size_(batch_size),
+      shuffle_(shuffle),
+      seed_(seed),
+      shard_(shard),
+      shards_(shards),
+      bags_(std::move(bags)) {
   TORCH_CHECK(batch_size >= 1, "Loader: batch size ", batch_size, ", expected >= 1");
-  TORCH_CHECK(shards >= 1 && shard >= 0 && shard < shards, "Loader: shard ", shard, " of ",
-              shards, ", expected 0 <= shard < shards");
-  TORCH_CHECK((!data.in_memory() ||
-               (data.images.is_contiguous() && data.images.scalar_type() == torch::kUInt8)) &&
-                  data.labels.is_contiguous() && data.labels.scalar_type() == torch::kInt64,
-              "Loader: expects contiguous uint8 images and int64 labels");
+  TORCH_CHECK(
+      shards >= 1 && shard >= 0 && shard < shards,
+      "Loader: shard ",
+      shard,
+      " of ",
+      shards,
+      ", expected 0 <= shard < shards");
+  TORCH_CHECK(
+      (!data.in_memory() ||
+       (data.images.is_contiguous() && data.images.scalar_type() == torch::kUInt8)) &&
+          data.labels.is_contiguous() && data.labels.scalar_type() == torch::kInt64,
+      "Loader: expects contiguous uint8 images and int64 labels");
 }
 
 Loader::~Loader() {
@@ -53,12 +65,14 @@ Batch Loader::gather(int64_t batch_index) const {
   const int64_t count = rows > shard_ ? (rows - shard_ + shards_ - 1) / shards_ : 0;
   if (bags_) {
     std::vector<int64_t> items;
-    for (int64_t i = 0; i < count; ++i) items.push_back(order_[static_cast<size_t>(begin + i * shards_)]);
+    for (int64_t i = 0; i < count; ++i)
+      items.push_back(order_[static_cast<size_t>(begin + i * shards_)]);
     return gather_bags(items);
   }
   const int64_t image_bytes = data_.channels() * data_.height() * data_.width();
-  Batch batch{torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
-              torch::empty({count}, torch::kInt64)};
+  Batch batch{
+      torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
+      torch::empty({count}, torch::kInt64)};
   const int64_t* labels = data_.labels.data_ptr<int64_t>();
   uint8_t* dst = batch.images.data_ptr<uint8_t>();
   int64_t* dst_labels = batch.labels.data_ptr<int64_t>();
@@ -77,11 +91,17 @@ Batch Loader::gather_bags(const std::vector<int64_t>& items) const {
   int64_t total = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     bags.push_back(bags_(items[i]));
-    TORCH_CHECK((bags.back().dim() == 4 || bags.back().dim() == 2) && bags.back().size(0) >= 1 &&
-                    bags.back().sizes().slice(1) == bags.front().sizes().slice(1) &&
-                    bags.back().scalar_type() == bags.front().scalar_type(),
-                "Loader: bag ", items[i], " is ", bags.back().sizes(), " of ",
-                bags.back().scalar_type(), ", expected [n>=1,C,I,I] or [n>=1,F] like the first");
+    TORCH_CHECK(
+        (bags.back().dim() == 4 || bags.back().dim() == 2) && bags.back().size(0) >= 1 &&
+            bags.back().sizes().slice(1) == bags.front().sizes().slice(1) &&
+            bags.back().scalar_type() == bags.front().scalar_type(),
+        "Loader: bag ",
+        items[i],
+        " is ",
+        bags.back().sizes(),
+        " of ",
+        bags.back().scalar_type(),
+        ", expected [n>=1,C,I,I] or [n>=1,F] like the first");
     batch.counts.push_back(bags.back().size(0));
     batch.labels.data_ptr<int64_t>()[i] = data_.labels.data_ptr<int64_t>()[items[i]];
     total += bags.back().size(0);
