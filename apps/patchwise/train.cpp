@@ -664,6 +664,38 @@ void run_train(TrainFlags f, const CLI::App* app) {
   save_trained(f, model, data, result, accuracy, log);
 }
 
+/// Where the run's files go, and how it is checkpointed, started and resumed.
+void add_output_flags(CLI::App* cmd, TrainFlags* flags) {
+  cmd->add_option("--out,-o", flags->out, "model file to write");
+  cmd->add_option("--metrics", flags->metrics, "write one JSON object per epoch to this file");
+  cmd->add_flag("--json", flags->json, "print a JSON summary on stdout (logs go to stderr)");
+  cmd->add_option(
+      "--checkpoint",
+      flags->checkpoint,
+      "checkpoint file, written after every epoch, every --checkpoint-every steps "
+      "and on SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends");
+  cmd->add_option(
+         "--checkpoint-every",
+         flags->checkpoint_every,
+         "also write the checkpoint every N steps; 0: only after epochs")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option(
+      "--init",
+      flags->init,
+      "start from this model file's weights (a warm start): it must be the model these flags "
+      "build, its input normalization included");
+  cmd->add_option(
+      "--resume",
+      flags->resume,
+      "continue the run saved in this checkpoint (its flags and thread count; "
+      "--data, --out, --epochs, --threads from this command line)");
+  cmd->add_option(
+      "--dist-timeout",
+      flags->dist_timeout,
+      "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
+      "at the rendezvous and in every collective before giving up");
+}
+
 }  // namespace
 
 void setup_train(CLI::App& app) {
@@ -719,34 +751,7 @@ void setup_train(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--limit-test", flags->limit_test, "use the first N test images; 0: all")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--out,-o", flags->out, "model file to write");
-  cmd->add_option("--metrics", flags->metrics, "write one JSON object per epoch to this file");
-  cmd->add_flag("--json", flags->json, "print a JSON summary on stdout (logs go to stderr)");
-  cmd->add_option(
-      "--checkpoint",
-      flags->checkpoint,
-      "checkpoint file, written after every epoch, every --checkpoint-every steps "
-      "and on SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends");
-  cmd->add_option(
-         "--checkpoint-every",
-         flags->checkpoint_every,
-         "also write the checkpoint every N steps; 0: only after epochs")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option(
-      "--init",
-      flags->init,
-      "start from this model file's weights (a warm start): it must be the model these flags "
-      "build, its input normalization included");
-  cmd->add_option(
-      "--resume",
-      flags->resume,
-      "continue the run saved in this checkpoint (its flags and thread count; "
-      "--data, --out, --epochs, --threads from this command line)");
-  cmd->add_option(
-      "--dist-timeout",
-      flags->dist_timeout,
-      "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
-      "at the rendezvous and in every collective before giving up");
+  add_output_flags(cmd, flags.get());
   add_tile_flags(cmd, flags->tiles);
   cmd->add_option(
          "--select",

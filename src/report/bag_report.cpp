@@ -110,24 +110,6 @@ std::string bag_card(
   return c + "</div>";
 }
 
-/// The most confidently wrong images, most confident first.
-std::vector<int64_t> worst_mistakes(const Dataset& data, const BagScores& s, int64_t count) {
-  std::vector<int64_t> mistakes;
-  for (int64_t i = 0; i < data.size(); ++i) {
-    if (s.predicted[static_cast<size_t>(i)] != data.labels[i].item<int64_t>()) {
-      mistakes.push_back(i);
-    }
-  }
-  auto confidence = [&](int64_t i) {
-    return s.probs[i][s.predicted[static_cast<size_t>(i)]].item<float>();
-  };
-  std::stable_sort(mistakes.begin(), mistakes.end(), [&](int64_t a, int64_t b) {
-    return confidence(a) > confidence(b);
-  });
-  mistakes.resize(std::min<size_t>(mistakes.size(), static_cast<size_t>(count)));
-  return mistakes;
-}
-
 }  // namespace
 
 std::string build_bag_report(
@@ -174,7 +156,8 @@ std::string build_bag_report(
   for (int64_t i = 0; i < std::min(options.gallery, n); ++i)
     out << bag_card(data, i, s, names, bags);
   out << "</div><h2>Most confident mistakes</h2>";
-  const std::vector<int64_t> mistakes = worst_mistakes(data, s, options.mistakes);
+  const std::vector<int64_t> mistakes = confident_mistakes(
+      s.probs, s.predicted.data(), data.labels.contiguous().data_ptr<int64_t>(), options.mistakes);
   if (mistakes.empty()) out << "<p>None: every image is classified correctly.</p>";
   out << "<div class=\"cards\">";
   for (int64_t i : mistakes) out << bag_card(data, i, s, names, bags);

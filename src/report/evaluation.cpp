@@ -1,11 +1,11 @@
 #include "patchwise/report/evaluation.h"
 
+#include <fmt/ostream.h>
+#include <torch/torch.h>
+
 #include <chrono>
 #include <cmath>
-
-#include <fmt/ostream.h>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include "patchwise/data/loader.h"
 
@@ -15,8 +15,34 @@ double binomial_stderr(double accuracy, int64_t n) {
   return n > 0 ? std::sqrt(accuracy * (1.0 - accuracy) / static_cast<double>(n)) : 0.0;
 }
 
-Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, bool all_rules,
-                    const BagFn& bags, const BatchObserver& observe) {
+namespace {
+
+/// The rules `all_rules` scores: every fixed one, and the model's own when learned.
+std::vector<FusionRule> scored_rules(FusionRule own, bool all_rules) {
+  if (!all_rules) return {};
+  std::vector<FusionRule> rules = fixed_fusion_rules();
+  if (fusion_rule_is_learned(own)) rules.push_back(own);
+  return rules;
+}
+
+/// The confusion matrix `cm` (int64 [K,K], true x predicted) and each class's recall.
+void set_confusion(Evaluation& e, const at::Tensor& cm) {
+  const int64_t classes = cm.size(0);
+  for (int64_t t = 0; t < classes; ++t) {
+    std::vector<int64_t> row(cm[t].data_ptr<int64_t>(), cm[t].data_ptr<int64_t>() + classes);
+    int64_t total = 0;
+    for (int64_t v : row) total += v;
+    e.per_class_accuracy.push_back(
+        total > 0 ? double(row[t]) / double(total) : std::numeric_limits<double>::quiet_NaN());
+    e.confusion.push_back(std::move(row));
+  }
+}
+
+}  // namespace
+
+Evaluation evaluate(
+    PatchClassifier& model, const Dataset& data, int64_t batch, bool all_rules, const BagFn& bags,
+    const BatchObserver& observe) {
   check_dataset_fits(model->config(), data);
   const auto start = std::chrono::steady_clock::now();
   const bool was_training = model->is_training();
@@ -31,11 +57,7 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
   at::Tensor position_correct = torch::zeros({patches}, f64);
   int64_t tiles = 0;  // with bags: every tile scored
   at::Tensor confusion = torch::zeros({classes * classes}, f64);
-  std::vector<FusionRule> rules;
-  if (all_rules) {
-    rules = fixed_fusion_rules();
-    if (fusion_rule_is_learned(model->config().fusion)) rules.push_back(model->config().fusion);
-  }
+  const std::vector<FusionRule> rules = scored_rules(model->config().fusion, all_rules);
   at::Tensor rule_correct = torch::zeros({static_cast<int64_t>(rules.size())}, f64);
   {
     torch::InferenceMode guard;
@@ -45,10 +67,10 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
       at::Tensor labels = b.labels.to(device);
       PatchOutput out = b.counts.empty() ? model->forward(b.images)
                                          : model->forward_bags(b.images.to(device), b.counts);
-      loss_sum += torch::nll_loss(out.log_probs, labels, {}, at::Reduction::Sum).to(torch::kFloat64);
+      loss_sum +=
+          torch::nll_loss(out.log_probs, labels, {}, at::Reduction::Sum).to(torch::kFloat64);
       at::Tensor predicted = out.log_probs.argmax(1);
-      confusion.index_add_(0, labels * classes + predicted,
-                           torch::ones({labels.size(0)}, f64));
+      confusion.index_add_(0, labels * classes + predicted, torch::ones({labels.size(0)}, f64));
       at::Tensor hits = out.patch_logits.argmax(2).eq(labels.unsqueeze(1));  // [B,P]
       if (out.mask.defined()) hits = hits.logical_and(out.mask.to(device));
       if (b.counts.empty()) {
@@ -61,7 +83,8 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
         at::Tensor fused = fusion_rule_is_learned(rules[r])
                                ? out.log_probs
                                : fuse(rules[r], out.patch_logits, out.mask);
-        rule_correct[static_cast<int64_t>(r)] += fused.argmax(1).eq(labels).sum().to(torch::kFloat64);
+        rule_correct[static_cast<int64_t>(r)] +=
+            fused.argmax(1).eq(labels).sum().to(torch::kFloat64);
       }
       if (observe) observe(b, out);
     }
@@ -73,8 +96,8 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
   e.fusion = fusion_rule_name(model->config().fusion);
   e.class_names = model->config().class_names;
   at::Tensor cm = confusion.to(torch::kCPU).view({classes, classes}).to(torch::kInt64);
-  at::Tensor pos =
-      position_correct.to(torch::kCPU) / static_cast<double>(bags ? std::max<int64_t>(tiles, 1) : e.n);
+  at::Tensor pos = position_correct.to(torch::kCPU) /
+                   static_cast<double>(bags ? std::max<int64_t>(tiles, 1) : e.n);
   const double n = static_cast<double>(e.n);
   e.loss = loss_sum.item<double>() / n;
   e.accuracy = cm.diagonal().sum().item<double>() / n;
@@ -86,14 +109,7 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
     const double a = rule_acc[static_cast<int64_t>(r)].item<double>();
     e.rules.push_back({fusion_rule_name(rules[r]), a, binomial_stderr(a, e.n)});
   }
-  for (int64_t t = 0; t < classes; ++t) {
-    std::vector<int64_t> row(cm[t].data_ptr<int64_t>(), cm[t].data_ptr<int64_t>() + classes);
-    int64_t total = 0;
-    for (int64_t v : row) total += v;
-    e.per_class_accuracy.push_back(total > 0 ? double(row[t]) / double(total)
-                                             : std::numeric_limits<double>::quiet_NaN());
-    e.confusion.push_back(std::move(row));
-  }
+  set_confusion(e, cm);
   e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   e.images_per_second = e.seconds > 0 ? n / e.seconds : 0;
   return e;
@@ -101,9 +117,13 @@ Evaluation evaluate(PatchClassifier& model, const Dataset& data, int64_t batch, 
 
 void Evaluation::print(std::ostream& os) const {
   fmt::print(os, "images           {}\n", n);
-  fmt::print(os, "accuracy         {:.4f} ± {:.4f}  (fusion {})\n", accuracy, accuracy_stderr, fusion);
-  fmt::print(os, "patch accuracy   {:.4f}  (mean over {} patch positions:", patch_accuracy,
-             position_accuracy.size());
+  fmt::print(
+      os, "accuracy         {:.4f} ± {:.4f}  (fusion {})\n", accuracy, accuracy_stderr, fusion);
+  fmt::print(
+      os,
+      "patch accuracy   {:.4f}  (mean over {} patch positions:",
+      patch_accuracy,
+      position_accuracy.size());
   for (double a : position_accuracy) fmt::print(os, " {:.4f}", a);
   fmt::print(os, ")\n");
   if (!rules.empty()) {
@@ -113,8 +133,12 @@ void Evaluation::print(std::ostream& os) const {
     }
     fmt::print(os, "patch positions  (each patch alone)\n");
     for (size_t p = 0; p < position_accuracy.size(); ++p) {
-      fmt::print(os, "  patch{:<11} {:.4f} ± {:.4f}\n", p + 1, position_accuracy[p],
-                 binomial_stderr(position_accuracy[p], n));
+      fmt::print(
+          os,
+          "  patch{:<11} {:.4f} ± {:.4f}\n",
+          p + 1,
+          position_accuracy[p],
+          binomial_stderr(position_accuracy[p], n));
     }
   }
   fmt::print(os, "loss             {:.4f}\n", loss);
@@ -126,7 +150,8 @@ void Evaluation::print(std::ostream& os) const {
   for (size_t k = 0; k < class_names.size(); ++k) {
     fmt::print(os, "{:<{}}  {:.4f}\n", class_names[k], width, per_class_accuracy[k]);
   }
-  fmt::print(os, "\nconfusion matrix (rows: true class, columns: predicted)\n{:>{}}", "", row_width);
+  fmt::print(
+      os, "\nconfusion matrix (rows: true class, columns: predicted)\n{:>{}}", "", row_width);
   for (size_t k = 0; k < class_names.size(); ++k) fmt::print(os, " {:>5}", k);
   fmt::print(os, "\n");
   for (size_t t = 0; t < confusion.size(); ++t) {
@@ -138,25 +163,27 @@ void Evaluation::print(std::ostream& os) const {
 
 nlohmann::json Evaluation::to_json() const {
   nlohmann::json per_class = nlohmann::json::array();
-  for (double a : per_class_accuracy) per_class.push_back(std::isnan(a) ? nlohmann::json() : nlohmann::json(a));
+  for (double a : per_class_accuracy)
+    per_class.push_back(std::isnan(a) ? nlohmann::json() : nlohmann::json(a));
   nlohmann::json rule_table = nlohmann::json::array();
   for (const RuleAccuracy& r : rules) {
     rule_table.push_back(
         {{"rule", r.rule}, {"accuracy", r.accuracy}, {"accuracy_stderr", r.accuracy_stderr}});
   }
-  return {{"n", n},
-          {"fusion_rules", rule_table},
-          {"fusion", fusion},
-          {"accuracy", accuracy},
-          {"accuracy_stderr", accuracy_stderr},
-          {"patch_accuracy", patch_accuracy},
-          {"position_accuracy", position_accuracy},
-          {"per_class_accuracy", per_class},
-          {"confusion", confusion},
-          {"classes", class_names},
-          {"loss", loss},
-          {"seconds", seconds},
-          {"images_per_second", images_per_second}};
+  return {
+      {"n", n},
+      {"fusion_rules", rule_table},
+      {"fusion", fusion},
+      {"accuracy", accuracy},
+      {"accuracy_stderr", accuracy_stderr},
+      {"patch_accuracy", patch_accuracy},
+      {"position_accuracy", position_accuracy},
+      {"per_class_accuracy", per_class},
+      {"confusion", confusion},
+      {"classes", class_names},
+      {"loss", loss},
+      {"seconds", seconds},
+      {"images_per_second", images_per_second}};
 }
 
 }  // namespace patchwise

@@ -26,4 +26,9 @@ std::string training_curves(const nlohmann::json& training);
 std::string confusion_table(
     const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& confusion);
 
+/// The `count` wrong images (predicted != labels) with the highest probability of their
+/// predicted class, most confident first; probs float [N,K].
+std::vector<int64_t> confident_mistakes(
+    const at::Tensor& probs, const int64_t* predicted, const int64_t* labels, int64_t count);
+
 }  // namespace patchwise::html

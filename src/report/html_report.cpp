@@ -230,6 +230,23 @@ std::string confusion_table(
   return out + "</table>";
 }
 
+std::vector<int64_t> confident_mistakes(
+    const at::Tensor& probs, const int64_t* predicted, const int64_t* labels, int64_t count) {
+  const at::Tensor p = probs.contiguous();
+  const float* fused = p.data_ptr<float>();
+  const int64_t classes = p.size(1);
+  std::vector<int64_t> mistakes;
+  for (int64_t i = 0; i < p.size(0); ++i) {
+    if (predicted[i] != labels[i]) mistakes.push_back(i);
+  }
+  auto confidence = [&](int64_t i) { return fused[i * classes + predicted[i]]; };
+  std::stable_sort(mistakes.begin(), mistakes.end(), [&](int64_t a, int64_t b) {
+    return confidence(a) > confidence(b);
+  });
+  mistakes.resize(std::min<size_t>(mistakes.size(), static_cast<size_t>(count)));
+  return mistakes;
+}
+
 }  // namespace html
 
 using namespace html;
@@ -399,15 +416,7 @@ std::string build_html_report(
   for (int64_t i = 0; i < gallery; ++i) html << card(i);
   html << "</div>";
 
-  std::vector<int64_t> mistakes;
-  for (int64_t i = 0; i < data.size(); ++i) {
-    if (pred[i] != labels[i]) mistakes.push_back(i);
-  }
-  const float* fused_p = fused.data_ptr<float>();
-  std::sort(mistakes.begin(), mistakes.end(), [&](int64_t a, int64_t b) {
-    return fused_p[a * classes + pred[a]] > fused_p[b * classes + pred[b]];
-  });
-  mistakes.resize(std::min<size_t>(mistakes.size(), static_cast<size_t>(options.mistakes)));
+  const std::vector<int64_t> mistakes = confident_mistakes(fused, pred, labels, options.mistakes);
   html << "<h2>Most confident mistakes</h2>";
   if (mistakes.empty()) html << "<p>None: every image is classified correctly.</p>";
   html << "<div class=\"cards\">";
