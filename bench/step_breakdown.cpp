@@ -2,7 +2,10 @@
 // and resize, the backbone's forward and loss, backward, and Adam's update; then
 // LibTorch's profiler table of the operators over the same steps.
 //
-//   build/bench/step_breakdown [seed|whole|vgg] [STEPS] [THREADS]   (0: one per core)
+//   build/bench/step_breakdown [seed|whole|vgg|mil] [STEPS] [THREADS]   (0: one per core)
+//
+// mil: the MIL job of patchwise_bench (4 bags of 300-420 random 32x32 tiles, a tiled
+// small-cnn with batch norm and gated attention, the fused loss); it has nothing to cut.
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
@@ -13,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "patchwise/core/cpu_allocator.h"
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/idx.h"
@@ -27,16 +31,34 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
+/// patchwise_bench's mil_config: the Megapixel recipe's tiled model.
+ModelConfig mil_config(const at::Tensor& tiles) {
+  ModelConfig c;
+  c.tiled = true;
+  c.grid.rows = c.grid.cols = 1;
+  c.grid.patch_h = c.grid.patch_w = c.grid.input = c.image_h = c.image_w = tiles.size(2);
+  c.image_channels = 1;
+  c.class_names = std::vector<std::string>(10, "c");
+  c.normalization = compute_normalization(tiles);
+  c.fusion = FusionRule::kGatedAttention;
+  c.backbone.num_classes = 10;
+  c.backbone.batch_norm = true;
+  c.backbone.dropout = 0.0;
+  return c;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string layout = argc > 1 ? argv[1] : "seed";
   const int steps = argc > 2 ? std::atoi(argv[2]) : 40;
-  if ((layout != "seed" && layout != "whole" && layout != "vgg") || steps < 1) {
-    std::fprintf(stderr, "usage: step_breakdown [seed|whole|vgg] [STEPS >= 1] [THREADS]\n");
+  const bool mil = layout == "mil";
+  if ((layout != "seed" && layout != "whole" && layout != "vgg" && !mil) || steps < 1) {
+    std::fprintf(stderr, "usage: step_breakdown [seed|whole|vgg|mil] [STEPS >= 1] [THREADS]\n");
     return 2;
   }
   set_threads(argc > 3 ? std::atoi(argv[3]) : 0);
+  use_caching_cpu_allocator(kDefaultCpuCacheBytes);  // as the patchwise binary does
   constexpr int64_t kBatch = 64;
   Dataset data = load_idx_split("/usr/share/datasets/fashion-mnist", "train", 6400);
   ModelConfig config;
@@ -48,6 +70,9 @@ int main(int argc, char** argv) {
     config.grid.patch_h = config.grid.patch_w = 28;
   }
   if (layout == "vgg") config.backbone.name = "vgg16";
+  const std::vector<int64_t> counts = {340, 372, 305, 411};
+  at::Tensor tiles = torch::randint(0, 256, {1428, 1, 32, 32}, torch::kUInt8);
+  if (mil) config = mil_config(tiles);
   torch::manual_seed(0);
   PatchClassifier model(config);
   model->train();
@@ -58,13 +83,13 @@ int main(int argc, char** argv) {
   auto step = [&](int i, bool timed) {
     const int64_t at = (i * kBatch) % (data.size() - kBatch);
     at::Tensor images = data.images.narrow(0, at, kBatch);
-    at::Tensor labels = data.labels.narrow(0, at, kBatch);
+    at::Tensor labels = data.labels.narrow(0, at, mil ? 4 : kBatch);
     auto start = Clock::now();
-    at::Tensor patches = model->grid().cut(model->normalize(images));
+    if (!mil) at::Tensor patches = model->grid().cut(model->normalize(images));
     const double t_cut = ms_since(start);
     start = Clock::now();
-    PatchOutput out = model->forward(images);
-    at::Tensor loss = compute_loss(LossKind::kPatch, out, labels);
+    PatchOutput out = mil ? model->forward_bags(tiles, counts) : model->forward(images);
+    at::Tensor loss = compute_loss(mil ? LossKind::kFused : LossKind::kPatch, out, labels);
     const double t_forward = ms_since(start) - t_cut;  // forward() cuts again
     start = Clock::now();
     optimizer.zero_grad();
@@ -86,7 +111,7 @@ int main(int argc, char** argv) {
   std::printf(
       "%s, batch %lld, %d steps, ms per step: normalize+cut+resize %.2f (%.0f %%), "
       "forward+loss %.2f (%.0f %%), backward %.2f (%.0f %%), Adam %.2f (%.0f %%); "
-      "%.0f images/s\n",
+      "%.0f %s/s\n",
       layout.c_str(),
       static_cast<long long>(kBatch),
       steps,
@@ -98,7 +123,8 @@ int main(int argc, char** argv) {
       100 * backward / total,
       update / steps,
       100 * update / total,
-      kBatch * steps / (total / 1000));
+      (mil ? tiles.size(0) : kBatch) * steps / (total / 1000),
+      mil ? "tiles" : "images");
 
   namespace prof = torch::autograd::profiler;
   namespace impl = torch::profiler::impl;

@@ -58,6 +58,38 @@ void add_conv(
   seq->push_back(nn::ReLU(nn::ReLUOptions().inplace(true)));
 }
 
+/// The layers' state as batch_norm_max_pool_2x2 takes it.
+BatchNormState batch_norm_state(nn::BatchNorm2dImpl& bn) {
+  return {
+      bn.weight,
+      bn.bias,
+      bn.running_mean,
+      bn.running_var,
+      bn.num_batches_tracked,
+      bn.options.momentum(),
+      bn.options.eps()};
+}
+
+/// Runs the conv stack. In training, a batch norm followed by the pool (add_conv's
+/// only Functional) runs as one step, batch_norm_max_pool_2x2: the same function with
+/// one pass less over the largest activations.
+at::Tensor forward_stack(nn::Sequential& seq, at::Tensor x) {
+  auto layer = seq->begin();
+  const auto layers = static_cast<std::ptrdiff_t>(seq->size());
+  for (std::ptrdiff_t i = 0; i < layers; ++i) {
+    auto bn = std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(layer[i].ptr());
+    const bool pool_next =
+        i + 1 < layers && std::dynamic_pointer_cast<nn::FunctionalImpl>(layer[i + 1].ptr());
+    if (bn && pool_next && bn->is_training()) {
+      x = batch_norm_max_pool_2x2(x, batch_norm_state(*bn));
+      ++i;
+    } else {
+      x = layer[i].forward(x);
+    }
+  }
+  return x;
+}
+
 class SmallCnnImpl : public BackboneImpl {
  public:
   explicit SmallCnnImpl(const BackboneOptions& o) : options_(o) {
@@ -76,7 +108,7 @@ class SmallCnnImpl : public BackboneImpl {
     fc2_ = register_module("fc2", nn::Linear(kHidden, o.num_classes));
   }
   at::Tensor features(const at::Tensor& x) override {
-    return torch::relu(fc1_->forward(conv_->forward(x).flatten(1)));
+    return torch::relu(fc1_->forward(forward_stack(conv_, x).flatten(1)));
   }
   at::Tensor classify(const at::Tensor& f) override { return fc2_->forward(dropout_->forward(f)); }
   int64_t feature_dim() const override { return kHidden; }
@@ -112,7 +144,7 @@ class Vgg16Impl : public BackboneImpl {
     fc_ = register_module("fc", nn::Linear(in, o.num_classes));
   }
   at::Tensor features(const at::Tensor& x) override {
-    return std::get<0>(conv_->forward(x).flatten(2).max(2));  // global max pooling
+    return std::get<0>(forward_stack(conv_, x).flatten(2).max(2));  // global max pooling
   }
   at::Tensor classify(const at::Tensor& f) override { return fc_->forward(f); }
   int64_t feature_dim() const override { return 512; }
