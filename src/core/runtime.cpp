@@ -1,8 +1,11 @@
 #include "patchwise/core/runtime.h"
 
+#include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <torch/torch.h>
 
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include "patchwise/core/error.h"
@@ -21,7 +24,8 @@ c10::Device resolve_device(const std::string& name) {
     try {
       return c10::Device(name);
     } catch (const c10::Error&) {
-      throw OptionError("device", fmt::format("'{}' is not a device, expected cuda or cuda:N", name));
+      throw OptionError(
+          "device", fmt::format("'{}' is not a device, expected cuda or cuda:N", name));
     }
   }
   throw OptionError("device", fmt::format("unknown device '{}', expected auto, cpu or cuda", name));
@@ -40,6 +44,16 @@ int64_t set_threads(int64_t n) {
     set_blas(1);
   }
   return n;
+}
+
+int64_t kernel_threads_used() {
+  std::mutex mutex;
+  std::set<std::thread::id> ids;
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mutex);
+    ids.insert(std::this_thread::get_id());
+  });
+  return static_cast<int64_t>(ids.size());
 }
 
 }  // namespace patchwise

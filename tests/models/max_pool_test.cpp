@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "patchwise/core/runtime.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -142,6 +143,15 @@ TEST_F(MaxPoolTest, FusedBatchNormPoolRefusesASingleValuePerChannel) {
   const BatchNormState state{
       bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->num_batches_tracked, 0.1, 1e-5};
   EXPECT_THROW(batch_norm_max_pool_2x2(torch::randn({1, 2, 1, 1}), state), c10::Error);
+}
+
+// The kernels' files are compiled with -fopenmp (CMakeLists.txt): without it
+// at::parallel_for silently runs on one thread, and these kernels lost half the cores.
+TEST_F(MaxPoolTest, KernelFilesSplitTheirWorkOverTheThreads) {
+  const int before = at::get_num_threads();
+  set_threads(2);
+  EXPECT_EQ(kernel_threads_used(), 2);
+  set_threads(before);
 }
 
 }  // namespace patchwise
