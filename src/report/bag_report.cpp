@@ -95,15 +95,10 @@ std::string bag_card(
   const int64_t said = s.predicted[static_cast<size_t>(i)];
   const at::Tensor p = s.probs[i].contiguous();
   const auto& scores = s.scores[static_cast<size_t>(i)];
-  std::string c = "<div class=\"card\">";
-  c += fmt::format(
-      "<div>#{} — true <b>{}</b>, predicted <span class=\"{}\">{}</span> ({:.2f}); {} tiles</div>",
-      i,
-      escape(names[truth]),
-      said == truth ? "ok" : "bad",
-      escape(names[said]),
-      p[said].item<float>(),
-      scores.size());
+  std::string c =
+      "<div class=\"card\">" +
+      card_title(
+          i, names, truth, said, p[said].item<float>(), fmt::format("; {} tiles", scores.size()));
   const std::string& file = data.files.paths[static_cast<size_t>(i)];
   c += bag_picture(file, scores, options, fmt::format("{} / max", s.score_name));
   c += "<div>fused" + probability_bars(names, p.data_ptr<float>(), p.numel(), 3, truth) + "</div>";

@@ -26,6 +26,12 @@ std::string training_curves(const nlohmann::json& training);
 std::string confusion_table(
     const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& confusion);
 
+/// A card's first line: the image's number, its true class, the predicted one (marked
+/// right or wrong) with its probability, then `extra`.
+std::string card_title(
+    int64_t i, const std::vector<std::string>& names, int64_t truth, int64_t predicted,
+    float probability, const std::string& extra = "");
+
 /// The `count` wrong images (predicted != labels) with the highest probability of their
 /// predicted class, most confident first; probs float [N,K].
 std::vector<int64_t> confident_mistakes(

@@ -230,6 +230,19 @@ std::string confusion_table(
   return out + "</table>";
 }
 
+std::string card_title(
+    int64_t i, const std::vector<std::string>& names, int64_t truth, int64_t predicted,
+    float probability, const std::string& extra) {
+  return fmt::format(
+      "<div>#{} — true <b>{}</b>, predicted <span class=\"{}\">{}</span> ({:.2f}){}</div>",
+      i,
+      escape(names[truth]),
+      predicted == truth ? "ok" : "bad",
+      escape(names[predicted]),
+      probability,
+      extra);
+}
+
 std::vector<int64_t> confident_mistakes(
     const at::Tensor& probs, const int64_t* predicted, const int64_t* labels, int64_t count) {
   const at::Tensor p = probs.contiguous();
@@ -327,19 +340,75 @@ std::string heatmaps_section(
   return html.str() + "</div>";
 }
 
+/// What the report's one pass keeps of every image: [N,K] fused probabilities, [N,P,K]
+/// per-patch probabilities, [N] predicted classes.
+struct GridOutputs {
+  at::Tensor fused, per_patch, predicted;
+};
+
+/// The line under the title and the headline figures.
+std::string grid_summary(
+    PatchClassifier& model, const Dataset& data, const ReportOptions& options,
+    const Evaluation& e) {
+  const ModelConfig& config = model->config();
+  std::string html = "<div class=\"sub\">" +
+                     escape(fmt::format(
+                         "{} — {} on a {}, fusion {}; {} images from {}",
+                         options.model_path,
+                         config.backbone.name,
+                         model->grid().describe(),
+                         fusion_rule_name(config.fusion),
+                         e.n,
+                         data.source)) +
+                     "</div>";
+  return html + fmt::format(
+                    "<div class=\"kpi\"><div>accuracy<b>{:.4f} ± {:.4f}</b></div><div>mean "
+                    "patch accuracy<b>{:.4f}</b></div><div>fused loss<b>{:.4f}</b></div>"
+                    "<div>images<b>{}</b></div></div>",
+                    e.accuracy,
+                    e.accuracy_stderr,
+                    e.patch_accuracy,
+                    e.loss,
+                    e.n);
+}
+
+/// One image's card: its patches, each patch's top classes and the fused ones.
+std::string grid_card(
+    PatchClassifier& model, const Dataset& data, const GridOutputs& r, int64_t i) {
+  const std::vector<std::string>& names = model->config().class_names;
+  const int64_t classes = model->num_classes();
+  const int64_t truth = data.labels[i].item<int64_t>();
+  const int64_t pred = r.predicted[i].item<int64_t>();
+  std::string c =
+      "<div class=\"card\">" + card_title(i, names, truth, pred, r.fused[i][pred].item<float>());
+  PatchSheetOptions sheet;
+  sheet.cell = 64;
+  c += img_tag(
+      render_patch_sheet(data.image(i), model->grid(), sheet),
+      "patches of image " + std::to_string(i));
+  c += "<div class=\"patches\">";
+  at::Tensor pp = r.per_patch[i].contiguous();
+  for (int64_t p = 0; p < model->num_patches(); ++p) {
+    c += fmt::format("<div>patch {}", p + 1) +
+         probability_bars(names, pp[p].data_ptr<float>(), classes, 3, truth) + "</div>";
+  }
+  at::Tensor fp = r.fused[i].contiguous();
+  c += "</div><div>fused" + probability_bars(names, fp.data_ptr<float>(), classes, 3, truth) +
+       "</div>";
+  return c + "</div>";
+}
+
 }  // namespace
 
 std::string build_html_report(
     PatchClassifier& model, const Dataset& data, const nlohmann::json& training,
     const ReportOptions& options) {
   const ModelConfig& config = model->config();
-  const std::vector<std::string>& names = config.class_names;
-  const int64_t classes = model->num_classes();
-  const int64_t patches = model->num_patches();
   // One pass: the evaluation, and each image's fused and per-patch probabilities for the
   // gallery and the mistakes.
-  at::Tensor fused = torch::empty({data.size(), classes});
-  at::Tensor per_patch = torch::empty({data.size(), patches, classes});
+  GridOutputs r;
+  r.fused = torch::empty({data.size(), model->num_classes()});
+  r.per_patch = torch::empty({data.size(), model->num_patches(), model->num_classes()});
   int64_t offset = 0;
   Evaluation e = evaluate(
       model,
@@ -349,81 +418,33 @@ std::string build_html_report(
       {},
       [&](const Batch& b, const PatchOutput& out) {
         const int64_t n = b.labels.size(0);
-        fused.narrow(0, offset, n).copy_(out.log_probs.exp().cpu());
-        per_patch.narrow(0, offset, n).copy_(torch::softmax(out.patch_logits, 2).cpu());
+        r.fused.narrow(0, offset, n).copy_(out.log_probs.exp().cpu());
+        r.per_patch.narrow(0, offset, n).copy_(torch::softmax(out.patch_logits, 2).cpu());
         offset += n;
       });
-  at::Tensor predicted = fused.argmax(1);
+  r.predicted = r.fused.argmax(1);
   const int64_t* labels = data.labels.data_ptr<int64_t>();
-  const int64_t* pred = predicted.data_ptr<int64_t>();
 
   std::ostringstream html;
-  html << page_start(options.title) << "<div class=\"sub\">"
-       << escape(fmt::format(
-              "{} — {} on a {}, fusion {}; {} images from {}",
-              options.model_path,
-              config.backbone.name,
-              model->grid().describe(),
-              fusion_rule_name(config.fusion),
-              e.n,
-              data.source))
-       << "</div>";
-  html << fmt::format(
-      "<div class=\"kpi\"><div>accuracy<b>{:.4f} ± {:.4f}</b></div><div>mean patch "
-      "accuracy<b>{:.4f}</b>"
-      "</div><div>fused loss<b>{:.4f}</b></div><div>images<b>{}</b></div></div>",
-      e.accuracy,
-      e.accuracy_stderr,
-      e.patch_accuracy,
-      e.loss,
-      e.n);
+  html << page_start(options.title) << grid_summary(model, data, options, e);
   html << training_curves(training);
-
   html << rules_table(e, model);
-
-  html << confusion_table(names, e.confusion);
-
-  auto card = [&](int64_t i) {
-    const int64_t truth = labels[i];
-    const bool right = pred[i] == truth;
-    std::string c = "<div class=\"card\">";
-    c += fmt::format(
-        "<div>#{} — true <b>{}</b>, predicted <span class=\"{}\">{}</span> ({:.2f})</div>",
-        i,
-        escape(names[truth]),
-        right ? "ok" : "bad",
-        escape(names[pred[i]]),
-        fused[i][pred[i]].item<float>());
-    PatchSheetOptions sheet;
-    sheet.cell = 64;
-    c += img_tag(
-        render_patch_sheet(data.image(i), model->grid(), sheet),
-        "patches of image " + std::to_string(i));
-    c += "<div class=\"patches\">";
-    at::Tensor pp = per_patch[i].contiguous();
-    for (int64_t p = 0; p < patches; ++p) {
-      c += fmt::format("<div>patch {}", p + 1) +
-           probability_bars(names, pp[p].data_ptr<float>(), classes, 3, truth) + "</div>";
-    }
-    at::Tensor fp = fused[i].contiguous();
-    c += "</div><div>fused" + probability_bars(names, fp.data_ptr<float>(), classes, 3, truth) +
-         "</div>";
-    return c + "</div>";
-  };
+  html << confusion_table(config.class_names, e.confusion);
 
   const int64_t gallery = std::min(options.gallery, data.size());
   html << "<h2>Gallery</h2><div class=\"cards\">";
-  for (int64_t i = 0; i < gallery; ++i) html << card(i);
+  for (int64_t i = 0; i < gallery; ++i) html << grid_card(model, data, r, i);
   html << "</div>";
 
-  const std::vector<int64_t> mistakes = confident_mistakes(fused, pred, labels, options.mistakes);
+  const std::vector<int64_t> mistakes =
+      confident_mistakes(r.fused, r.predicted.data_ptr<int64_t>(), labels, options.mistakes);
   html << "<h2>Most confident mistakes</h2>";
   if (mistakes.empty()) html << "<p>None: every image is classified correctly.</p>";
   html << "<div class=\"cards\">";
-  for (int64_t i : mistakes) html << card(i);
+  for (int64_t i : mistakes) html << grid_card(model, data, r, i);
   html << "</div>";
 
-  html << heatmaps_section(model, data, options, names);
+  html << heatmaps_section(model, data, options, config.class_names);
   html << "</body></html>\n";
   return html.str();
 }
