@@ -47,6 +47,82 @@ ModelConfig mil_config(const at::Tensor& tiles) {
   return c;
 }
 
+/// The model of `layout`: the seed's, the whole image, VGG16 on the seed's patches, or
+/// the MIL job's tiled model.
+ModelConfig layout_config(const std::string& layout, const Dataset& data, const at::Tensor& tiles) {
+  if (layout == "mil") return mil_config(tiles);
+  ModelConfig config;
+  config.class_names = data.class_names;
+  config.backbone.num_classes = 10;
+  config.normalization = compute_normalization(data.images);
+  if (layout == "whole") {
+    config.grid.rows = config.grid.cols = 1;
+    config.grid.patch_h = config.grid.patch_w = 28;
+  }
+  if (layout == "vgg") config.backbone.name = "vgg16";
+  return config;
+}
+
+/// Milliseconds spent in each part of the timed steps.
+struct StepTimes {
+  double cut = 0, forward = 0, backward = 0, update = 0;
+  double total() const { return cut + forward + backward + update; }
+};
+
+void print_breakdown(
+    const std::string& layout, int64_t batch, int steps, const StepTimes& t, int64_t items,
+    const char* unit) {
+  const double total = t.total();
+  std::printf(
+      "%s, batch %lld, %d steps, ms per step: normalize+cut+resize %.2f (%.0f %%), "
+      "forward+loss %.2f (%.0f %%), backward %.2f (%.0f %%), Adam %.2f (%.0f %%); "
+      "%.0f %s/s\n",
+      layout.c_str(),
+      static_cast<long long>(batch),
+      steps,
+      t.cut / steps,
+      100 * t.cut / total,
+      t.forward / steps,
+      100 * t.forward / total,
+      t.backward / steps,
+      100 * t.backward / total,
+      t.update / steps,
+      100 * t.update / total,
+      items * steps / (total / 1000),
+      unit);
+}
+
+/// LibTorch's profiler over `steps` untimed steps: inclusive time per operator, top 25.
+template <typename Step>
+void print_profile(Step&& step, int steps) {
+  namespace prof = torch::autograd::profiler;
+  namespace impl = torch::profiler::impl;
+  const impl::ProfilerConfig profiler_config(impl::ProfilerState::KINETO);
+  prof::prepareProfiler(profiler_config, {impl::ActivityType::CPU});
+  prof::enableProfiler(profiler_config, {impl::ActivityType::CPU});
+  for (int i = 0; i < steps; ++i) step(i, false);
+  auto result = prof::disableProfiler();
+  std::map<std::string, std::pair<int64_t, int64_t>> by_name;  // name -> (us, calls)
+  for (const auto& e : result->events()) {
+    auto& slot = by_name[e.name()];
+    slot.first += static_cast<int64_t>(e.durationUs());
+    slot.second += 1;
+  }
+  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> rows(
+      by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    return a.second.first > b.second.first;
+  });
+  std::printf("\noperators over %d steps (inclusive time, top 25):\n", steps);
+  for (size_t i = 0; i < rows.size() && i < 25; ++i) {
+    std::printf(
+        "  %-50s %10.2f ms %6lld calls\n",
+        rows[i].first.c_str(),
+        rows[i].second.first / 1000.0,
+        static_cast<long long>(rows[i].second.second));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,31 +137,20 @@ int main(int argc, char** argv) {
   use_caching_cpu_allocator(kDefaultCpuCacheBytes);  // as the patchwise binary does
   constexpr int64_t kBatch = 64;
   Dataset data = load_idx_split("/usr/share/datasets/fashion-mnist", "train", 6400);
-  ModelConfig config;
-  config.class_names = data.class_names;
-  config.backbone.num_classes = 10;
-  config.normalization = compute_normalization(data.images);
-  if (layout == "whole") {
-    config.grid.rows = config.grid.cols = 1;
-    config.grid.patch_h = config.grid.patch_w = 28;
-  }
-  if (layout == "vgg") config.backbone.name = "vgg16";
   const std::vector<int64_t> counts = {340, 372, 305, 411};
   at::Tensor tiles = torch::randint(0, 256, {1428, 1, 32, 32}, torch::kUInt8);
-  if (mil) config = mil_config(tiles);
   torch::manual_seed(0);
-  PatchClassifier model(config);
+  PatchClassifier model(layout_config(layout, data, tiles));
   model->train();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
 
-  double cut = 0, forward = 0, backward = 0, update = 0;
-  const int warmup = 3;
+  StepTimes times;
   auto step = [&](int i, bool timed) {
     const int64_t at = (i * kBatch) % (data.size() - kBatch);
     at::Tensor images = data.images.narrow(0, at, kBatch);
     at::Tensor labels = data.labels.narrow(0, at, mil ? 4 : kBatch);
     auto start = Clock::now();
-    if (!mil) at::Tensor patches = model->grid().cut(model->normalize(images));
+    if (!mil) model->grid().cut(model->normalize(images));
     const double t_cut = ms_since(start);
     start = Clock::now();
     PatchOutput out = mil ? model->forward_bags(tiles, counts) : model->forward(images);
@@ -97,62 +162,17 @@ int main(int argc, char** argv) {
     const double t_backward = ms_since(start);
     start = Clock::now();
     optimizer.step();
-    const double t_update = ms_since(start);
-    if (timed) {
-      cut += t_cut;
-      forward += t_forward;
-      backward += t_backward;
-      update += t_update;
-    }
+    if (!timed) return;
+    times.cut += t_cut;
+    times.forward += t_forward;
+    times.backward += t_backward;
+    times.update += ms_since(start);
   };
+  const int warmup = 3;
   for (int i = 0; i < warmup; ++i) step(i, false);
   for (int i = 0; i < steps; ++i) step(warmup + i, true);
-  const double total = cut + forward + backward + update;
-  std::printf(
-      "%s, batch %lld, %d steps, ms per step: normalize+cut+resize %.2f (%.0f %%), "
-      "forward+loss %.2f (%.0f %%), backward %.2f (%.0f %%), Adam %.2f (%.0f %%); "
-      "%.0f %s/s\n",
-      layout.c_str(),
-      static_cast<long long>(kBatch),
-      steps,
-      cut / steps,
-      100 * cut / total,
-      forward / steps,
-      100 * forward / total,
-      backward / steps,
-      100 * backward / total,
-      update / steps,
-      100 * update / total,
-      (mil ? tiles.size(0) : kBatch) * steps / (total / 1000),
-      mil ? "tiles" : "images");
-
-  namespace prof = torch::autograd::profiler;
-  namespace impl = torch::profiler::impl;
-  const impl::ProfilerConfig profiler_config(impl::ProfilerState::KINETO);
-  prof::prepareProfiler(profiler_config, {impl::ActivityType::CPU});
-  prof::enableProfiler(profiler_config, {impl::ActivityType::CPU});
-  for (int i = 0; i < std::min(steps, 10); ++i) step(i, false);
-  auto result = prof::disableProfiler();
-  // Self time per operator, largest first.
-  std::map<std::string, std::pair<int64_t, int64_t>> by_name;  // name -> (self us, calls)
-  const auto& events = result->events();
-  for (const auto& e : events) {
-    auto& slot = by_name[e.name()];
-    slot.first += static_cast<int64_t>(e.durationUs());
-    slot.second += 1;
-  }
-  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> rows(
-      by_name.begin(), by_name.end());
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
-    return a.second.first > b.second.first;
-  });
-  std::printf("\noperators over %d steps (inclusive time, top 25):\n", std::min(steps, 10));
-  for (size_t i = 0; i < rows.size() && i < 25; ++i) {
-    std::printf(
-        "  %-50s %10.2f ms %6lld calls\n",
-        rows[i].first.c_str(),
-        rows[i].second.first / 1000.0,
-        static_cast<long long>(rows[i].second.second));
-  }
+  print_breakdown(
+      layout, kBatch, steps, times, mil ? tiles.size(0) : kBatch, mil ? "tiles" : "images");
+  print_profile(step, std::min(steps, 10));
   return 0;
 }
