@@ -355,6 +355,7 @@ class BatchNormMaxPool2x2 : public torch::autograd::Function<BatchNormMaxPool2x2
   }
 };
 
+/// The kernels' domain: float or double on the CPU, at least one 2x2 window; else ATen.
 bool fits_cpu_kernel(const at::Tensor& x) {
   return x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
          x.size(2) >= 2 && x.size(3) >= 2;
@@ -390,11 +391,7 @@ at::Tensor batch_norm_max_pool_2x2(const at::Tensor& x, const BatchNormState& bn
 
 at::Tensor max_pool_2x2(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4, "max_pool_2x2 expects [N,C,H,W], got ", x.sizes());
-  if (!x.device().is_cpu() || !at::isFloatingType(x.scalar_type()) ||
-      x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16 || x.size(2) < 2 ||
-      x.size(3) < 2) {
-    return torch::max_pool2d(x, 2);
-  }
+  if (!fits_cpu_kernel(x)) return torch::max_pool2d(x, 2);
   return MaxPool2x2::apply(x);
 }
 
