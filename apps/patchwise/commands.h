@@ -21,5 +21,6 @@ void setup_heatmap(CLI::App& app);
 void setup_report(CLI::App& app);
 void setup_tiles(CLI::App& app);
 void setup_features(CLI::App& app);
+void setup_serve(CLI::App& app);
 
 }  // namespace patchwise::cli

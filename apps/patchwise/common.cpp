@@ -79,51 +79,6 @@ PatchClassifier load_grid_model(const std::string& path, const std::string& comm
   return model;
 }
 
-BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader) {
-  return {config.tiles, reader, config.grid.input, config.image_channels};
-}
-
-BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class) {
-  const ModelConfig& config = model->config();
-  check_input(
-      target_class >= -1 && target_class < model->num_classes(),
-      "--class: {}, expected -1 or 0..{}",
-      target_class,
-      model->num_classes() - 1);
-  torch::InferenceMode guard;
-  PatchOutput out = model->forward_bags(tiles.to(model->device()), {tiles.size(0)});
-  at::Tensor probs = out.log_probs[0].exp().to(torch::kCPU, torch::kFloat64).contiguous();
-  BagPrediction p;
-  p.probabilities.assign(probs.data_ptr<double>(), probs.data_ptr<double>() + probs.numel());
-  p.winner = probs.argmax().item<int64_t>();
-  p.target = target_class >= 0 ? target_class : p.winner;
-  at::Tensor scores = out.attention.defined()
-                          ? out.attention[0]
-                          : torch::softmax(out.patch_logits[0], 1).select(1, p.target);
-  scores = scores.to(torch::kCPU, torch::kFloat64).contiguous();
-  p.scores.assign(scores.data_ptr<double>(), scores.data_ptr<double>() + scores.numel());
-  p.score_name = out.attention.defined()
-                     ? "attention"
-                     : fmt::format("p({})", config.class_names[static_cast<size_t>(p.target)]);
-  return p;
-}
-
-/// Tile indices by score, best first, at most `top`.
-std::vector<int64_t> top_tiles(const std::vector<double>& scores, int64_t top) {
-  std::vector<int64_t> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  const auto k = std::min<size_t>(static_cast<size_t>(std::max<int64_t>(top, 0)), order.size());
-  std::partial_sort(
-      order.begin(),
-      order.begin() + static_cast<std::ptrdiff_t>(k),
-      order.end(),
-      [&](int64_t a, int64_t b) {
-        return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(b)];
-      });
-  order.resize(k);
-  return order;
-}
-
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
   app->add_option("--threads", flags.threads, "CPU threads; 0: one per core")
       ->check(CLI::NonNegativeNumber);

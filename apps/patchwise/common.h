@@ -15,6 +15,7 @@
 #include "patchwise/patch/bags.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"
+#include "patchwise/report/prediction.h"
 
 namespace patchwise::cli {
 
@@ -65,25 +66,6 @@ Dataset load_data_reporting(
 
 /// load_model, refusing a tiled model: `command` draws or cuts the fixed patch grid.
 PatchClassifier load_grid_model(const std::string& path, const std::string& command);
-
-/// How a tiled model's images become bags: its tiles, input side and channels.
-BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader = {});
-
-/// A tiled model's answer for one bag of tiles.
-struct BagPrediction {
-  std::vector<double> probabilities;  ///< [K], fused
-  int64_t winner = 0;                 ///< argmax
-  int64_t target = 0;                 ///< the class the scores are about
-  std::vector<double> scores;         ///< per tile: attention weight, or p(target)
-  std::string score_name;             ///< "attention" or "p(<class>)"
-};
-
-/// Runs `tiles` (uint8 [n,C,I,I]) as one bag; target_class -1: the predicted class.
-/// Throws InputError on a class outside [0, K).
-BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class);
-
-/// Tile indices by score, best first (ties in index order): at most `top` of them.
-std::vector<int64_t> top_tiles(const std::vector<double>& scores, int64_t top);
 
 /// Prints `json` on stdout, indented, with a trailing newline.
 void print_json(const nlohmann::json& json);

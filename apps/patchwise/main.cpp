@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_report(app);
   patchwise::cli::setup_tiles(app);
   patchwise::cli::setup_features(app);
+  patchwise::cli::setup_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -26,26 +26,25 @@ struct PredictFlags {
   RuntimeFlags runtime;
 };
 
-std::vector<double> to_vector(const at::Tensor& t) {
-  at::Tensor c = t.to(torch::kCPU, torch::kFloat64).contiguous();
-  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-}
-
-void print_table(
-    const std::string& file, const std::vector<std::string>& names,
-    const std::vector<std::vector<double>>& patch_probs, const std::vector<double>& probs,
-    int64_t winner) {
-  fmt::print("{}: {} (class {}), probability {:.4f}\n", file, names[winner], winner, probs[winner]);
+void print_table(const nlohmann::json& r, const std::vector<std::string>& classes) {
+  const int64_t winner = r["class"].get<int64_t>();
+  fmt::print(
+      "{}: {} (class {}), probability {:.4f}\n",
+      r["file"].get<std::string>(),
+      r["label"].get<std::string>(),
+      winner,
+      r["probability"].get<double>());
   size_t width = 5;
-  for (const auto& n : names) width = std::max(width, n.size());
+  for (const auto& n : classes) width = std::max(width, n.size());
+  const auto& patch_probs = r["patch_probabilities"];
   fmt::print("  {:<{}}", "class", width);
   for (size_t p = 0; p < patch_probs.size(); ++p)
     fmt::print(" {:>8}", fmt::format("patch{}", p + 1));
   fmt::print(" {:>8}\n", "fused");
-  for (size_t k = 0; k < names.size(); ++k) {
-    fmt::print("{} {:<{}}", static_cast<int64_t>(k) == winner ? '*' : ' ', names[k], width);
-    for (const auto& pp : patch_probs) fmt::print(" {:>8.4f}", pp[k]);
-    fmt::print(" {:>8.4f}\n", probs[k]);
+  for (size_t k = 0; k < classes.size(); ++k) {
+    fmt::print("{} {:<{}}", static_cast<int64_t>(k) == winner ? '*' : ' ', classes[k], width);
+    for (const auto& pp : patch_probs) fmt::print(" {:>8.4f}", pp[k].get<double>());
+    fmt::print(" {:>8.4f}\n", r["probabilities"][k].get<double>());
   }
 }
 
@@ -53,29 +52,8 @@ void print_table(
 /// and the `top` tiles by score (attention weight, or the class's probability).
 nlohmann::json predict_tiled(
     PatchClassifier& model, const std::string& file, const PredictFlags& f) {
-  const ModelConfig& config = model->config();
-  const Bag bag = read_bag(file, model_bag_options(config, f.tiles.reader));
-  const BagPrediction p = predict_bag(model, bag.tiles, -1);
-  nlohmann::json tiles = nlohmann::json::array();
-  for (int64_t t : top_tiles(p.scores, f.top)) {
-    const Box& b = bag.boxes[static_cast<size_t>(t)];
-    tiles.push_back(
-        {{"x", b.x},
-         {"y", b.y},
-         {"w", b.w},
-         {"h", b.h},
-         {"score", p.scores[static_cast<size_t>(t)]}});
-  }
-  return {
-      {"file", file},
-      {"tiles", bag.tiles.size(0)},
-      {"level", bag.level},
-      {"probabilities", p.probabilities},
-      {"class", p.winner},
-      {"label", config.class_names[static_cast<size_t>(p.winner)]},
-      {"probability", p.probabilities[static_cast<size_t>(p.winner)]},
-      {"score", p.score_name},
-      {"top_tiles", tiles}};
+  const Bag bag = read_bag(file, model_bag_options(model->config(), f.tiles.reader));
+  return bag_prediction_json(model->config(), file, bag, predict_bag(model, bag.tiles, -1), f.top);
 }
 
 void print_tiled(const nlohmann::json& r) {
@@ -134,25 +112,12 @@ void run_predict(const PredictFlags& f) {
   nlohmann::json results = nlohmann::json::array();
   torch::InferenceMode guard;
   for (size_t i = 0; i < images.size(); ++i) {
-    PatchOutput out = model->forward(images[i].unsqueeze(0));
-    std::vector<std::vector<double>> patch_probs;
-    at::Tensor pp = torch::softmax(out.patch_logits[0], /*dim=*/1);
-    for (int64_t p = 0; p < pp.size(0); ++p) patch_probs.push_back(to_vector(pp[p]));
-    std::vector<double> probs = to_vector(out.log_probs[0].exp());
-    const int64_t winner = out.log_probs[0].argmax().item<int64_t>();
-    if (f.json) {
-      results.push_back(
-          {{"file", f.images[i]},
-           {"patch_probabilities", patch_probs},
-           {"probabilities", probs},
-           {"class", winner},
-           {"label", config.class_names[winner]},
-           {"probability", probs[winner]}});
-    } else {
-      print_table(f.images[i], config.class_names, patch_probs, probs, winner);
-    }
+    const PatchOutput out = model->forward(images[i].unsqueeze(0));
+    results.push_back(
+        grid_prediction_json(*model, f.images[i], out.patch_logits[0], out.log_probs[0]));
   }
-  if (f.json) print_json(results);
+  if (f.json) return print_json(results);
+  for (const auto& r : results) print_table(r, config.class_names);
 }
 
 }  // namespace

@@ -1,0 +1,118 @@
+#include "patchwise/report/prediction.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "patchwise/core/error.h"
+
+namespace patchwise {
+namespace {
+
+std::vector<double> to_vector(const at::Tensor& t) {
+  at::Tensor c = t.to(torch::kCPU, torch::kFloat64).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+}  // namespace
+
+BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader) {
+  return {config.tiles, reader, config.grid.input, config.image_channels};
+}
+
+BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class) {
+  const ModelConfig& config = model->config();
+  check_input(
+      target_class >= -1 && target_class < model->num_classes(),
+      "--class: {}, expected -1 or 0..{}",
+      target_class,
+      model->num_classes() - 1);
+  torch::InferenceMode guard;
+  PatchOutput out = model->forward_bags(tiles.to(model->device()), {tiles.size(0)});
+  BagPrediction p;
+  p.probabilities = to_vector(out.log_probs[0].exp());
+  p.winner = out.log_probs[0].argmax().item<int64_t>();
+  p.target = target_class >= 0 ? target_class : p.winner;
+  p.scores = to_vector(
+      out.attention.defined() ? out.attention[0]
+                              : torch::softmax(out.patch_logits[0], 1).select(1, p.target));
+  p.score_name = out.attention.defined()
+                     ? "attention"
+                     : fmt::format("p({})", config.class_names[static_cast<size_t>(p.target)]);
+  return p;
+}
+
+std::vector<int64_t> top_tiles(const std::vector<double>& scores, int64_t top) {
+  std::vector<int64_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  const auto k = std::min<size_t>(static_cast<size_t>(std::max<int64_t>(top, 0)), order.size());
+  std::partial_sort(
+      order.begin(),
+      order.begin() + static_cast<std::ptrdiff_t>(k),
+      order.end(),
+      [&](int64_t a, int64_t b) {
+        return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(b)];
+      });
+  order.resize(k);
+  return order;
+}
+
+nlohmann::json grid_prediction_json(
+    const PatchClassifierImpl& model, const std::string& file, const at::Tensor& patch_logits,
+    const at::Tensor& log_probs) {
+  const ModelConfig& config = model.config();
+  std::vector<std::vector<double>> patch_probs;
+  nlohmann::json patches = nlohmann::json::array();
+  const at::Tensor pp = torch::softmax(patch_logits, /*dim=*/1);
+  for (int64_t p = 0; p < pp.size(0); ++p) {
+    patch_probs.push_back(to_vector(pp[p]));
+    const PatchBox& b = model.grid().boxes()[static_cast<size_t>(p)];
+    patches.push_back(
+        {{"x", b.x},
+         {"y", b.y},
+         {"w", b.w},
+         {"h", b.h},
+         {"flip", b.flip},
+         {"probabilities", patch_probs.back()}});
+  }
+  const std::vector<double> probs = to_vector(log_probs.exp());
+  const int64_t winner = log_probs.argmax().item<int64_t>();
+  return {
+      {"file", file},
+      {"patches", patches},
+      {"patch_probabilities", patch_probs},
+      {"probabilities", probs},
+      {"class", winner},
+      {"label", config.class_names[static_cast<size_t>(winner)]},
+      {"probability", probs[static_cast<size_t>(winner)]}};
+}
+
+nlohmann::json bag_prediction_json(
+    const ModelConfig& config, const std::string& file, const Bag& bag, const BagPrediction& p,
+    int64_t top) {
+  nlohmann::json tiles = nlohmann::json::array();
+  for (int64_t t : top_tiles(p.scores, top)) {
+    const Box& b = bag.boxes[static_cast<size_t>(t)];
+    tiles.push_back(
+        {{"x", b.x},
+         {"y", b.y},
+         {"w", b.w},
+         {"h", b.h},
+         {"score", p.scores[static_cast<size_t>(t)]}});
+  }
+  return {
+      {"file", file},
+      {"tiles", bag.tiles.size(0)},
+      {"level", bag.level},
+      {"probabilities", p.probabilities},
+      {"class", p.winner},
+      {"label", config.class_names[static_cast<size_t>(p.winner)]},
+      {"probability", p.probabilities[static_cast<size_t>(p.winner)]},
+      {"score", p.score_name},
+      {"top_tiles", tiles}};
+}
+
+}  // namespace patchwise

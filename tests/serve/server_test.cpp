@@ -1,0 +1,313 @@
+#include "patchwise/serve/server.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "patchwise/core/model_file.h"
+#include "patchwise/core/patch_classifier.h"
+#include "patchwise/data/image.h"
+#include "patchwise/report/prediction.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+using ::testing::HasSubstr;
+
+/// A grid model of random weights (seeded), on 28x28 grey images, three classes.
+PatchClassifier random_model(uint64_t seed) {
+  torch::manual_seed(seed);
+  ModelConfig c;
+  c.class_names = {"a", "b", "c"};
+  c.backbone.num_classes = 3;
+  c.normalization = {{0.3}, {0.2}};
+  PatchClassifier model(c);
+  model->eval();
+  return model;
+}
+
+/// Random 28x28 grey images as PNG bytes, with their tensors.
+struct Images {
+  std::vector<at::Tensor> tensors;
+  std::vector<std::string> png;
+};
+Images random_images(int n) {
+  Images images;
+  for (int i = 0; i < n; ++i) {
+    images.tensors.push_back(torch::randint(0, 256, {1, 28, 28}, torch::kUInt8));
+    images.png.push_back(encode_png(images.tensors.back()));
+  }
+  return images;
+}
+
+/// What the model itself says about `image`: the answer the server must give.
+std::vector<double> expected_probabilities(PatchClassifier& model, const at::Tensor& image) {
+  torch::InferenceMode guard;
+  const PatchOutput out = model->forward(image.unsqueeze(0));
+  return grid_prediction_json(*model, "x", out.patch_logits[0], out.log_probs[0])["probabilities"]
+      .get<std::vector<double>>();
+}
+
+double max_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  double d = a.size() == b.size() ? 0.0 : 1e9;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(a[i] - b[i]));
+  return d;
+}
+
+/// The same image in a batch of another size goes through float32 kernels that may
+/// block the sums differently: the probabilities then differ by a few float32 rounding
+/// steps of logits of order 10, far below this.
+constexpr double kTolerance = 1e-4;
+
+class ServerTest : public test::SeededTest {
+ protected:
+  void start(ServeOptions options = {}) {
+    model_ = random_model(7);
+    save_model(path("m.pw"), model_, nullptr);
+    options.port = 0;
+    server_ = std::make_unique<ModelServer>(path("m.pw"), options);
+    port_ = server_->bind();
+    serving_ = std::thread([this] { server_->serve(); });
+  }
+  void TearDown() override {
+    if (server_) server_->stop();
+    if (serving_.joinable()) serving_.join();
+    test::SeededTest::TearDown();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(30, 0);
+    return c;
+  }
+
+  PatchClassifier model_{nullptr};
+  std::unique_ptr<ModelServer> server_;
+  std::thread serving_;
+  int port_ = 0;
+};
+
+TEST_F(ServerTest, AnswersAsTheModelDoesFromARawBodyOrAForm) {
+  start();
+  const Images images = random_images(1);
+  const std::vector<double> expected = expected_probabilities(model_, images.tensors[0]);
+  auto c = client();
+  auto raw = c.Post("/v1/predict", images.png[0], "image/png");
+  ASSERT_TRUE(raw);
+  ASSERT_EQ(raw->status, 200) << raw->body;
+  const auto answer = nlohmann::json::parse(raw->body);
+  EXPECT_LT(
+      max_difference(answer["probabilities"].get<std::vector<double>>(), expected), kTolerance);
+  EXPECT_EQ(answer["patches"].size(), 4u);
+  EXPECT_EQ(answer["patches"][1]["x"], 10);
+  EXPECT_EQ(answer["label"], answer["class"] == 0 ? "a" : answer["class"] == 1 ? "b" : "c");
+
+  httplib::MultipartFormDataItems form = {{"image", images.png[0], "digit.png", "image/png"}};
+  auto multipart = c.Post("/v1/predict", form);
+  ASSERT_TRUE(multipart);
+  ASSERT_EQ(multipart->status, 200) << multipart->body;
+  const auto from_form = nlohmann::json::parse(multipart->body);
+  EXPECT_EQ(from_form["file"], "digit.png");
+  EXPECT_LT(
+      max_difference(from_form["probabilities"].get<std::vector<double>>(), expected), kTolerance);
+}
+
+TEST_F(ServerTest, ConcurrentRequestsShareForwardPassesAndEachGetsItsOwnAnswer) {
+  ServeOptions options;
+  options.batching = {/*max_batch=*/16, /*max_delay_ms=*/50, /*max_queue=*/256};
+  start(options);
+  constexpr int kClients = 12, kEach = 4;
+  const Images images = random_images(kClients);
+  std::vector<std::vector<double>> expected;
+  for (const auto& t : images.tensors) expected.push_back(expected_probabilities(model_, t));
+  std::atomic<int> wrong{0}, failed{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto c = client();
+      for (int r = 0; r < kEach; ++r) {
+        auto res = c.Post("/v1/predict", images.png[static_cast<size_t>(i)], "image/png");
+        if (!res || res->status != 200) {
+          ++failed;
+          continue;
+        }
+        const auto probs =
+            nlohmann::json::parse(res->body)["probabilities"].get<std::vector<double>>();
+        // Its own image's answer, and closer to it than to any other image's.
+        int nearest = 0;
+        for (int j = 1; j < kClients; ++j) {
+          if (max_difference(probs, expected[static_cast<size_t>(j)]) <
+              max_difference(probs, expected[static_cast<size_t>(nearest)])) {
+            nearest = j;
+          }
+        }
+        if (nearest != i || max_difference(probs, expected[static_cast<size_t>(i)]) > kTolerance) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
+  const auto [largest, passes] = server_->batches();
+  EXPECT_GT(largest, 1u) << "12 concurrent clients never shared a forward pass";
+  EXPECT_LT(passes, static_cast<uint64_t>(kClients * kEach));
+}
+
+TEST_F(ServerTest, RefusesWhatItCannotHandleWithTheRightStatus) {
+  ServeOptions options;
+  options.max_upload = 4096;
+  start(options);
+  auto c = client();
+  const auto status = [](const httplib::Result& r) { return r ? r->status : -1; };
+  const auto error = [](const httplib::Result& r) {
+    return r ? nlohmann::json::parse(r->body).value("error", "") : std::string("no answer");
+  };
+  const std::string png = random_images(1).png[0];
+  EXPECT_EQ(status(c.Get("/nowhere")), 404);
+  auto wrong_method = c.Get("/v1/predict");
+  EXPECT_EQ(status(wrong_method), 405);
+  EXPECT_EQ(wrong_method->get_header_value("Allow"), "POST");
+  EXPECT_EQ(status(c.Delete("/v1/model", "x", "text/plain")), 405);
+  EXPECT_EQ(status(c.Post("/v1/predict", "{}", "application/json")), 415);
+  auto garbage = c.Post("/v1/predict", "not an image", "application/octet-stream");
+  EXPECT_EQ(status(garbage), 400);
+  EXPECT_THAT(error(garbage), HasSubstr("not a PNG, JPEG"));
+  EXPECT_EQ(status(c.Post("/v1/predict", "", "image/png")), 400);
+  EXPECT_EQ(status(c.Post("/v1/predict", png.substr(0, png.size() / 2), "image/png")), 400);
+  // A PNG header that declares 100,000 x 100,000 pixels: refused before any decoding.
+  at::Tensor tiny = torch::zeros({1, 2, 2}, torch::kUInt8);
+  std::string huge = encode_png(tiny);
+  const unsigned char side[4] = {0x00, 0x01, 0x86, 0xa0};  // 100000, big-endian
+  huge.replace(16, 4, reinterpret_cast<const char*>(side), 4);
+  huge.replace(20, 4, reinterpret_cast<const char*>(side), 4);
+  const auto crc = static_cast<uint32_t>(
+      crc32(0L, reinterpret_cast<const Bytef*>(huge.data() + 12), 17));  // IHDR's type and data
+  for (int i = 0; i < 4; ++i)
+    huge[static_cast<size_t>(29 + i)] = static_cast<char>(crc >> (24 - 8 * i));
+  auto declared = c.Post("/v1/predict", huge, "image/png");
+  EXPECT_EQ(status(declared), 400);
+  EXPECT_THAT(error(declared), HasSubstr("100000x100000"));
+  auto large = c.Post("/v1/predict", std::string(8192, 'x'), "image/png");
+  EXPECT_EQ(status(large), 413);
+  httplib::Headers flood;
+  for (int i = 0; i < 150; ++i) flood.emplace("X-Flood-" + std::to_string(i), "1");
+  EXPECT_EQ(status(c.Get("/healthz", flood)), 431);
+  // After all that, the server still answers.
+  EXPECT_EQ(status(c.Post("/v1/predict", png, "image/png")), 200);
+}
+
+TEST_F(ServerTest, AConnectionStaysInStepAfterARefusedBody) {
+  start();
+  const Images images = random_images(1);
+  auto c = client();
+  c.set_keep_alive(true);
+  EXPECT_EQ(c.Post("/elsewhere", std::string(3000, 'y'), "image/png")->status, 404);
+  EXPECT_EQ(c.Put("/v1/predict", images.png[0], "image/png")->status, 405);
+  auto res = c.Post("/v1/predict", images.png[0], "image/png");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_LT(
+      max_difference(
+          nlohmann::json::parse(res->body)["probabilities"].get<std::vector<double>>(),
+          expected_probabilities(model_, images.tensors[0])),
+      kTolerance);
+}
+
+TEST_F(ServerTest, ATokenGuardsTheApiButNotTheProbes) {
+  ServeOptions options;
+  options.token = "s3cret";
+  start(options);
+  auto c = client();
+  const std::string png = random_images(1).png[0];
+  auto none = c.Post("/v1/predict", png, "image/png");
+  EXPECT_EQ(none->status, 401);
+  EXPECT_EQ(none->get_header_value("WWW-Authenticate"), "Bearer");
+  EXPECT_EQ(c.Get("/v1/model", {{"Authorization", "Bearer wrong!"}})->status, 401);
+  EXPECT_EQ(c.Get("/metrics")->status, 401);
+  EXPECT_EQ(c.Get("/healthz")->status, 200);
+  EXPECT_EQ(c.Get("/")->status, 200);
+  EXPECT_EQ(
+      c.Post("/v1/predict", {{"Authorization", "Bearer s3cret"}}, png, "image/png")->status, 200);
+}
+
+TEST_F(ServerTest, ProbesModelInformationMetricsAndThePage) {
+  start();
+  auto c = client();
+  EXPECT_EQ(c.Get("/healthz")->status, 200);
+  EXPECT_EQ(c.Get("/readyz")->status, 200);
+  auto model = c.Get("/v1/model");
+  ASSERT_EQ(model->status, 200);
+  const auto info = nlohmann::json::parse(model->body);
+  EXPECT_EQ(info["classes"], nlohmann::json({"a", "b", "c"}));
+  EXPECT_EQ(info["config"]["backbone"]["name"], "small-cnn");
+  ASSERT_EQ(c.Post("/v1/predict", random_images(1).png[0], "image/png")->status, 200);
+  auto metrics = c.Get("/metrics");
+  ASSERT_EQ(metrics->status, 200);
+  EXPECT_THAT(metrics->get_header_value("Content-Type"), HasSubstr("text/plain"));
+  EXPECT_THAT(
+      metrics->body, HasSubstr("patchwise_requests_total{path=\"/v1/predict\",status=\"200\"} 1"));
+  EXPECT_THAT(metrics->body, HasSubstr("patchwise_batch_size_count 1"));
+  EXPECT_THAT(metrics->body, HasSubstr("patchwise_images_total 1"));
+  EXPECT_THAT(metrics->body, HasSubstr("patchwise_queue_depth 0"));
+  auto page = c.Get("/");
+  EXPECT_THAT(page->get_header_value("Content-Type"), HasSubstr("text/html"));
+  EXPECT_THAT(page->body, HasSubstr("/v1/predict"));
+}
+
+TEST_F(ServerTest, ReloadSwapsTheModelAndABadFileKeepsTheCurrentOne) {
+  start();
+  const Images images = random_images(1);
+  PatchClassifier other = random_model(99);
+  save_model(path("other.pw"), other, nullptr);
+  auto c = client();
+  const auto probabilities = [&] {
+    auto res = c.Post("/v1/predict", images.png[0], "image/png");
+    return nlohmann::json::parse(res->body)["probabilities"].get<std::vector<double>>();
+  };
+  server_->reload(path("other.pw"));
+  EXPECT_LT(
+      max_difference(probabilities(), expected_probabilities(other, images.tensors[0])),
+      kTolerance);
+  std::ofstream(path("bad.pw")) << "not a model";
+  EXPECT_THROW(server_->reload(path("bad.pw")), InputError);
+  EXPECT_LT(
+      max_difference(probabilities(), expected_probabilities(other, images.tensors[0])),
+      kTolerance);
+}
+
+TEST_F(ServerTest, StopAnswersTheRequestsTakenAndReturns) {
+  ServeOptions options;
+  options.batching = {4, 20, 256};
+  start(options);
+  const std::string png = random_images(1).png[0];
+  std::atomic<int> bad_status{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&] {
+      auto c = client();
+      for (int r = 0; r < 20; ++r) {
+        auto res = c.Post("/v1/predict", png, "image/png");
+        if (!res) break;  // the listening socket is gone: refused, not half-answered
+        if (res->status != 200 && res->status != 503) ++bad_status;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server_->stop();
+  serving_.join();
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(bad_status.load(), 0);
+}
+
+}  // namespace
+}  // namespace patchwise
