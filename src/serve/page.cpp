@@ -83,8 +83,8 @@ function boxes() {
   if (!answer) return [];
   if (answer.patches) {
     return answer.patches.map((p) => ({ x: p.x, y: p.y, w: p.w, h: p.h,
-      score: p.probabilities[answer.class], sx: image.width / info.config.image_w,
-      sy: image.height / info.config.image_h }));
+      score: p.probabilities[answer.class], sx: image.width / info.config.image.width,
+      sy: image.height / info.config.image.height }));
   }
   const top = answer.top_tiles || [];
   const max = Math.max(...top.map((t) => t.score), 1e-12);
