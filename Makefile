@@ -9,7 +9,7 @@ export CCACHE_BASEDIR ?= $(CURDIR)
 SECONDS  ?= 60
 TARGETS  ?=
 
-.PHONY: deps build run test test-sanitize bench fuzz clean
+.PHONY: deps build run test test-sanitize bench bench-serve soak-serve fuzz clean
 
 deps:
 	@scripts/install-deps
@@ -47,6 +47,14 @@ REPS ?= 3
 bench: build
 	@scripts/install-deps bench
 	bench/run-bench --build $(BUILD) --reps $(REPS)
+
+# patchwise serve under load (wrk) beside a Python server doing the same job, and a
+# soak of mixed good and bad requests (bench/run-serve, bench/serve-soak).
+bench-serve: build
+	@scripts/install-deps bench
+	bench/run-serve --build $(BUILD)
+soak-serve: build
+	bench/serve-soak --build $(BUILD)
 
 # Every libFuzzer target (clang, ASan + UBSan) for SECONDS each.
 fuzz:

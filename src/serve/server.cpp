@@ -462,6 +462,9 @@ void ModelServer::Impl::predict(
 
 void ModelServer::Impl::routes() {
   http.set_payload_max_length(static_cast<size_t>(options.max_upload));
+  // Without it the answer's headers and body wait on each other's acknowledgement
+  // (Nagle's algorithm against delayed ACKs): 40 ms for every request of a lone client.
+  http.set_tcp_nodelay(true);
   const auto timeout = std::chrono::duration<double>(options.timeout_s);
   http.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   http.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
