@@ -1,15 +1,14 @@
 // Writes the fuzzers' seed corpora: small valid files of every kind, one folder per
-// target (idx, cifar, digits_json, image, model_file, region, manifest) under the folder given.
+// target (idx, cifar, digits_json, image, model_file, region, manifest, request) under the folder
+// given.
 //
 //   fuzz_seeds OUT_DIR
+#include <torch/torch.h>
 #include <zlib.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
-#include <torch/torch.h>
-
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/model_file.h"
@@ -34,8 +33,31 @@ void gzip_copy(const fs::path& from, const fs::path& to) {
   gzclose(out);
 }
 
+/// Requests to patchwise serve: an image raw and in a form, chunked, probes, refusals.
+void write_request_seeds(const fs::path& dir, const std::string& png) {
+  const auto post = [&](const std::string& type, const std::string& body) {
+    return "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + type +
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  };
+  const std::string form =
+      "--b\r\nContent-Disposition: form-data; name=\"image\"; "
+      "filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n" +
+      png + "\r\n--b--\r\n";
+  std::ofstream(dir / "raw") << post("image/png", png);
+  std::ofstream(dir / "form") << post("multipart/form-data; boundary=b", form);
+  std::ofstream(dir / "chunked") << "POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+                                    "Transfer-Encoding: chunked\r\nContent-Type: image/png\r\n\r\n"
+                                 << std::hex << png.size() << "\r\n"
+                                 << png << "\r\n0\r\n\r\n";
+  std::ofstream(dir / "two") << "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                             << post("application/json", "{}");
+  std::ofstream(dir / "model") << "GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::ofstream(dir / "method") << "DELETE /v1/predict HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+}
+
 void write_seeds(const fs::path& root) {
-  for (const char* target : {"idx", "cifar", "digits_json", "image", "model_file", "region", "manifest"}) {
+  for (const char* target :
+       {"idx", "cifar", "digits_json", "image", "model_file", "region", "manifest", "request"}) {
     fs::create_directories(root / target);
   }
   torch::manual_seed(0);
@@ -71,8 +93,8 @@ void write_seeds(const fs::path& root) {
   const at::Tensor slide = torch::randint(0, 256, {3, 40, 56}, torch::kUInt8);
   write_pyramid_tiff((root / "region/deflate.tif").string(), slide, {16, 0.5, 0});
   write_pyramid_tiff((root / "region/jpeg.tif").string(), slide, {16, 0, 80});
-  write_pyramid_tiff((root / "region/gray.tif").string(), slide.narrow(0, 0, 1).contiguous(),
-                     {16, 0, 0});
+  write_pyramid_tiff(
+      (root / "region/gray.tif").string(), slide.narrow(0, 0, 1).contiguous(), {16, 0, 0});
   write_image((root / "region/rgb.png").string(), rgb);
   write_image((root / "region/rgb.jpg").string(), rgb);
 
@@ -87,6 +109,7 @@ void write_seeds(const fs::path& root) {
   config.normalization = {{0.5}, {0.25}};
   PatchClassifier model(config);
   save_model((root / "model_file/small.pw").string(), model, nullptr);
+  write_request_seeds(root / "request", encode_png(gray));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -269,6 +270,9 @@ struct ModelServer::Impl {
 
 ModelServer::Impl::Impl(const std::string& model_path, ServeOptions o)
     : options(std::move(o)), device(resolve_device(options.device)) {
+  // cpp-httplib 0.11 sends without MSG_NOSIGNAL: a client gone before its answer would
+  // otherwise end the whole process with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   loaded = load(model_path, device);
   char dir[] = "/tmp/patchwise-serve-XXXXXX";
   check_input(::mkdtemp(dir) != nullptr, "serve: cannot create a folder for uploads in /tmp");

@@ -1,9 +1,13 @@
 #include "patchwise/serve/server.h"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <torch/torch.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <atomic>
@@ -221,6 +225,39 @@ TEST_F(ServerTest, AConnectionStaysInStepAfterARefusedBody) {
           nlohmann::json::parse(res->body)["probabilities"].get<std::vector<double>>(),
           expected_probabilities(model_, images.tensors[0])),
       kTolerance);
+}
+
+/// Sends `request` on a new connection and closes it at once (a reset: SO_LINGER 0).
+void send_and_vanish(int port, const std::string& request) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+      static_cast<ssize_t>(request.size()));
+  linger reset{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  ::close(fd);
+}
+
+TEST_F(ServerTest, ClientsGoneBeforeTheirAnswerOrMidBodyLeaveTheServerServing) {
+  start();
+  const std::string png = random_images(1).png[0];
+  const std::string head =
+      "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+      "Content-Length: " +
+      std::to_string(png.size()) + "\r\n\r\n";
+  for (int i = 0; i < 10; ++i) {
+    send_and_vanish(port_, head + png);                // gone before the answer
+    send_and_vanish(port_, head + png.substr(0, 40));  // gone mid-body
+  }
+  auto c = client();
+  auto res = c.Post("/v1/predict", png, "image/png");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
 }
 
 TEST_F(ServerTest, ATokenGuardsTheApiButNotTheProbes) {
