@@ -1,5 +1,6 @@
 #include "patchwise/data/image.h"
 
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,11 +10,11 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
-#include <tuple>
-
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <torch/torch.h>
+#include <sstream>
+#include <thread>
+#include <tuple>
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
@@ -24,13 +25,18 @@ namespace {
 
 /// uint8 [C,H,W] -> an 8-bit cv::Mat (BGR for 3 channels), a copy.
 cv::Mat to_mat(const at::Tensor& image) {
-  TORCH_CHECK(image.dim() == 3 && image.scalar_type() == torch::kUInt8 &&
-                  (image.size(0) == 1 || image.size(0) == 3),
-              "expected uint8 [C,H,W] with C = 1 or 3, got ", image.sizes());
+  TORCH_CHECK(
+      image.dim() == 3 && image.scalar_type() == torch::kUInt8 &&
+          (image.size(0) == 1 || image.size(0) == 3),
+      "expected uint8 [C,H,W] with C = 1 or 3, got ",
+      image.sizes());
   at::Tensor hwc = image.permute({1, 2, 0}).contiguous();
   const int channels = static_cast<int>(image.size(0));
-  cv::Mat mat(static_cast<int>(image.size(1)), static_cast<int>(image.size(2)),
-              CV_8UC(channels), hwc.data_ptr<uint8_t>());
+  cv::Mat mat(
+      static_cast<int>(image.size(1)),
+      static_cast<int>(image.size(2)),
+      CV_8UC(channels),
+      hwc.data_ptr<uint8_t>());
   cv::Mat out;
   if (channels == 3) {
     cv::cvtColor(mat, out, cv::COLOR_RGB2BGR);
@@ -44,19 +50,22 @@ cv::Mat to_mat(const at::Tensor& image) {
 /// OpenCV sees it: Debian's OpenCV hands unknown files to GDAL, whose many
 /// decoders (DICOM, NITF, ...) are far outside what an image classifier needs and
 /// abort on malformed input.
-bool known_image_signature(const std::string& path) {
-  char head[12] = {};
-  std::ifstream in(path, std::ios::binary);
-  in.read(head, sizeof(head));
-  const auto n = static_cast<size_t>(in.gcount());
+bool known_image_signature(const char* head, size_t n) {
   auto starts = [&](const char* magic, size_t len) {
     return n >= len && std::memcmp(head, magic, len) == 0;
   };
   return starts("\x89PNG\r\n\x1a\n", 8) || starts("\xff\xd8\xff", 3) || starts("BM", 2) ||
          starts("II*\0", 4) || starts("MM\0*", 4) ||
-         (n >= 2 && head[0] == 'P' && ((head[1] >= '1' && head[1] <= '6') || head[1] == 'F' ||
-                                       head[1] == 'f')) ||
+         (n >= 2 && head[0] == 'P' &&
+          ((head[1] >= '1' && head[1] <= '6') || head[1] == 'F' || head[1] == 'f')) ||
          (starts("RIFF", 4) && n >= 12 && std::memcmp(head + 8, "WEBP", 4) == 0);
+}
+
+bool known_image_signature(const std::string& path) {
+  char head[12] = {};
+  std::ifstream in(path, std::ios::binary);
+  in.read(head, sizeof(head));
+  return known_image_signature(head, static_cast<size_t>(in.gcount()));
 }
 
 /// Largest width x height decoded whole: the region readers' --max-pixels default.
@@ -67,8 +76,7 @@ constexpr int64_t kMaxDecodedPixels = 100'000'000;
 /// A JPEG's width and height from its first frame header (SOFn), or 0 x 0: libvips
 /// refuses a truncated JPEG whose header OpenCV still trusts.
 /// Reads each segment's header and seeks past its body, so that only headers are read.
-std::pair<int64_t, int64_t> jpeg_frame_size(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+std::pair<int64_t, int64_t> jpeg_frame_size(std::istream& in) {
   in.seekg(2);  // past SOI
   unsigned char m[9];
   while (in.read(reinterpret_cast<char*>(m), 2)) {
@@ -88,6 +96,39 @@ std::pair<int64_t, int64_t> jpeg_frame_size(const std::string& path) {
   return {0, 0};
 }
 
+void check_pixels(int64_t w, int64_t h, const std::string& name) {
+  check_input(
+      w * h <= kMaxDecodedPixels,
+      "{}: {}x{} = {} pixels, expected at most {} for an image decoded whole",
+      name,
+      w,
+      h,
+      w * h,
+      kMaxDecodedPixels);
+}
+
+/// The width and height a PNG's or JPEG's header declares (0 x 0 when it declares
+/// none), read from its bytes; false for the other formats.
+bool declared_size(const std::string& bytes, int64_t& w, int64_t& h) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const auto be32 = [&](size_t at) {
+    return (int64_t{b[at]} << 24) | (int64_t{b[at + 1]} << 16) | (int64_t{b[at + 2]} << 8) |
+           b[at + 3];
+  };
+  if (bytes.rfind("\x89PNG\r\n\x1a\n", 0) == 0) {
+    const bool ihdr = bytes.size() >= 24 && bytes.compare(12, 4, "IHDR") == 0;
+    w = ihdr ? be32(16) : 0;
+    h = ihdr ? be32(20) : 0;
+    return true;
+  }
+  if (bytes.rfind("\xff\xd8\xff", 0) == 0) {
+    std::istringstream in(bytes);
+    std::tie(w, h) = jpeg_frame_size(in);
+    return true;
+  }
+  return false;
+}
+
 void check_declared_size(const std::string& path) {
   int64_t w = 0, h = 0;
   try {
@@ -95,24 +136,23 @@ void check_declared_size(const std::string& path) {
     w = header->width();
     h = header->height();
   } catch (const InputError&) {
-    std::tie(w, h) = jpeg_frame_size(path);  // else OpenCV decides, with its own message
+    std::ifstream in(path, std::ios::binary);
+    std::tie(w, h) = jpeg_frame_size(in);  // else OpenCV decides, with its own message
   }
-  check_input(w * h <= kMaxDecodedPixels,
-              "{}: {}x{} = {} pixels, expected at most {} for an image decoded whole", path, w, h,
-              w * h, kMaxDecodedPixels);
+  check_pixels(w, h, path);
 }
 
 /// Runs `decode` with the process's stderr captured, and returns what was printed:
 /// the codecs under OpenCV (libpng, libjpeg, libtiff) print their complaints there,
 /// which would break the one-line error (or litter a successful read with warnings).
+/// One scratch file, made once and emptied after each use, takes the text.
 std::string capture_stderr(const std::function<void()>& decode) {
   static std::mutex mutex;
+  static FILE* sink = std::tmpfile();
   std::lock_guard<std::mutex> lock(mutex);
   std::fflush(stderr);
-  FILE* sink = std::tmpfile();
   const int saved = sink ? ::dup(STDERR_FILENO) : -1;
   if (saved < 0) {
-    if (sink) std::fclose(sink);
     decode();
     return "";
   }
@@ -126,15 +166,20 @@ std::string capture_stderr(const std::function<void()>& decode) {
     decode();
   } catch (...) {
     restore();
-    std::fclose(sink);
+    std::rewind(sink);
+    [[maybe_unused]] const int ignored = ::ftruncate(::fileno(sink), 0);
     throw;
   }
   restore();
   std::string text;
+  const long size = std::ftell(sink);
+  if (size > 0) {
+    std::rewind(sink);
+    text.resize(static_cast<size_t>(size));
+    text.resize(std::fread(text.data(), 1, text.size(), sink));
+  }
   std::rewind(sink);
-  char buffer[512];
-  for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), sink)) > 0;) text.append(buffer, n);
-  std::fclose(sink);
+  [[maybe_unused]] const int ignored = ::ftruncate(::fileno(sink), 0);
   return text;
 }
 
@@ -162,10 +207,18 @@ at::Tensor from_mat(const cv::Mat& mat) {
 cv::Mat resized_mat(const cv::Mat& mat, int64_t h, int64_t w) {
   cv::Mat out;
   const bool shrinking = h < mat.rows || w < mat.cols;
-  cv::resize(mat, out, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
-             shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
+  cv::resize(
+      mat,
+      out,
+      cv::Size(static_cast<int>(w), static_cast<int>(h)),
+      0,
+      0,
+      shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
   return out;
 }
+
+cv::Mat convert_decoded(
+    cv::Mat raw, const std::string& complaint, const std::string& path, int64_t channels);
 
 /// The file decoded as an 8-bit Mat of `channels` (0: its own, grey or 3) in OpenCV's
 /// BGR order.
@@ -173,10 +226,15 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
   namespace fs = std::filesystem;
   check_input(fs::exists(path), "{}: no such image file", path);
   check_input(fs::is_regular_file(path), "{}: expected an image file, found a directory", path);
-  check_input(channels == 0 || channels == 1 || channels == 3,
-              "{}: {} channels requested, expected 1 or 3", path, channels);
-  check_input(known_image_signature(path),
-              "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file", path);
+  check_input(
+      channels == 0 || channels == 1 || channels == 3,
+      "{}: {} channels requested, expected 1 or 3",
+      path,
+      channels);
+  check_input(
+      known_image_signature(path),
+      "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file",
+      path);
   check_declared_size(path);
   cv::Mat raw;
   std::string complaint;
@@ -185,10 +243,18 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
   } catch (const cv::Exception& e) {
     throw InputError(fmt::format("{}: cannot decode image ({})", path, last_line(e.msg)));
   }
+  return convert_decoded(raw, complaint, path, channels);
+}
+
+/// A Mat as OpenCV decoded it (any depth, 1 to 4 channels) as 8 bits of `channels`
+/// (0: 1 for grey, else 3), or InputError naming `path` with what the codec said.
+cv::Mat convert_decoded(
+    cv::Mat raw, const std::string& complaint, const std::string& path, int64_t channels) {
   if (raw.empty() || raw.rows <= 0 || raw.cols <= 0) {
-    throw InputError(complaint.empty()
-                         ? fmt::format("{}: cannot decode image", path)
-                         : fmt::format("{}: cannot decode image ({})", path, last_line(complaint)));
+    throw InputError(
+        complaint.empty()
+            ? fmt::format("{}: cannot decode image", path)
+            : fmt::format("{}: cannot decode image ({})", path, last_line(complaint)));
   }
   if (raw.depth() == CV_32F || raw.depth() == CV_64F) {
     // Floating-point files (TIFF, PFM, EXR) hold intensities in [0, 1]; NaN,
@@ -198,8 +264,11 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
     if (!cv::checkRange(flat, /*quiet=*/true, &where, 0.0, 1.0 + 1e-6)) {
       const double value = raw.depth() == CV_32F ? flat.at<float>(where) : flat.at<double>(where);
       throw InputError(fmt::format(
-          "{}: pixel value {} at row {}, column {}, expected floating-point pixels in [0, 1]", path,
-          value, where.y, where.x / raw.channels()));
+          "{}: pixel value {} at row {}, column {}, expected floating-point pixels in [0, 1]",
+          path,
+          value,
+          where.y,
+          where.x / raw.channels()));
     }
     cv::Mat scaled;
     raw.convertTo(scaled, CV_8U, 255.0);
@@ -209,10 +278,12 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
     raw.convertTo(scaled, CV_8U, 1.0 / 257.0);
     raw = scaled;
   } else {
-    check_input(raw.depth() == CV_8U,
-                "{}: signed integer pixels (OpenCV depth {}), expected 8- or 16-bit unsigned or "
-                "floating-point pixels",
-                path, raw.depth());
+    check_input(
+        raw.depth() == CV_8U,
+        "{}: signed integer pixels (OpenCV depth {}), expected 8- or 16-bit unsigned or "
+        "floating-point pixels",
+        path,
+        raw.depth());
   }
   cv::Mat mat;
   const int file_channels = raw.channels();
@@ -238,6 +309,50 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
 
 at::Tensor read_image(const std::string& path, int64_t channels) {
   return from_mat(decode_mat(path, channels));
+}
+
+at::Tensor decode_image(const std::string& bytes, const std::string& name, int64_t channels) {
+  check_input(
+      channels == 0 || channels == 1 || channels == 3,
+      "{}: {} channels requested, expected 1 or 3",
+      name,
+      channels);
+  check_input(
+      known_image_signature(bytes.data(), bytes.size()),
+      "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file",
+      name);
+  int64_t w = 0, h = 0;
+  if (!declared_size(bytes, w, h)) {
+    // Formats whose header only libvips reads: through a file, as read_image.
+    const std::string path = (std::filesystem::temp_directory_path() /
+                              fmt::format(
+                                  "patchwise-decode-{}-{}",
+                                  ::getpid(),
+                                  std::hash<std::thread::id>()(std::this_thread::get_id())))
+                                 .string();
+    std::ofstream(path, std::ios::binary) << bytes;
+    struct Remove {
+      std::string path;
+      ~Remove() { std::remove(path.c_str()); }
+    } remove{path};
+    try {
+      return read_image(path, channels);
+    } catch (const InputError& e) {
+      std::string message = e.what();
+      if (message.rfind(path, 0) == 0) message.replace(0, path.size(), name);
+      throw InputError(message);
+    }
+  }
+  check_pixels(w, h, name);
+  cv::Mat raw;
+  std::string complaint;
+  const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
+  try {
+    complaint = capture_stderr([&] { raw = cv::imdecode(buffer, cv::IMREAD_UNCHANGED); });
+  } catch (const cv::Exception& e) {
+    throw InputError(fmt::format("{}: cannot decode image ({})", name, last_line(e.msg)));
+  }
+  return from_mat(convert_decoded(raw, complaint, name, channels));
 }
 
 void read_image_into(

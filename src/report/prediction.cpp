@@ -60,34 +60,52 @@ std::vector<int64_t> top_tiles(const std::vector<double>& scores, int64_t top) {
   return order;
 }
 
+std::vector<nlohmann::json> grid_predictions_json(
+    const PatchClassifierImpl& model, const std::vector<std::string>& files,
+    const at::Tensor& patch_logits, const at::Tensor& log_probs) {
+  const ModelConfig& config = model.config();
+  // Two conversions for the whole batch; the rows are then read from memory.
+  const at::Tensor pp =
+      torch::softmax(patch_logits, 2).to(torch::kCPU, torch::kFloat64).contiguous();
+  const at::Tensor fused = log_probs.exp().to(torch::kCPU, torch::kFloat64).contiguous();
+  const int64_t n = pp.size(0), patches = pp.size(1), k = pp.size(2);
+  const double* patch_data = pp.data_ptr<double>();
+  const double* fused_data = fused.data_ptr<double>();
+  std::vector<nlohmann::json> out;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<std::vector<double>> patch_probs;
+    nlohmann::json boxes = nlohmann::json::array();
+    for (int64_t p = 0; p < patches; ++p) {
+      const double* row = patch_data + (i * patches + p) * k;
+      patch_probs.emplace_back(row, row + k);
+      const PatchBox& b = model.grid().boxes()[static_cast<size_t>(p)];
+      boxes.push_back(
+          {{"x", b.x},
+           {"y", b.y},
+           {"w", b.w},
+           {"h", b.h},
+           {"flip", b.flip},
+           {"probabilities", patch_probs.back()}});
+    }
+    const std::vector<double> probs(fused_data + i * k, fused_data + (i + 1) * k);
+    const auto winner =
+        static_cast<size_t>(std::max_element(probs.begin(), probs.end()) - probs.begin());
+    out.push_back(
+        {{"file", files[static_cast<size_t>(i)]},
+         {"patches", boxes},
+         {"patch_probabilities", patch_probs},
+         {"probabilities", probs},
+         {"class", winner},
+         {"label", config.class_names[winner]},
+         {"probability", probs[winner]}});
+  }
+  return out;
+}
+
 nlohmann::json grid_prediction_json(
     const PatchClassifierImpl& model, const std::string& file, const at::Tensor& patch_logits,
     const at::Tensor& log_probs) {
-  const ModelConfig& config = model.config();
-  std::vector<std::vector<double>> patch_probs;
-  nlohmann::json patches = nlohmann::json::array();
-  const at::Tensor pp = torch::softmax(patch_logits, /*dim=*/1);
-  for (int64_t p = 0; p < pp.size(0); ++p) {
-    patch_probs.push_back(to_vector(pp[p]));
-    const PatchBox& b = model.grid().boxes()[static_cast<size_t>(p)];
-    patches.push_back(
-        {{"x", b.x},
-         {"y", b.y},
-         {"w", b.w},
-         {"h", b.h},
-         {"flip", b.flip},
-         {"probabilities", patch_probs.back()}});
-  }
-  const std::vector<double> probs = to_vector(log_probs.exp());
-  const int64_t winner = log_probs.argmax().item<int64_t>();
-  return {
-      {"file", file},
-      {"patches", patches},
-      {"patch_probabilities", patch_probs},
-      {"probabilities", probs},
-      {"class", winner},
-      {"label", config.class_names[static_cast<size_t>(winner)]},
-      {"probability", probs[static_cast<size_t>(winner)]}};
+  return grid_predictions_json(model, {file}, patch_logits.unsqueeze(0), log_probs.unsqueeze(0))[0];
 }
 
 nlohmann::json bag_prediction_json(

@@ -82,13 +82,16 @@ void run_group(
     return;
   }
   std::vector<at::Tensor> images;
-  for (size_t i = begin; i < end; ++i) images.push_back(jobs[i].image);
+  std::vector<std::string> names;
+  for (size_t i = begin; i < end; ++i) {
+    images.push_back(jobs[i].image);
+    names.push_back(jobs[i].name);
+  }
   torch::InferenceMode guard;
   const PatchOutput o = model->forward(torch::stack(images).to(model->device()));
-  for (size_t i = begin; i < end; ++i) {
-    const auto row = static_cast<int64_t>(i - begin);
-    out[i] = grid_prediction_json(*model, jobs[i].name, o.patch_logits[row], o.log_probs[row]);
-  }
+  std::vector<nlohmann::json> answers =
+      grid_predictions_json(*model, names, o.patch_logits, o.log_probs);
+  std::move(answers.begin(), answers.end(), out.begin() + static_cast<std::ptrdiff_t>(begin));
 }
 
 /// The batcher's work: consecutive jobs of one model go through it together.
@@ -385,7 +388,19 @@ void ModelServer::Impl::refuse_with_body(
           fmt::join(known->second, " or ")));
 }
 
+/// A grid model's image is decoded from the request's bytes; a tiled model's image goes
+/// through a file, which the region readers open (and read region by region).
 Job ModelServer::Impl::decode(const Upload& up, std::shared_ptr<Loaded> model) {
+  const ModelConfig& config = model->model->config();
+  Job job{std::move(model), up.name, {}, nullptr};
+  if (!config.tiled) {
+    at::Tensor image = decode_image(up.bytes, up.name, config.image_channels);
+    if (image.size(1) != config.image_h || image.size(2) != config.image_w) {
+      image = resize_image(image, config.image_h, config.image_w);
+    }
+    job.image = image;
+    return job;
+  }
   const std::string path =
       fmt::format("{}/{}{}", upload_dir, uploads.fetch_add(1), safe_extension(up.name));
   {
@@ -397,19 +412,9 @@ Job ModelServer::Impl::decode(const Upload& up, std::shared_ptr<Loaded> model) {
     std::string path;
     ~Remove() { std::remove(path.c_str()); }
   } remove{path};
-  const ModelConfig& config = model->model->config();
-  Job job{std::move(model), up.name, {}, nullptr};
   try {
-    if (config.tiled) {
-      job.bag =
-          std::make_shared<const Bag>(read_bag(path, model_bag_options(config, options.reader)));
-    } else {
-      at::Tensor image = read_image(path, config.image_channels);
-      if (image.size(1) != config.image_h || image.size(2) != config.image_w) {
-        image = resize_image(image, config.image_h, config.image_w);
-      }
-      job.image = image;
-    }
+    job.bag =
+        std::make_shared<const Bag>(read_bag(path, model_bag_options(config, options.reader)));
   } catch (const InputError& e) {
     throw InputError(replace_all(e.what(), path, up.name));
   }

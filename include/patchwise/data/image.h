@@ -2,10 +2,10 @@
 // Image files (PNG, JPEG and whatever else OpenCV decodes) to and from uint8
 // [C,H,W] tensors, channels in RGB order.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 namespace patchwise {
 
@@ -14,10 +14,14 @@ namespace patchwise {
 /// when the file is missing or cannot be decoded.
 at::Tensor read_image(const std::string& path, int64_t channels = 0);
 
+/// The bytes of an image file decoded as read_image decodes the file, with the same
+/// checks; `name` names it in errors. PNG and JPEG are decoded in memory, the other
+/// formats through a temporary file.
+at::Tensor decode_image(const std::string& bytes, const std::string& name, int64_t channels = 0);
+
 /// read_image(path, channels) resized to h x w like resize_image(), written to `out`
 /// (channels * h * w bytes, [C,H,W]) with no LibTorch operator: safe on a loader thread.
-void read_image_into(
-    const std::string& path, int64_t channels, int64_t h, int64_t w, uint8_t* out);
+void read_image_into(const std::string& path, int64_t channels, int64_t h, int64_t w, uint8_t* out);
 
 /// Writes uint8 [C,H,W] (C = 1 or 3) to `path`; the extension picks the format.
 /// Throws InputError when it cannot be written.

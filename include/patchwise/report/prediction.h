@@ -42,6 +42,11 @@ nlohmann::json grid_prediction_json(
     const PatchClassifierImpl& model, const std::string& file, const at::Tensor& patch_logits,
     const at::Tensor& log_probs);
 
+/// The same for a batch: patch_logits [B,P,K] and log_probs [B,K], files[b] naming row b.
+std::vector<nlohmann::json> grid_predictions_json(
+    const PatchClassifierImpl& model, const std::vector<std::string>& files,
+    const at::Tensor& patch_logits, const at::Tensor& log_probs);
+
 /// A tiled model's answer for one bag. Keys: file, tiles (the count), level,
 /// probabilities, class, label, probability, score (what the scores are), top_tiles
 /// (x, y, w, h in level-0 pixels and score, best first, at most `top`).

@@ -25,7 +25,8 @@ namespace patchwise {
 
 struct BatcherOptions {
   int64_t max_batch = 16;     ///< most requests in one call of run
-  double max_delay_ms = 5.0;  ///< longest the oldest waiting request waits for others
+  double max_delay_ms = 0.0;  ///< longest the oldest waiting request waits for others; with 0
+                              ///< the requests that arrive during a forward pass share the next
   int64_t max_queue = 256;    ///< most requests waiting; beyond it submit() refuses
 };
 
