@@ -260,6 +260,49 @@ TEST_F(ServerTest, ClientsGoneBeforeTheirAnswerOrMidBodyLeaveTheServerServing) {
   EXPECT_EQ(res->status, 200);
 }
 
+TEST_F(ServerTest, ATiledModelAnswersALargeImageWithItsTopTiles) {
+  torch::manual_seed(3);
+  ModelConfig c;
+  c.tiled = true;
+  c.image_h = c.image_w = c.grid.input = c.grid.patch_h = c.grid.patch_w = 24;
+  c.grid.rows = c.grid.cols = 1;
+  c.fusion = FusionRule::kGatedAttention;
+  c.backbone.num_classes = 2;
+  c.class_names = {"dark", "bright"};
+  c.normalization = {{0.3}, {0.3}};
+  c.tiles.tile = 32;
+  c.tiles.min_foreground = 0;  // every tile of the 3x3 lattice
+  PatchClassifier model(c);
+  model->eval();
+  save_model(path("tiled.pw"), model, nullptr);
+  ServeOptions options;
+  options.port = 0;
+  options.top = 4;
+  ModelServer server(path("tiled.pw"), options);
+  const int port = server.bind();
+  std::thread serving([&] { server.serve(); });
+  const at::Tensor image = torch::randint(0, 256, {1, 96, 96}, torch::kUInt8);
+  httplib::Client client("127.0.0.1", port);
+  auto res = client.Post("/v1/predict", encode_png(image), "image/png");
+  server.stop();
+  serving.join();
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const auto answer = nlohmann::json::parse(res->body);
+  EXPECT_EQ(answer["tiles"], 9);
+  EXPECT_EQ(answer["score"], "attention");
+  ASSERT_EQ(answer["top_tiles"].size(), 4u);
+  EXPECT_GE(
+      answer["top_tiles"][0]["score"].get<double>(), answer["top_tiles"][3]["score"].get<double>());
+  // The model's own answer on the same image's bag.
+  write_image(path("big.png"), image);
+  const Bag bag = read_bag(path("big.png"), model_bag_options(c));
+  const BagPrediction own = predict_bag(model, bag.tiles, -1);
+  EXPECT_LT(
+      max_difference(answer["probabilities"].get<std::vector<double>>(), own.probabilities),
+      kTolerance);
+}
+
 TEST_F(ServerTest, ATokenGuardsTheApiButNotTheProbes) {
   ServeOptions options;
   options.token = "s3cret";
