@@ -35,6 +35,8 @@ def build(model_name):
 def make_handler(model):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # As patchwise serve does: without it a lone client waits on Nagle's algorithm.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):
             pass

@@ -474,6 +474,9 @@ void ModelServer::Impl::routes() {
   // Without it the answer's headers and body wait on each other's acknowledgement
   // (Nagle's algorithm against delayed ACKs): 40 ms for every request of a lone client.
   http.set_tcp_nodelay(true);
+  // httplib closes a kept-alive connection after 5 requests by default; under load the
+  // reconnections overflow its listen backlog of 5 and stall clients for a SYN retry.
+  http.set_keep_alive_max_count(100000);
   const auto timeout = std::chrono::duration<double>(options.timeout_s);
   http.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   http.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
