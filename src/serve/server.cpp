@@ -312,6 +312,27 @@ std::string path_label(const std::string& path) {
   return known_paths().count(path) ? path : "other";
 }
 
+/// 404 for an unknown path, 405 (with Allow) for a method the path does not take:
+/// true when the request was refused.
+bool refuse_route(const httplib::Request& req, httplib::Response& res) {
+  const auto known = known_paths().find(req.path);
+  if (known == known_paths().end()) {
+    send_error(res, 404, fmt::format("{}: no such path", req.path));
+    return true;
+  }
+  if (known->second.count(req.method)) return false;
+  res.set_header("Allow", fmt::format("{}", fmt::join(known->second, ", ")));
+  send_error(
+      res,
+      405,
+      fmt::format(
+          "{} {}: method not allowed, expected {}",
+          req.method,
+          req.path,
+          fmt::join(known->second, " or ")));
+  return true;
+}
+
 thread_local Clock::time_point t_request_start;
 
 bool ModelServer::Impl::authorized(const httplib::Request& req, httplib::Response& res) const {
@@ -349,23 +370,7 @@ httplib::Server::HandlerResponse ModelServer::Impl::pre_route(
       req.get_header_value<uint64_t>("Content-Length") > 0 ||
       req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
   if (has_body) return R::Unhandled;
-  const auto known = known_paths().find(req.path);
-  if (known == known_paths().end()) {
-    send_error(res, 404, fmt::format("{}: no such path", req.path));
-    return R::Handled;
-  }
-  if (!known->second.count(req.method)) {
-    res.set_header("Allow", fmt::format("{}", fmt::join(known->second, ", ")));
-    send_error(
-        res,
-        405,
-        fmt::format(
-            "{} {}: method not allowed, expected {}",
-            req.method,
-            req.path,
-            fmt::join(known->second, " or ")));
-    return R::Handled;
-  }
+  if (refuse_route(req, res)) return R::Handled;
   return authorized(req, res) ? R::Unhandled : R::Handled;
 }
 
@@ -373,19 +378,7 @@ void ModelServer::Impl::refuse_with_body(
     const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
   const Upload up = read_upload(req, read, options.max_upload, res);
   if (up.status == 413) return send_error(res, 413, up.error);
-  const auto known = known_paths().find(req.path);
-  if (known == known_paths().end()) {
-    return send_error(res, 404, fmt::format("{}: no such path", req.path));
-  }
-  res.set_header("Allow", fmt::format("{}", fmt::join(known->second, ", ")));
-  send_error(
-      res,
-      405,
-      fmt::format(
-          "{} {}: method not allowed, expected {}",
-          req.method,
-          req.path,
-          fmt::join(known->second, " or ")));
+  if (!refuse_route(req, res)) send_error(res, 404, fmt::format("{}: no such path", req.path));
 }
 
 /// A grid model's image is decoded from the request's bytes; a tiled model's image goes

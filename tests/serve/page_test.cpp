@@ -15,6 +15,7 @@
 #include "patchwise/data/image.h"
 #include "patchwise/report/prediction.h"
 #include "patchwise/serve/server.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -40,12 +41,7 @@ TEST_F(PageTest, UploadsAnImageAndShowsTheModelsClass) {
   const std::string module = output_of(PATCHWISE_SOURCE_DIR "/scripts/get-puppeteer");
   ASSERT_FALSE(module.empty()) << "scripts/get-puppeteer could not install puppeteer-core";
 
-  ModelConfig c;
-  c.class_names = {"ankle boot", "sneaker", "sandal"};
-  c.backbone.num_classes = 3;
-  c.normalization = {{0.3}, {0.2}};
-  PatchClassifier model(c);
-  model->eval();
+  PatchClassifier model = test::random_grid_model({"ankle boot", "sneaker", "sandal"});
   save_model(path("m.pw"), model, nullptr);
   const at::Tensor image = torch::randint(0, 256, {1, 28, 28}, torch::kUInt8);
   write_image(path("shoe.png"), image);

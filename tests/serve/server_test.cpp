@@ -20,6 +20,7 @@
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/image.h"
 #include "patchwise/report/prediction.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -27,16 +28,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-/// A grid model of random weights (seeded), on 28x28 grey images, three classes.
 PatchClassifier random_model(uint64_t seed) {
-  torch::manual_seed(seed);
-  ModelConfig c;
-  c.class_names = {"a", "b", "c"};
-  c.backbone.num_classes = 3;
-  c.normalization = {{0.3}, {0.2}};
-  PatchClassifier model(c);
-  model->eval();
-  return model;
+  return test::random_grid_model({"a", "b", "c"}, seed);
 }
 
 /// Random 28x28 grey images as PNG bytes, with their tensors.

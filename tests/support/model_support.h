@@ -1,0 +1,26 @@
+#pragma once
+// A small grid model of seeded random weights for tests that need a model but not a
+// trained one: small-cnn on 28x28 grey images, 2x2 patches of 18, mean fusion.
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "patchwise/core/patch_classifier.h"
+
+namespace patchwise::test {
+
+inline PatchClassifier random_grid_model(
+    std::vector<std::string> classes = {"a", "b", "c"}, uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  ModelConfig c;
+  c.backbone.num_classes = static_cast<int64_t>(classes.size());
+  c.class_names = std::move(classes);
+  c.normalization = {{0.3}, {0.2}};
+  PatchClassifier model(c);
+  model->eval();
+  return model;
+}
+
+}  // namespace patchwise::test
