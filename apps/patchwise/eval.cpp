@@ -4,7 +4,6 @@
 #include <torch/torch.h>
 
 #include <iostream>
-#include <chrono>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -53,15 +52,9 @@ void run_eval(const EvalFlags& f) {
   model->to(device);
   const bool all_rules = f.fusion == "all";
   if (!f.fusion.empty() && !all_rules) model->set_fusion(parse_fusion_rule(f.fusion));
-  const auto start = std::chrono::steady_clock::now();
   Evaluation e = evaluate(model, data, f.batch, all_rules, bags);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double per_second = static_cast<double>(data.size()) / seconds;
   if (f.json) {
     nlohmann::json out = e.to_json();
-    out["seconds"] = seconds;
-    out["images_per_second"] = per_second;
     out["model"] = f.model;
     out["data"] = f.data;
     out["split"] = f.split;
@@ -83,7 +76,6 @@ void run_eval(const EvalFlags& f) {
       config.tiled       ? "; each image read as its bag of tiles"
       : data.in_memory() ? ""
                          : "; decoded from its files batch by batch");
-  fmt::print("speed            {:.0f} images/s ({:.2f} s)\n", per_second, seconds);
   e.print(std::cout);
 }
 
