@@ -112,6 +112,7 @@ class Batcher {
     for (Item& item : batch) inputs.push_back(std::move(item.in));
     try {
       std::vector<Out> outputs = run_(inputs);
+      if (observe_) observe_(batch.size());  // before any caller can look at the metrics
       if (outputs.size() != batch.size()) {
         throw std::logic_error("Batcher: run returned a result count other than its inputs'");
       }
@@ -119,7 +120,6 @@ class Batcher {
     } catch (...) {
       for (Item& item : batch) item.promise.set_exception(std::current_exception());
     }
-    if (observe_) observe_(batch.size());
   }
 
   void work() {
