@@ -13,7 +13,6 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
-#include <thread>
 #include <tuple>
 
 #include "patchwise/core/error.h"
@@ -66,6 +65,19 @@ bool known_image_signature(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   in.read(head, sizeof(head));
   return known_image_signature(head, static_cast<size_t>(in.gcount()));
+}
+
+/// The checks before any decoding: the channels asked for, and a known signature.
+void check_decodable(bool known_signature, const std::string& name, int64_t channels) {
+  check_input(
+      channels == 0 || channels == 1 || channels == 3,
+      "{}: {} channels requested, expected 1 or 3",
+      name,
+      channels);
+  check_input(
+      known_signature,
+      "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file",
+      name);
 }
 
 /// Largest width x height decoded whole: the region readers' --max-pixels default.
@@ -226,15 +238,7 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
   namespace fs = std::filesystem;
   check_input(fs::exists(path), "{}: no such image file", path);
   check_input(fs::is_regular_file(path), "{}: expected an image file, found a directory", path);
-  check_input(
-      channels == 0 || channels == 1 || channels == 3,
-      "{}: {} channels requested, expected 1 or 3",
-      path,
-      channels);
-  check_input(
-      known_image_signature(path),
-      "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file",
-      path);
+  check_decodable(known_image_signature(path), path, channels);
   check_declared_size(path);
   cv::Mat raw;
   std::string complaint;
@@ -312,36 +316,18 @@ at::Tensor read_image(const std::string& path, int64_t channels) {
 }
 
 at::Tensor decode_image(const std::string& bytes, const std::string& name, int64_t channels) {
-  check_input(
-      channels == 0 || channels == 1 || channels == 3,
-      "{}: {} channels requested, expected 1 or 3",
-      name,
-      channels);
-  check_input(
-      known_image_signature(bytes.data(), bytes.size()),
-      "{}: cannot decode image: not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP file",
-      name);
+  check_decodable(known_image_signature(bytes.data(), bytes.size()), name, channels);
   int64_t w = 0, h = 0;
   if (!declared_size(bytes, w, h)) {
     // Formats whose header only libvips reads: through a file, as read_image.
-    const std::string path = (std::filesystem::temp_directory_path() /
-                              fmt::format(
-                                  "patchwise-decode-{}-{}",
-                                  ::getpid(),
-                                  std::hash<std::thread::id>()(std::this_thread::get_id())))
-                                 .string();
-    std::ofstream(path, std::ios::binary) << bytes;
-    struct Remove {
-      std::string path;
-      ~Remove() { std::remove(path.c_str()); }
-    } remove{path};
-    try {
-      return read_image(path, channels);
-    } catch (const InputError& e) {
-      std::string message = e.what();
-      if (message.rfind(path, 0) == 0) message.replace(0, path.size(), name);
-      throw InputError(message);
-    }
+    at::Tensor image;
+    with_scratch_file(
+        bytes,
+        std::filesystem::temp_directory_path().string(),
+        "",
+        name,
+        [&](const std::string& path) { image = read_image(path, channels); });
+    return image;
   }
   check_pixels(w, h, name);
   cv::Mat raw;

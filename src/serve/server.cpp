@@ -12,12 +12,12 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/image.h"
@@ -217,14 +217,6 @@ std::string safe_extension(const std::string& name) {
   return plain ? ext : "";
 }
 
-/// Every occurrence of `from` in `text` replaced by `to`.
-std::string replace_all(std::string text, const std::string& from, const std::string& to) {
-  for (size_t at = 0; (at = text.find(from, at)) != std::string::npos; at += to.size()) {
-    text.replace(at, from.size(), to);
-  }
-  return text;
-}
-
 /// What an error status means, for the errors httplib answers by itself.
 std::string status_text(int status) {
   switch (status) {
@@ -253,7 +245,6 @@ struct ModelServer::Impl {
   std::unique_ptr<Batcher<Job, nlohmann::json>> batcher;
   httplib::Server http;
   std::string upload_dir;
-  std::atomic<uint64_t> uploads{0};
   std::atomic<bool> stopping{false};
   bool bound = false;
 
@@ -394,23 +385,11 @@ Job ModelServer::Impl::decode(const Upload& up, std::shared_ptr<Loaded> model) {
     job.image = image;
     return job;
   }
-  const std::string path =
-      fmt::format("{}/{}{}", upload_dir, uploads.fetch_add(1), safe_extension(up.name));
-  {
-    std::ofstream out(path, std::ios::binary);
-    out.write(up.bytes.data(), static_cast<std::streamsize>(up.bytes.size()));
-    check_input(static_cast<bool>(out), "serve: cannot write the upload to {}", upload_dir);
-  }
-  struct Remove {
-    std::string path;
-    ~Remove() { std::remove(path.c_str()); }
-  } remove{path};
-  try {
-    job.bag =
-        std::make_shared<const Bag>(read_bag(path, model_bag_options(config, options.reader)));
-  } catch (const InputError& e) {
-    throw InputError(replace_all(e.what(), path, up.name));
-  }
+  with_scratch_file(
+      up.bytes, upload_dir, safe_extension(up.name), up.name, [&](const std::string& path) {
+        job.bag =
+            std::make_shared<const Bag>(read_bag(path, model_bag_options(config, options.reader)));
+      });
   return job;
 }
 
