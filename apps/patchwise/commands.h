@@ -22,5 +22,6 @@ void setup_report(CLI::App& app);
 void setup_tiles(CLI::App& app);
 void setup_features(CLI::App& app);
 void setup_serve(CLI::App& app);
+void setup_backbones(CLI::App& app);
 
 }  // namespace patchwise::cli

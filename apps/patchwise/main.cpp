@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "patchwise/core/cpu_allocator.h"
 #include "patchwise/core/error.h"
+#include "patchwise/core/version.h"
 #include "patchwise/dist/distributed.h"
 
 namespace {
@@ -56,6 +57,10 @@ int main(int argc, char** argv) {
   CLI::App app{"patchwise: patch-based image classification"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();
+  app.set_version_flag(
+      "--version",
+      [] { return patchwise::version_report(); },
+      "print patchwise's version, LibTorch's and what they were built with, and exit");
   patchwise::cli::setup_train(app);
   patchwise::cli::setup_eval(app);
   patchwise::cli::setup_predict(app);
@@ -67,12 +72,16 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_tiles(app);
   patchwise::cli::setup_features(app);
   patchwise::cli::setup_serve(app);
+  patchwise::cli::setup_backbones(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    fmt::print("{}", e.what());
+    return 0;
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "patchwise: {} (see patchwise --help)\n", first_line(e.what()));
     return kExitBadInput;

@@ -24,6 +24,7 @@
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
 #include "patchwise/dist/distributed.h"
+#include "patchwise/models/registry.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
 #include "patchwise/train/trainer.h"
@@ -721,7 +722,7 @@ void setup_train(CLI::App& app) {
   cmd->add_option("--shift", flags->shift, "augmentation: random shifts of up to N pixels")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--flip", flags->flip, "augmentation: random horizontal flips");
-  cmd->add_option("--model", flags->model, "backbone: small-cnn or vgg16");
+  cmd->add_option("--model", flags->model, "backbone: " + backbone_names());
   add_grid_flags(cmd, flags->grid);
   cmd->add_option(
       "--fusion",
@@ -744,7 +745,10 @@ void setup_train(CLI::App& app) {
       "--optimizer", flags->optimizer, "adam, or sgd (plain, or heavy-ball with --momentum)");
   cmd->add_option("--momentum", flags->momentum, "sgd's momentum; 0: plain SGD");
   cmd->add_option("--seed", flags->seed, "seed of weights, data order and dropout");
-  cmd->add_flag("--batch-norm", flags->batch_norm, "batch normalization after each convolution");
+  cmd->add_flag(
+      "--batch-norm",
+      flags->batch_norm,
+      "batch normalization after each convolution (the resnets always have it)");
   cmd->add_option("--dropout", flags->dropout, "dropout before the last layer (small-cnn)")
       ->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--limit-train", flags->limit_train, "use the first N training images; 0: all")

@@ -10,8 +10,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+#include <torch/version.h>
 
 #include "patchwise/core/model_file.h"
+#include "patchwise/core/version.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
 #include "support/test_support.h"
@@ -490,6 +492,16 @@ TEST_F(CliTest, HelpShowsDefaultsAndExitsZero) {
   EXPECT_EQ(r.code, 0);
   EXPECT_THAT(r.out, HasSubstr("--grid"));
   EXPECT_THAT(r.out, HasSubstr("2x2"));
+}
+
+TEST_F(CliTest, VersionNamesLibTorchTheBlasAndTheProcessor) {
+  Result r = pw("--version");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("patchwise " + patchwise_version()));
+  EXPECT_THAT(r.out, HasSubstr("LibTorch " TORCH_VERSION));
+  EXPECT_THAT(r.out, HasSubstr("\nBLAS: /"));  // the library loaded, by its path
+  EXPECT_THAT(r.out, HasSubstr("\nCPU: "));
+  EXPECT_THAT(r.out, HasSubstr("LibTorch's kernels use "));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
+#include "patchwise/models/registry.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -85,6 +86,24 @@ TEST_F(ModelFileTest, RoundTripGivesIdenticalPredictionsAndConfiguration) {
   EXPECT_TRUE(torch::equal(a.patch_logits, b.patch_logits));
   EXPECT_EQ(model_config_to_json(loaded->config()), model_config_to_json(model->config()));
   EXPECT_EQ(load_model_training(path("m.pw"))["note"], "x");
+}
+
+TEST_F(ModelFileTest, EveryRegisteredBackboneSavesLoadsAndPredictsTheSame) {
+  at::Tensor images = torch::randint(0, 256, {3, 1, 28, 28}, torch::kUInt8);
+  for (const BackboneInfo& info : backbones()) {
+    ModelConfig config = small_config();
+    config.backbone.name = info.name;
+    config.backbone.input = std::max<int64_t>(info.min_input, 24);
+    PatchClassifier model(config);
+    model->train();  // running statistics of the batch norms, where there are any
+    model->forward(torch::randint(0, 256, {4, 1, 28, 28}, torch::kUInt8));
+    model->eval();
+    save_model(path("m.pw"), model, nullptr);
+    PatchClassifier loaded = load_model(path("m.pw"));
+    EXPECT_TRUE(torch::equal(model->forward(images).log_probs, loaded->forward(images).log_probs))
+        << info.name;
+    EXPECT_EQ(loaded->config().backbone.name, info.name);
+  }
 }
 
 TEST_F(ModelFileTest, EveryFusionRuleSavesLoadsAndPredictsTheSame) {

@@ -2,7 +2,10 @@
 
 #include <gmock/gmock.h>
 
+#include <set>
+
 #include "patchwise/core/error.h"
+#include "patchwise/models/registry.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -71,14 +74,23 @@ TEST_F(BackboneTest, DropoutIsActiveInTrainingAndOffInEvaluation) {
 }
 
 TEST_F(BackboneTest, RefusesUnknownNamesChannelsAndTooSmallInputs) {
-  EXPECT_THAT([] { make_backbone(options("resnet", 1, 32)); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("unknown backbone 'resnet'")));
-  EXPECT_THAT([] { make_backbone(options("small-cnn", 2, 32)); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("expected 1 or 3")));
-  EXPECT_THAT([] { make_backbone(options("small-cnn", 1, 16)); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("at least 22")));
-  EXPECT_THAT([] { make_backbone(options("vgg16", 1, 28)); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("at least 32")));
+  EXPECT_THAT(
+      [] { make_backbone(options("resnet", 1, 32)); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr(
+          "unknown backbone 'resnet', expected one of: small-cnn, vgg16, resnet20, resnet56, "
+          "resnet18")));
+  EXPECT_THAT(
+      [] { make_backbone(options("resnet20", 1, 7)); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("at least 8")));
+  EXPECT_THAT(
+      [] { make_backbone(options("small-cnn", 2, 32)); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("expected 1 or 3")));
+  EXPECT_THAT(
+      [] { make_backbone(options("small-cnn", 1, 16)); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("at least 22")));
+  EXPECT_THAT(
+      [] { make_backbone(options("vgg16", 1, 28)); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("at least 32")));
 }
 
 TEST(BackboneMacs, CountsTheSmallCnnByHand) {
@@ -86,6 +98,106 @@ TEST(BackboneMacs, CountsTheSmallCnnByHand) {
   BackboneOptions o;
   o.num_classes = 10;
   EXPECT_EQ(backbone_forward_macs(o), 129600 + 778752 + 294912 + 16384 + 640);
+}
+
+TEST(BackboneRegistry, ListsEveryNetworkOnceAndDescribesIt) {
+  std::set<std::string> names;
+  for (const BackboneInfo& b : backbones()) {
+    EXPECT_TRUE(names.insert(b.name).second) << b.name;
+    EXPECT_FALSE(b.summary.empty()) << b.name;
+    EXPECT_EQ(&find_backbone(b.name), &b);
+  }
+  EXPECT_EQ(backbone_names(), "small-cnn, vgg16, resnet20, resnet56, resnet18");
+}
+
+TEST_F(BackboneTest, ResNetsMapOneOrThreeChannelsToLogitsAndPooledFeatures) {
+  const std::vector<std::pair<std::string, int64_t>> nets = {
+      {"resnet20", 64}, {"resnet56", 64}, {"resnet18", 512}};
+  for (const auto& [name, width] : nets) {
+    for (int64_t channels : {1, 3}) {
+      auto net = make_backbone(options(name, channels, 8));  // the smallest input
+      at::Tensor x = torch::randn({2, channels, 8, 8});
+      EXPECT_EQ(net->features(x).sizes(), (std::vector<int64_t>{2, width})) << name;
+      EXPECT_EQ(net->forward(x).sizes(), (std::vector<int64_t>{2, 7})) << name;
+      EXPECT_EQ(net->feature_dim(), width);
+    }
+  }
+}
+
+TEST_F(BackboneTest, ResNet18HasTorchvisionNamesAndTheCifarParameterCount) {
+  BackboneOptions o = options("resnet18", 3, 32);
+  o.num_classes = 10;
+  auto params = make_backbone(o)->named_parameters();
+  for (const char* name :
+       {"conv1.weight",
+        "bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer1.1.bn2.bias",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.conv2.weight",
+        "fc.weight",
+        "fc.bias"}) {
+    EXPECT_TRUE(params.contains(name)) << name;
+  }
+  EXPECT_FALSE(params.contains("layer1.0.downsample.0.weight"));  // same width, stride 1
+  EXPECT_FALSE(params.contains("conv1.bias"));                    // convolutions have none
+  // torchvision's resnet18 has 11,689,512 parameters; the 3x3 stem saves 49*192 - 9*192
+  // and 10 classes instead of 1000 save 990 * 513.
+  EXPECT_EQ(backbone_parameters(o), 11689512 - 7680 - 990 * 513);
+}
+
+TEST(BackboneMacs, CountsResNet20ByHand) {
+  BackboneOptions o;
+  o.name = "resnet20";
+  o.in_channels = 3;
+  o.num_classes = 10;
+  const int64_t conv = 2359296;  // every 3x3 conv of equal width: 32*32*16*16*9
+  const int64_t stem = 32 * 32 * 3 * 16 * 9;
+  const int64_t stage1 = 6 * conv;
+  const int64_t stage = conv / 2 + 16 * 16 * 16 * 32 + 5 * conv;  // strided, projection, rest
+  EXPECT_EQ(backbone_forward_macs(o), stem + stage1 + 2 * stage + 640);
+}
+
+TEST_F(BackboneTest, GrayInputsGiveTheSameLogitsAsPlainConvolutions) {
+  // A one-channel stem runs LibTorch's direct kernel; the same network with three input
+  // channels, the extra ones zero in the weights and the input, runs nn::Conv2d's path.
+  // In double precision the two sums differ by rounding alone (~1e-15 relative).
+  for (const std::string name : {"small-cnn", "resnet20"}) {
+    auto gray = make_backbone(options(name, 1, 24));
+    auto colour = make_backbone(options(name, 3, 24));
+    gray->to(torch::kDouble);
+    colour->to(torch::kDouble);
+    gray->eval();
+    colour->eval();
+    torch::NoGradGuard no_grad;
+    auto from = gray->named_parameters();
+    for (auto& p : colour->named_parameters()) {
+      const at::Tensor& g = from[p.key()];
+      at::Tensor to = p.value().zero_();
+      (to.sizes() == g.sizes() ? to : to.narrow(1, 0, 1)).copy_(g);  // the stem: channel 0
+    }
+    at::Tensor x = torch::randn({3, 1, 24, 24}, torch::kDouble);
+    at::Tensor x3 = torch::cat({x, torch::zeros({3, 2, 24, 24}, torch::kDouble)}, 1);
+    EXPECT_TRUE(torch::allclose(gray->forward(x), colour->forward(x3), 1e-10, 1e-10)) << name;
+  }
+}
+
+TEST_F(BackboneTest, ResNet20LearnsAFixedBatch) {
+  auto net = make_backbone(options("resnet20", 1, 16));
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  at::Tensor x = torch::randn({8, 1, 16, 16});
+  at::Tensor y = torch::randint(0, 7, {8});
+  net->train();
+  const double first = torch::cross_entropy_loss(net->forward(x), y).item<double>();
+  double last = first;
+  for (int step = 0; step < 30; ++step) {
+    adam.zero_grad();
+    at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y);
+    loss.backward();
+    adam.step();
+    last = loss.item<double>();
+  }
+  EXPECT_LT(last, 0.25 * first);
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 //   2x2 max pool; global max pooling (Keras' pooling='max') (= features, F=512); dense K.
 //   Needs s >= 32.
 // Both take 1 or 3 input channels and optional batch normalization after each convolution.
+// resnet20, resnet56, resnet18: residual networks for small inputs (src/models/resnet.cpp).
+// The registry (models/registry.h) lists every backbone with its description.
 
 #include <torch/nn/module.h>
 
@@ -22,7 +24,7 @@
 namespace patchwise {
 
 struct BackboneOptions {
-  std::string name = "small-cnn";  ///< small-cnn | vgg16
+  std::string name = "small-cnn";  ///< a registered name (models/registry.h)
   int64_t in_channels = 1;         ///< 1 (grayscale) or 3 (colour)
   int64_t num_classes = 10;        ///< K, the number of logits
   int64_t input = 32;              ///< side s of the square input
@@ -44,7 +46,7 @@ class BackboneImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) { return classify(features(x)); }
 };
 
-/// Builds the backbone named by options.name; throws InputError on an unknown
+/// Builds the backbone named by options.name; throws InputError on an unregistered
 /// name, a channel count other than 1 or 3, or an input too small for the network.
 std::shared_ptr<BackboneImpl> make_backbone(const BackboneOptions& options);
 

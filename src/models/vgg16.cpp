@@ -1,0 +1,84 @@
+// vgg16: the question's network (see backbone.h).
+#include <vector>
+
+#include "layers.h"
+
+namespace patchwise::detail {
+namespace {
+
+namespace nn = torch::nn;
+
+constexpr int64_t kMinInput = 32;  // five 2x2 pools
+constexpr int64_t kFeatures = 512;
+
+/// One entry per conv layer of VGG16; 0 closes a block with a 2x2 max pool.
+const std::vector<int64_t>& vgg16_plan() {
+  static const std::vector<int64_t> plan = {
+      64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
+  return plan;
+}
+
+class Vgg16Impl : public BackboneImpl {
+ public:
+  explicit Vgg16Impl(const BackboneOptions& o) : options_(o) {
+    conv_ = nn::Sequential();
+    int64_t in = o.in_channels;
+    const std::vector<int64_t>& plan = vgg16_plan();
+    for (size_t i = 0; i < plan.size(); ++i) {
+      if (plan[i] == 0) continue;  // the pool went in with the conv before it
+      const bool pool = i + 1 < plan.size() && plan[i + 1] == 0;
+      add_conv(conv_, in, plan[i], /*padding=*/1, o.batch_norm, pool);
+      in = plan[i];
+    }
+    register_module("conv", conv_);
+    fc_ = register_module("fc", nn::Linear(in, o.num_classes));
+  }
+  at::Tensor features(const at::Tensor& x) override {
+    return std::get<0>(forward_stack(conv_, x).flatten(2).max(2));  // global max pooling
+  }
+  at::Tensor classify(const at::Tensor& f) override { return fc_->forward(f); }
+  int64_t feature_dim() const override { return kFeatures; }
+  std::vector<at::Tensor> classifier_parameters() const override { return fc_->parameters(); }
+  void pretty_print(std::ostream& stream) const override {
+    stream << "patchwise::Vgg16(in_channels=" << options_.in_channels
+           << ", input=" << options_.input << ", classes=" << options_.num_classes
+           << ", batch_norm=" << options_.batch_norm << ")";
+  }
+
+ private:
+  BackboneOptions options_;
+  nn::Sequential conv_{nullptr};
+  nn::Linear fc_{nullptr};
+};
+
+int64_t vgg16_macs(const BackboneOptions& o) {
+  int64_t macs = 0;
+  int64_t in = o.in_channels;
+  int64_t side = o.input;
+  for (int64_t out : vgg16_plan()) {
+    if (out == 0) {
+      side /= 2;
+      continue;
+    }
+    macs += conv_macs(side, in, out, 3);
+    in = out;
+  }
+  return macs + in * o.num_classes;
+}
+
+}  // namespace
+
+BackboneInfo vgg16_backbone() {
+  return {
+      "vgg16",
+      "13 same conv3x3 in 5 blocks (64 to 512) with 2x2 max pools, global max pooling, dense",
+      kMinInput,
+      /*uses_batch_norm_option=*/true,
+      /*uses_dropout_option=*/false,
+      [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
+        return std::make_shared<Vgg16Impl>(o);
+      },
+      vgg16_macs};
+}
+
+}  // namespace patchwise::detail
