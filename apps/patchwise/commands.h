@@ -23,5 +23,6 @@ void setup_tiles(CLI::App& app);
 void setup_features(CLI::App& app);
 void setup_serve(CLI::App& app);
 void setup_backbones(CLI::App& app);
+void setup_export(CLI::App& app);
 
 }  // namespace patchwise::cli

@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_features(app);
   patchwise::cli::setup_serve(app);
   patchwise::cli::setup_backbones(app);
+  patchwise::cli::setup_export(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -288,6 +288,17 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        "does not exist"},
       {"output is a folder", nullptr, "train" + data + " --epochs 1 --out {dir}/outdir",
        "is a directory"},
+      {"export into a missing folder", nullptr, "export" + model + " --out {dir}/no/such/m.pt",
+       "--out: folder {dir}/no/such of {dir}/no/such/m.pt does not exist"},
+      {"export of a truncated model",
+       [](const fs::path& d) {
+         const std::string bytes = test::read_file(d / "model.pw");
+         write_bytes(d / "bad/m.pw", bytes.substr(0, bytes.size() / 2));
+       },
+       "export --model {dir}/bad/m.pw --out {dir}/m.pt", "truncated or corrupt"},
+      {"export configuration over the weights", nullptr,
+       "export" + model + " --out {dir}/m.pt --config {dir}/m.pt",
+       "--config: {dir}/m.pt is also --out"},
       {"unwritable output", nullptr,
        "patches --out /proc/patchwise-sheet.png --grid 2x2 --patch 18 {dir}/digit.png",
        "/proc/patchwise-sheet.png"},
