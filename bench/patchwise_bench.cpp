@@ -4,6 +4,7 @@
 //   seed_train / seed_infer     small-cnn, 2x2 patches of 18 resized to 32 (the seed)
 //   whole_train / whole_infer   small-cnn on the whole 28x28 image resized to 32
 //   vgg_train / vgg_infer       VGG16 on the seed's 4 patches of 32x32
+//   resnet_train / resnet_infer ResNet-20 (batch norm) on the seed's 4 patches of 32x32
 //   predict_latency             one image through the seed model
 //   mil_train / mil_infer       gated-attention MIL: a tiled small-cnn (batch norm, no
 //                               dropout) on 4 bags of 32x32 tiles per call
@@ -74,7 +75,7 @@ void bench_threads() {
   use_caching_cpu_allocator(kDefaultCpuCacheBytes);
 }
 
-enum Layout : int64_t { kSeed = 0, kWhole = 1, kVgg = 2 };
+enum Layout : int64_t { kSeed = 0, kWhole = 1, kVgg = 2, kResNet = 3 };
 
 ModelConfig bench_config(int64_t layout) {
   const Dataset& data = bench_data();
@@ -87,6 +88,7 @@ ModelConfig bench_config(int64_t layout) {
     c.grid.patch_h = c.grid.patch_w = 28;
   }
   if (layout == kVgg) c.backbone.name = "vgg16";
+  if (layout == kResNet) c.backbone.name = "resnet20";
   return c;
 }
 
@@ -302,6 +304,8 @@ void whole_train(benchmark::State& s) { train_job(s, kWhole); }
 void whole_infer(benchmark::State& s) { infer_job(s, kWhole, kInferBatch); }
 void vgg_train(benchmark::State& s) { train_job(s, kVgg); }
 void vgg_infer(benchmark::State& s) { infer_job(s, kVgg, kInferBatch); }
+void resnet_train(benchmark::State& s) { train_job(s, kResNet); }
+void resnet_infer(benchmark::State& s) { infer_job(s, kResNet, kInferBatch); }
 void predict_latency(benchmark::State& s) { infer_job(s, kSeed, 1); }
 
 BENCHMARK(seed_train)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(1.0);
@@ -310,6 +314,8 @@ BENCHMARK(whole_train)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(1.0);
 BENCHMARK(whole_infer)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
 BENCHMARK(vgg_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(vgg_infer)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(resnet_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(resnet_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
 BENCHMARK(predict_latency)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
 BENCHMARK(mil_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(mil_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);

@@ -3,7 +3,8 @@
 
     /usr/bin/python3 bench/peer.py --job JOB [--seconds S] [--threads N] [--data DIR] [--warmup W]
 
-JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, predict_latency,
+JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, resnet_train,
+resnet_infer, predict_latency,
 mil_train, mil_infer (gated-attention MIL on 4 bags of random 32x32 tiles; bag sizes as
 patchwise_bench draws them, or PATCHWISE_BAG_SIZES="n1,n2,..." cycled over the bags).
 Prints one JSON line on stdout; everything else goes to stderr. Bad arguments: exit 2.
@@ -26,7 +27,7 @@ except ImportError as e:
     sys.exit(2)
 
 JOBS = ("seed_train", "seed_infer", "whole_train", "whole_infer", "vgg_train", "vgg_infer",
-        "predict_latency", "mil_train", "mil_infer")
+        "resnet_train", "resnet_infer", "predict_latency", "mil_train", "mil_infer")
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 BENCH_IMAGES = 12800  # kBenchImages
 TRAIN_BATCH = 64      # kTrainBatch
@@ -128,6 +129,44 @@ class Vgg16(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).flatten(2).max(2)[0])  # global max pooling
+
+
+class BasicBlock(nn.Module):
+    """resnet.cpp BasicBlockImpl, as torchvision writes it."""
+
+    def __init__(self, i, o, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(i, o, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(o)
+        self.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(o)
+        self.downsample = None
+        if stride != 1 or i != o:
+            self.downsample = nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False),
+                                            nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)), inplace=True)))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)), inplace=True)
+
+
+class ResNet20(nn.Module):
+    """resnet.cpp's resnet20: conv3x3 16, 3 stages of 3 basic blocks, average pool, fc."""
+
+    def __init__(self, in_channels, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, width = [], 16
+        for s, out in enumerate((16, 32, 64)):
+            for b in range(3):
+                blocks.append(BasicBlock(width, out, 2 if s > 0 and b == 0 else 1))
+                width = out
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.layers(F.relu(self.bn1(self.conv1(x)))).mean((2, 3)))
 
 
 class PatchClassifier(nn.Module):
@@ -260,7 +299,12 @@ def build_model(job, images):
         boxes, patch = [(0, 0)], 28  # 1x1 grid of 28: offset (28 - 28) / 2
     else:
         boxes, patch = [(y, x) for y in (0, 10) for x in (0, 10)], 18  # 2x2 of 18, stride 10
-    backbone = Vgg16(1) if job.startswith("vgg") else SmallCnn(1, INPUT)
+    if job.startswith("vgg"):
+        backbone = Vgg16(1)
+    elif job.startswith("resnet"):
+        backbone = ResNet20(1)
+    else:
+        backbone = SmallCnn(1, INPUT)
     return PatchClassifier(backbone, mean, std, boxes, patch)
 
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/models/registry.h"
 
 namespace patchwise {
 namespace {
@@ -91,7 +92,8 @@ PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   // the cache: measured 2-3x faster than one pass over 1,024 patches. Batch
   // normalization in training needs the whole batch's statistics, so it gets one pass.
   const int64_t per_chunk = std::max<int64_t>(1, kChunkPatches / count);
-  const bool chunk = images.device().is_cpu() && !(is_training() && config_.backbone.batch_norm);
+  const bool whole_batch = is_training() && backbone_has_batch_norm(config_.backbone);
+  const bool chunk = images.device().is_cpu() && !whole_batch;
   at::Tensor features = chunked(batch, chunk ? per_chunk : batch, [&](int64_t start, int64_t n) {
     at::Tensor part = images.narrow(0, start, n);
     at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
@@ -114,7 +116,8 @@ at::Tensor PatchClassifierImpl::tile_features(const at::Tensor& tiles) {
       "], got ",
       tiles.sizes());
   const int64_t rows = tiles.size(0);
-  const bool chunk = tiles.device().is_cpu() && !(is_training() && config_.backbone.batch_norm);
+  const bool whole_batch = is_training() && backbone_has_batch_norm(config_.backbone);
+  const bool chunk = tiles.device().is_cpu() && !whole_batch;
   return chunked(rows, chunk ? kChunkPatches : rows, [&](int64_t start, int64_t n) {
     at::Tensor part = tiles.narrow(0, start, n);
     return backbone_->features(part.scalar_type() == torch::kUInt8 ? normalize(part) : part);
@@ -184,8 +187,8 @@ void PatchClassifierImpl::set_fusion(FusionRule rule) {
 void check_dataset_fits(const ModelConfig& config, const Dataset& data) {
   check_input(data.size() > 0, "{}: no images", data.source);
   check_input(
-      config.tiled || data.channels() == config.image_channels && data.height() == config.image_h &&
-                          data.width() == config.image_w,
+      config.tiled || (data.channels() == config.image_channels &&
+                       data.height() == config.image_h && data.width() == config.image_w),
       "{}: images are {}x{} with {} channel(s), the model expects {}x{} with {}",
       data.source,
       data.height(),

@@ -67,6 +67,10 @@ int64_t backbone_forward_macs(const BackboneOptions& options) {
   return find_backbone(options.name).macs(options);
 }
 
+bool backbone_has_batch_norm(const BackboneOptions& options) {
+  return find_backbone(options.name).batch_norm == BatchNormUse::kAlways || options.batch_norm;
+}
+
 int64_t backbone_parameters(const BackboneOptions& options) {
   int64_t count = 0;
   for (const at::Tensor& p : make_backbone(options)->parameters()) count += p.numel();

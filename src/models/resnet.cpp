@@ -132,8 +132,7 @@ BackboneInfo resnet_backbone(const char* name, const char* summary) {
       name,
       summary,
       kMinInput,
-      /*uses_batch_norm_option=*/false,
-      /*uses_dropout_option=*/false,
+      BatchNormUse::kAlways,
       [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
         return std::make_shared<ResNetImpl>(Plan, o);
       },

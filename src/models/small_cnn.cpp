@@ -64,8 +64,7 @@ BackboneInfo small_cnn_backbone() {
       "small-cnn",
       "3 valid conv3x3 (16, 32, 64) each with a 2x2 max pool, dense 64, dropout, dense",
       kMinInput,
-      /*uses_batch_norm_option=*/true,
-      /*uses_dropout_option=*/true,
+      BatchNormUse::kOption,
       [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
         return std::make_shared<SmallCnnImpl>(o);
       },

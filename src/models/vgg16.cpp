@@ -73,8 +73,7 @@ BackboneInfo vgg16_backbone() {
       "vgg16",
       "13 same conv3x3 in 5 blocks (64 to 512) with 2x2 max pools, global max pooling, dense",
       kMinInput,
-      /*uses_batch_norm_option=*/true,
-      /*uses_dropout_option=*/false,
+      BatchNormUse::kOption,
       [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
         return std::make_shared<Vgg16Impl>(o);
       },

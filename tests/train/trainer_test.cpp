@@ -59,6 +59,29 @@ TEST_F(TrainerTest, PatchLossIsTheMeanCrossEntropyOfEveryPatchAgainstTheImageLab
   EXPECT_NEAR(compute_loss(LossKind::kBoth, out, labels).item<double>(), manual + fused, 1e-12);
 }
 
+TEST_F(TrainerTest, BatchNormInTrainingSeesTheWholeBatchForEveryBackboneThatHasIt) {
+  // The CPU forward pass goes in chunks of patches unless batch statistics need the whole
+  // batch: --batch-norm for small-cnn and vgg16, always for the resnets. 48 images of 4
+  // patches are more than one chunk; in one piece the logits equal the backbone's on all
+  // patches at once.
+  for (const char* name : {"small-cnn", "resnet20"}) {
+    ModelConfig c;
+    c.class_names = {"a", "b"};
+    c.backbone.num_classes = 2;
+    c.backbone.name = name;
+    c.backbone.batch_norm = std::string(name) == "small-cnn";
+    c.backbone.dropout = 0;  // the two passes must draw nothing at random
+    c.normalization = {{0.5}, {0.25}};
+    PatchClassifier model(c);
+    model->train();
+    at::Tensor images = torch::randint(0, 256, {48, 1, 28, 28}, torch::kUInt8);
+    at::Tensor fused = model->forward(images).patch_logits.flatten(0, 1);
+    at::Tensor whole =
+        model->backbone().forward(model->grid().cut(model->normalize(images)).flatten(0, 1));
+    EXPECT_TRUE(torch::allclose(fused, whole, 1e-5, 1e-5)) << name;
+  }
+}
+
 TEST_F(TrainerTest, RefusesALossThroughVote) {
   EXPECT_THAT(
       [] { check_trainable(LossKind::kFused, FusionRule::kVote); },

@@ -12,13 +12,18 @@
 
 namespace patchwise {
 
+/// Where a backbone's batch normalization comes from.
+enum class BatchNormUse {
+  kOption,  ///< BackboneOptions::batch_norm (--batch-norm) adds it after every convolution
+  kAlways,  ///< the network has it whatever the option says
+};
+
 /// One registered backbone.
 struct BackboneInfo {
-  std::string name;             ///< what --model takes and model files store
-  std::string summary;          ///< one line: the layers, in the words of backbone.h
-  int64_t min_input;            ///< the smallest input side it takes
-  bool uses_batch_norm_option;  ///< false: the network fixes batch norm itself
-  bool uses_dropout_option;     ///< false: the network has no dropout
+  std::string name;         ///< what --model takes and model files store
+  std::string summary;      ///< one line: the layers, in the words of backbone.h
+  int64_t min_input;        ///< the smallest input side it takes
+  BatchNormUse batch_norm;  ///< whether BackboneOptions::batch_norm decides
   std::shared_ptr<BackboneImpl> (*make)(const BackboneOptions&);
   /// Multiply-adds of one forward pass over one [C,s,s] input.
   int64_t (*macs)(const BackboneOptions&);
@@ -30,6 +35,9 @@ const std::vector<BackboneInfo>& backbones();
 std::string backbone_names();
 /// The entry named `name`; OptionError("backbone", ...) listing the names otherwise.
 const BackboneInfo& find_backbone(const std::string& name);
+/// Whether the backbone `options` builds has batch normalization: then a training batch
+/// must go through in one piece, for the statistics to be the whole batch's.
+bool backbone_has_batch_norm(const BackboneOptions& options);
 /// Trainable parameters of the backbone `options` builds.
 int64_t backbone_parameters(const BackboneOptions& options);
 
