@@ -25,6 +25,9 @@ try:
 except ImportError as e:
     print(f"peer.py: {e}; install python3-torch and run with /usr/bin/python3", file=sys.stderr)
     sys.exit(2)
+# resnet.cpp's basic block as torchvision writes it, shared with the export's Python side.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from patchwise_torch import BasicBlock  # noqa: E402
 
 JOBS = ("seed_train", "seed_infer", "whole_train", "whole_infer", "vgg_train", "vgg_infer",
         "resnet_train", "resnet_infer", "predict_latency", "mil_train", "mil_infer")
@@ -129,25 +132,6 @@ class Vgg16(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).flatten(2).max(2)[0])  # global max pooling
-
-
-class BasicBlock(nn.Module):
-    """resnet.cpp BasicBlockImpl, as torchvision writes it."""
-
-    def __init__(self, i, o, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(i, o, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(o)
-        self.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(o)
-        self.downsample = None
-        if stride != 1 or i != o:
-            self.downsample = nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False),
-                                            nn.BatchNorm2d(o))
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)), inplace=True)))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)), inplace=True)
 
 
 class ResNet20(nn.Module):

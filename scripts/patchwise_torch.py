@@ -90,8 +90,8 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(project, nn.BatchNorm2d(o))
 
     def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)), inplace=True)))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)), inplace=True)
 
 
 class ResNet(nn.Module):

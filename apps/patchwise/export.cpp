@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -21,10 +22,8 @@ struct ExportFlags {
 
 /// model.pt -> model.json; anything else gets ".json" appended.
 std::string default_config_path(const std::string& out) {
-  const std::string ext = ".pt";
-  if (out.size() > ext.size() && out.compare(out.size() - ext.size(), ext.size(), ext) == 0) {
-    return out.substr(0, out.size() - ext.size()) + ".json";
-  }
+  std::filesystem::path path(out);
+  if (path.extension() == ".pt") return path.replace_extension(".json").string();
   return out + ".json";
 }
 
@@ -34,12 +33,12 @@ void run_export(const ExportFlags& f) {
   check_output_writable(f.out, "--out");
   check_output_writable(config, "--config");
   PatchClassifier model = load_model(f.model);
-  export_model(model, f.out, config);
+  const nlohmann::json written = export_model(model, f.out, config);
   fmt::print(
       stderr,
       "export: wrote {} ({} tensors, torch.load reads it as a state dict) and {}\n",
       f.out,
-      export_config(model)["state_dict"].size(),
+      written["state_dict"].size(),
       config);
 }
 

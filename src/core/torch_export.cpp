@@ -47,7 +47,8 @@ nlohmann::json export_config(PatchClassifier& model) {
   return j;
 }
 
-void export_model(PatchClassifier& model, const std::string& path, const std::string& config_path) {
+nlohmann::json export_model(
+    PatchClassifier& model, const std::string& path, const std::string& config_path) {
   const std::vector<char> bytes = state_dict_bytes(model);
   const nlohmann::json config = export_config(model);
   write_file_atomically(path, "--out", [&](std::ostream& out) {
@@ -55,6 +56,7 @@ void export_model(PatchClassifier& model, const std::string& path, const std::st
   });
   write_file_atomically(
       config_path, "--config", [&](std::ostream& out) { out << config.dump(2) << "\n"; });
+  return config;
 }
 
 }  // namespace patchwise

@@ -22,8 +22,9 @@ std::vector<char> state_dict_bytes(PatchClassifier& model);
 /// flip) for grid models, and the state dict's names and shapes ("state_dict").
 nlohmann::json export_config(PatchClassifier& model);
 
-/// Writes state_dict_bytes to `path` and export_config to `config_path`, each atomically.
-/// InputError naming the path when one cannot be written.
-void export_model(PatchClassifier& model, const std::string& path, const std::string& config_path);
+/// Writes state_dict_bytes to `path` and export_config to `config_path`, each atomically,
+/// and returns that configuration. InputError naming the path when one cannot be written.
+nlohmann::json export_model(
+    PatchClassifier& model, const std::string& path, const std::string& config_path);
 
 }  // namespace patchwise
