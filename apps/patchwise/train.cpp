@@ -27,48 +27,12 @@
 #include "patchwise/models/registry.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
+#include "patchwise/train/ema.h"
 #include "patchwise/train/trainer.h"
+#include "train_flags.h"
 
 namespace patchwise::cli {
 namespace {
-
-struct TrainFlags {
-  std::string data;
-  std::string features;  ///< a feature cache to train the head on, instead of --data
-  std::string init;      ///< a model file whose weights start the run
-  std::string model = "small-cnn";
-  GridFlags grid;
-  std::string fusion = "mean";
-  int64_t attention_hidden = 128;
-  bool position_embedding = false;
-  std::string loss = "patch";
-  int64_t epochs = 10;
-  int64_t batch = 64;
-  double lr = 1e-3;
-  std::string optimizer = "adam";
-  double momentum = 0;
-  uint64_t seed = 42;
-  bool batch_norm = false;
-  double dropout = 0.5;
-  int64_t limit_train = 0;
-  int64_t limit_test = 0;
-  DataFlags data_flags;
-  double val_split = 0;
-  std::string keep = "last";
-  int64_t shift = 0;
-  bool flip = false;
-  std::string out = "model.pw";
-  std::string metrics;
-  bool json = false;
-  std::string checkpoint;
-  int64_t checkpoint_every = 0;
-  std::string resume;
-  double dist_timeout = 300;
-  RuntimeFlags runtime;
-  bool tiled = false;  ///< --tile given: images are bags of tiles
-  TileFlags tiles;
-  int64_t select = 0;
-};
 
 /// Swallows what ranks other than 0 would log.
 class NullBuffer : public std::streambuf {
@@ -80,96 +44,6 @@ class NullBuffer : public std::streambuf {
 std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int signal) { g_stop_signal.store(signal); }
-
-/// The flags that decide what a run trains, stored in checkpoints so --resume repeats them.
-nlohmann::json flags_to_json(const TrainFlags& f) {
-  return {
-      {"data", f.data},
-      {"features", f.features},
-      {"init", f.init},
-      {"model", f.model},
-      {"grid", f.grid.grid},
-      {"patch", f.grid.patch},
-      {"stride", f.grid.stride},
-      {"layout", f.grid.layout},
-      {"input", f.grid.input},
-      {"fusion", f.fusion},
-      {"attention_hidden", f.attention_hidden},
-      {"position_embedding", f.position_embedding},
-      {"loss", f.loss},
-      {"epochs", f.epochs},
-      {"batch", f.batch},
-      {"lr", f.lr},
-      {"optimizer", f.optimizer},
-      {"momentum", f.momentum},
-      {"seed", f.seed},
-      {"batch_norm", f.batch_norm},
-      {"dropout", f.dropout},
-      {"limit_train", f.limit_train},
-      {"limit_test", f.limit_test},
-      {"label", f.data_flags.label},
-      {"image_size", f.data_flags.image_size},
-      {"strict", f.data_flags.strict},
-      {"val_split", f.val_split},
-      {"keep", f.keep},
-      {"shift", f.shift},
-      {"flip", f.flip},
-      {"threads", f.runtime.threads},
-      {"tiled", f.tiled},
-      {"tile", f.tiles.tiles.tile},
-      {"tile_stride", f.tiles.tiles.stride},
-      {"level", f.tiles.tiles.level},
-      {"mpp", f.tiles.tiles.mpp},
-      {"min_foreground", f.tiles.tiles.min_foreground},
-      {"mask_side", f.tiles.tiles.mask_side},
-      {"mask_cleanup", f.tiles.tiles.cleanup},
-      {"select", f.select}};
-}
-
-/// `app`'s command line keeps --epochs and --threads when it gives them.
-void flags_from_json(const nlohmann::json& j, TrainFlags& f, const CLI::App* app) {
-  f.model = j.at("model");
-  f.grid.grid = j.at("grid");
-  f.grid.patch = j.at("patch");
-  f.grid.stride = j.at("stride");
-  f.grid.layout = j.at("layout");
-  f.grid.input = j.at("input");
-  f.fusion = j.at("fusion");
-  f.attention_hidden = j.at("attention_hidden");
-  f.position_embedding = j.at("position_embedding");
-  f.loss = j.at("loss");
-  if (app->count("--epochs") == 0) f.epochs = j.at("epochs");
-  // Bit-identical resumption needs the thread count of the run (sums split per thread).
-  if (app->count("--threads") == 0) f.runtime.threads = j.value("threads", int64_t{0});
-  f.batch = j.at("batch");
-  f.lr = j.at("lr");
-  f.optimizer = j.value("optimizer", "adam");  // checkpoints before SGD existed
-  f.momentum = j.value("momentum", 0.0);
-  f.seed = j.at("seed");
-  f.batch_norm = j.at("batch_norm");
-  f.dropout = j.at("dropout");
-  f.limit_train = j.at("limit_train");
-  f.limit_test = j.at("limit_test");
-  f.data_flags.label = j.at("label");
-  f.data_flags.image_size = j.at("image_size");
-  f.data_flags.strict = j.at("strict");
-  f.val_split = j.at("val_split");
-  f.keep = j.at("keep");
-  f.shift = j.at("shift");
-  f.flip = j.at("flip");
-  f.init = j.value("init", std::string());  // for the record: a resumed run's weights are its own
-  f.tiled = j.value("tiled", false);        // checkpoints before tiled training existed
-  if (f.tiled) {
-    f.tiles.tiles.tile = j.at("tile");
-    f.tiles.tiles.stride = j.at("tile_stride");
-    f.tiles.tiles.level = j.at("level");
-    f.tiles.tiles.mpp = j.at("mpp");
-    f.tiles.tiles.min_foreground = j.at("min_foreground");
-    f.tiles.tiles.mask_side = j.at("mask_side");
-    f.tiles.tiles.cleanup = j.at("mask_cleanup");
-    f.select = j.at("select");
-  }
-}
 
 std::string epoch_line(const EpochMetrics& m, bool validation) {
   std::string line =
@@ -233,15 +107,18 @@ void resume_flags(TrainFlags& f, const CLI::App* app) {
       training.is_object() && training.contains("flags"),
       "--resume: {} is not a training checkpoint",
       f.resume);
+  check_input(
+      f.recipe.empty(),
+      "--recipe: {} with --resume {}, expected one of them (a resumed run repeats its "
+      "checkpoint's flags)",
+      f.recipe,
+      f.resume);
   const bool source_given = !f.data.empty() || !f.features.empty();
-  try {
-    flags_from_json(training["flags"], f, app);
-    if (!source_given) {
-      f.data = training["flags"].value("data", "");
-      f.features = training["flags"].value("features", "");
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(fmt::format("--resume: {}: unreadable flags ({})", f.resume, e.what()));
+  const nlohmann::json& saved = training["flags"];
+  flags_from_checkpoint(saved, f, app, f.resume);
+  if (!source_given && saved.is_object()) {
+    f.data = saved.value("data", "");
+    f.features = saved.value("features", "");
   }
 }
 
@@ -288,6 +165,9 @@ void check_flags(
       "--init: {}: a head trained on a feature cache starts from the cache's model, expected "
       "no --init with --features",
       f.init);
+  check_input(
+      !f.init_new_head || !f.init.empty(),
+      "--init-new-head: without --init, expected --init FILE whose weights start the run");
   if (writer) {
     check_output_writable(f.out, "--out");
     if (!f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
@@ -317,12 +197,24 @@ TrainerOptions trainer_options(const TrainFlags& f) {
   options.loss = parse_loss_kind(f.loss);
   options.epochs = f.epochs;
   options.batch = f.batch;
-  options.optimizer = {parse_optimizer_kind(f.optimizer), f.lr, f.momentum};
+  options.optimizer = {
+      parse_optimizer_kind(f.optimizer), f.lr, f.momentum, f.nesterov, f.weight_decay};
   check_optimizer_options(options.optimizer);
+  options.schedule.kind = parse_schedule_kind(f.schedule);
+  options.schedule.warmup_epochs = f.warmup;
+  options.schedule.step_epochs = f.lr_step;
+  options.schedule.gamma = f.lr_gamma;
+  options.label_smoothing = f.label_smoothing;
+  options.clip_grad_norm = f.clip_grad;
+  options.ema = f.ema;
+  check_schedule_options(options.schedule, options.epochs);
+  check_label_smoothing(options.label_smoothing);
+  check_ema_decay(options.ema);
   options.seed = f.seed;
   options.keep_best = f.keep == "best";
   options.augment.shift = f.shift;
   options.augment.flip = f.flip;
+  options.augment.erase = f.erase;
   options.checkpoint = f.checkpoint;
   options.checkpoint_every = f.checkpoint_every;
   options.resume = f.resume;
@@ -411,6 +303,39 @@ PatchClassifier build_model(
   return model;
 }
 
+/// "a, b and c" of the non-empty parts.
+std::string joined(const std::vector<std::string>& parts) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    out += (i == 0 ? "" : i + 1 == parts.size() ? " and " : ", ") + parts[i];
+  }
+  return out;
+}
+
+/// What the recipe and the augmentation add to plain training at a constant rate.
+void print_recipe(std::ostream& log, const TrainFlags& f) {
+  std::vector<std::string> recipe;
+  if (f.momentum > 0) {
+    recipe.push_back(fmt::format("momentum {}{}", f.momentum, f.nesterov ? " (Nesterov)" : ""));
+  }
+  if (f.weight_decay > 0) recipe.push_back(fmt::format("weight decay {}", f.weight_decay));
+  if (f.schedule == "step") {
+    recipe.push_back(fmt::format("rate x{} every {} epochs", f.lr_gamma, f.lr_step));
+  } else if (f.schedule != "constant") {
+    recipe.push_back(f.schedule + " schedule");
+  }
+  if (f.warmup > 0) recipe.push_back(fmt::format("{} epochs of warmup", f.warmup));
+  if (f.label_smoothing > 0) recipe.push_back(fmt::format("label smoothing {}", f.label_smoothing));
+  if (f.clip_grad > 0) recipe.push_back(fmt::format("gradient norm clipped to {}", f.clip_grad));
+  if (f.ema > 0) recipe.push_back(fmt::format("weights averaged with decay {}", f.ema));
+  if (!recipe.empty()) fmt::print(log, "train: recipe: {}\n", joined(recipe));
+  std::vector<std::string> augment;
+  if (f.shift > 0) augment.push_back(fmt::format("shifts up to {} pixels", f.shift));
+  if (f.flip) augment.push_back("flips");
+  if (f.erase > 0) augment.push_back(fmt::format("random erasing p {}", f.erase));
+  if (!augment.empty()) fmt::print(log, "train: augmentation: {}\n", joined(augment));
+}
+
 /// The run's first lines: the data, the model, the optimizer.
 void print_plan(
     std::ostream& log, const TrainFlags& f, const TrainData& d, PatchClassifier& model,
@@ -438,13 +363,6 @@ void print_plan(
       sizes,
       config.class_names.size(),
       d.cache ? f.features : f.data);
-  if (f.shift > 0 || f.flip) {
-    fmt::print(
-        log,
-        "train: augmentation: shift up to {} pixels, flips {}\n",
-        f.shift,
-        f.flip ? "on" : "off");
-  }
   if (config.tiled) {
     fmt::print(
         log,
@@ -475,15 +393,15 @@ void print_plan(
   }
   fmt::print(
       log,
-      "train: device {}, {} threads, batch {}, {} lr {}{}, {} epochs, seed {}\n",
+      "train: device {}, {} threads, batch {}, {} lr {}, {} epochs, seed {}\n",
       device.str(),
       threads,
       f.batch,
       f.optimizer,
       f.lr,
-      f.momentum > 0 ? fmt::format(" momentum {}", f.momentum) : "",
       f.epochs,
       f.seed);
+  print_recipe(log, f);
   if (!f.init.empty()) fmt::print(log, "train: starting from the weights of {}\n", f.init);
   log.flush();
 }
@@ -594,7 +512,7 @@ void save_trained(
       {"val_split", f.val_split},
       {"keep", f.keep},
       {"kept_epoch", result.kept_epoch},
-      {"augment", {{"shift", f.shift}, {"flip", f.flip}}},
+      {"augment", {{"shift", f.shift}, {"flip", f.flip}, {"erase", f.erase}}},
       {"history", epochs},
       {"flags", flags_to_json(f)}};
   save_model(f.out, model, training);
@@ -641,6 +559,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   // Rank 0 logs and writes every file; the others only train.
   const bool writer = dist_config.rank == 0;
   resume_flags(f, app);
+  apply_recipe(f, app);
   if (f.checkpoint.empty()) f.checkpoint = f.out + ".ckpt";
   check_flags(f, app, dist_config, writer);
   TrainerOptions options = trainer_options(f);
@@ -665,105 +584,13 @@ void run_train(TrainFlags f, const CLI::App* app) {
   save_trained(f, model, data, result, accuracy, log);
 }
 
-/// Where the run's files go, and how it is checkpointed, started and resumed.
-void add_output_flags(CLI::App* cmd, TrainFlags* flags) {
-  cmd->add_option("--out,-o", flags->out, "model file to write");
-  cmd->add_option("--metrics", flags->metrics, "write one JSON object per epoch to this file");
-  cmd->add_flag("--json", flags->json, "print a JSON summary on stdout (logs go to stderr)");
-  cmd->add_option(
-      "--checkpoint",
-      flags->checkpoint,
-      "checkpoint file, written after every epoch, every --checkpoint-every steps "
-      "and on SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends");
-  cmd->add_option(
-         "--checkpoint-every",
-         flags->checkpoint_every,
-         "also write the checkpoint every N steps; 0: only after epochs")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option(
-      "--init",
-      flags->init,
-      "start from this model file's weights (a warm start): it must be the model these flags "
-      "build, its input normalization included");
-  cmd->add_option(
-      "--resume",
-      flags->resume,
-      "continue the run saved in this checkpoint (its flags and thread count; "
-      "--data, --out, --epochs, --threads from this command line)");
-  cmd->add_option(
-      "--dist-timeout",
-      flags->dist_timeout,
-      "data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other processes "
-      "at the rendezvous and in every collective before giving up");
-}
-
 }  // namespace
 
 void setup_train(CLI::App& app) {
   auto flags = std::make_shared<TrainFlags>();
-  CLI::App* cmd = app.add_subcommand("train", "train a patch classifier on an IDX data set");
-  cmd->add_option(
-      "--data",
-      flags->data,
-      "data set folder: IDX files, CIFAR-10/100 batches, or class folders (or --features)");
-  cmd->add_option(
-      "--features",
-      flags->features,
-      "train only the head (attention and classifier) on this feature cache, made by "
-      "patchwise features; its backbone and tiles stay frozen (instead of --data)");
-  add_data_flags(cmd, flags->data_flags);
-  cmd->add_option(
-         "--val-split",
-         flags->val_split,
-         "hold out this fraction of the training set (stratified) for validation")
-      ->check(CLI::Range(0.0, 0.9));
-  cmd->add_option(
-      "--keep", flags->keep, "best (the epoch with the best validation accuracy) or last");
-  cmd->add_option("--shift", flags->shift, "augmentation: random shifts of up to N pixels")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_flag("--flip", flags->flip, "augmentation: random horizontal flips");
-  cmd->add_option("--model", flags->model, "backbone: " + backbone_names());
-  add_grid_flags(cmd, flags->grid);
-  cmd->add_option(
-      "--fusion",
-      flags->fusion,
-      "fusion rule: mean, gmean, max, vote, attention or gated-attention");
-  cmd->add_option(
-         "--attention-hidden", flags->attention_hidden, "hidden width of the learned fusion rules")
-      ->check(CLI::PositiveNumber);
-  cmd->add_flag(
-      "--position-embedding",
-      flags->position_embedding,
-      "learned per-position embedding in the attention scores");
-  cmd->add_option(
-      "--loss", flags->loss, "loss: patch, fused or both; default patch, fused on bags of tiles");
-  cmd->add_option("--epochs", flags->epochs, "passes over the training set")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", flags->batch, "images per step")->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", flags->lr, "learning rate")->check(CLI::PositiveNumber);
-  cmd->add_option(
-      "--optimizer", flags->optimizer, "adam, or sgd (plain, or heavy-ball with --momentum)");
-  cmd->add_option("--momentum", flags->momentum, "sgd's momentum; 0: plain SGD");
-  cmd->add_option("--seed", flags->seed, "seed of weights, data order and dropout");
-  cmd->add_flag(
-      "--batch-norm",
-      flags->batch_norm,
-      "batch normalization after each convolution (the resnets always have it)");
-  cmd->add_option("--dropout", flags->dropout, "dropout before the last layer (small-cnn)")
-      ->check(CLI::Range(0.0, 0.99));
-  cmd->add_option("--limit-train", flags->limit_train, "use the first N training images; 0: all")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--limit-test", flags->limit_test, "use the first N test images; 0: all")
-      ->check(CLI::NonNegativeNumber);
-  add_output_flags(cmd, flags.get());
-  add_tile_flags(cmd, flags->tiles);
-  cmd->add_option(
-         "--select",
-         flags->select,
-         "with --tile: train on the N best tiles of each bag, scored without "
-         "gradients; 0: every tile")
-      ->check(CLI::NonNegativeNumber);
-  add_runtime_flags(cmd, flags->runtime);
+  CLI::App* cmd = app.add_subcommand(
+      "train", "train a patch classifier on a data set (or its head on a feature cache)");
+  add_train_flags(cmd, *flags);
   cmd->callback([flags, cmd] {
     flags->tiled = cmd->count("--tile") > 0;
     // Bags have one label for many tiles: the fused loss is the natural default there.

@@ -33,19 +33,35 @@ void check_trainable(LossKind kind, FusionRule rule) {
               loss_kind_name(kind), fusion_rule_name(rule), fusion_rule_name(rule));
 }
 
-at::Tensor compute_loss(LossKind kind, const PatchOutput& out, const at::Tensor& labels) {
+void check_label_smoothing(double smoothing) {
+  check_option(
+      smoothing >= 0 && smoothing < 1, "label-smoothing", "{}, expected 0 <= e < 1", smoothing);
+}
+
+namespace {
+
+/// Each row's cross-entropy against its smoothed target, from log-probabilities [N,K].
+at::Tensor smoothed_nll(const at::Tensor& log_probs, const at::Tensor& targets, double e) {
+  at::Tensor nll = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1);
+  if (e == 0) return nll;
+  return (1 - e) * nll - e * log_probs.mean(1);
+}
+
+}  // namespace
+
+at::Tensor compute_loss(
+    LossKind kind, const PatchOutput& out, const at::Tensor& labels, double smoothing) {
   auto patch_loss = [&] {
     const int64_t patches = out.patch_logits.size(1);
-    at::Tensor logits = out.patch_logits.flatten(0, 1);
-    at::Tensor targets = labels.repeat_interleave(patches);
-    if (!out.mask.defined()) return torch::cross_entropy_loss(logits, targets);
+    at::Tensor log_probs = torch::log_softmax(out.patch_logits.flatten(0, 1), 1);
+    at::Tensor each =
+        smoothed_nll(log_probs, labels.repeat_interleave(patches), smoothing).view({-1, patches});
+    if (!out.mask.defined()) return each.mean();
     // Bags: each bag's mean over its real tiles, then the mean over bags.
-    at::Tensor each = torch::cross_entropy_loss(logits, targets, {}, at::Reduction::None)
-                          .view({-1, patches});
     at::Tensor real = out.mask.to(each.scalar_type());
     return ((each * real).sum(1) / real.sum(1)).mean();
   };
-  auto fused_loss = [&] { return torch::nll_loss(out.log_probs, labels); };
+  auto fused_loss = [&] { return smoothed_nll(out.log_probs, labels, smoothing).mean(); };
   switch (kind) {
     case LossKind::kPatch: return patch_loss();
     case LossKind::kFused: return fused_loss();

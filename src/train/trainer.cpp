@@ -12,6 +12,7 @@
 #include "patchwise/data/loader.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/report/evaluation.h"
+#include "patchwise/train/ema.h"
 #include "patchwise/train/optimizer.h"
 #include "patchwise/train/parallel.h"
 #include "patchwise/train/select.h"
@@ -103,6 +104,19 @@ void check_options(
   check_option(options.epochs >= 1, "epochs", "{}, expected at least 1", options.epochs);
   check_option(options.batch >= 1, "batch", "{}, expected at least 1", options.batch);
   check_optimizer_options(options.optimizer);
+  check_schedule_options(options.schedule, options.epochs);
+  check_label_smoothing(options.label_smoothing);
+  check_ema_decay(options.ema);
+  check_option(
+      options.clip_grad_norm >= 0 && std::isfinite(options.clip_grad_norm),
+      "clip-grad",
+      "{}, expected a positive norm (0: no clipping)",
+      options.clip_grad_norm);
+  check_option(
+      options.augment.erase >= 0 && options.augment.erase <= 1,
+      "erase",
+      "{}, expected a probability in [0, 1]",
+      options.augment.erase);
   check_trainable(options.loss, model->config().fusion);
   check_option(
       !options.keep_best || test != nullptr,
@@ -154,7 +168,8 @@ class TrainRun {
         parallel_(options.distributed, test, options.eval_bags),
         device_(model->device()) {
     torch::manual_seed(rank_seed(options.seed, parallel_.rank()));
-    optimizer_ = make_optimizer(model->trainable_parameters(), options.optimizer);
+    params_ = model->trainable_parameters();
+    optimizer_ = make_optimizer(params_, options.optimizer);
     loader_ = std::make_unique<Loader>(
         train,
         options.batch,
@@ -169,11 +184,18 @@ class TrainRun {
   TrainResult run() {
     if (!options_.resume.empty()) resume();
     parallel_.start(model_, options_.loss, result_);
+    if (options_.ema > 0 && !ema_) {
+      ema_ = std::make_unique<WeightAverage>(model_state(model_), options_.ema);
+    }
     for (; run_.epoch <= options_.epochs; ++run_.epoch) {
       train_epoch();
       end_epoch();
     }
-    if (options_.keep_best && run_.kept_epoch != options_.epochs) copy_state(model_, best_state_);
+    if (options_.keep_best && run_.kept_epoch != options_.epochs) {
+      copy_state(model_, best_state_);
+    } else if (ema_) {
+      copy_state(model_, ema_->average());
+    }
     parallel_.finish(result_);
     model_->eval();
     result_.history = run_.history;
@@ -183,7 +205,9 @@ class TrainRun {
 
  private:
   void resume();
+  void resume_average(const TensorMap& saved_state);
   void train_epoch();
+  void step();
   at::Tensor batch_loss(const Batch& batch);
   void after_step();
   void sync_sums();
@@ -191,13 +215,26 @@ class TrainRun {
   void keep_if_best(const EpochMetrics& m);
   void write_checkpoint();
 
+  /// Runs fn with the model holding the moving average's weights, when there is one.
+  template <typename Fn>
+  void with_average(Fn&& fn) {
+    if (!ema_) return fn();
+    std::vector<at::Tensor> saved;
+    for (const auto& t : model_state(model_)) saved.push_back(t.detach().clone());
+    copy_state(model_, ema_->average());
+    fn();
+    copy_state(model_, saved);
+  }
+
   PatchClassifier& model_;
   const Dataset* test_;
   const TrainerOptions& options_;
   const TrainerCallbacks& callbacks_;
   Parallel parallel_;
   c10::Device device_;
+  std::vector<at::Tensor> params_;  ///< the trained parameters
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<WeightAverage> ema_;
   std::unique_ptr<Loader> loader_;
   int64_t steps_ = 0;
   at::Generator generator_ = at::detail::getDefaultCPUGenerator();  // shares the state
@@ -232,6 +269,7 @@ void TrainRun::resume() {
   const TensorMap saved_state = load_model_state(file);
   optimizer_state_from_tensors(*optimizer_, options_.optimizer.kind, saved_state, file);
   generator_.set_state(state_tensor(saved_state, "rng_state", file));
+  resume_average(saved_state);
   if (options_.keep_best) {
     const int64_t count = state_tensor(saved_state, "best_count", file).item<int64_t>();
     check_input(
@@ -252,6 +290,25 @@ void TrainRun::resume() {
   }
 }
 
+/// The checkpoint's moving average ("ema_<i>", "ema_updates"), when the run keeps one.
+void TrainRun::resume_average(const TensorMap& saved_state) {
+  if (options_.ema <= 0) return;
+  const std::string& file = options_.resume;
+  const std::vector<at::Tensor> state = model_state(model_);
+  std::vector<at::Tensor> average;
+  for (size_t i = 0; i < state.size(); ++i) {
+    const at::Tensor& t = state_tensor(saved_state, "ema_" + std::to_string(i), file);
+    check_input(
+        t.sizes() == state[i].sizes(),
+        "{}: moving average 'ema_{}' does not match its weight, expected its shape",
+        file,
+        i);
+    average.push_back(t);
+  }
+  ema_ = std::make_unique<WeightAverage>(state, options_.ema);
+  ema_->restore(average, state_tensor(saved_state, "ema_updates", file).item<int64_t>());
+}
+
 void TrainRun::train_epoch() {
   start_ = std::chrono::steady_clock::now();
   model_->train();
@@ -269,13 +326,26 @@ void TrainRun::train_epoch() {
         loader_->batch_rows(run_.step),
         run_.epoch,
         run_.step);
-    optimizer_->step();
+    step();
     run_.seen += b;
     ++run_.step;
     after_step();
   }
   sync_sums();
   parallel_.reduce_sums(run_, /*rank0_only=*/false, run_.epoch);
+}
+
+/// The optimizer's step at the schedule's rate, after clipping; then the average's.
+void TrainRun::step() {
+  const int64_t done = (run_.epoch - 1) * steps_ + run_.step;
+  const double lr = scheduled_lr(
+      options_.schedule, options_.optimizer.lr, done, options_.epochs * steps_, steps_);
+  set_learning_rate(*optimizer_, lr);
+  if (options_.clip_grad_norm > 0) {
+    torch::nn::utils::clip_grad_norm_(params_, options_.clip_grad_norm);
+  }
+  optimizer_->step();
+  if (ema_) ema_->update(model_state(model_));
 }
 
 /// The batch's mean loss; its images and correct predictions go to the sums.
@@ -292,7 +362,7 @@ at::Tensor TrainRun::batch_loss(const Batch& batch) {
   } else {
     out = model_->forward_bags(images.to(device_), batch.counts);
   }
-  at::Tensor loss = compute_loss(options_.loss, out, labels);
+  at::Tensor loss = compute_loss(options_.loss, out, labels, options_.label_smoothing);
   loss_sum_ += loss.detach().to(torch::kFloat64) * static_cast<double>(labels.size(0));
   correct_ += out.log_probs.detach().argmax(1).eq(labels).sum().to(torch::kFloat64);
   return loss;
@@ -349,12 +419,14 @@ void TrainRun::end_epoch() {
   m.loss = run_.loss_sum / static_cast<double>(run_.seen);
   m.accuracy = run_.correct / static_cast<double>(run_.seen);
   m.images_per_second = static_cast<double>(run_.seen) / std::max(m.seconds, 1e-9);
-  if (test_ != nullptr) {
-    std::tie(m.test_loss, m.test_accuracy) =
-        parallel_.evaluate(model_, options_.eval_batch, run_.epoch);
-  }
+  with_average([&] {
+    if (test_ != nullptr) {
+      std::tie(m.test_loss, m.test_accuracy) =
+          parallel_.evaluate(model_, options_.eval_batch, run_.epoch);
+    }
+    keep_if_best(m);
+  });
   run_.history.push_back(m);
-  keep_if_best(m);
   if (callbacks_.on_epoch) callbacks_.on_epoch(m);
   run_.step = 0;
   static_cast<EpochSums&>(run_) = EpochSums{};
@@ -387,6 +459,12 @@ void TrainRun::write_checkpoint() {
   TensorMap state = optimizer_state_to_tensors(*optimizer_, options_.optimizer.kind);
   state["rng_state"] = generator_.get_state();
   state["best_count"] = torch::tensor(static_cast<int64_t>(best_state_.size()));
+  if (ema_) {
+    state["ema_updates"] = torch::tensor(ema_->updates());
+    for (size_t i = 0; i < ema_->average().size(); ++i) {
+      state["ema_" + std::to_string(i)] = ema_->average()[i];
+    }
+  }
   for (size_t i = 0; i < best_state_.size(); ++i) {
     state["best_" + std::to_string(i)] = best_state_[i];
   }

@@ -385,6 +385,46 @@ TEST_F(CliTest, InitStartsFromASavedModelsWeights) {
       "fashion.pw: weights lack 'attention.");
 }
 
+TEST_F(CliTest, ARecipeFileSetsFlagsTheCommandLineWinsAndTheModelFileKeepsEveryChoice) {
+  std::ofstream(file("recipe.json"))
+      << R"({"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": true,
+             "weight_decay": 5e-4, "schedule": "cosine", "warmup": 0.5,
+             "label_smoothing": 0.1, "clip_grad": 5, "ema": 0.99, "erase": 0.25,
+             "epochs": 2})";
+  Result r =
+      pw("train --data " + kData + " --limit-train 256 --limit-test 100 --recipe " +
+         file("recipe.json") + " --lr 0.02 --epochs 1 -o " + file("recipe.pw"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("sgd lr 0.02, 1 epochs"));
+  EXPECT_THAT(
+      r.out,
+      HasSubstr("train: recipe: momentum 0.9 (Nesterov), weight decay 0.0005, cosine schedule, "
+                "0.5 epochs of warmup, label smoothing 0.1, gradient norm clipped to 5 and "
+                "weights averaged with decay 0.99"));
+  EXPECT_THAT(r.out, HasSubstr("train: augmentation: random erasing p 0.25"));
+  const nlohmann::json flags = load_model_training(file("recipe.pw"))["flags"];
+  EXPECT_EQ(flags["lr"], 0.02);
+  EXPECT_EQ(flags["epochs"], 1);
+  EXPECT_EQ(flags["nesterov"], true);
+  EXPECT_EQ(flags["schedule"], "cosine");
+  EXPECT_EQ(flags["ema"], 0.99);
+  EXPECT_EQ(flags["erase"], 0.25);
+  EXPECT_FALSE(flags.contains("recipe"));
+
+  const std::string train = "train --data " + kData + " --limit-train 64 -o " + file("x.pw");
+  std::ofstream(file("bad1.json")) << R"({"out": "elsewhere.pw"})";
+  expect_bad_input(
+      train + " --recipe " + file("bad1.json"), "bad1.json: 'out' is not a flag a recipe sets");
+  std::ofstream(file("bad2.json")) << R"({"lr": "fast"})";
+  expect_bad_input(train + " --recipe " + file("bad2.json"), "bad2.json: 'lr' is \"fast\"");
+  std::ofstream(file("bad3.json")) << R"({"momentum": 2})";
+  expect_bad_input(train + " --recipe " + file("bad3.json"), "bad3.json: 'momentum' is 2");
+  expect_bad_input(train + " --recipe " + file("none.json"), "--recipe: cannot read");
+  expect_bad_input(train + " --epochs 2 --warmup 2", "--warmup: 2 epochs, expected fewer than");
+  expect_bad_input(
+      train + " --optimizer sgd --nesterov", "--nesterov: with optimizer sgd and momentum 0");
+}
+
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
   Result r =
       pw("train --data " + kData +
@@ -492,6 +532,7 @@ TEST_F(CliTest, HelpShowsDefaultsAndExitsZero) {
   EXPECT_EQ(r.code, 0);
   EXPECT_THAT(r.out, HasSubstr("--grid"));
   EXPECT_THAT(r.out, HasSubstr("2x2"));
+  EXPECT_THAT(r.out, HasSubstr("--schedule TEXT:{constant,step,cosine,onecycle}=constant"));
 }
 
 TEST_F(CliTest, VersionNamesLibTorchTheBlasAndTheProcessor) {

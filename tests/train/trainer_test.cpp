@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/error.h"
@@ -181,11 +182,13 @@ TEST_F(TrainerTest, TheSameSeedGivesTheSameWeightsWithOrWithoutAugmentation) {
 /// resumed from its checkpoint: both must end bit for bit alike (the optimizer's state,
 /// the data order and every random draw come back from the checkpoint).
 void expect_stop_and_resume_bit_identical(
-    const std::string& dir, const OptimizerOptions& optimizer) {
+    const std::string& dir, const OptimizerOptions& optimizer,
+    const std::function<void(TrainerOptions&)>& recipe = {}) {
   Dataset train = quadrant_dataset(256, 21);
   Dataset test = quadrant_dataset(64, 22);
   TrainerOptions options;
   options.optimizer = optimizer;
+  if (recipe) recipe(options);
   options.epochs = 3;
   options.batch = 32;
   options.augment.shift = 2;  // random draws on top of dropout's
@@ -223,6 +226,9 @@ void expect_stop_and_resume_bit_identical(
   auto b = resumed->parameters();
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i;
+  auto c = straight->buffers();
+  auto d = resumed->buffers();
+  for (size_t i = 0; i < c.size(); ++i) EXPECT_TRUE(torch::equal(c[i], d[i])) << "buffer " << i;
   ASSERT_EQ(continued.history.size(), 3u);
   EXPECT_DOUBLE_EQ(continued.history[2].test_accuracy, reference.history[2].test_accuracy);
   EXPECT_DOUBLE_EQ(continued.history[1].loss, reference.history[1].loss);
@@ -234,6 +240,29 @@ TEST_F(TrainerTest, AStoppedAndResumedRunEndsWithBitIdenticalWeights) {
 
 TEST_F(TrainerTest, SgdMomentumBuffersComeBackOnResume) {
   expect_stop_and_resume_bit_identical(dir_.string(), {OptimizerKind::kSgd, 0.05, 0.9});
+}
+
+// Two parameter groups (weight decay), AdamW's state, the schedule's step count, label
+// smoothing, clipping, erasing and the moving average all come back from the checkpoint.
+TEST_F(TrainerTest, AFullRecipeResumesBitIdentical) {
+  expect_stop_and_resume_bit_identical(
+      dir_.string(), {OptimizerKind::kAdamW, 3e-3, 0, false, 0.05}, [](TrainerOptions& o) {
+        o.schedule.kind = ScheduleKind::kCosine;
+        o.schedule.warmup_epochs = 0.5;
+        o.label_smoothing = 0.1;
+        o.clip_grad_norm = 1.0;
+        o.ema = 0.9;
+        o.augment.erase = 0.5;
+      });
+}
+
+TEST_F(TrainerTest, SgdNesterovWithDecayAndAStepScheduleResumesBitIdentical) {
+  expect_stop_and_resume_bit_identical(
+      dir_.string(), {OptimizerKind::kSgd, 0.05, 0.9, true, 5e-4}, [](TrainerOptions& o) {
+        o.schedule.kind = ScheduleKind::kStep;
+        o.schedule.step_epochs = 1;
+        o.schedule.gamma = 0.5;
+      });
 }
 
 TEST_F(TrainerTest, OptimizerOptionsAreChecked) {
@@ -254,7 +283,18 @@ TEST_F(TrainerTest, OptimizerOptionsAreChecked) {
       ::testing::HasSubstr("momentum: 1, expected 0 <= m < 1"));
   EXPECT_THAT(
       test::input_error([] { parse_optimizer_kind("lamb"); }),
-      ::testing::HasSubstr("unknown optimizer 'lamb', expected adam or sgd"));
+      ::testing::HasSubstr("unknown optimizer 'lamb', expected adam, adamw or sgd"));
+  EXPECT_THAT(
+      test::input_error([] {
+        check_optimizer_options({OptimizerKind::kSgd, 0.1, 0, true});
+      }),
+      ::testing::HasSubstr("nesterov: with optimizer sgd and momentum 0, expected sgd with a "
+                           "momentum above 0"));
+  EXPECT_THAT(
+      test::input_error([] {
+        check_optimizer_options({OptimizerKind::kAdamW, 0.1, 0, false, -0.1});
+      }),
+      ::testing::HasSubstr("weight-decay: -0.1, expected 0 <= decay < 1"));
 }
 
 TEST_F(TrainerTest, ResumeRefusesAPlainModelFile) {

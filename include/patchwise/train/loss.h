@@ -6,6 +6,9 @@
 //           fused loss, so data-parallel ranks can weigh their parts by images
 //   fused : mean over b of -log_probs[b, y[b]]                 (NLL of the fused output)
 //   both  : patch + fused
+// Label smoothing e replaces each one-hot target by (1 - e) one-hot + e / K uniform:
+// each cross-entropy becomes (1 - e) * NLL + e * mean over the K classes of -log p,
+// as PyTorch's CrossEntropyLoss(label_smoothing=e).
 
 #include <string>
 
@@ -25,7 +28,11 @@ std::string loss_kind_name(LossKind kind);
 /// would leave a learned rule untrained (patch loss with attention).
 void check_trainable(LossKind kind, FusionRule rule);
 
+/// Throws InputError for a smoothing outside [0, 1).
+void check_label_smoothing(double smoothing);
+
 /// A scalar loss.
-at::Tensor compute_loss(LossKind kind, const PatchOutput& out, const at::Tensor& labels);
+at::Tensor compute_loss(
+    LossKind kind, const PatchOutput& out, const at::Tensor& labels, double smoothing = 0);
 
 }  // namespace patchwise

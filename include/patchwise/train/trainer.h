@@ -1,16 +1,17 @@
 #pragma once
-// The trainer: Adam or SGD over shuffled mini-batches, one evaluation per epoch. It
-// never prints: progress and per-epoch metrics go to the caller's callbacks.
+// The trainer: Adam, AdamW or SGD over shuffled mini-batches with a learning-rate
+// schedule, optional gradient clipping and a moving average of the weights, one
+// evaluation per epoch. It never prints: progress and per-epoch metrics go to the
+// caller's callbacks.
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <stdexcept>
 #include <limits>
+#include <nlohmann/json_fwd.hpp>
+#include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/augment.h"
@@ -18,6 +19,7 @@
 #include "patchwise/data/loader.h"
 #include "patchwise/train/loss.h"
 #include "patchwise/train/optimizer.h"
+#include "patchwise/train/schedule.h"
 
 namespace patchwise {
 
@@ -27,6 +29,13 @@ struct TrainerOptions {
   int64_t epochs = 10;             ///< passes over the training set
   int64_t batch = 64;              ///< images per step (each gives P patches)
   OptimizerOptions optimizer;      ///< Adam at 1e-3 unless set
+  ScheduleOptions schedule;        ///< the rate over the run; constant unless set
+  double label_smoothing = 0;      ///< loss.h; 0: none
+  double clip_grad_norm = 0;       ///< > 0: scale the gradient down to this global L2
+                                   ///< norm when above it; 0: never
+  double ema = 0;                  ///< > 0: the decay of a moving average of the weights
+                                   ///< (train/ema.h), which is what each epoch evaluates
+                                   ///< and what the model ends with; 0: none
   uint64_t seed = 42;              ///< weights, data order and dropout
   LossKind loss = LossKind::kPatch;
   int64_t eval_batch = 256;        ///< images per evaluation step
