@@ -301,7 +301,8 @@ const char* const kCallables[] = {
     "collections.OrderedDict",
     "torch._utils._rebuild_tensor_v2",
     "torch._utils._rebuild_parameter",
-    "torch._utils._rebuild_parameter_with_state"};
+    "torch._utils._rebuild_parameter_with_state",
+    "torch.jit._pickle.restore_type_tag"};  // LibTorch's pickle_save (export): the identity
 
 // ---------------------------------------------------------------------------------------
 // The restricted unpickler
@@ -688,6 +689,10 @@ Value Unpickler::reduce(const Value& callable, const Value& args) {
     return dict;
   }
   if (f == "torch._utils._rebuild_tensor_v2") return rebuild_tensor(a);
+  if (f == "torch.jit._pickle.restore_type_tag") {
+    check(a.size() == 2, "{} called with {} arguments, expected 2", f, a.size());
+    return a[0];
+  }
   const bool with_state = f == "torch._utils._rebuild_parameter_with_state";
   check(
       f == "torch._utils._rebuild_parameter" || with_state,

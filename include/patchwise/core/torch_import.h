@@ -7,8 +7,9 @@
 // pickle is a program: Python's unpickler calls whatever the file names. This reader runs
 // none of it. It interprets the opcodes a state dict needs (protocols 2 to 4) and only
 // these globals: collections.OrderedDict, torch._utils._rebuild_tensor_v2,
-// torch._utils._rebuild_parameter(_with_state) and the typed storages torch.*Storage;
-// anything else is refused before it could be called. Every size, offset, count and
+// torch._utils._rebuild_parameter(_with_state), the typed storages torch.*Storage, and
+// torch.jit._pickle.restore_type_tag (an identity LibTorch's own pickler writes, so that
+// export's files read back); anything else is refused before it could be called. Every size, offset, count and
 // stride is checked against the bytes present before anything is allocated, and the
 // tensors are copied out of the file into memory of their own.
 
