@@ -1116,7 +1116,7 @@ std::string stored_zip(const std::vector<std::pair<std::string, std::string>>& e
       put_le(*header, data.size(), 4);
       put_le(*header, data.size(), 4);
       put_le(*header, name.size(), 2);
-      put_le(*header, 0, local ? 2 : 12);  // extra; comment, disk, attributes
+      header->append(local ? 2 : 12, '\0');  // extra; comment, disk, attributes
       if (!local) put_le(*header, offset, 4);
       *header += name;
     }
