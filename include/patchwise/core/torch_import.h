@@ -9,9 +9,9 @@
 // these globals: collections.OrderedDict, torch._utils._rebuild_tensor_v2,
 // torch._utils._rebuild_parameter(_with_state), the typed storages torch.*Storage, and
 // torch.jit._pickle.restore_type_tag (an identity LibTorch's own pickler writes, so that
-// export's files read back); anything else is refused before it could be called. Every size, offset, count and
-// stride is checked against the bytes present before anything is allocated, and the
-// tensors are copied out of the file into memory of their own.
+// export's files read back); anything else is refused before it could be called. Every
+// size, offset, count and stride is checked against the bytes present before anything is
+// allocated, and the tensors are copied out of the file into memory of their own.
 
 #include <string>
 #include <utility>
