@@ -1,6 +1,6 @@
 // Writes the fuzzers' seed corpora: small valid files of every kind, one folder per
-// target (idx, cifar, digits_json, image, model_file, region, manifest, request) under the folder
-// given.
+// target (idx, cifar, digits_json, image, model_file, region, manifest, request,
+// torch_import) under the folder given.
 //
 //   fuzz_seeds OUT_DIR
 #include <torch/torch.h>
@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/model_file.h"
+#include "patchwise/core/torch_export.h"
+#include "patchwise/core/torch_import.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/region.h"
@@ -55,9 +57,68 @@ void write_request_seeds(const fs::path& dir, const std::string& png) {
   std::ofstream(dir / "method") << "DELETE /v1/predict HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
 }
 
+std::string le(uint64_t value, size_t width) {
+  std::string out;
+  for (size_t i = 0; i < width; ++i) out.push_back(char(uint8_t(value >> (8 * i))));
+  return out;
+}
+
+/// Protocol 2, as torch.save writes a state dict: an OrderedDict of a strided float view
+/// (storage '0', 16 elements) and a long scalar (storage '1'), memo puts and gets, and the
+/// _metadata BUILD.
+std::string state_dict_pickle_v2() {
+  const auto text = [](const std::string& s) { return "X" + le(s.size(), 4) + s; };
+  const std::string rebuild = std::string("ctorch._utils\n_rebuild_tensor_v2\nq") + '\2';
+  const auto storage = [&](const char* type, const char* key, int numel) {
+    return "((" + text("storage") + "ctorch\n" + type + "\n" + text(key) + text("cpu") + "K" +
+           char(numel) + "tQ";
+  };
+  std::string p = "\x80\x02\x63\x63ollections\nOrderedDict\nq" + std::string(1, '\0') + ")Rq\x01(";
+  p += text("conv.weight") + rebuild + storage("FloatStorage", "0", 16);
+  p += "K\x01K\x02K\x03\x86K\x01K\x02\x86\x89h" + std::string(1, '\0') + ")RtR";
+  p += text("bn.num_batches_tracked") + "h\x02" + storage("LongStorage", "1", 1);
+  p += "K" + std::string(1, '\0') + "))\x89h" + std::string(1, '\0') + ")RtRu";
+  p += "}" + text("_metadata") + "h" + std::string(1, '\0') + ")R(" + text("") + "}" +
+       text("version") + "K\x01susb.";
+  return p;
+}
+
+/// Protocol 4: a frame, short strings, STACK_GLOBAL and MEMOIZE.
+std::string state_dict_pickle_v4() {
+  const auto text = [](const std::string& s) {
+    return "\x8c" + std::string(1, char(s.size())) + s;
+  };
+  std::string body = "}\x94" + text("w") + "\x94" + text("torch._utils") +
+                     text("_rebuild_tensor_v2") + "\x93\x94((" + text("storage") + text("torch") +
+                     text("FloatStorage") + "\x93" + text("2") + text("cpu") + "K\x04tQK" +
+                     std::string(1, '\0') + "K\x04\x85K\x01\x85\x89)tRs.";
+  return "\x80\x04\x95" + le(body.size(), 8) + body;
+}
+
+/// Seeds for torch_import_fuzz: whole archives, and bare pickles it wraps into one.
+void write_torch_import_seeds(const fs::path& dir, PatchClassifier& model) {
+  std::ofstream(dir / "v2.pkl", std::ios::binary) << state_dict_pickle_v2();
+  std::ofstream(dir / "v4.pkl", std::ios::binary) << state_dict_pickle_v4();
+  std::vector<std::pair<std::string, std::string>> entries = {
+      {"seed/data.pkl", state_dict_pickle_v2()}, {"seed/byteorder", "little"}};
+  for (int i = 0; i < 2; ++i)
+    entries.emplace_back("seed/data/" + std::to_string(i), std::string(64, '\1'));
+  std::ofstream(dir / "archive.pt", std::ios::binary) << stored_zip(entries);
+  const std::vector<char> exported = state_dict_bytes(model);
+  std::ofstream(dir / "export.pt", std::ios::binary).write(exported.data(), exported.size());
+}
+
 void write_seeds(const fs::path& root) {
   for (const char* target :
-       {"idx", "cifar", "digits_json", "image", "model_file", "region", "manifest", "request"}) {
+       {"idx",
+        "cifar",
+        "digits_json",
+        "image",
+        "model_file",
+        "region",
+        "manifest",
+        "request",
+        "torch_import"}) {
     fs::create_directories(root / target);
   }
   torch::manual_seed(0);
@@ -109,6 +170,7 @@ void write_seeds(const fs::path& root) {
   config.normalization = {{0.5}, {0.25}};
   PatchClassifier model(config);
   save_model((root / "model_file/small.pw").string(), model, nullptr);
+  write_torch_import_seeds(root / "torch_import", model);
   write_request_seeds(root / "request", encode_png(gray));
 }
 

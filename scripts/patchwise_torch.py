@@ -13,6 +13,14 @@ to the caller.
 
 Run as a script it checks an export against outputs saved by patchwise's test:
     patchwise_torch.py MODEL.pt EXPECTED.pt   (exit 0 when every output agrees within 1e-5)
+or, the other way round, makes weights for patchwise to import (torch_import_test):
+    patchwise_torch.py --make CONFIG.json WEIGHTS.pt OUTPUTS.pt [STYLE]
+builds the model of an exported configuration with random weights and batch-norm
+statistics, torch.save's its state dict to WEIGHTS.pt and the outputs on random images to
+OUTPUTS.pt ("images", "log_probs", "patch_logits"). STYLE names the tensors: "model" (the
+default: PatchClassifier's names), "backbone" (the backbone's alone, as torchvision's
+ResNet), "torchvision" (vgg16 as torchvision's VGG: "features.<i>" and a "classifier" of
+its own), "checkpoint" ({"epoch", "state_dict", "optimizer"}).
 """
 import json
 import math
@@ -226,9 +234,84 @@ def load(path, config_path=None):
     return model.eval()
 
 
+def randomized(config):
+    """The model of `config` in evaluation mode with random weights and batch-norm
+    statistics, normalized as the configuration says."""
+    model = PatchClassifier(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.3 / math.sqrt(max(p[0].numel(), 1))
+                                           if p.dim() > 1 else 0.1))
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.add_(1.0)
+                module.running_mean.copy_(torch.randn_like(module.running_mean) * 0.1)
+                module.running_var.copy_(torch.rand_like(module.running_var) + 0.5)
+                module.num_batches_tracked.fill_(7)
+        channels = config["image"]["channels"]
+        norm = config["normalization"]
+        model.mean.copy_(torch.tensor(norm["mean"]).view(1, channels, 1, 1))
+        model.std.copy_(torch.tensor(norm["std"]).view(1, channels, 1, 1))
+    return model.eval()
+
+
+def torchvision_vgg(backbone):
+    """Vgg16's weights under torchvision's names: features.<i> counts conv, [bn], ReLU and
+    [pool] in torchvision's order; the classifier is three layers of its own."""
+    state, index, pool = {}, 0, False
+    for layer in backbone.conv:
+        if isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):
+            for key, value in layer.state_dict().items():
+                state[f"features.{index}.{key}"] = value
+            index += 1
+        elif isinstance(layer, nn.MaxPool2d):
+            pool = True
+        else:  # the ReLU, then the pool
+            index += 2 if pool else 1
+            pool = False
+    for i, (o, n) in enumerate(((16, 512), (16, 16), (1000, 16))):
+        state[f"classifier.{3 * i}.weight"] = torch.randn(o, n)
+        state[f"classifier.{3 * i}.bias"] = torch.randn(o)
+    return state
+
+
+def state_in_style(model, style):
+    if style == "model":
+        return model.state_dict()
+    if style == "backbone":
+        return model.backbone.state_dict()
+    if style == "torchvision":
+        return torchvision_vgg(model.backbone)
+    if style == "checkpoint":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        return {"epoch": 3, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict()}
+    raise ValueError(f"unknown style {style!r}")
+
+
+def make(config_path, weights_path, outputs_path, style="model"):
+    config = json.loads(Path(config_path).read_text())
+    torch.manual_seed(0)
+    model = randomized(config)
+    image = config["image"]
+    images = torch.randint(0, 256, (3, image["channels"], image["height"], image["width"]),
+                           dtype=torch.uint8)
+    with torch.no_grad():
+        log_probs, patch_logits = model(images)
+    torch.save(state_in_style(model, style), weights_path)
+    torch.save({"images": images, "log_probs": log_probs, "patch_logits": patch_logits},
+               outputs_path)
+    return 0
+
+
 def main(argv):
+    if len(argv) in (5, 6) and argv[1] == "--make":
+        return make(*argv[2:])
     if len(argv) != 3:
-        print(__doc__.strip().splitlines()[-2].strip(), file=sys.stderr)
+        usage = [line.strip() for line in __doc__.splitlines() if "patchwise_torch.py " in line]
+        print("usage:\n  " + "\n  ".join(usage), file=sys.stderr)
         return 2
     model = load(argv[1])
     expected = torch.load(argv[2])

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <vector>
 
+#include "little_endian.h"
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
 
@@ -28,15 +29,8 @@ constexpr size_t kTrailerSize = sizeof(kChecksumTag) - 1 + 4;
 /// A configuration larger than this is not one we wrote.
 constexpr uint64_t kMaxConfigBytes = 64u << 20;
 
-uint64_t read_le(const std::string& bytes, size_t at, size_t width) {
-  uint64_t value = 0;
-  for (size_t i = 0; i < width; ++i) value |= uint64_t(uint8_t(bytes[at + i])) << (8 * i);
-  return value;
-}
-
-void put_le(std::string& out, uint64_t value, size_t width) {
-  for (size_t i = 0; i < width; ++i) out.push_back(char(uint8_t(value >> (8 * i))));
-}
+using detail::put_le;
+using detail::read_le;
 
 uint32_t checksum(const std::string& bytes) {
   uLong crc = crc32(0L, Z_NULL, 0);

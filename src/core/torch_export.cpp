@@ -10,17 +10,12 @@
 
 namespace patchwise {
 
-namespace {
-
-/// Every parameter, then every buffer, by its module path (torch.nn.Module.state_dict's keys).
 std::vector<std::pair<std::string, at::Tensor>> named_state(PatchClassifier& model) {
   std::vector<std::pair<std::string, at::Tensor>> state;
   for (const auto& p : model->named_parameters()) state.emplace_back(p.key(), p.value());
   for (const auto& b : model->named_buffers()) state.emplace_back(b.key(), b.value());
   return state;
 }
-
-}  // namespace
 
 std::vector<char> state_dict_bytes(PatchClassifier& model) {
   torch::NoGradGuard no_grad;

@@ -7,11 +7,16 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "patchwise/core/patch_classifier.h"
 
 namespace patchwise {
+
+/// Every parameter, then every buffer, by its module path (torch.nn.Module.state_dict's
+/// keys); the tensors are the model's own, not copies.
+std::vector<std::pair<std::string, at::Tensor>> named_state(PatchClassifier& model);
 
 /// The model's parameters and buffers by name, as torch.save writes a state dict (a zip
 /// archive holding a pickle and one record per tensor), from CPU copies.
