@@ -22,6 +22,7 @@
 #include "patchwise/core/files.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
+#include "patchwise/core/torch_import.h"
 #include "patchwise/data/source.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/models/registry.h"
@@ -298,7 +299,7 @@ PatchClassifier build_model(
   torch::manual_seed(f.seed);
   PatchClassifier model = d.cache ? head_model(*d.cache, config) : PatchClassifier(config);
   // A resumed run's weights come from its checkpoint, not from --init again.
-  if (!f.init.empty() && f.resume.empty()) load_model_weights(model, f.init);
+  if (!f.init.empty() && f.resume.empty()) load_initial_weights(model, f.init, f.init_new_head);
   model->to(device);
   return model;
 }
@@ -402,7 +403,13 @@ void print_plan(
       f.epochs,
       f.seed);
   print_recipe(log, f);
-  if (!f.init.empty()) fmt::print(log, "train: starting from the weights of {}\n", f.init);
+  if (!f.init.empty()) {
+    fmt::print(
+        log,
+        "train: starting from the weights of {}{}\n",
+        f.init,
+        f.init_new_head ? ", with a new classifier" : "");
+  }
   log.flush();
 }
 

@@ -1066,7 +1066,7 @@ void import_torch_weights(
       path,
       mapping.unexpected.size(),
       listed(mapping.unexpected),
-      keep_head ? "" : " (a classifier of another size needs keep_head)");
+      keep_head ? "" : " (a classifier of another size: train --init-new-head)");
   const bool whole_model = naming_of(state) == Naming::kModel;
   const std::vector<std::string> missing =
       missing_names(mapping, ours, head, keep_head, whole_model);

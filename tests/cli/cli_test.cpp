@@ -383,6 +383,22 @@ TEST_F(CliTest, InitStartsFromASavedModelsWeights) {
       "train --data " + kData + " --fusion attention --loss fused --init " + model() + " -o " +
           file("x.pw"),
       "fashion.pw: weights lack 'attention.");
+  // The same weights through PyTorch's format: export, then --init from the state dict.
+  ASSERT_EQ(pw("export -m " + model() + " -o " + file("fashion.pt")).code, 0);
+  Result from_torch =
+      pw("train --json --data " + kData +
+         " --limit-train 256 --limit-test 500 --epochs 1 --seed 7 --lr 1e-9 --init " +
+         file("fashion.pt") + " -o " + file("warm-pt.pw"));
+  ASSERT_EQ(from_torch.code, 0) << from_torch.err;
+  EXPECT_NEAR(
+      nlohmann::json::parse(from_torch.out)["test_accuracy"].get<double>(), saved, 2.0 / 500);
+  expect_bad_input(
+      "train --data " + kData + " --model resnet20 --init " + file("fashion.pt") + " -o " +
+          file("x.pw"),
+      "fashion.pt: ");
+  expect_bad_input(
+      "train --data " + kData + " --init-new-head -o " + file("x.pw"),
+      "--init-new-head: without --init");
 }
 
 TEST_F(CliTest, ARecipeFileSetsFlagsTheCommandLineWinsAndTheModelFileKeepsEveryChoice) {
