@@ -86,11 +86,11 @@ class Vgg16(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, i, o, stride):
+    def __init__(self, i, o, stride, k1=3, k2=3):
         super().__init__()
-        self.conv1 = nn.Conv2d(i, o, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(i, o, k1, stride, k1 // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(o)
-        self.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(o, o, k2, 1, k2 // 2, bias=False)
         self.bn2 = nn.BatchNorm2d(o)
         self.downsample = None
         if stride != 1 or i != o:
@@ -103,17 +103,23 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    PLANS = {"resnet20": (16, [16, 32, 64], 3), "resnet56": (16, [16, 32, 64], 9),
-             "resnet18": (64, [64, 128, 256, 512], 2)}
+    # stem, widths, blocks per stage, local (BagNet: 3x3 only first in each stage)
+    PLANS = {"resnet20": (16, [16, 32, 64], 3, False), "resnet56": (16, [16, 32, 64], 9, False),
+             "resnet18": (64, [64, 128, 256, 512], 2, False),
+             "bagnet11": (32, [32, 64, 128], 2, True)}
 
     def __init__(self, o):
         super().__init__()
-        stem, widths, blocks = self.PLANS[o["name"]]
+        stem, widths, blocks, local = self.PLANS[o["name"]]
+
+        def kernel(b, conv):
+            return 3 if not local or (b == 0 and conv == 0) else 1
         self.conv1 = nn.Conv2d(o["in_channels"], stem, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         width = stem
         for s, w in enumerate(widths):
-            stage = [BasicBlock(width if b == 0 else w, w, 2 if s > 0 and b == 0 else 1)
+            stage = [BasicBlock(width if b == 0 else w, w, 2 if s > 0 and b == 0 else 1,
+                                kernel(b, 0), kernel(b, 1))
                      for b in range(blocks)]
             setattr(self, f"layer{s + 1}", nn.Sequential(*stage))
             width = w
@@ -132,7 +138,7 @@ class ResNet(nn.Module):
 
 
 BACKBONES = {"small-cnn": SmallCnn, "vgg16": Vgg16, "resnet20": ResNet, "resnet56": ResNet,
-             "resnet18": ResNet}
+             "resnet18": ResNet, "bagnet11": ResNet}
 
 
 class AttentionPool(nn.Module):

@@ -16,6 +16,7 @@ const std::vector<BackboneInfo>& backbones() {
       detail::resnet20_backbone(),
       detail::resnet56_backbone(),
       detail::resnet18_backbone(),
+      detail::bagnet11_backbone(),
   };
   return all;
 }

@@ -45,5 +45,6 @@ BackboneInfo vgg16_backbone();
 BackboneInfo resnet20_backbone();
 BackboneInfo resnet56_backbone();
 BackboneInfo resnet18_backbone();
+BackboneInfo bagnet11_backbone();
 
 }  // namespace patchwise::detail

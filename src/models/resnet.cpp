@@ -6,6 +6,11 @@
 //   resnet18: torchvision's ResNet-18 with a stem for 32x32 and smaller (conv3x3 64,
 //     stride 1, no max pool): 4 stages of 2 basic blocks of 64, 128, 256, 512 | global
 //     average pooling (F=512) | dense K.
+//   bagnet11: a BagNet (Brendel & Bethge 2019) for small inputs: the same residual network
+//     with conv3x3 32 | 3 stages of 2 blocks of 32, 64, 128 channels in which only the
+//     first convolution of each stage's first block is 3x3 and every other one 1x1, so that
+//     every output position sees an 11x11 window of the input (3 + 2 + 2*1 + 2*2): its
+//     features are an average of local features, its logits an average of local evidence.
 // A block whose stride or width changes projects its shortcut with conv1x1 + batch norm
 // (option B). Batch norm always; the convolutions have no bias.
 #include <vector>
@@ -24,11 +29,18 @@ struct ResNetPlan {
   int64_t stem;                 ///< channels of the stem convolution
   std::vector<int64_t> widths;  ///< channels of each stage
   int64_t blocks;               ///< basic blocks per stage
+  bool local = false;           ///< BagNet: 3x3 only in each stage's first convolution
+
+  /// The kernel of convolution `conv` (0, 1) of block `block` of a stage.
+  int64_t kernel(int64_t block, int conv) const {
+    return !local || (block == 0 && conv == 0) ? 3 : 1;
+  }
 };
 
 const ResNetPlan kResNet20{"ResNet20", 16, {16, 32, 64}, 3};
 const ResNetPlan kResNet56{"ResNet56", 16, {16, 32, 64}, 9};
 const ResNetPlan kResNet18{"ResNet18", 64, {64, 128, 256, 512}, 2};
+const ResNetPlan kBagNet11{"BagNet11", 32, {32, 64, 128}, 2, /*local=*/true};
 
 nn::Conv2dOptions conv_options(int64_t in, int64_t out, int64_t k, int64_t stride) {
   return nn::Conv2dOptions(in, out, k).stride(stride).padding(k / 2).bias(false);
@@ -41,10 +53,10 @@ void init_conv(nn::Conv2dImpl& conv) {
 
 class BasicBlockImpl : public nn::Module {
  public:
-  BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
-    conv1_ = register_module("conv1", nn::Conv2d(conv_options(in, out, 3, stride)));
+  BasicBlockImpl(int64_t in, int64_t out, int64_t stride, int64_t k1 = 3, int64_t k2 = 3) {
+    conv1_ = register_module("conv1", nn::Conv2d(conv_options(in, out, k1, stride)));
     bn1_ = register_module("bn1", nn::BatchNorm2d(out));
-    conv2_ = register_module("conv2", nn::Conv2d(conv_options(out, out, 3, 1)));
+    conv2_ = register_module("conv2", nn::Conv2d(conv_options(out, out, k2, 1)));
     bn2_ = register_module("bn2", nn::BatchNorm2d(out));
     init_conv(*conv1_);
     init_conv(*conv2_);
@@ -79,7 +91,8 @@ class ResNetImpl : public BackboneImpl {
       nn::Sequential stage;
       for (int64_t b = 0; b < plan.blocks; ++b) {
         const int64_t stride = s > 0 && b == 0 ? 2 : 1;
-        stage->push_back(BasicBlock(in, plan.widths[s], stride));
+        stage->push_back(
+            BasicBlock(in, plan.widths[s], stride, plan.kernel(b, 0), plan.kernel(b, 1)));
         in = plan.widths[s];
       }
       stages_.push_back(register_module("layer" + std::to_string(s + 1), stage));
@@ -116,8 +129,9 @@ int64_t resnet_macs(const ResNetPlan& plan, const BackboneOptions& o) {
     const int64_t out = plan.widths[s];
     for (int64_t b = 0; b < plan.blocks; ++b) {
       const bool down = s > 0 && b == 0;
-      if (down) side = (side - 1) / 2 + 1;  // 3x3, padding 1, stride 2
-      macs += conv_macs(side, in, out, 3) + conv_macs(side, out, out, 3);
+      if (down) side = (side - 1) / 2 + 1;  // padding k/2, stride 2
+      macs += conv_macs(side, in, out, plan.kernel(b, 0)) +
+              conv_macs(side, out, out, plan.kernel(b, 1));
       if (down || in != out) macs += conv_macs(side, in, out, 1);
       in = out;
     }
@@ -151,6 +165,13 @@ BackboneInfo resnet56_backbone() {
   return resnet_backbone<kResNet56>(
       "resnet56",
       "CIFAR ResNet-56: conv3x3 16, 3x9 basic blocks (16, 32, 64), batch norm, average pooling");
+}
+
+BackboneInfo bagnet11_backbone() {
+  return resnet_backbone<kBagNet11>(
+      "bagnet11",
+      "BagNet for small inputs: resnet with conv3x3 only first in each stage (32, 64, 128), "
+      "receptive field 11x11, batch norm, average pooling");
 }
 
 BackboneInfo resnet18_backbone() {

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "patchwise/core/model_file.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -52,16 +53,7 @@ class TorchExportTest : public test::SeededTest {
   }
 };
 
-ModelConfig gray_config(const std::string& backbone, FusionRule fusion) {
-  ModelConfig c;
-  c.class_names = {"a", "b", "c", "d"};
-  c.backbone.num_classes = 4;
-  c.backbone.name = backbone;
-  c.normalization = {{0.3}, {0.2}};
-  c.fusion = fusion;
-  c.attention_hidden = 8;
-  return c;
-}
+using test::gray_config;
 
 TEST_F(TorchExportTest, SmallCnnWithBatchNormAndResizedPatchesAgreesInPython) {
   ModelConfig c = gray_config("small-cnn", FusionRule::kMean);
@@ -79,6 +71,12 @@ TEST_F(TorchExportTest, ResNet20WithGatedAttentionOverMirroredCropsAgreesInPytho
   c.grid.layout = PatchLayout::kTenCrop;  // five crops and their mirrors
   c.grid.patch_h = c.grid.patch_w = c.grid.input = 20;
   PatchClassifier model = trained_looking(c);
+  auto [code, log] = check_in_python(model);
+  EXPECT_EQ(code, 0) << log;
+}
+
+TEST_F(TorchExportTest, BagNetWithItsOneByOneConvolutionsAgreesInPython) {
+  PatchClassifier model = trained_looking(gray_config("bagnet11", FusionRule::kGMean));
   auto [code, log] = check_in_python(model);
   EXPECT_EQ(code, 0) << log;
 }

@@ -12,6 +12,7 @@
 
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/torch_export.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -44,16 +45,7 @@ std::string archive(const std::string& pickle, size_t record = 16) {
   return stored_zip({{"w/data.pkl", pickle}, {"w/data/0", std::string(record, '\0')}});
 }
 
-ModelConfig gray_config(const std::string& backbone, FusionRule fusion) {
-  ModelConfig c;
-  c.class_names = {"a", "b", "c", "d"};
-  c.backbone.num_classes = 4;
-  c.backbone.name = backbone;
-  c.normalization = {{0.3}, {0.2}};
-  c.fusion = fusion;
-  c.attention_hidden = 8;
-  return c;
-}
+using test::gray_config;
 
 ModelConfig colour_vgg() {
   ModelConfig c = gray_config("vgg16", FusionRule::kGMean);

@@ -78,7 +78,7 @@ TEST_F(BackboneTest, RefusesUnknownNamesChannelsAndTooSmallInputs) {
       [] { make_backbone(options("resnet", 1, 32)); },
       ::testing::ThrowsMessage<InputError>(HasSubstr(
           "unknown backbone 'resnet', expected one of: small-cnn, vgg16, resnet20, resnet56, "
-          "resnet18")));
+          "resnet18, bagnet11")));
   EXPECT_THAT(
       [] { make_backbone(options("resnet20", 1, 7)); },
       ::testing::ThrowsMessage<InputError>(HasSubstr("at least 8")));
@@ -107,12 +107,12 @@ TEST(BackboneRegistry, ListsEveryNetworkOnceAndDescribesIt) {
     EXPECT_FALSE(b.summary.empty()) << b.name;
     EXPECT_EQ(&find_backbone(b.name), &b);
   }
-  EXPECT_EQ(backbone_names(), "small-cnn, vgg16, resnet20, resnet56, resnet18");
+  EXPECT_EQ(backbone_names(), "small-cnn, vgg16, resnet20, resnet56, resnet18, bagnet11");
 }
 
 TEST_F(BackboneTest, ResNetsMapOneOrThreeChannelsToLogitsAndPooledFeatures) {
   const std::vector<std::pair<std::string, int64_t>> nets = {
-      {"resnet20", 64}, {"resnet56", 64}, {"resnet18", 512}};
+      {"resnet20", 64}, {"resnet56", 64}, {"resnet18", 512}, {"bagnet11", 128}};
   for (const auto& [name, width] : nets) {
     for (int64_t channels : {1, 3}) {
       auto net = make_backbone(options(name, channels, 8));  // the smallest input
@@ -156,6 +156,49 @@ TEST(BackboneMacs, CountsResNet20ByHand) {
   const int64_t stage1 = 6 * conv;
   const int64_t stage = conv / 2 + 16 * 16 * 16 * 32 + 5 * conv;  // strided, projection, rest
   EXPECT_EQ(backbone_forward_macs(o), stem + stage1 + 2 * stage + 640);
+}
+
+TEST(BackboneMacs, CountsBagNet11ByHand) {
+  BackboneOptions o;
+  o.name = "bagnet11";
+  o.in_channels = 1;
+  o.input = 32;
+  o.num_classes = 10;
+  const int64_t stem = 32 * 32 * 1 * 32 * 9;
+  const int64_t one = 32 * 32 * 32 * 32;  // a 1x1 conv of equal width; each stage halves
+  // side and doubles width: the same count. Its first block: a 3x3 conv (9 ones, half of
+  // it when strided and widening), then 1x1; the projection of a widening stage: half.
+  const int64_t stage1 = 9 * one + 3 * one;
+  const int64_t stage = 9 * one / 2 + one + one / 2 + 2 * one;
+  EXPECT_EQ(backbone_forward_macs(o), stem + stage1 + 2 * stage + 128 * 10);
+}
+
+// A bounded receptive field: changing the top-left corner moves the pooled features by
+// the same amount whatever the far bottom-right corner holds, since no output position
+// sees both (11 pixels at most, the corners 20 apart). In double precision the two
+// differences agree to rounding; resnet20, whose positions see the whole patch, fails it.
+TEST_F(BackboneTest, BagNetFeaturesAreAveragesOfLocalFeatures) {
+  auto gap = [](const std::string& name) {
+    auto net = make_backbone(options(name, 1, 32));
+    net->to(torch::kDouble);
+    net->eval();
+    torch::NoGradGuard no_grad;
+    at::Tensor a = torch::randn({1, 1, 32, 32}, torch::kDouble);
+    at::Tensor b = a.clone();
+    b.narrow(2, 0, 4).narrow(3, 0, 4).normal_();
+    at::Tensor far = torch::randn({1, 1, 8, 8}, torch::kDouble);
+    at::Tensor c = a.clone(), d = b.clone();
+    c.narrow(2, 24, 8).narrow(3, 24, 8).copy_(far);
+    d.narrow(2, 24, 8).narrow(3, 24, 8).copy_(far);
+    at::Tensor near = net->features(a) - net->features(b);
+    at::Tensor moved = net->features(c) - net->features(d);
+    return std::make_pair(
+        (near - moved).abs().max().item<double>(), near.abs().max().item<double>());
+  };
+  const auto [bagnet, bagnet_change] = gap("bagnet11");
+  EXPECT_GT(bagnet_change, 1e-3);  // the corner matters
+  EXPECT_LT(bagnet, 1e-12 * std::max(1.0, bagnet_change));
+  EXPECT_GT(gap("resnet20").first, 1e-6);
 }
 
 TEST_F(BackboneTest, GrayInputsGiveTheSameLogitsAsPlainConvolutions) {

@@ -23,4 +23,17 @@ inline PatchClassifier random_grid_model(
   return model;
 }
 
+/// Four classes of grey images, `backbone` with `fusion` (attention 8 wide): the
+/// configurations the PyTorch round trips compare.
+inline ModelConfig gray_config(const std::string& backbone, FusionRule fusion) {
+  ModelConfig c;
+  c.class_names = {"a", "b", "c", "d"};
+  c.backbone.num_classes = 4;
+  c.backbone.name = backbone;
+  c.normalization = {{0.3}, {0.2}};
+  c.fusion = fusion;
+  c.attention_hidden = 8;
+  return c;
+}
+
 }  // namespace patchwise::test
