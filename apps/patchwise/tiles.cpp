@@ -6,8 +6,8 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "commands.h"
 #include "common.h"

@@ -1,11 +1,11 @@
 #include "patchwise/data/cifar.h"
 
+#include <torch/torch.h>
+
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 
@@ -50,16 +50,21 @@ Dataset concat(const std::vector<Dataset>& parts, const std::string& source) {
 
 }  // namespace
 
-Dataset read_cifar_file(const std::string& path, int64_t label_bytes, int64_t label_index,
-                        int64_t num_classes) {
+Dataset read_cifar_file(
+    const std::string& path, int64_t label_bytes, int64_t label_index, int64_t num_classes) {
   check_input(fs::exists(path), "{}: no such file", path);
-  check_input(fs::is_regular_file(path), "{}: expected a CIFAR batch file, found a directory",
-              path);
+  check_input(
+      fs::is_regular_file(path), "{}: expected a CIFAR batch file, found a directory", path);
   const int64_t record = label_bytes + kCifarPixels;
   const int64_t size = static_cast<int64_t>(fs::file_size(path));
-  check_input(size > 0 && size % record == 0,
-              "{}: {} bytes is not a multiple of the {}-byte CIFAR record ({} label byte(s) + {})",
-              path, size, record, label_bytes, kCifarPixels);
+  check_input(
+      size > 0 && size % record == 0,
+      "{}: {} bytes is not a multiple of the {}-byte CIFAR record ({} label byte(s) + {})",
+      path,
+      size,
+      record,
+      label_bytes,
+      kCifarPixels);
   std::ifstream in(path, std::ios::binary);
   check_input(in.good(), "{}: cannot open for reading", path);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
@@ -75,8 +80,13 @@ Dataset read_cifar_file(const std::string& path, int64_t label_bytes, int64_t la
   for (int64_t i = 0; i < count; ++i) {
     const uint8_t* rec = bytes.data() + i * record;
     const int64_t label = rec[label_index];
-    check_input(label < num_classes, "{}: record {} has label {}, expected 0..{}", path, i, label,
-                num_classes - 1);
+    check_input(
+        label < num_classes,
+        "{}: record {} has label {}, expected 0..{}",
+        path,
+        i,
+        label,
+        num_classes - 1);
     labels[i] = label;
     std::copy(rec + label_bytes, rec + record, pixels + i * kCifarPixels);
   }
@@ -98,8 +108,11 @@ Dataset load_cifar10(const std::string& dir, const std::string& split, int64_t l
   if (split == "train") {
     for (int b = 1; b <= kCifar10TrainBatches; ++b) {
       const fs::path p = fs::path(dir) / ("data_batch_" + std::to_string(b) + ".bin");
-      check_input(fs::exists(p), "{}: missing {}, expected data_batch_1.bin ... data_batch_5.bin",
-                  dir, p.filename().string());
+      check_input(
+          fs::exists(p),
+          "{}: missing {}, expected data_batch_1.bin ... data_batch_5.bin",
+          dir,
+          p.filename().string());
       parts.push_back(read_cifar_file(p.string(), 1, 0, kCifar10Classes));
     }
   } else {
@@ -111,15 +124,18 @@ Dataset load_cifar10(const std::string& dir, const std::string& split, int64_t l
   return take_first(d, limit);
 }
 
-Dataset load_cifar100(const std::string& dir, const std::string& split, CifarLabel label,
-                      int64_t limit) {
+Dataset load_cifar100(
+    const std::string& dir, const std::string& split, CifarLabel label, int64_t limit) {
   const bool fine = label == CifarLabel::kFine;
   const int64_t classes = fine ? kCifar100Fine : kCifar100Coarse;
-  Dataset d = read_cifar_file((fs::path(dir) / (split == "train" ? "train.bin" : "test.bin")).string(),
-                              2, fine ? 1 : 0, classes);
+  Dataset d = read_cifar_file(
+      (fs::path(dir) / (split == "train" ? "train.bin" : "test.bin")).string(),
+      2,
+      fine ? 1 : 0,
+      classes);
   d.source = dir;
-  d.class_names =
-      read_names(fs::path(dir) / (fine ? "fine_label_names.txt" : "coarse_label_names.txt"), classes);
+  d.class_names = read_names(
+      fs::path(dir) / (fine ? "fine_label_names.txt" : "coarse_label_names.txt"), classes);
   return take_first(d, limit);
 }
 

@@ -1,11 +1,11 @@
 #include "patchwise/data/dataset.h"
 
+#include <torch/torch.h>
+
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <numeric>
-
-#include <torch/torch.h>
 
 #include "patchwise/data/image.h"
 
@@ -45,8 +45,10 @@ Normalization from_histograms(const Histograms& counts) {
 }  // namespace
 
 Normalization compute_normalization(const at::Tensor& images) {
-  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == torch::kUInt8,
-              "compute_normalization expects uint8 [N,C,H,W], got ", images.sizes());
+  TORCH_CHECK(
+      images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+      "compute_normalization expects uint8 [N,C,H,W], got ",
+      images.sizes());
   const at::Tensor x = images.contiguous();
   const int64_t n = x.size(0), channels = x.size(1), plane = x.size(2) * x.size(3);
   Histograms counts(static_cast<size_t>(channels));
@@ -102,8 +104,12 @@ Dataset subset(const Dataset& data, const std::vector<int64_t>& index) {
 
 at::Tensor normalize_images(const at::Tensor& images, const Normalization& norm) {
   int64_t channels = images.size(1);
-  TORCH_CHECK(static_cast<int64_t>(norm.mean.size()) == channels, "normalization has ",
-              norm.mean.size(), " channels, images have ", channels);
+  TORCH_CHECK(
+      static_cast<int64_t>(norm.mean.size()) == channels,
+      "normalization has ",
+      norm.mean.size(),
+      " channels, images have ",
+      channels);
   auto options = torch::TensorOptions().dtype(torch::kFloat32).device(images.device());
   at::Tensor mean = torch::tensor(norm.mean, torch::kFloat64).to(options).view({1, channels, 1, 1});
   at::Tensor std = torch::tensor(norm.std, torch::kFloat64).to(options).view({1, channels, 1, 1});
@@ -118,9 +124,17 @@ Dataset take_first(const Dataset& data, int64_t limit) {
 }
 
 const std::vector<std::string>& fashion_mnist_class_names() {
-  static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress",
-                                                 "Coat",        "Sandal",  "Shirt",    "Sneaker",
-                                                 "Bag",         "Ankle boot"};
+  static const std::vector<std::string> names = {
+      "T-shirt/top",
+      "Trouser",
+      "Pullover",
+      "Dress",
+      "Coat",
+      "Sandal",
+      "Shirt",
+      "Sneaker",
+      "Bag",
+      "Ankle boot"};
   return names;
 }
 

@@ -1,13 +1,13 @@
 #include "patchwise/data/idx.h"
 
+#include <torch/torch.h>
+#include <zlib.h>
+
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <vector>
-
-#include <torch/torch.h>
-#include <zlib.h>
 
 #include "patchwise/core/error.h"
 
@@ -31,8 +31,8 @@ class IdxFile {
  public:
   explicit IdxFile(const std::string& path) : path_(path) {
     check_input(fs::exists(path), "{}: no such file", path);
-    check_input(fs::is_regular_file(path), "{}: expected a file, found a directory or special file",
-                path);
+    check_input(
+        fs::is_regular_file(path), "{}: expected a file, found a directory or special file", path);
     size_ = fs::file_size(path);
     file_ = gzopen(path.c_str(), "rb");
     check_input(file_ != nullptr, "{}: cannot open for reading", path);
@@ -50,7 +50,8 @@ class IdxFile {
       const int got = gzread(file_, out + done, want);
       if (got < 0) {
         int code = 0;
-        throw InputError(fmt::format("{}: corrupt compressed data ({})", path_, gzerror(file_, &code)));
+        throw InputError(
+            fmt::format("{}: corrupt compressed data ({})", path_, gzerror(file_, &code)));
       }
       if (got == 0) break;
       done += static_cast<size_t>(got);
@@ -69,11 +70,16 @@ class IdxFile {
   at::Tensor read_payload(uint64_t bytes, at::IntArrayRef sizes, const std::string& what) {
     at::Tensor out = torch::empty(sizes, torch::kUInt8);
     const size_t got = read(out.data_ptr<uint8_t>(), bytes);
-    check_input(got == bytes, "{}: {} bytes after the header, expected {} = {} bytes", path_, got,
-                what, bytes);
+    check_input(
+        got == bytes,
+        "{}: {} bytes after the header, expected {} = {} bytes",
+        path_,
+        got,
+        what,
+        bytes);
     uint8_t extra = 0;
-    check_input(read(&extra, 1) == 0, "{}: more bytes than the header's {} = {} bytes", path_,
-                what, bytes);
+    check_input(
+        read(&extra, 1) == 0, "{}: more bytes than the header's {} = {} bytes", path_, what, bytes);
     return out;
   }
 
@@ -91,20 +97,34 @@ int32_t read_be_int32(const std::vector<uint8_t>& bytes, size_t offset) {
 }
 
 void write_be_int32(std::ofstream& out, int32_t value) {
-  uint8_t b[4] = {uint8_t(uint32_t(value) >> 24), uint8_t(uint32_t(value) >> 16),
-                  uint8_t(uint32_t(value) >> 8), uint8_t(value)};
+  uint8_t b[4] = {
+      uint8_t(uint32_t(value) >> 24),
+      uint8_t(uint32_t(value) >> 16),
+      uint8_t(uint32_t(value) >> 8),
+      uint8_t(value)};
   out.write(reinterpret_cast<const char*>(b), 4);
 }
 
-void check_header(const std::vector<uint8_t>& bytes, size_t header, int32_t magic,
-                  const std::string& path, const char* kind) {
+void check_header(
+    const std::vector<uint8_t>& bytes, size_t header, int32_t magic, const std::string& path,
+    const char* kind) {
   if (bytes.size() >= 4) {
     int32_t found = read_be_int32(bytes, 0);
-    check_input(found == magic, "{}: wrong magic number {} for an IDX {} file, expected {}", path,
-                found, kind, magic);
+    check_input(
+        found == magic,
+        "{}: wrong magic number {} for an IDX {} file, expected {}",
+        path,
+        found,
+        kind,
+        magic);
   }
-  check_input(bytes.size() >= header, "{}: truncated IDX {} file: {} bytes, expected a {}-byte header",
-              path, kind, bytes.size(), header);
+  check_input(
+      bytes.size() >= header,
+      "{}: truncated IDX {} file: {} bytes, expected a {}-byte header",
+      path,
+      kind,
+      bytes.size(),
+      header);
 }
 
 std::string find_split_file(const std::string& dir, const std::string& name) {
@@ -117,8 +137,9 @@ std::string find_split_file(const std::string& dir, const std::string& name) {
 
 bool names_fashion(const std::string& path) {
   std::string lower = path;
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) {
+    return static_cast<char>(std::tolower(c));
+  });
   return lower.find("fashion") != std::string::npos;
 }
 
@@ -131,14 +152,18 @@ std::vector<std::string> class_names_for(const std::string& dir, int64_t num_cla
       if (!line.empty() && line.back() == '\r') line.pop_back();
       if (!line.empty()) names.push_back(line);
     }
-    check_input(static_cast<int64_t>(names.size()) >= num_classes,
-                "{}: {} class names, but the labels use {} classes", listing.string(),
-                names.size(), num_classes);
+    check_input(
+        static_cast<int64_t>(names.size()) >= num_classes,
+        "{}: {} class names, but the labels use {} classes",
+        listing.string(),
+        names.size(),
+        num_classes);
     return names;
   }
   if (names_fashion(dir) && num_classes <= 10) return fashion_mnist_class_names();
   std::vector<std::string> names;
-  for (int64_t k = 0; k < std::max<int64_t>(num_classes, 10); ++k) names.push_back(std::to_string(k));
+  for (int64_t k = 0; k < std::max<int64_t>(num_classes, 10); ++k)
+    names.push_back(std::to_string(k));
   return names;
 }
 
@@ -153,15 +178,26 @@ at::Tensor read_idx_images(const std::string& path) {
   const int64_t rows = read_be_int32(header, 8);
   const int64_t cols = read_be_int32(header, 12);
   check_input(count > 0, "{}: image count {}, expected at least 1", path, count);
-  check_input(rows > 0 && cols > 0, "{}: image size {}x{}, expected positive rows and columns", path,
-              rows, cols);
+  check_input(
+      rows > 0 && cols > 0,
+      "{}: image size {}x{}, expected positive rows and columns",
+      path,
+      rows,
+      cols);
   // Division, not multiplication: a forged header cannot overflow the check.
   const uint64_t room = file.max_payload(kIdxHeaderImages);
-  check_input(room / uint64_t(rows) / uint64_t(cols) >= uint64_t(count),
-              "{}: declares {} images of {}x{}, but only {} bytes of pixels can follow the header",
-              path, count, rows, cols, room);
-  return file.read_payload(uint64_t(count * rows * cols), {count, 1, rows, cols},
-                           fmt::format("{} images of {}x{}", count, rows, cols));
+  check_input(
+      room / uint64_t(rows) / uint64_t(cols) >= uint64_t(count),
+      "{}: declares {} images of {}x{}, but only {} bytes of pixels can follow the header",
+      path,
+      count,
+      rows,
+      cols,
+      room);
+  return file.read_payload(
+      uint64_t(count * rows * cols),
+      {count, 1, rows, cols},
+      fmt::format("{} images of {}x{}", count, rows, cols));
 }
 
 at::Tensor read_idx_labels(const std::string& path) {
@@ -171,9 +207,12 @@ at::Tensor read_idx_labels(const std::string& path) {
   check_header(header, kIdxHeaderLabels, kIdxLabelsMagic, path, "labels");
   const int64_t count = read_be_int32(header, 4);
   check_input(count > 0, "{}: label count {}, expected at least 1", path, count);
-  check_input(uint64_t(count) <= file.max_payload(kIdxHeaderLabels),
-              "{}: declares {} labels, but only {} bytes can follow the header", path, count,
-              file.max_payload(kIdxHeaderLabels));
+  check_input(
+      uint64_t(count) <= file.max_payload(kIdxHeaderLabels),
+      "{}: declares {} labels, but only {} bytes can follow the header",
+      path,
+      count,
+      file.max_payload(kIdxHeaderLabels));
   return file.read_payload(uint64_t(count), {count}, fmt::format("{} labels", count))
       .to(torch::kInt64);
 }
@@ -187,17 +226,23 @@ Dataset load_idx_split(const std::string& dir, const std::string& prefix, int64_
   data.images = read_idx_images(images_path);
   data.labels = read_idx_labels(labels_path);
   data.source = dir;
-  check_input(data.images.size(0) == data.labels.size(0),
-              "{}: {} images but {} labels in {}; expected the same count", images_path,
-              data.images.size(0), data.labels.size(0), labels_path);
+  check_input(
+      data.images.size(0) == data.labels.size(0),
+      "{}: {} images but {} labels in {}; expected the same count",
+      images_path,
+      data.images.size(0),
+      data.labels.size(0),
+      labels_path);
   int64_t num_classes = data.labels.max().item<int64_t>() + 1;
   data.class_names = class_names_for(dir, num_classes);
   return take_first(data, limit);
 }
 
 void write_idx_images(const std::string& path, const at::Tensor& images) {
-  TORCH_CHECK(images.dim() == 4 && images.size(1) == 1 && images.scalar_type() == torch::kUInt8,
-              "write_idx_images expects uint8 [N,1,H,W], got ", images.sizes());
+  TORCH_CHECK(
+      images.dim() == 4 && images.size(1) == 1 && images.scalar_type() == torch::kUInt8,
+      "write_idx_images expects uint8 [N,1,H,W], got ",
+      images.sizes());
   std::ofstream out(path, std::ios::binary);
   check_input(out.good(), "{}: cannot open for writing", path);
   write_be_int32(out, kIdxImagesMagic);

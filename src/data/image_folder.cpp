@@ -1,11 +1,11 @@
 #include "patchwise/data/image_folder.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
-
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/image.h"
@@ -40,17 +40,17 @@ using SizeMap = std::map<std::pair<int64_t, int64_t>, std::string>;  // size -> 
       listed += ", ...";
       break;
     }
-    listed += fmt::format("{}{}x{} ({})", listed.empty() ? "" : ", ", size.first, size.second,
-                          file);
+    listed +=
+        fmt::format("{}{}x{} ({})", listed.empty() ? "" : ", ", size.first, size.second, file);
   }
-  throw InputError(fmt::format("{}: images of {} different sizes: {}; pass --image-size HxW",
-                               source, sizes.size(), listed));
+  throw InputError(fmt::format(
+      "{}: images of {} different sizes: {}; pass --image-size HxW", source, sizes.size(), listed));
 }
 
 /// The set left in its files: only each file's header is read (through the region
 /// readers), with the checks pack_images makes on decoded images.
-Dataset lazy_images(const SampleList& list, const ImageFolderOptions& options,
-                    std::vector<std::string>* skipped) {
+Dataset lazy_images(
+    const SampleList& list, const ImageFolderOptions& options, std::vector<std::string>* skipped) {
   Dataset d;
   d.source = list.source;
   d.class_names = list.class_names;
@@ -90,15 +90,15 @@ bool is_image_folder(const std::string& dir) {
 SampleList list_image_folder(const std::string& root) {
   check_input(fs::is_directory(root), "{}: no such folder", root);
   const std::vector<fs::path> classes = sorted_entries(root, /*directories=*/true);
-  check_input(!classes.empty(), "{}: no class folders, expected {}/<class>/<image files>", root,
-              root);
+  check_input(
+      !classes.empty(), "{}: no class folders, expected {}/<class>/<image files>", root, root);
   SampleList list;
   list.source = root;
   for (size_t k = 0; k < classes.size(); ++k) {
     list.class_names.push_back(classes[k].filename().string());
     const std::vector<fs::path> files = sorted_entries(classes[k], /*directories=*/false);
-    check_input(!files.empty(), "{}: empty class folder, expected image files",
-                classes[k].string());
+    check_input(
+        !files.empty(), "{}: empty class folder, expected image files", classes[k].string());
     for (const fs::path& file : files) {
       list.files.push_back(file.string());
       list.labels.push_back(static_cast<int64_t>(k));
@@ -107,10 +107,14 @@ SampleList list_image_folder(const std::string& root) {
   return list;
 }
 
-Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
-                    std::vector<std::string>* skipped) {
-  check_option((options.height > 0) == (options.width > 0), "image_size", "{}x{}, expected HxW",
-              options.height, options.width);
+Dataset pack_images(
+    const SampleList& list, const ImageFolderOptions& options, std::vector<std::string>* skipped) {
+  check_option(
+      (options.height > 0) == (options.width > 0),
+      "image_size",
+      "{}x{}, expected HxW",
+      options.height,
+      options.width);
   const auto n = static_cast<int64_t>(list.files.size());
   if (options.list_only) {
     Dataset d;
@@ -171,8 +175,8 @@ Dataset pack_images(const SampleList& list, const ImageFolderOptions& options,
   return d;
 }
 
-Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options,
-                          std::vector<std::string>* skipped) {
+Dataset load_image_folder(
+    const std::string& root, const ImageFolderOptions& options, std::vector<std::string>* skipped) {
   return pack_images(list_image_folder(root), options, skipped);
 }
 

@@ -30,9 +30,12 @@ void on_message(j_common_ptr cinfo, int level) {
 
 J_COLOR_SPACE coded_space(JpegColour colour) {
   switch (colour) {
-    case JpegColour::kGrey: return JCS_GRAYSCALE;
-    case JpegColour::kRgb: return JCS_RGB;
-    case JpegColour::kYCbCr: break;
+    case JpegColour::kGrey:
+      return JCS_GRAYSCALE;
+    case JpegColour::kRgb:
+      return JCS_RGB;
+    case JpegColour::kYCbCr:
+      break;
   }
   return JCS_YCbCr;
 }
@@ -57,8 +60,7 @@ bool decode(const JpegTile& tile, uint8_t* out, ErrorJump* error) {
   const int channels = tile.colour == JpegColour::kGrey ? 1 : 3;
   if (jpeg_read_header(&cinfo, TRUE) != JPEG_HEADER_OK ||
       static_cast<int64_t>(cinfo.image_width) != tile.width ||
-      static_cast<int64_t>(cinfo.image_height) != tile.height ||
-      cinfo.num_components != channels) {
+      static_cast<int64_t>(cinfo.image_height) != tile.height || cinfo.num_components != channels) {
     std::snprintf(
         error->message,
         sizeof error->message,

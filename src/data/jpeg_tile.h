@@ -16,8 +16,8 @@ struct JpegTile {
   const std::vector<uint8_t>& tables;  ///< the TIFF's JPEGTables (may be empty)
   const std::vector<uint8_t>& data;    ///< the tile's own stream
   JpegColour colour;
-  int64_t width, height;               ///< the tile's size, which the stream must state
-  int scale_denom;                     ///< 1, 2, 4 or 8
+  int64_t width, height;  ///< the tile's size, which the stream must state
+  int scale_denom;        ///< 1, 2, 4 or 8
 };
 
 /// Decodes `tile` into `out`: (width / d) x (height / d) pixels of 1 (grey) or 3 (RGB)

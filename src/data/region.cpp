@@ -93,11 +93,7 @@ at::Tensor RegionReader::read_resized(const Box& box, int level, int64_t side) c
   const int64_t h = hwc.size(0), w = hwc.size(1);
   if (w != side || h != side) {
     const int channels = static_cast<int>(hwc.size(2));
-    cv::Mat in(
-        static_cast<int>(h),
-        static_cast<int>(w),
-        CV_8UC(channels),
-        hwc.data_ptr<uint8_t>());
+    cv::Mat in(static_cast<int>(h), static_cast<int>(w), CV_8UC(channels), hwc.data_ptr<uint8_t>());
     at::Tensor out = torch::empty({side, side, channels}, torch::kUInt8);
     cv::Mat resized(
         static_cast<int>(side), static_cast<int>(side), CV_8UC(channels), out.data_ptr<uint8_t>());

@@ -23,9 +23,9 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "jpeg_tile.h"
 #include "patchwise/core/error.h"
 #include "region_readers.h"
-#include "jpeg_tile.h"
 
 namespace patchwise::detail {
 namespace {
@@ -91,8 +91,9 @@ bool read_level(TIFF* tif, int64_t file_size, const std::string& path, TiffLevel
   level->tile_w = tw;
   level->tile_h = th;
   level->across = (w + tw - 1) / tw;
-  level->colour = grey ? JpegColour::kGrey
-                       : photometric == PHOTOMETRIC_RGB ? JpegColour::kRgb : JpegColour::kYCbCr;
+  level->colour = grey                             ? JpegColour::kGrey
+                  : photometric == PHOTOMETRIC_RGB ? JpegColour::kRgb
+                                                   : JpegColour::kYCbCr;
   const int64_t tiles = level->across * ((h + th - 1) / th);
   uint64_t* offsets = nullptr;
   uint64_t* sizes = nullptr;
@@ -162,7 +163,9 @@ class TiffReader : public RegionReader {
   ~TiffReader() override { ::close(fd_); }
 
  protected:
-  at::Tensor read_region(const Box& b, int level) const override { return read_scaled(b, level, 1); }
+  at::Tensor read_region(const Box& b, int level) const override {
+    return read_scaled(b, level, 1);
+  }
 
   at::Tensor read_region_reduced(const Box& b, int level, int64_t side) const override {
     const TiffLevel& l = tiff_levels_[static_cast<size_t>(level)];
@@ -242,7 +245,11 @@ class TiffReader : public RegionReader {
           fd_, bytes.data() + got, bytes.size() - got, static_cast<off_t>(l.offsets[i] + got));
       if (n < 0 && errno == EINTR) continue;
       check_input(
-          n > 0, "{}: cannot read tile {} of level {} ({})", path_, index, level,
+          n > 0,
+          "{}: cannot read tile {} of level {} ({})",
+          path_,
+          index,
+          level,
           n == 0 ? "the file ended" : std::strerror(errno));
       got += static_cast<size_t>(n);
     }
@@ -282,8 +289,8 @@ std::vector<TiffLevel> read_levels(TIFF* tif, int64_t file_size, const std::stri
     TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &h);
     if (!levels.empty()) {
       const TiffLevel& prev = levels.back();
-      const bool halves = std::abs(2 * int64_t{w} - prev.width) <= 1 &&
-                          std::abs(2 * int64_t{h} - prev.height) <= 1;
+      const bool halves =
+          std::abs(2 * int64_t{w} - prev.width) <= 1 && std::abs(2 * int64_t{h} - prev.height) <= 1;
       if (!halves) break;
     }
     TiffLevel level;

@@ -79,10 +79,18 @@ at::Tensor to_tensor(VipsImage* image, const std::string& path) {
 Image load(const std::string& path, int page) {
   vips_error_clear();
   VipsImage* image =
-      page >= 0 ? vips_image_new_from_file(path.c_str(), "access", VIPS_ACCESS_RANDOM, "fail_on",
-                                           VIPS_FAIL_ON_ERROR, "page", page, nullptr)
-                : vips_image_new_from_file(path.c_str(), "access", VIPS_ACCESS_RANDOM, "fail_on",
-                                           VIPS_FAIL_ON_ERROR, nullptr);
+      page >= 0
+          ? vips_image_new_from_file(
+                path.c_str(),
+                "access",
+                VIPS_ACCESS_RANDOM,
+                "fail_on",
+                VIPS_FAIL_ON_ERROR,
+                "page",
+                page,
+                nullptr)
+          : vips_image_new_from_file(
+                path.c_str(), "access", VIPS_ACCESS_RANDOM, "fail_on", VIPS_FAIL_ON_ERROR, nullptr);
   if (image == nullptr) {
     throw InputError(fmt::format("{}: cannot open ({})", path, take_vips_error()));
   }

@@ -1,13 +1,13 @@
 #include "patchwise/data/source.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <random>
-
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/idx.h"
@@ -20,8 +20,11 @@ namespace fs = std::filesystem;
 
 bool is_idx_dir(const fs::path& dir) {
   if (!fs::is_directory(dir)) return false;
-  for (const char* name : {"train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
-                           "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"}) {
+  for (const char* name :
+       {"train-images-idx3-ubyte",
+        "train-images-idx3-ubyte.gz",
+        "t10k-images-idx3-ubyte",
+        "t10k-images-idx3-ubyte.gz"}) {
     if (fs::exists(dir / name)) return true;
   }
   return false;
@@ -40,8 +43,8 @@ struct DataFormat {
   const char* looks_like;
   std::function<bool(const std::string&)> recognizes;
   std::function<bool(const std::string&)> has_test;
-  std::function<Dataset(const std::string&, bool test, const DataOptions&,
-                        std::vector<std::string>*)>
+  std::function<Dataset(
+      const std::string&, bool test, const DataOptions&, std::vector<std::string>*)>
       load;
 };
 
@@ -51,41 +54,64 @@ bool has_split_folders(const std::string& path) {
   return fs::is_directory(fs::path(path) / "train") || fs::is_directory(fs::path(path) / "test");
 }
 
-Dataset load_split_folder(const std::string& path, bool test, const DataOptions& options,
-                          std::vector<std::string>* skipped) {
+Dataset load_split_folder(
+    const std::string& path, bool test, const DataOptions& options,
+    std::vector<std::string>* skipped) {
   const fs::path sub = fs::path(path) / (test ? "test" : "train");
-  check_input(fs::is_directory(sub), "{}: no {} folder next to {}", path, sub.filename().string(),
-              test ? "train" : "test");
+  check_input(
+      fs::is_directory(sub),
+      "{}: no {} folder next to {}",
+      path,
+      sub.filename().string(),
+      test ? "train" : "test");
   return take_first(load_image_folder(sub.string(), options.folder, skipped), options.limit);
 }
 
 const std::vector<DataFormat>& data_formats() {
   static const std::vector<DataFormat> formats = {
-      {"IDX", "train-images-idx3-ubyte[.gz] ...", [](const std::string& p) { return is_idx_dir(p); },
+      {"IDX",
+       "train-images-idx3-ubyte[.gz] ...",
+       [](const std::string& p) { return is_idx_dir(p); },
        [](const std::string& p) {
          return exists_in(p, "t10k-images-idx3-ubyte") || exists_in(p, "t10k-images-idx3-ubyte.gz");
        },
        [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>*) {
          return load_idx_split(p, test ? "t10k" : "train", o.limit);
        }},
-      {"CIFAR-10", "data_batch_1.bin ...", is_cifar10_dir,
+      {"CIFAR-10",
+       "data_batch_1.bin ...",
+       is_cifar10_dir,
        [](const std::string& p) { return exists_in(p, "test_batch.bin"); },
        [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>*) {
          return load_cifar10(p, test ? "test" : "train", o.limit);
        }},
-      {"CIFAR-100", "train.bin, test.bin", is_cifar100_dir, [](const std::string&) { return true; },
+      {"CIFAR-100",
+       "train.bin, test.bin",
+       is_cifar100_dir,
+       [](const std::string&) { return true; },
        [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>*) {
          return load_cifar100(p, test ? "test" : "train", o.cifar_label, o.limit);
        }},
-      {"manifest", "a .csv file of path,label[,split]", is_manifest, manifest_has_test,
-       [](const std::string& p, bool test, const DataOptions& o, std::vector<std::string>* skipped) {
-         return take_first(pack_images(read_manifest(p, test ? "test" : "train"), o.folder, skipped),
-                           o.limit);
+      {"manifest",
+       "a .csv file of path,label[,split]",
+       is_manifest,
+       manifest_has_test,
+       [](const std::string& p,
+          bool test,
+          const DataOptions& o,
+          std::vector<std::string>* skipped) {
+         return take_first(
+             pack_images(read_manifest(p, test ? "test" : "train"), o.folder, skipped), o.limit);
        }},
-      {"split image folders", "train/<class>/*, test/<class>/*", has_split_folders,
+      {"split image folders",
+       "train/<class>/*, test/<class>/*",
+       has_split_folders,
        [](const std::string& p) { return fs::is_directory(fs::path(p) / "test"); },
        load_split_folder},
-      {"image folder", "<class>/*", is_image_folder, [](const std::string&) { return false; },
+      {"image folder",
+       "<class>/*",
+       is_image_folder,
+       [](const std::string&) { return false; },
        [](const std::string& p, bool, const DataOptions& o, std::vector<std::string>* skipped) {
          return take_first(load_image_folder(p, o.folder, skipped), o.limit);
        }},
@@ -108,10 +134,14 @@ bool has_test_split(const std::string& path) {
   return format != nullptr && format->has_test(path);
 }
 
-Dataset load_data(const std::string& path, const std::string& split, const DataOptions& options,
-                  std::vector<std::string>* skipped) {
-  check_option(split == "train" || split == "test" || split == "t10k", "split",
-              "'{}', expected train or test", split);
+Dataset load_data(
+    const std::string& path, const std::string& split, const DataOptions& options,
+    std::vector<std::string>* skipped) {
+  check_option(
+      split == "train" || split == "test" || split == "t10k",
+      "split",
+      "'{}', expected train or test",
+      split);
   check_input(fs::exists(path), "{}: no such data set folder or manifest", path);
   const DataFormat* format = find_format(path);
   if (format != nullptr) return format->load(path, split != "train", options, skipped);
@@ -123,8 +153,8 @@ Dataset load_data(const std::string& path, const std::string& split, const DataO
 }
 
 std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fraction, uint64_t seed) {
-  check_input(fraction > 0.0 && fraction < 1.0, "split fraction {}, expected a value in (0, 1)",
-              fraction);
+  check_input(
+      fraction > 0.0 && fraction < 1.0, "split fraction {}, expected a value in (0, 1)", fraction);
   const int64_t n = data.size();
   const int64_t* labels = data.labels.data_ptr<int64_t>();
   std::map<int64_t, std::vector<int64_t>> by_class;
@@ -133,14 +163,18 @@ std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fractio
   std::vector<bool> held(static_cast<size_t>(n), false);
   for (auto& [label, members] : by_class) {
     std::shuffle(members.begin(), members.end(), rng);
-    const auto take = static_cast<size_t>(std::llround(fraction * static_cast<double>(members.size())));
+    const auto take =
+        static_cast<size_t>(std::llround(fraction * static_cast<double>(members.size())));
     for (size_t j = 0; j < take; ++j) held[static_cast<size_t>(members[j])] = true;
   }
   std::vector<int64_t> first, second;
   for (int64_t i = 0; i < n; ++i) (held[static_cast<size_t>(i)] ? second : first).push_back(i);
-  check_input(!first.empty() && !second.empty(),
-              "{}: splitting {} images with fraction {} leaves one side empty", data.source, n,
-              fraction);
+  check_input(
+      !first.empty() && !second.empty(),
+      "{}: splitting {} images with fraction {} leaves one side empty",
+      data.source,
+      n,
+      fraction);
   return {subset(data, first), subset(data, second)};
 }
 

@@ -1,15 +1,15 @@
 #include "patchwise/dist/distributed.h"
 
+#include <fmt/format.h>
+#include <glog/logging.h>
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
 #include <unordered_map>
-
-#include <fmt/format.h>
-#include <glog/logging.h>
-#include <torch/torch.h>
 
 // Built with USE_C10D_GLOO and USE_DISTRIBUTED (ProcessGroupGloo.hpp is empty without
 // them) and a stand-in for the one header reducer.hpp needs that Debian does not ship;
@@ -36,15 +36,19 @@ constexpr size_t kBroadcastBytes = 250u << 20;
 /// Store key every rank adds 1 to when it arrives.
 constexpr char kJoinedKey[] = "patchwise/joined";
 
-int64_t parse_env_int(const char* name, const char* text, int64_t low, int64_t high,
-                      const std::string& expected) {
+int64_t parse_env_int(
+    const char* name, const char* text, int64_t low, int64_t high, const std::string& expected) {
   const std::string value = text == nullptr ? "" : text;
   int64_t n = 0;
   const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), n);
   check_input(text != nullptr, "{}: unset, expected {}", name, expected);
-  check_input(!value.empty() && error == std::errc() && end == value.data() + value.size() &&
-                  n >= low && n <= high,
-              "{}: '{}', expected {}", name, value, expected);
+  check_input(
+      !value.empty() && error == std::errc() && end == value.data() + value.size() && n >= low &&
+          n <= high,
+      "{}: '{}', expected {}",
+      name,
+      value,
+      expected);
   return n;
 }
 
@@ -96,18 +100,26 @@ DistributedConfig distributed_config_from_env(
   const std::string ranks = fmt::format("0..{} (WORLD_SIZE is {})", c.world_size - 1, c.world_size);
   c.rank = parse_env_int("RANK", get("RANK"), 0, c.world_size - 1, ranks);
   if (get("LOCAL_WORLD_SIZE") != nullptr) {
-    c.local_world_size = parse_env_int("LOCAL_WORLD_SIZE", get("LOCAL_WORLD_SIZE"), 1,
-                                       c.world_size, fmt::format("1..{}", c.world_size));
+    c.local_world_size = parse_env_int(
+        "LOCAL_WORLD_SIZE",
+        get("LOCAL_WORLD_SIZE"),
+        1,
+        c.world_size,
+        fmt::format("1..{}", c.world_size));
   }
   if (get("LOCAL_RANK") != nullptr) {
-    c.local_rank = parse_env_int("LOCAL_RANK", get("LOCAL_RANK"), 0, c.local_world_size - 1,
-                                 fmt::format("0..{} (LOCAL_WORLD_SIZE is {})",
-                                             c.local_world_size - 1, c.local_world_size));
+    c.local_rank = parse_env_int(
+        "LOCAL_RANK",
+        get("LOCAL_RANK"),
+        0,
+        c.local_world_size - 1,
+        fmt::format("0..{} (LOCAL_WORLD_SIZE is {})", c.local_world_size - 1, c.local_world_size));
   }
   const char* addr = get("MASTER_ADDR");
-  check_input(addr != nullptr && *addr != '\0',
-              "MASTER_ADDR: unset, expected the host of rank 0 (e.g. 127.0.0.1) when WORLD_SIZE is {}",
-              c.world_size);
+  check_input(
+      addr != nullptr && *addr != '\0',
+      "MASTER_ADDR: unset, expected the host of rank 0 (e.g. 127.0.0.1) when WORLD_SIZE is {}",
+      c.world_size);
   c.master_addr = addr;
   c.master_port = parse_env_int("MASTER_PORT", get("MASTER_PORT"), 1, 65535, "a port 1..65535");
   const char* agent = get("TORCHELASTIC_USE_AGENT_STORE");
@@ -131,8 +143,8 @@ struct Distributed::Impl {
 
   [[noreturn]] void fail(const std::string& message) {
     failed = true;
-    throw DistributedError("distributed training: rank " + std::to_string(config.rank) + " " +
-                           message);
+    throw DistributedError(
+        "distributed training: rank " + std::to_string(config.rank) + " " + message);
   }
 
   void connect_store() {
@@ -147,14 +159,17 @@ struct Distributed::Impl {
     try {
       store = c10::make_intrusive<c10d::TCPStore>(config.master_addr, o);
     } catch (const std::exception& e) {
-      fail(fmt::format("could not {} the rendezvous store at {} within {} s ({})",
-                       o.isServer ? "host" : "reach", where(), config.timeout_seconds,
-                       exception_reason(e)));
+      fail(fmt::format(
+          "could not {} the rendezvous store at {} within {} s ({})",
+          o.isServer ? "host" : "reach",
+          where(),
+          config.timeout_seconds,
+          exception_reason(e)));
     }
     if (config.agent_store) {
       // As torch.distributed does under torchrun: each restart gets its own keys.
-      store = c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + config.restart_count,
-                                                     store);
+      store =
+          c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + config.restart_count, store);
     }
   }
 
@@ -172,9 +187,13 @@ struct Distributed::Impl {
     } catch (const std::exception& e) {
       fail(fmt::format("lost the rendezvous store at {} ({})", where(), exception_reason(e)));
     }
-    fail(fmt::format("timed out at the rendezvous: only {} of {} ranks joined at {} within {} s "
-                     "(--dist-timeout)",
-                     joined, config.world_size, where(), config.timeout_seconds));
+    fail(fmt::format(
+        "timed out at the rendezvous: only {} of {} ranks joined at {} within {} s "
+        "(--dist-timeout)",
+        joined,
+        config.world_size,
+        where(),
+        config.timeout_seconds));
   }
 
   void connect_group() {
@@ -192,10 +211,14 @@ struct Distributed::Impl {
     try {
       group = c10::make_intrusive<c10d::ProcessGroupGloo>(
           c10::make_intrusive<c10d::PrefixStore>("default_pg/", store),
-          static_cast<int>(config.rank), static_cast<int>(config.world_size), options);
+          static_cast<int>(config.rank),
+          static_cast<int>(config.world_size),
+          options);
     } catch (const std::exception& e) {
-      fail(fmt::format("could not connect to the other ranks within {} s ({})",
-                       config.timeout_seconds, exception_reason(e)));
+      fail(fmt::format(
+          "could not connect to the other ranks within {} s ({})",
+          config.timeout_seconds,
+          exception_reason(e)));
     }
   }
 };
@@ -243,8 +266,9 @@ void Distributed::broadcast(const std::vector<at::Tensor>& tensors) {
   torch::NoGradGuard no_grad;
   std::vector<at::Tensor> views;
   for (const auto& t : tensors) views.push_back(t.detach());
-  guard("the broadcast of rank 0's weights",
-        [&] { c10d::broadcast_coalesced(impl_->group, views, kBroadcastBytes, 0); });
+  guard("the broadcast of rank 0's weights", [&] {
+    c10d::broadcast_coalesced(impl_->group, views, kBroadcastBytes, 0);
+  });
 }
 
 void Distributed::allreduce_sum(at::Tensor& values, const std::string& doing) {
@@ -264,8 +288,9 @@ void Distributed::barrier() {
   guard("the final barrier", [&] { impl_->group->barrier()->wait(); });
 }
 
-void Distributed::attach_gradients(const std::vector<at::Tensor>& parameters,
-                                   const std::vector<std::string>& names, bool find_unused) {
+void Distributed::attach_gradients(
+    const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
+    bool find_unused) {
   // As torch.nn.parallel.DistributedDataParallel (1.13) sets its Reducer up.
   std::vector<bool> expect_sparse(parameters.size(), false);
   guard("the check that every rank has the same parameters", [&] {
@@ -281,9 +306,16 @@ void Distributed::attach_gradients(const std::vector<at::Tensor>& parameters,
   impl_->buckets = static_cast<int64_t>(bucket_indices.size());
   impl_->find_unused = find_unused;
   impl_->reducer = std::make_unique<c10d::Reducer>(
-      parameters, bucket_indices, bucket_limits, impl_->group, expect_sparse,
-      static_cast<int64_t>(kBucketBytes), find_unused, /*gradient_as_bucket_view=*/false,
-      param_names, static_cast<int64_t>(kFirstBucketBytes));
+      parameters,
+      bucket_indices,
+      bucket_limits,
+      impl_->group,
+      expect_sparse,
+      static_cast<int64_t>(kBucketBytes),
+      find_unused,
+      /*gradient_as_bucket_view=*/false,
+      param_names,
+      static_cast<int64_t>(kFirstBucketBytes));
 }
 
 void Distributed::before_forward() {
@@ -298,8 +330,8 @@ void Distributed::before_forward() {
 
 void Distributed::before_backward(const at::Tensor& loss) {
   if (!impl_->reducer) return;
-  impl_->reducer->prepare_for_backward(impl_->find_unused ? std::vector<at::Tensor>{loss}
-                                                          : std::vector<at::Tensor>{});
+  impl_->reducer->prepare_for_backward(
+      impl_->find_unused ? std::vector<at::Tensor>{loss} : std::vector<at::Tensor>{});
 }
 
 double Distributed::time_allreduce(int64_t floats, int repeats) {

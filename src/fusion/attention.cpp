@@ -1,9 +1,9 @@
 #include "patchwise/fusion/attention.h"
 
+#include <torch/torch.h>
+
 #include <cmath>
 #include <limits>
-
-#include <torch/torch.h>
 
 namespace patchwise {
 
@@ -27,13 +27,21 @@ AttentionPoolImpl::AttentionPoolImpl(const AttentionPoolOptions& o) : options_(o
 }
 
 at::Tensor AttentionPoolImpl::weights(const at::Tensor& features, const at::Tensor& mask) {
-  TORCH_CHECK(features.dim() == 3 && features.size(2) == options_.features,
-              "AttentionPool expects features [B,P,", options_.features, "], got ",
-              features.sizes());
+  TORCH_CHECK(
+      features.dim() == 3 && features.size(2) == options_.features,
+      "AttentionPool expects features [B,P,",
+      options_.features,
+      "], got ",
+      features.sizes());
   at::Tensor h = features;
   if (position_.defined()) {
-    TORCH_CHECK(features.size(1) == options_.positions, "AttentionPool: ", features.size(1),
-                " patches, embedding has ", options_.positions, " positions");
+    TORCH_CHECK(
+        features.size(1) == options_.positions,
+        "AttentionPool: ",
+        features.size(1),
+        " patches, embedding has ",
+        options_.positions,
+        " positions");
     h = h + position_.unsqueeze(0);
   }
   at::Tensor hidden = torch::tanh(torch::nn::functional::linear(h, v_, v_bias_));  // [B,P,L]
@@ -42,8 +50,12 @@ at::Tensor AttentionPoolImpl::weights(const at::Tensor& features, const at::Tens
   }
   at::Tensor scores = torch::matmul(hidden, w_);  // [B,P]
   if (mask.defined()) {
-    TORCH_CHECK(mask.sizes() == scores.sizes() && mask.scalar_type() == torch::kBool,
-                "AttentionPool: mask must be bool ", scores.sizes(), ", got ", mask.sizes());
+    TORCH_CHECK(
+        mask.sizes() == scores.sizes() && mask.scalar_type() == torch::kBool,
+        "AttentionPool: mask must be bool ",
+        scores.sizes(),
+        ", got ",
+        mask.sizes());
     scores = scores.masked_fill(~mask, -std::numeric_limits<double>::infinity());
   }
   return torch::softmax(scores, /*dim=*/1);

@@ -1,11 +1,11 @@
 #include "patchwise/fusion/fusion.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 
@@ -17,33 +17,44 @@ FusionRule parse_fusion_rule(const std::string& name) {
   }
   throw OptionError(
       "fusion",
-      fmt::format("unknown fusion rule '{}', expected mean, gmean, max, vote, attention or "
-                  "gated-attention",
-                  name));
+      fmt::format(
+          "unknown fusion rule '{}', expected mean, gmean, max, vote, attention or "
+          "gated-attention",
+          name));
 }
 
 std::string fusion_rule_name(FusionRule rule) {
   switch (rule) {
-    case FusionRule::kMean: return "mean";
-    case FusionRule::kGMean: return "gmean";
-    case FusionRule::kMax: return "max";
-    case FusionRule::kVote: return "vote";
-    case FusionRule::kAttention: return "attention";
-    case FusionRule::kGatedAttention: return "gated-attention";
+    case FusionRule::kMean:
+      return "mean";
+    case FusionRule::kGMean:
+      return "gmean";
+    case FusionRule::kMax:
+      return "max";
+    case FusionRule::kVote:
+      return "vote";
+    case FusionRule::kAttention:
+      return "attention";
+    case FusionRule::kGatedAttention:
+      return "gated-attention";
   }
   return "mean";
 }
 
 const std::vector<FusionRule>& all_fusion_rules() {
-  static const std::vector<FusionRule> rules = {FusionRule::kMean,      FusionRule::kGMean,
-                                                FusionRule::kMax,       FusionRule::kVote,
-                                                FusionRule::kAttention, FusionRule::kGatedAttention};
+  static const std::vector<FusionRule> rules = {
+      FusionRule::kMean,
+      FusionRule::kGMean,
+      FusionRule::kMax,
+      FusionRule::kVote,
+      FusionRule::kAttention,
+      FusionRule::kGatedAttention};
   return rules;
 }
 
 const std::vector<FusionRule>& fixed_fusion_rules() {
-  static const std::vector<FusionRule> rules = {FusionRule::kMean, FusionRule::kGMean,
-                                                FusionRule::kMax, FusionRule::kVote};
+  static const std::vector<FusionRule> rules = {
+      FusionRule::kMean, FusionRule::kGMean, FusionRule::kMax, FusionRule::kVote};
   return rules;
 }
 
@@ -62,10 +73,13 @@ struct BagMask {
 };
 
 BagMask bag_mask(const at::Tensor& mask, const at::Tensor& like) {
-  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == like.size(0) && mask.size(1) == like.size(1) &&
-                  mask.scalar_type() == torch::kBool,
-              "fuse: mask must be bool [B,P] matching the logits ", like.sizes(), ", got ",
-              mask.sizes());
+  TORCH_CHECK(
+      mask.dim() == 2 && mask.size(0) == like.size(0) && mask.size(1) == like.size(1) &&
+          mask.scalar_type() == torch::kBool,
+      "fuse: mask must be bool [B,P] matching the logits ",
+      like.sizes(),
+      ", got ",
+      mask.sizes());
   return {mask.unsqueeze(2), mask.sum(1, /*keepdim=*/true).to(like.scalar_type())};
 }
 
@@ -85,7 +99,8 @@ at::Tensor fuse_full(FusionRule rule, const at::Tensor& log_p) {
       at::Tensor mean_p = log_p.exp().mean(1);
       return ((counts + mean_p) / static_cast<double>(patches + 1)).log();
     }
-    default: break;
+    default:
+      break;
   }
   throw std::logic_error("fuse_full: a learned rule");
 }
@@ -108,7 +123,8 @@ at::Tensor fuse_bags(FusionRule rule, const at::Tensor& log_p, const at::Tensor&
       at::Tensor mean_p = (log_p.exp() * m.valid).sum(1) / m.count;
       return ((counts + mean_p) / (m.count + 1)).log();
     }
-    default: break;
+    default:
+      break;
   }
   throw std::logic_error("fuse_bags: a learned rule");
 }
@@ -116,12 +132,13 @@ at::Tensor fuse_bags(FusionRule rule, const at::Tensor& log_p, const at::Tensor&
 }  // namespace
 
 at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits, const at::Tensor& mask) {
-  TORCH_CHECK(patch_logits.dim() == 3, "fuse expects patch logits [B,P,K], got ",
-              patch_logits.sizes());
+  TORCH_CHECK(
+      patch_logits.dim() == 3, "fuse expects patch logits [B,P,K], got ", patch_logits.sizes());
   if (fusion_rule_is_learned(rule)) {
-    throw InputError(fmt::format("fusion '{}' is learned: it needs the model's features, use "
-                                 "PatchClassifier",
-                                 fusion_rule_name(rule)));
+    throw InputError(fmt::format(
+        "fusion '{}' is learned: it needs the model's features, use "
+        "PatchClassifier",
+        fusion_rule_name(rule)));
   }
   at::Tensor log_p = torch::log_softmax(patch_logits, /*dim=*/2);
   return mask.defined() ? fuse_bags(rule, log_p, mask) : fuse_full(rule, log_p);
@@ -137,8 +154,13 @@ PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts) 
     total += n;
     longest = std::max(longest, n);
   }
-  TORCH_CHECK(flat.dim() >= 1 && flat.size(0) == total, "pad_bags: ", flat.sizes(),
-              " rows for bags of ", total, " in all");
+  TORCH_CHECK(
+      flat.dim() >= 1 && flat.size(0) == total,
+      "pad_bags: ",
+      flat.sizes(),
+      " rows for bags of ",
+      total,
+      " in all");
   std::vector<int64_t> shape = flat.sizes().vec();
   shape[0] = longest;
   shape.insert(shape.begin(), bags);
@@ -152,8 +174,8 @@ PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts) 
   std::vector<int64_t> padded_shape = flat.sizes().vec();
   padded_shape[0] = bags * longest;
   at::Tensor padded = torch::zeros(padded_shape, flat.options()).index_copy(0, index, flat);
-  at::Tensor mask = torch::zeros({bags * longest}, flat.options().dtype(torch::kBool))
-                        .index_fill(0, index, true);
+  at::Tensor mask =
+      torch::zeros({bags * longest}, flat.options().dtype(torch::kBool)).index_fill(0, index, true);
   return {padded.view(shape), mask.view({bags, longest})};
 }
 

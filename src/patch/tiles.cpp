@@ -113,10 +113,16 @@ void check_tile_options(const TileOptions& o) {
   check_option(o.tile >= 1, "tile", "{}, expected a positive number of pixels", o.tile);
   check_option(o.stride >= 0, "tile_stride", "{}, expected >= 0", o.stride);
   check_option(o.mpp >= 0, "mpp", "{}, expected >= 0", o.mpp);
-  check_option(o.min_foreground >= 0 && o.min_foreground <= 1, "min_foreground",
-               "{}, expected a fraction in [0, 1]", o.min_foreground);
-  check_option(o.mask_side == 0 || (o.mask_side >= 16 && o.mask_side <= 16384), "mask_side",
-               "{}, expected 0 (automatic) or 16..16384", o.mask_side);
+  check_option(
+      o.min_foreground >= 0 && o.min_foreground <= 1,
+      "min_foreground",
+      "{}, expected a fraction in [0, 1]",
+      o.min_foreground);
+  check_option(
+      o.mask_side == 0 || (o.mask_side >= 16 && o.mask_side <= 16384),
+      "mask_side",
+      "{}, expected 0 (automatic) or 16..16384",
+      o.mask_side);
 }
 
 ForegroundMask foreground_mask(const RegionReader& reader, int64_t max_side, bool cleanup) {
@@ -165,8 +171,8 @@ TilePlan plan_tiles(const RegionReader& reader, const TileOptions& options) {
   plan.boxes = tile_lattice(level.width, level.height, plan.tile, plan.stride);
   plan.foreground.assign(plan.boxes.size(), 1.0f);
   if (options.min_foreground > 0) {
-    const int64_t side = options.mask_side > 0 ? options.mask_side
-                                               : mask_side(reader, plan.tile, plan.downsample);
+    const int64_t side =
+        options.mask_side > 0 ? options.mask_side : mask_side(reader, plan.tile, plan.downsample);
     plan.mask = foreground_mask(reader, side, options.cleanup);
     // Integral image of the mask: each tile's fraction in O(1).
     cv::Mat mask(

@@ -1,10 +1,10 @@
 #include "patchwise/report/heatmap.h"
 
+#include <torch/torch.h>
+
 #include <algorithm>
 #include <cmath>
-
 #include <opencv2/imgproc.hpp>
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 
@@ -17,21 +17,36 @@ constexpr double kOverlayAlpha = 0.55;
 
 }  // namespace
 
-Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
-                        const HeatmapOptions& options) {
+Heatmap compute_heatmap(
+    PatchClassifier& model, const at::Tensor& image, const HeatmapOptions& options) {
   const ModelConfig& config = model->config();
-  TORCH_CHECK(image.dim() == 3 && image.size(0) == config.image_channels &&
-                  image.size(1) == config.image_h && image.size(2) == config.image_w,
-              "compute_heatmap expects uint8 [", config.image_channels, ",", config.image_h, ",",
-              config.image_w, "], got ", image.sizes());
+  TORCH_CHECK(
+      image.dim() == 3 && image.size(0) == config.image_channels &&
+          image.size(1) == config.image_h && image.size(2) == config.image_w,
+      "compute_heatmap expects uint8 [",
+      config.image_channels,
+      ",",
+      config.image_h,
+      ",",
+      config.image_w,
+      "], got ",
+      image.sizes());
   const int64_t classes = model->num_classes();
-  check_option(options.target_class >= -1 && options.target_class < classes, "class",
-              "{} out of range, the model has classes 0..{}", options.target_class,
-              classes - 1);
+  check_option(
+      options.target_class >= -1 && options.target_class < classes,
+      "class",
+      "{} out of range, the model has classes 0..{}",
+      options.target_class,
+      classes - 1);
   const int64_t extent = std::min(config.image_h, config.image_w);
-  check_option(options.grid_only || (options.stride >= 1 && options.stride <= extent), "stride",
-              "{}, expected 1..{} (the image is {}x{})", options.stride, extent,
-              config.image_h, config.image_w);
+  check_option(
+      options.grid_only || (options.stride >= 1 && options.stride <= extent),
+      "stride",
+      "{}, expected 1..{} (the image is {}x{})",
+      options.stride,
+      extent,
+      config.image_h,
+      config.image_w);
 
   torch::InferenceMode guard;
   const bool was_training = model->is_training();
@@ -73,12 +88,19 @@ Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
   return h;
 }
 
-Heatmap tile_heatmap(const std::vector<Box>& boxes, const std::vector<double>& scores,
-                     int64_t width, int64_t height, int64_t thumb_h, int64_t thumb_w) {
-  check_input(boxes.size() == scores.size() && !boxes.empty() && width > 0 && height > 0 &&
-                  thumb_h > 0 && thumb_w > 0,
-              "tile heatmap: {} boxes, {} scores, image {}x{}, thumbnail {}x{}", boxes.size(),
-              scores.size(), width, height, thumb_w, thumb_h);
+Heatmap tile_heatmap(
+    const std::vector<Box>& boxes, const std::vector<double>& scores, int64_t width, int64_t height,
+    int64_t thumb_h, int64_t thumb_w) {
+  check_input(
+      boxes.size() == scores.size() && !boxes.empty() && width > 0 && height > 0 && thumb_h > 0 &&
+          thumb_w > 0,
+      "tile heatmap: {} boxes, {} scores, image {}x{}, thumbnail {}x{}",
+      boxes.size(),
+      scores.size(),
+      width,
+      height,
+      thumb_w,
+      thumb_h);
   Heatmap h;
   h.probs = torch::tensor(scores, torch::kFloat64).view({1, -1});
   const double top = std::max(h.probs.max().item<double>(), 1e-30);
@@ -100,7 +122,8 @@ Heatmap tile_heatmap(const std::vector<Box>& boxes, const std::vector<double>& s
   return h;
 }
 
-at::Tensor render_crop_strip(const std::vector<at::Tensor>& crops, const std::vector<double>& scores) {
+at::Tensor render_crop_strip(
+    const std::vector<at::Tensor>& crops, const std::vector<double>& scores) {
   constexpr int kGap = 8;
   constexpr int kLabel = 16;
   const int side = crops.empty() ? 1 : static_cast<int>(crops.front().size(1));
@@ -114,9 +137,15 @@ at::Tensor render_crop_strip(const std::vector<at::Tensor>& crops, const std::ve
     cv::Mat bgr;
     cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
     bgr.copyTo(strip(cv::Rect(i * (side + kGap), 0, side, side)));
-    cv::putText(strip, fmt::format("{:.3f}", scores[static_cast<size_t>(i)]),
-                cv::Point(i * (side + kGap) + 2, side + 12), cv::FONT_HERSHEY_SIMPLEX, 0.4,
-                cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+    cv::putText(
+        strip,
+        fmt::format("{:.3f}", scores[static_cast<size_t>(i)]),
+        cv::Point(i * (side + kGap) + 2, side + 12),
+        cv::FONT_HERSHEY_SIMPLEX,
+        0.4,
+        cv::Scalar(0, 0, 0),
+        1,
+        cv::LINE_AA);
   }
   cv::Mat rgb;
   cv::cvtColor(strip, rgb, cv::COLOR_BGR2RGB);
@@ -124,8 +153,8 @@ at::Tensor render_crop_strip(const std::vector<at::Tensor>& crops, const std::ve
   return out.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
 }
 
-at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const std::string& title,
-                          int64_t scale) {
+at::Tensor render_heatmap(
+    const at::Tensor& image, const Heatmap& heatmap, const std::string& title, int64_t scale) {
   const int H = static_cast<int>(image.size(1));
   const int W = static_cast<int>(image.size(2));
   const int s = static_cast<int>(scale);
@@ -138,7 +167,8 @@ at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const
   // Coverage in 0..255, NaN (no patch) left uncoloured.
   at::Tensor cov = heatmap.coverage.to(torch::kFloat64).contiguous();
   at::Tensor valid = cov.isnan().logical_not().to(torch::kUInt8).mul(255).contiguous();
-  at::Tensor level = cov.nan_to_num(0.0).clamp(0, 1).mul(255).round().to(torch::kUInt8).contiguous();
+  at::Tensor level =
+      cov.nan_to_num(0.0).clamp(0, 1).mul(255).round().to(torch::kUInt8).contiguous();
   cv::Mat level_mat(H, W, CV_8UC1, level.data_ptr<uint8_t>());
   cv::Mat valid_mat(H, W, CV_8UC1, valid.data_ptr<uint8_t>());
   cv::Mat level_big, valid_big, colour;
@@ -151,19 +181,35 @@ at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const
 
   // Canvas: title on top, the map, a colour bar with 0 and 1 on the right.
   const int bar_left = W * s + 8;
-  cv::Mat canvas(H * s + kTitleHeight, bar_left + kBarWidth + 30, CV_8UC3, cv::Scalar(255, 255, 255));
+  cv::Mat canvas(
+      H * s + kTitleHeight, bar_left + kBarWidth + 30, CV_8UC3, cv::Scalar(255, 255, 255));
   blended.copyTo(canvas(cv::Rect(0, kTitleHeight, W * s, H * s)));
   cv::Mat ramp(H * s, 1, CV_8UC1);
-  for (int y = 0; y < H * s; ++y) ramp.at<uint8_t>(y, 0) = static_cast<uint8_t>(255 - 255 * y / std::max(1, H * s - 1));
+  for (int y = 0; y < H * s; ++y)
+    ramp.at<uint8_t>(y, 0) = static_cast<uint8_t>(255 - 255 * y / std::max(1, H * s - 1));
   cv::Mat ramp_colour;
   cv::applyColorMap(ramp, ramp_colour, cv::COLORMAP_VIRIDIS);
   cv::resize(ramp_colour, ramp_colour, cv::Size(kBarWidth, H * s), 0, 0, cv::INTER_NEAREST);
   ramp_colour.copyTo(canvas(cv::Rect(bar_left, kTitleHeight, kBarWidth, H * s)));
   const cv::Scalar ink(0, 0, 0);
-  cv::putText(canvas, "1", cv::Point(bar_left + kBarWidth + 4, kTitleHeight + 12),
-              cv::FONT_HERSHEY_SIMPLEX, 0.4, ink, 1, cv::LINE_AA);
-  cv::putText(canvas, "0", cv::Point(bar_left + kBarWidth + 4, kTitleHeight + H * s),
-              cv::FONT_HERSHEY_SIMPLEX, 0.4, ink, 1, cv::LINE_AA);
+  cv::putText(
+      canvas,
+      "1",
+      cv::Point(bar_left + kBarWidth + 4, kTitleHeight + 12),
+      cv::FONT_HERSHEY_SIMPLEX,
+      0.4,
+      ink,
+      1,
+      cv::LINE_AA);
+  cv::putText(
+      canvas,
+      "0",
+      cv::Point(bar_left + kBarWidth + 4, kTitleHeight + H * s),
+      cv::FONT_HERSHEY_SIMPLEX,
+      0.4,
+      ink,
+      1,
+      cv::LINE_AA);
   cv::putText(canvas, title, cv::Point(4, 15), cv::FONT_HERSHEY_SIMPLEX, 0.45, ink, 1, cv::LINE_AA);
   cv::Mat rgb;
   cv::cvtColor(canvas, rgb, cv::COLOR_BGR2RGB);

@@ -15,22 +15,31 @@ LossKind parse_loss_kind(const std::string& name) {
 
 std::string loss_kind_name(LossKind kind) {
   switch (kind) {
-    case LossKind::kPatch: return "patch";
-    case LossKind::kFused: return "fused";
-    case LossKind::kBoth: return "both";
+    case LossKind::kPatch:
+      return "patch";
+    case LossKind::kFused:
+      return "fused";
+    case LossKind::kBoth:
+      return "both";
   }
   return "patch";
 }
 
 void check_trainable(LossKind kind, FusionRule rule) {
-  check_option(kind != LossKind::kPatch || !fusion_rule_is_learned(rule), "loss",
-              "patch with fusion {}: the attention weights would never be trained; "
-              "use loss fused or both",
-              fusion_rule_name(rule));
-  check_option(kind == LossKind::kPatch || fusion_rule_is_differentiable(rule), "loss",
-              "{} with fusion {}: the fused output of '{}' has no gradient; "
-              "use loss patch with it, or another fusion rule",
-              loss_kind_name(kind), fusion_rule_name(rule), fusion_rule_name(rule));
+  check_option(
+      kind != LossKind::kPatch || !fusion_rule_is_learned(rule),
+      "loss",
+      "patch with fusion {}: the attention weights would never be trained; "
+      "use loss fused or both",
+      fusion_rule_name(rule));
+  check_option(
+      kind == LossKind::kPatch || fusion_rule_is_differentiable(rule),
+      "loss",
+      "{} with fusion {}: the fused output of '{}' has no gradient; "
+      "use loss patch with it, or another fusion rule",
+      loss_kind_name(kind),
+      fusion_rule_name(rule),
+      fusion_rule_name(rule));
 }
 
 void check_label_smoothing(double smoothing) {
@@ -63,9 +72,12 @@ at::Tensor compute_loss(
   };
   auto fused_loss = [&] { return smoothed_nll(out.log_probs, labels, smoothing).mean(); };
   switch (kind) {
-    case LossKind::kPatch: return patch_loss();
-    case LossKind::kFused: return fused_loss();
-    case LossKind::kBoth: return patch_loss() + fused_loss();
+    case LossKind::kPatch:
+      return patch_loss();
+    case LossKind::kFused:
+      return fused_loss();
+    case LossKind::kBoth:
+      return patch_loss() + fused_loss();
   }
   return patch_loss();
 }

@@ -145,7 +145,8 @@ std::string optimizer_kind_name(OptimizerKind kind) {
 
 void check_optimizer_options(const OptimizerOptions& o) {
   check_option(o.lr > 0 && std::isfinite(o.lr), "lr", "{}, expected a positive number", o.lr);
-  check_option(o.momentum >= 0 && o.momentum < 1, "momentum", "{}, expected 0 <= m < 1", o.momentum);
+  check_option(
+      o.momentum >= 0 && o.momentum < 1, "momentum", "{}, expected 0 <= m < 1", o.momentum);
   check_option(
       o.kind == OptimizerKind::kSgd || o.momentum == 0,
       "momentum",

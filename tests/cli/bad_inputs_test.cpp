@@ -3,6 +3,7 @@
 // one-line message must contain. Every row must exit 2 with exactly one line on
 // stderr, and leave the outputs already on disk byte-for-byte as they were.
 
+#include <gmock/gmock.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <zlib.h>
@@ -11,11 +12,8 @@
 #include <fstream>
 #include <functional>
 #include <map>
-
-#include <gmock/gmock.h>
-#include <opencv2/imgcodecs.hpp>
-
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/idx.h"
@@ -30,10 +28,10 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 struct Row {
-  const char* what;                       // the kind of bad input, for the failure message
+  const char* what;                            // the kind of bad input, for the failure message
   std::function<void(const fs::path&)> setup;  // makes the bad file(s) under the folder
-  std::string args;                       // {dir} stands for the folder
-  std::string needle;                     // words the message must contain
+  std::string args;                            // {dir} stands for the folder
+  std::string needle;                          // words the message must contain
 };
 
 void write_png(const fs::path& path) {
@@ -46,9 +44,7 @@ void write_bytes(const fs::path& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
 
-std::string be32(uint32_t v) {
-  return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
-}
+std::string be32(uint32_t v) { return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; }
 
 /// A folder of IDX files (`n` train and test images of 28x28, labels k mod 10).
 void write_idx_data(const fs::path& dir, int64_t n = 40) {
@@ -72,8 +68,8 @@ void write_digits(const fs::path& dir) {
 /// A 768x512 pyramidal TIFF (4 levels, down to 96x64) of noise, without a stated resolution.
 void write_slide(const fs::path& path) {
   fs::create_directories(path.parent_path());
-  write_pyramid_tiff(path.string(), torch::randint(0, 256, {3, 512, 768}, torch::kUInt8),
-                     {128, 0, 0});
+  write_pyramid_tiff(
+      path.string(), torch::randint(0, 256, {3, 512, 768}, torch::kUInt8), {128, 0, 0});
 }
 
 /// A PNG whose header declares width x height RGB pixels, with a token of data after it.
@@ -84,10 +80,12 @@ void write_png_header(const fs::path& path, uint32_t width, uint32_t height) {
         crc32(0, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()));
     return be32(static_cast<uint32_t>(data.size())) + body + be32(static_cast<uint32_t>(crc));
   };
-  write_bytes(path, std::string("\x89PNG\r\n\x1a\n", 8) +
-                        chunk("IHDR", be32(width) + be32(height) + std::string("\x08\x02\0\0\0", 5)) +
-                        chunk("IDAT", std::string("\x78\x9c\x63\x00\x00\x00\x01\x00\x01", 9)) +
-                        chunk("IEND", ""));
+  write_bytes(
+      path,
+      std::string("\x89PNG\r\n\x1a\n", 8) +
+          chunk("IHDR", be32(width) + be32(height) + std::string("\x08\x02\0\0\0", 5)) +
+          chunk("IDAT", std::string("\x78\x9c\x63\x00\x00\x00\x01\x00\x01", 9)) +
+          chunk("IEND", ""));
 }
 
 /// Overwrites one byte of a file.
@@ -141,8 +139,8 @@ class BadInputsTest : public test::SeededTest {
     };
     const std::string args = expand(row.args);
     const fs::path err = dir_ / "bad-stderr.txt";
-    const std::string command = std::string(PATCHWISE_BINARY) + " " + args +
-                                " >/dev/null 2>" + err.string() + " </dev/null";
+    const std::string command = std::string(PATCHWISE_BINARY) + " " + args + " >/dev/null 2>" +
+                                err.string() + " </dev/null";
     const int status = std::system(command.c_str());
     const std::string message = test::read_file(err);
     ASSERT_TRUE(WIFEXITED(status)) << args << " did not exit normally";
@@ -163,8 +161,9 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"truncated IDX images",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
-         write_bytes(d / "bad/train-images-idx3-ubyte",
-                     be32(2051) + be32(10) + be32(28) + be32(28) + std::string(100, 'x'));
+         write_bytes(
+             d / "bad/train-images-idx3-ubyte",
+             be32(2051) + be32(10) + be32(28) + be32(28) + std::string(100, 'x'));
        },
        train + " --data {dir}/bad",
        "100 bytes of pixels"},
@@ -178,8 +177,9 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"IDX header declaring terabytes",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
-         write_bytes(d / "bad/train-images-idx3-ubyte",
-                     be32(2051) + be32(0x7fffffff) + be32(0x7fffffff) + be32(0x7fffffff) + "xx");
+         write_bytes(
+             d / "bad/train-images-idx3-ubyte",
+             be32(2051) + be32(0x7fffffff) + be32(0x7fffffff) + be32(0x7fffffff) + "xx");
        },
        train + " --data {dir}/bad",
        "declares 2147483647 images"},
@@ -193,8 +193,8 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
       {"labels count unlike images",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
-         write_idx_labels((d / "bad/train-labels-idx1-ubyte").string(),
-                          torch::zeros({7}, torch::kInt64));
+         write_idx_labels(
+             (d / "bad/train-labels-idx1-ubyte").string(), torch::zeros({7}, torch::kInt64));
        },
        train + " --data {dir}/bad",
        "7 labels"},
@@ -218,10 +218,12 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        [](const fs::path& d) {
          fs::create_directories(d / "bad");
          for (const char* p : {"train", "t10k"}) {
-           write_idx_images((d / "bad" / (std::string(p) + "-images-idx3-ubyte")).string(),
-                            torch::zeros({4, 1, 20, 20}, torch::kUInt8));
-           write_idx_labels((d / "bad" / (std::string(p) + "-labels-idx1-ubyte")).string(),
-                            torch::zeros({4}, torch::kInt64));
+           write_idx_images(
+               (d / "bad" / (std::string(p) + "-images-idx3-ubyte")).string(),
+               torch::zeros({4, 1, 20, 20}, torch::kUInt8));
+           write_idx_labels(
+               (d / "bad" / (std::string(p) + "-labels-idx1-ubyte")).string(),
+               torch::zeros({4}, torch::kInt64));
          }
        },
        "eval" + model + " --data {dir}/bad",

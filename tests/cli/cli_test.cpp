@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <sys/wait.h>
+#include <torch/version.h>
 
 #include <chrono>
 #include <filesystem>
@@ -10,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
-#include <torch/version.h>
 
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/version.h"

@@ -3,7 +3,10 @@
 // with the same global batch ends; a killed or missing peer must stop the survivor
 // with one clear line, and leave the model file alone.
 
+#include "patchwise/dist/distributed.h"
+
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -17,13 +20,10 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
-#include <gmock/gmock.h>
-#include <nlohmann/json.hpp>
-
 #include "patchwise/core/model_file.h"
-#include "patchwise/dist/distributed.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -51,9 +51,13 @@ int free_port() {
 
 /// The environment torchrun gives rank `rank` of `world` on this machine.
 std::map<std::string, std::string> rank_env(int port, int rank, int world) {
-  return {{"MASTER_ADDR", "127.0.0.1"},        {"MASTER_PORT", std::to_string(port)},
-          {"RANK", std::to_string(rank)},       {"LOCAL_RANK", std::to_string(rank)},
-          {"WORLD_SIZE", std::to_string(world)}, {"LOCAL_WORLD_SIZE", std::to_string(world)}};
+  return {
+      {"MASTER_ADDR", "127.0.0.1"},
+      {"MASTER_PORT", std::to_string(port)},
+      {"RANK", std::to_string(rank)},
+      {"LOCAL_RANK", std::to_string(rank)},
+      {"WORLD_SIZE", std::to_string(world)},
+      {"LOCAL_WORLD_SIZE", std::to_string(world)}};
 }
 
 /// A child process running `program args...` with `env` added, stdout and stderr in files.
@@ -61,13 +65,20 @@ struct Child {
   pid_t pid = -1;
   fs::path out, err;
 
-  Child(const std::string& program, const std::vector<std::string>& args,
-        const std::map<std::string, std::string>& env, const fs::path& dir, const std::string& name)
+  Child(
+      const std::string& program, const std::vector<std::string>& args,
+      const std::map<std::string, std::string>& env, const fs::path& dir, const std::string& name)
       : out(dir / (name + ".out")), err(dir / (name + ".err")) {
     pid = fork();
     if (pid == 0) {
-      for (const char* v : {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-                            "LOCAL_WORLD_SIZE", "TORCHELASTIC_USE_AGENT_STORE"}) {
+      for (const char* v :
+           {"MASTER_ADDR",
+            "MASTER_PORT",
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "TORCHELASTIC_USE_AGENT_STORE"}) {
         unsetenv(v);
       }
       for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
@@ -104,18 +115,27 @@ struct Child {
 /// expect_same_sgd_steps), no dropout (whose masks would differ per rank), no batch norm
 /// (whose statistics are per rank).
 /// `extra` (flag, value pairs; value "" for a flag alone) adds flags or replaces the defaults.
-std::vector<std::string> train_args(int64_t images, const std::string& out,
-                                    const std::vector<std::string>& extra = {}) {
+std::vector<std::string> train_args(
+    int64_t images, const std::string& out, const std::vector<std::string>& extra = {}) {
   std::vector<std::pair<std::string, std::string>> flags = {
-      {"--data", kData},   {"--limit-train", std::to_string(images)},
-      {"--limit-test", "50"}, {"--epochs", "1"}, {"--batch", "32"}, {"--dropout", "0"},
-      {"--seed", "3"},     {"--threads", "1"}, {"--optimizer", "sgd"},
-      {"--lr", "0.05"},    {"--out", out}};
+      {"--data", kData},
+      {"--limit-train", std::to_string(images)},
+      {"--limit-test", "50"},
+      {"--epochs", "1"},
+      {"--batch", "32"},
+      {"--dropout", "0"},
+      {"--seed", "3"},
+      {"--threads", "1"},
+      {"--optimizer", "sgd"},
+      {"--lr", "0.05"},
+      {"--out", out}};
   for (size_t i = 0; i + 1 < extra.size(); i += 2) {
-    auto it = std::find_if(flags.begin(), flags.end(),
-                           [&](const auto& f) { return f.first == extra[i]; });
-    if (it != flags.end()) it->second = extra[i + 1];
-    else flags.emplace_back(extra[i], extra[i + 1]);
+    auto it = std::find_if(
+        flags.begin(), flags.end(), [&](const auto& f) { return f.first == extra[i]; });
+    if (it != flags.end())
+      it->second = extra[i + 1];
+    else
+      flags.emplace_back(extra[i], extra[i + 1]);
   }
   std::vector<std::string> args{"train"};
   for (const auto& [flag, value] : flags) {
@@ -143,8 +163,8 @@ int count_lines(const std::string& text) {
 /// their size per step and element), and still fails when the averaging is wrong: an
 /// unweighted uneven last batch is off by 4e-3 to 1e-2 of the travel, a rank without
 /// images by 0.3 (both checked by breaking the trainer on purpose).
-void expect_same_sgd_steps(PatchClassifier& one, PatchClassifier& two, PatchClassifier& start,
-                           int64_t steps) {
+void expect_same_sgd_steps(
+    PatchClassifier& one, PatchClassifier& two, PatchClassifier& start, int64_t steps) {
   auto a = one->named_parameters();
   auto b = two->named_parameters();
   auto s = start->parameters();
@@ -183,9 +203,10 @@ class DistributedTest : public test::SeededTest {
     ASSERT_EQ(two.wait_for(std::chrono::seconds(60)), 0) << two.stderr_text();
     // Rank 1 prints nothing: one epoch line, from rank 0; nothing on stderr.
     const std::string log = two.stdout_text();
-    EXPECT_EQ(std::count(log.begin(), log.end(), '\n') -
-                  static_cast<long>(count_lines(single.stdout_text())),
-              2)  // the two data-parallel lines
+    EXPECT_EQ(
+        std::count(log.begin(), log.end(), '\n') -
+            static_cast<long>(count_lines(single.stdout_text())),
+        2)  // the two data-parallel lines
         << log;
     EXPECT_THAT(log, HasSubstr("data-parallel: 2 processes"));
     EXPECT_EQ(two.stderr_text(), "");
@@ -202,8 +223,8 @@ class DistributedTest : public test::SeededTest {
     EXPECT_NEAR(m1["loss"].get<double>(), m2["loss"].get<double>(), 1e-4);
     EXPECT_NEAR(m1["accuracy"].get<double>(), m2["accuracy"].get<double>(), 1.0 / images + 1e-12);
     EXPECT_NEAR(m1["test_loss"].get<double>(), m2["test_loss"].get<double>(), 1e-4);
-    EXPECT_NEAR(m1["test_accuracy"].get<double>(), m2["test_accuracy"].get<double>(),
-                1.0 / 50 + 1e-12);
+    EXPECT_NEAR(
+        m1["test_accuracy"].get<double>(), m2["test_accuracy"].get<double>(), 1.0 / 50 + 1e-12);
   }
 };
 
@@ -226,19 +247,51 @@ TEST_F(DistributedTest, BagsOfDifferentSizesTrainAsInOneProcess) {
   for (int k = 0; k <= 9; ++k) {  // 4 digits per class: a bright bar at row 4 + 2k
     std::ofstream out(digits / (std::to_string(k) + ".json"));
     out << "{\"data\": [";
-    for (int i = 0; i < 4 * 784; ++i) out << (i ? "," : "") << ((i % 784) / 28 == 4 + 2 * k ? 1 : 0);
+    for (int i = 0; i < 4 * 784; ++i)
+      out << (i ? "," : "") << ((i % 784) / 28 == 4 + 2 * k ? 1 : 0);
     out << "]}";
   }
-  Child import(PATCHWISE_BINARY,
-               {"import", "megapixel-mnist", "--from", digits.string(), "--out", path("mp"),
-                "--size", "140", "--train", "40", "--test", "20", "--scribbles", "3"},
-               {}, dir_, "import");
+  Child import(
+      PATCHWISE_BINARY,
+      {"import",
+       "megapixel-mnist",
+       "--from",
+       digits.string(),
+       "--out",
+       path("mp"),
+       "--size",
+       "140",
+       "--train",
+       "40",
+       "--test",
+       "20",
+       "--scribbles",
+       "3"},
+      {},
+      dir_,
+      "import");
   ASSERT_EQ(import.wait_for(std::chrono::seconds(60)), 0) << import.stderr_text();
   // 40 canvases in batches of 32: a full batch, then 8 split 4 + 4.
   expect_two_processes_match_one(
-      40, {"--data", path("mp"), "--limit-train", "0", "--limit-test", "0", "--tile", "28",
-           "--min-foreground", "0.01", "--no-mask-cleanup", "", "--input", "28", "--fusion",
-           "gated-attention", "--loss", "both"});
+      40,
+      {"--data",
+       path("mp"),
+       "--limit-train",
+       "0",
+       "--limit-test",
+       "0",
+       "--tile",
+       "28",
+       "--min-foreground",
+       "0.01",
+       "--no-mask-cleanup",
+       "",
+       "--input",
+       "28",
+       "--fusion",
+       "gated-attention",
+       "--loss",
+       "both"});
 }
 
 TEST_F(DistributedTest, AKilledPeerStopsTheOtherWithOneLineAndTheModelFileIntact) {
@@ -246,9 +299,17 @@ TEST_F(DistributedTest, AKilledPeerStopsTheOtherWithOneLineAndTheModelFileIntact
   const std::string out = path("model.pw");
   { std::ofstream(out) << "an older model"; }
   // Long enough to be mid-run when rank 1 dies; a checkpoint every 5 steps shows when.
-  const auto args = train_args(6400, out, {"--epochs", "3", "--checkpoint-every", "5",
-                                           "--checkpoint", path("run.ckpt"),
-                                           "--dist-timeout", "30"});
+  const auto args = train_args(
+      6400,
+      out,
+      {"--epochs",
+       "3",
+       "--checkpoint-every",
+       "5",
+       "--checkpoint",
+       path("run.ckpt"),
+       "--dist-timeout",
+       "30"});
   Child rank0(PATCHWISE_BINARY, args, rank_env(port, 0, 2), dir_, "rank0");
   Child rank1(PATCHWISE_BINARY, args, rank_env(port, 1, 2), dir_, "rank1");
   const auto deadline = Clock::now() + std::chrono::seconds(60);
@@ -282,15 +343,21 @@ TEST_F(DistributedTest, ARankThatNeverArrivesEndsTheRendezvousAfterTheTimeout) {
   EXPECT_LT(seconds, 30.0);
   const std::string err = rank0.stderr_text();
   EXPECT_EQ(count_lines(err), 1) << err;
-  EXPECT_THAT(err, HasSubstr("rank 0 timed out at the rendezvous: only 1 of 2 ranks joined at "
-                             "127.0.0.1:" + std::to_string(port) + " within 3 s"));
+  EXPECT_THAT(
+      err,
+      HasSubstr(
+          "rank 0 timed out at the rendezvous: only 1 of 2 ranks joined at "
+          "127.0.0.1:" +
+          std::to_string(port) + " within 3 s"));
   EXPECT_FALSE(fs::exists(path("model.pw")));
 
   // A rank whose rank 0 never comes cannot reach the store.
   Child rank1(PATCHWISE_BINARY, args, rank_env(free_port(), 1, 2), dir_, "rank1");
   EXPECT_EQ(rank1.wait_for(std::chrono::seconds(40)), 1);
-  EXPECT_THAT(rank1.stderr_text(), HasSubstr("rank 1 could not reach the rendezvous store at "
-                                             "127.0.0.1:"));
+  EXPECT_THAT(
+      rank1.stderr_text(),
+      HasSubstr("rank 1 could not reach the rendezvous store at "
+                "127.0.0.1:"));
   EXPECT_EQ(count_lines(rank1.stderr_text()), 1) << rank1.stderr_text();
 }
 
@@ -304,7 +371,10 @@ TEST_F(DistributedTest, BadDistributedSettingsAreInputErrors) {
   auto env = [&](std::map<std::string, std::string> changes) {
     auto e = rank_env(port, 0, 2);
     for (auto& [k, v] : changes) {
-      if (v.empty()) e.erase(k); else e[k] = v;
+      if (v.empty())
+        e.erase(k);
+      else
+        e[k] = v;
     }
     return e;
   };
@@ -333,9 +403,14 @@ TEST_F(DistributedTest, BadDistributedSettingsAreInputErrors) {
 
 TEST(DistributedConfigTest, ReadsTorchrunsVariables) {
   std::map<std::string, std::string> env = {
-      {"WORLD_SIZE", "4"}, {"RANK", "3"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
-      {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "29500"},
-      {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"},
+      {"WORLD_SIZE", "4"},
+      {"RANK", "3"},
+      {"LOCAL_RANK", "1"},
+      {"LOCAL_WORLD_SIZE", "2"},
+      {"MASTER_ADDR", "node0"},
+      {"MASTER_PORT", "29500"},
+      {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+      {"TORCHELASTIC_RESTART_COUNT", "2"},
       {"GLOO_SOCKET_IFNAME", "eth1"}};
   auto get = [&](const char* name) -> const char* {
     auto it = env.find(name);

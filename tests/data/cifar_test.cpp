@@ -1,8 +1,8 @@
 #include "patchwise/data/cifar.h"
 
-#include <fstream>
-
 #include <gmock/gmock.h>
+
+#include <fstream>
 
 #include "patchwise/core/error.h"
 #include "support/test_support.h"
@@ -35,7 +35,8 @@ TEST_F(CifarTest, ReadsChannelPlanarRecordsWithLabels) {
 }
 
 TEST_F(CifarTest, LoadsCifar10BatchesAndClassNames) {
-  for (int b = 1; b <= 5; ++b) write_records(path("data_batch_" + std::to_string(b) + ".bin"), 4, 1, 10);
+  for (int b = 1; b <= 5; ++b)
+    write_records(path("data_batch_" + std::to_string(b) + ".bin"), 4, 1, 10);
   write_records(path("test_batch.bin"), 2, 1, 10);
   std::ofstream(path("batches.meta.txt")) << "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\n"
                                              "horse\nship\ntruck\n\n";
@@ -63,20 +64,23 @@ TEST_F(CifarTest, Cifar100PicksFineOrCoarseLabels) {
 TEST_F(CifarTest, RefusesASizeThatIsNotAMultipleOfTheRecord) {
   write_records(path("b.bin"), 2, 1, 10);
   std::ofstream(path("b.bin"), std::ios::app) << "xyz";
-  EXPECT_THAT([&] { read_cifar_file(path("b.bin"), 1, 0, 10); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("not a multiple of the 3073-byte")));
+  EXPECT_THAT(
+      [&] { read_cifar_file(path("b.bin"), 1, 0, 10); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("not a multiple of the 3073-byte")));
 }
 
 TEST_F(CifarTest, RefusesALabelOutOfRange) {
   write_records(path("b.bin"), 12, 1, 12);  // labels up to 11
-  EXPECT_THAT([&] { read_cifar_file(path("b.bin"), 1, 0, 10); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("record 10 has label 10")));
+  EXPECT_THAT(
+      [&] { read_cifar_file(path("b.bin"), 1, 0, 10); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("record 10 has label 10")));
 }
 
 TEST_F(CifarTest, NamesAMissingTrainingBatch) {
   write_records(path("data_batch_1.bin"), 2, 1, 10);
-  EXPECT_THAT([&] { load_cifar10(dir_.string(), "train"); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("data_batch_2.bin")));
+  EXPECT_THAT(
+      [&] { load_cifar10(dir_.string(), "train"); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("data_batch_2.bin")));
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 #include "patchwise/data/digits_json.h"
 
-#include <fstream>
-
 #include <gmock/gmock.h>
+
+#include <fstream>
 
 #include "patchwise/core/error.h"
 #include "support/test_support.h"
@@ -18,7 +18,8 @@ class DigitsJsonTest : public test::SeededTest {
   void write_digits(int k, int count, int extra_values = 0) {
     std::ofstream out(path(std::to_string(k) + ".json"));
     out << "{ \"data\": [";
-    for (int i = 0; i < count * 784 + extra_values; ++i) out << (i ? "," : "") << (i % 784 % 11) / 10.0;
+    for (int i = 0; i < count * 784 + extra_values; ++i)
+      out << (i ? "," : "") << (i % 784 % 11) / 10.0;
     out << "]}";
   }
 };
@@ -36,9 +37,10 @@ TEST_F(DigitsJsonTest, ReadsEveryDigitWithItsFileAsLabel) {
 
 TEST_F(DigitsJsonTest, RefusesADigitWithout784Values) {
   for (int k = 0; k <= 9; ++k) write_digits(k, 1, k == 7 ? 5 : 0);
-  EXPECT_THAT([&] { read_digits_json(dir_.string()); },
-              ::testing::ThrowsMessage<InputError>(
-                  AllOf(HasSubstr("7.json"), HasSubstr("789 values, expected a multiple of 784"))));
+  EXPECT_THAT(
+      [&] { read_digits_json(dir_.string()); },
+      ::testing::ThrowsMessage<InputError>(
+          AllOf(HasSubstr("7.json"), HasSubstr("789 values, expected a multiple of 784"))));
 }
 
 TEST_F(DigitsJsonTest, RefusesValuesOutsideTheUnitIntervalAndBadJson) {
@@ -49,14 +51,17 @@ TEST_F(DigitsJsonTest, RefusesValuesOutsideTheUnitIntervalAndBadJson) {
     for (int i = 1; i < 784; ++i) out << ",0";
     out << "]}";
   }
-  EXPECT_THAT([&] { read_digits_json(dir_.string()); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("value 0 is 2.5")));
+  EXPECT_THAT(
+      [&] { read_digits_json(dir_.string()); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("value 0 is 2.5")));
   std::ofstream(path("2.json")) << "{\"data\": [0, 1,";
-  EXPECT_THAT([&] { read_digits_json(dir_.string()); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("not valid JSON")));
+  EXPECT_THAT(
+      [&] { read_digits_json(dir_.string()); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("not valid JSON")));
   std::filesystem::remove(path("2.json"));
-  EXPECT_THAT([&] { read_digits_json(dir_.string()); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("2.json: missing")));
+  EXPECT_THAT(
+      [&] { read_digits_json(dir_.string()); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("2.json: missing")));
 }
 
 }  // namespace

@@ -1,10 +1,10 @@
 #include "patchwise/data/idx.h"
 
-#include <fstream>
-#include <vector>
-
 #include <gmock/gmock.h>
 #include <zlib.h>
+
+#include <fstream>
+#include <vector>
 
 #include "patchwise/core/error.h"
 #include "support/test_support.h"
@@ -15,8 +15,11 @@ namespace {
 using ::testing::HasSubstr;
 
 std::vector<uint8_t> be32(int32_t v) {
-  return {uint8_t(uint32_t(v) >> 24), uint8_t(uint32_t(v) >> 16), uint8_t(uint32_t(v) >> 8),
-          uint8_t(v)};
+  return {
+      uint8_t(uint32_t(v) >> 24),
+      uint8_t(uint32_t(v) >> 16),
+      uint8_t(uint32_t(v) >> 8),
+      uint8_t(v)};
 }
 
 std::vector<uint8_t> images_file(int32_t count, int32_t rows, int32_t cols, int64_t payload) {
@@ -38,8 +41,9 @@ std::vector<uint8_t> labels_file(int32_t count, int64_t payload) {
 }
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                              static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(
+          reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
@@ -76,38 +80,44 @@ TEST_F(IdxTest, ReadsLabelsAsInt64) {
 }
 
 TEST_F(IdxTest, RefusesAMissingFile) {
-  EXPECT_THAT([&] { read_idx_images(path("nothing")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("no such file")));
+  EXPECT_THAT(
+      [&] { read_idx_images(path("nothing")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("no such file")));
 }
 
 TEST_F(IdxTest, RefusesADirectoryWhereAFileIsExpected) {
-  EXPECT_THAT([&] { read_idx_images(dir_.string()); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("expected a file")));
+  EXPECT_THAT(
+      [&] { read_idx_images(dir_.string()); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("expected a file")));
 }
 
 TEST_F(IdxTest, RefusesTheWrongMagicNamingBothNumbers) {
   write_bytes(path("lab"), labels_file(4, 4));
-  EXPECT_THAT([&] { read_idx_images(path("lab")); },
-              ::testing::ThrowsMessage<InputError>(
-                  AllOf(HasSubstr("wrong magic number 2049"), HasSubstr("expected 2051"))));
+  EXPECT_THAT(
+      [&] { read_idx_images(path("lab")); },
+      ::testing::ThrowsMessage<InputError>(
+          AllOf(HasSubstr("wrong magic number 2049"), HasSubstr("expected 2051"))));
 }
 
 TEST_F(IdxTest, RefusesATruncatedPayload) {
   write_bytes(path("img"), images_file(3, 2, 2, 11));
-  EXPECT_THAT([&] { read_idx_images(path("img")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("11 bytes of pixels")));
+  EXPECT_THAT(
+      [&] { read_idx_images(path("img")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("11 bytes of pixels")));
 }
 
 TEST_F(IdxTest, RefusesATruncatedHeader) {
   write_bytes(path("img"), {0, 0, 8, 3, 0});
-  EXPECT_THAT([&] { read_idx_images(path("img")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("truncated")));
+  EXPECT_THAT(
+      [&] { read_idx_images(path("img")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("truncated")));
 }
 
 TEST_F(IdxTest, RefusesAHugeDeclaredCountWithoutAllocatingIt) {
   write_bytes(path("img"), images_file(2000000000, 60000, 60000, 16));
-  EXPECT_THAT([&] { read_idx_images(path("img")); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("declares 2000000000 images")));
+  EXPECT_THAT(
+      [&] { read_idx_images(path("img")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("declares 2000000000 images")));
 }
 
 TEST_F(IdxTest, RefusesCorruptGzipData) {
@@ -123,8 +133,9 @@ TEST_F(IdxTest, RefusesCorruptGzipData) {
 TEST_F(IdxTest, SplitRefusesImageAndLabelCountsThatDiffer) {
   write_bytes(path("train-images-idx3-ubyte"), images_file(4, 2, 2, 16));
   write_bytes(path("train-labels-idx1-ubyte"), labels_file(5, 5));
-  EXPECT_THAT([&] { load_idx_split(dir_.string(), "train"); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("4 images but 5 labels")));
+  EXPECT_THAT(
+      [&] { load_idx_split(dir_.string(), "train"); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("4 images but 5 labels")));
 }
 
 TEST_F(IdxTest, SplitFindsFilesLimitsAndNamesClasses) {
@@ -138,8 +149,9 @@ TEST_F(IdxTest, SplitFindsFilesLimitsAndNamesClasses) {
 }
 
 TEST_F(IdxTest, SplitNamesTheMissingFile) {
-  EXPECT_THAT([&] { load_idx_split(dir_.string(), "t10k"); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("t10k-images-idx3-ubyte")));
+  EXPECT_THAT(
+      [&] { load_idx_split(dir_.string(), "t10k"); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("t10k-images-idx3-ubyte")));
 }
 
 TEST_F(IdxTest, WrittenFilesReadBackIdentically) {

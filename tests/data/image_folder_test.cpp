@@ -1,10 +1,10 @@
 #include "patchwise/data/image_folder.h"
 
+#include <gmock/gmock.h>
+
 #include <filesystem>
 #include <fstream>
 #include <tuple>
-
-#include <gmock/gmock.h>
 
 #include "patchwise/core/error.h"
 #include "patchwise/data/image.h"
@@ -20,11 +20,12 @@ namespace fs = std::filesystem;
 class ImageFolderTest : public test::SeededTest {
  protected:
   /// root/<cls>/<name> holding a constant image of `value`.
-  void add(const std::string& cls, const std::string& name, int64_t channels, int64_t h, int64_t w,
-           int value) {
+  void add(
+      const std::string& cls, const std::string& name, int64_t channels, int64_t h, int64_t w,
+      int value) {
     fs::create_directories(dir_ / "root" / cls);
-    write_image((dir_ / "root" / cls / name).string(),
-                torch::full({channels, h, w}, value, torch::kUInt8));
+    write_image(
+        (dir_ / "root" / cls / name).string(), torch::full({channels, h, w}, value, torch::kUInt8));
   }
   std::string root() const { return (dir_ / "root").string(); }
 };
@@ -54,9 +55,10 @@ TEST_F(ImageFolderTest, ColourAnywhereMakesEveryImageThreeChannels) {
 TEST_F(ImageFolderTest, RefusesMixedSizesListingThemUnlessResized) {
   add("a", "small.png", 1, 4, 4, 0);
   add("a", "large.png", 1, 8, 6, 0);
-  EXPECT_THAT([&] { load_image_folder(root(), {}); },
-              ::testing::ThrowsMessage<InputError>(
-                  AllOf(HasSubstr("2 different sizes"), HasSubstr("4x4"), HasSubstr("8x6"))));
+  EXPECT_THAT(
+      [&] { load_image_folder(root(), {}); },
+      ::testing::ThrowsMessage<InputError>(
+          AllOf(HasSubstr("2 different sizes"), HasSubstr("4x4"), HasSubstr("8x6"))));
   ImageFolderOptions o;
   o.height = 5;
   o.width = 7;
@@ -73,15 +75,20 @@ TEST_F(ImageFolderTest, SkipsUnreadableFilesOrFailsWhenStrict) {
   EXPECT_THAT(skipped[0], HasSubstr("notes.txt"));
   ImageFolderOptions strict;
   strict.strict = true;
-  EXPECT_THAT([&] { load_image_folder(root(), strict); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("notes.txt: cannot decode")));
+  EXPECT_THAT(
+      [&] { load_image_folder(root(), strict); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("notes.txt: cannot decode")));
 }
 
 /// A folder of textured images of mixed sizes and channels, PNG and JPEG.
 void add_textured(const fs::path& root) {
   const std::vector<std::tuple<std::string, int64_t, int64_t, int64_t>> files = {
-      {"cat/a.png", 3, 20, 24}, {"cat/b.jpg", 3, 31, 17}, {"dog/c.png", 1, 12, 12},
-      {"dog/d.png", 3, 40, 30}, {"dog/e.jpg", 1, 16, 16}, {"eel/f.png", 3, 9, 33}};
+      {"cat/a.png", 3, 20, 24},
+      {"cat/b.jpg", 3, 31, 17},
+      {"dog/c.png", 1, 12, 12},
+      {"dog/d.png", 3, 40, 30},
+      {"dog/e.jpg", 1, 16, 16},
+      {"eel/f.png", 3, 9, 33}};
   for (const auto& [name, c, h, w] : files) {
     fs::create_directories((root / name).parent_path());
     write_image((root / name).string(), torch::randint(0, 256, {c, h, w}, torch::kUInt8));
@@ -123,9 +130,10 @@ TEST_F(ImageFolderTest, ALazySetStillRefusesMixedSizesAndSkipsWhatItCannotRead) 
   std::ofstream((dir_ / "root" / "a" / "notes.txt").string()) << "not an image";
   ImageFolderOptions lazy;
   lazy.memory_limit = 10;
-  EXPECT_THAT([&] { load_image_folder(root(), lazy); },
-              ::testing::ThrowsMessage<InputError>(
-                  AllOf(HasSubstr("2 different sizes"), HasSubstr("4x4"), HasSubstr("8x6"))));
+  EXPECT_THAT(
+      [&] { load_image_folder(root(), lazy); },
+      ::testing::ThrowsMessage<InputError>(
+          AllOf(HasSubstr("2 different sizes"), HasSubstr("4x4"), HasSubstr("8x6"))));
   lazy.height = 4;
   lazy.width = 4;
   std::vector<std::string> skipped;
@@ -137,23 +145,28 @@ TEST_F(ImageFolderTest, ALazySetStillRefusesMixedSizesAndSkipsWhatItCannotRead) 
   EXPECT_THAT(skipped[0], HasSubstr("notes.txt"));
   // A file that goes bad after listing fails the batch that reads it, naming it.
   std::ofstream((dir_ / "root" / "a" / "large.png").string()) << "gone";
-  EXPECT_THAT([&] { d.image(0); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("large.png: cannot decode")));
+  EXPECT_THAT(
+      [&] { d.image(0); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("large.png: cannot decode")));
 }
 
 TEST_F(ImageFolderTest, RefusesAnEmptyClassFolder) {
   add("a", "good.png", 1, 4, 4, 0);
   fs::create_directories(dir_ / "root" / "empty");
-  EXPECT_THAT([&] { load_image_folder(root(), {}); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("empty: empty class folder")));
+  EXPECT_THAT(
+      [&] { load_image_folder(root(), {}); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("empty: empty class folder")));
 }
 
 TEST_F(ImageFolderTest, TrainAndTestFoldersAreFoundByLoadData) {
   fs::create_directories(dir_ / "set" / "train" / "x");
   fs::create_directories(dir_ / "set" / "test" / "x");
-  write_image((dir_ / "set" / "train" / "x" / "1.png").string(), torch::zeros({1, 3, 3}, torch::kUInt8));
-  write_image((dir_ / "set" / "train" / "x" / "2.png").string(), torch::zeros({1, 3, 3}, torch::kUInt8));
-  write_image((dir_ / "set" / "test" / "x" / "3.png").string(), torch::zeros({1, 3, 3}, torch::kUInt8));
+  write_image(
+      (dir_ / "set" / "train" / "x" / "1.png").string(), torch::zeros({1, 3, 3}, torch::kUInt8));
+  write_image(
+      (dir_ / "set" / "train" / "x" / "2.png").string(), torch::zeros({1, 3, 3}, torch::kUInt8));
+  write_image(
+      (dir_ / "set" / "test" / "x" / "3.png").string(), torch::zeros({1, 3, 3}, torch::kUInt8));
   const std::string set = (dir_ / "set").string();
   EXPECT_EQ(load_data(set, "train", {}).size(), 2);
   EXPECT_EQ(load_data(set, "test", {}).size(), 1);

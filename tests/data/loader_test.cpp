@@ -105,8 +105,8 @@ TEST_F(LoaderTest, ShardsSplitEveryBatchLikeDistributedSampler) {
       for (size_t r = 0; r < 3; ++r) ASSERT_TRUE(shards[r]->next(parts[r]));
       for (int64_t i = 0; i < full.labels.size(0); ++i) {
         const Batch& part = parts[static_cast<size_t>(i % 3)];
-        EXPECT_EQ(part.images[i / 3][0][0][0].item<int64_t>(),
-                  full.images[i][0][0][0].item<int64_t>());
+        EXPECT_EQ(
+            part.images[i / 3][0][0][0].item<int64_t>(), full.images[i][0][0][0].item<int64_t>());
         EXPECT_EQ(part.labels[i / 3].item<int64_t>(), full.labels[i].item<int64_t>());
       }
       int64_t total = 0;

@@ -56,7 +56,9 @@ TEST_F(RegionTest, EveryReaderSeesThePyramidOfTheTiff) {
   EXPECT_EQ(open_region_reader(tiff_)->format(), "vips (tiffload)");
   EXPECT_EQ(open_region_reader(tiff_, {"openslide", 0})->format(), "openslide (generic-tiff)");
   EXPECT_THAT(
-      input_error([&] { open_region_reader(tiff_, {"tiff", 0}); }),
+      input_error([&] {
+        open_region_reader(tiff_, {"tiff", 0});
+      }),
       HasSubstr("slide.tif: not an image that tiff can read"));
 }
 
@@ -112,8 +114,9 @@ TEST_F(RegionTest, JpegTilesDecodeAlikeInEveryReaderAtEveryLevel) {
     EXPECT_LE((a - b).abs().max().item<int>(), 2) << "level " << l;
     EXPECT_LE((c - b).abs().max().item<int>(), 2) << "level " << l;
     // Boxes across tile borders and at the edges come from the right tiles.
-    for (const Box box : {Box{level.width / 3, level.height / 4, level.width / 2, level.height / 2},
-                          Box{level.width - 5, level.height - 3, 5, 3}}) {
+    for (const Box box :
+         {Box{level.width / 3, level.height / 4, level.width / 2, level.height / 2},
+          Box{level.width - 5, level.height - 3, 5, 3}}) {
       EXPECT_TRUE(torch::equal(
           tiff->read(box, l).to(torch::kInt), c.narrow(1, box.y, box.h).narrow(2, box.x, box.w)))
           << "level " << l;
@@ -131,8 +134,8 @@ TEST_F(RegionTest, GreyJpegTilesReadAsOneChannel) {
   auto vips = open_region_reader(path("grey.tif"), {"vips", 0});
   EXPECT_EQ(tiff->channels(), 1);
   const Box b{100, 200, 700, 500};
-  EXPECT_LE((tiff->read(b).to(torch::kInt) - vips->read(b).to(torch::kInt)).abs().max().item<int>(),
-            2);
+  EXPECT_LE(
+      (tiff->read(b).to(torch::kInt) - vips->read(b).to(torch::kInt)).abs().max().item<int>(), 2);
 }
 
 TEST_F(RegionTest, ShrinkingJpegTilesWhileDecodingGivesTheAreaAverage) {

@@ -46,8 +46,9 @@ TEST_F(SourceTest, AlignClassNamesRemapsFolderOrderToTheModelsOrder) {
 }
 
 TEST_F(SourceTest, LoadDataNamesWhatItExpected) {
-  EXPECT_THAT([&] { load_data(dir_.string(), "train", {}); },
-              ::testing::ThrowsMessage<InputError>(::testing::HasSubstr("not a data set")));
+  EXPECT_THAT(
+      [&] { load_data(dir_.string(), "train", {}); },
+      ::testing::ThrowsMessage<InputError>(::testing::HasSubstr("not a data set")));
   EXPECT_THROW(load_data(dir_.string(), "valid", {}), InputError);
 }
 
@@ -78,8 +79,8 @@ TEST_F(SourceTest, AugmentationShiftsWithZeroFillAndFlipsOnly) {
         at::Tensor expected = torch::zeros_like(images[i]);
         const int64_t y0 = std::max<int64_t>(0, dy), x0 = std::max<int64_t>(0, dx);
         const int64_t h = 8 - std::abs(dy), w = 8 - std::abs(dx);
-        expected.narrow(1, y0, h).narrow(2, x0, w)
-            .copy_(images[i].narrow(1, y0 - dy, h).narrow(2, x0 - dx, w));
+        expected.narrow(1, y0, h).narrow(2, x0, w).copy_(
+            images[i].narrow(1, y0 - dy, h).narrow(2, x0 - dx, w));
         found = torch::equal(moved[i], expected);
       }
     }

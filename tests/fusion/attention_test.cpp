@@ -61,9 +61,7 @@ TEST_F(AttentionTest, GradientsMatchCentralDifferences) {
     for (auto& p : pool->parameters()) p.data().normal_();  // also move the zero embedding
     at::Tensor h = torch::randn({2, 3, 5}, torch::kFloat64);
     at::Tensor target = torch::randn({2, 5}, torch::kFloat64);
-    auto loss_of = [&] {
-      return (AttentionPoolImpl::pool(h, pool->weights(h)) * target).sum();
-    };
+    auto loss_of = [&] { return (AttentionPoolImpl::pool(h, pool->weights(h)) * target).sum(); };
     for (auto& p : pool->parameters()) p.mutable_grad() = at::Tensor();
     loss_of().backward();
     constexpr double kEps = 1e-6;

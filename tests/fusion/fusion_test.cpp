@@ -1,8 +1,8 @@
 #include "patchwise/fusion/fusion.h"
 
-#include <cmath>
-
 #include <gmock/gmock.h>
+
+#include <cmath>
 
 #include "patchwise/core/error.h"
 #include "support/test_support.h"
@@ -35,8 +35,8 @@ TEST(FusionTest, GMeanIsTheNormalizedGeometricMean) {
 
 TEST(FusionTest, GMeanEqualsSoftmaxOfTheMeanLogits) {
   at::Tensor logits = torch::randn({4, 5, 10}, torch::kFloat64);
-  EXPECT_TRUE(torch::allclose(fuse(FusionRule::kGMean, logits),
-                              torch::log_softmax(logits.mean(1), 1)));
+  EXPECT_TRUE(
+      torch::allclose(fuse(FusionRule::kGMean, logits), torch::log_softmax(logits.mean(1), 1)));
 }
 
 TEST(FusionTest, MaxRenormalizesThePerClassMaximum) {
@@ -63,8 +63,8 @@ TEST(FusionTest, VoteFollowsTheMajorityAgainstConfidence) {
 
 TEST(FusionTest, EveryRuleGivesNormalizedFiniteLogProbabilitiesAtExtremes) {
   // Probabilities of 1e-30 and below, and logits of +-1000.
-  at::Tensor logits = torch::tensor({0.0, -69.0776, 1000.0, -1000.0, 0.0, 0.0}, torch::kFloat32)
-                          .view({1, 3, 2});
+  at::Tensor logits =
+      torch::tensor({0.0, -69.0776, 1000.0, -1000.0, 0.0, 0.0}, torch::kFloat32).view({1, 3, 2});
   for (FusionRule rule : fixed_fusion_rules()) {
     at::Tensor out = fuse(rule, logits);
     EXPECT_TRUE(torch::isfinite(out).all().item<bool>()) << fusion_rule_name(rule);
@@ -89,8 +89,9 @@ TEST(FusionTest, NamesRoundTripAndUnknownNamesAreRefused) {
   for (FusionRule rule : all_fusion_rules()) {
     EXPECT_EQ(parse_fusion_rule(fusion_rule_name(rule)), rule);
   }
-  EXPECT_THAT([] { parse_fusion_rule("median"); },
-              ::testing::ThrowsMessage<InputError>(::testing::HasSubstr("'median'")));
+  EXPECT_THAT(
+      [] { parse_fusion_rule("median"); },
+      ::testing::ThrowsMessage<InputError>(::testing::HasSubstr("'median'")));
   EXPECT_EQ(parse_fusion_rule("gated-attention"), FusionRule::kGatedAttention);
   EXPECT_TRUE(fusion_rule_is_learned(FusionRule::kAttention));
   EXPECT_FALSE(fusion_rule_is_learned(FusionRule::kMax));

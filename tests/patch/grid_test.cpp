@@ -31,7 +31,8 @@ TEST_F(PatchGridTest, SeedGridHasFourCornerPatchesAtStrideTen) {
   ASSERT_EQ(grid.count(), 4);
   std::vector<std::pair<int64_t, int64_t>> corners;
   for (const PatchBox& b : grid.boxes()) corners.emplace_back(b.y, b.x);
-  EXPECT_EQ(corners, (std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {0, 10}, {10, 0}, {10, 10}}));
+  EXPECT_EQ(
+      corners, (std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {0, 10}, {10, 0}, {10, 10}}));
   EXPECT_EQ(grid.describe(), "2x2 grid of 18x18 patches, stride 10x10, resized to 32x32");
 }
 
@@ -51,7 +52,8 @@ TEST_F(PatchGridTest, MatchesTensorFlowValidExtractPatches) {
   // TF's extract_patches(ksize 18, stride 10, VALID) equals a double unfold.
   at::Tensor image = torch::rand({3, 2, 28, 28});
   PatchGrid grid(seed_options(18), 28, 28);
-  at::Tensor reference = image.unfold(2, 18, 10).unfold(3, 18, 10)  // [B,C,2,2,18,18]
+  at::Tensor reference = image.unfold(2, 18, 10)
+                             .unfold(3, 18, 10)  // [B,C,2,2,18,18]
                              .permute({0, 2, 3, 1, 4, 5})
                              .reshape({3, 4, 2, 18, 18});
   EXPECT_TRUE(torch::equal(grid.cut(image), reference));
@@ -110,7 +112,8 @@ TEST_F(PatchGridTest, RectangularPatchesAndGrids) {
   ASSERT_EQ(grid.count(), 6);
   EXPECT_EQ(grid.boxes()[5].y, 14);
   EXPECT_EQ(grid.boxes()[5].x, 10);
-  EXPECT_EQ(grid.cut(torch::zeros({1, 1, 28, 30})).sizes(), (std::vector<int64_t>{1, 6, 1, 24, 24}));
+  EXPECT_EQ(
+      grid.cut(torch::zeros({1, 1, 28, 30})).sizes(), (std::vector<int64_t>{1, 6, 1, 24, 24}));
 }
 
 TEST_F(PatchGridTest, FiveCropAndTenCropCutCornersCentreAndMirrors) {
@@ -133,23 +136,25 @@ TEST_F(PatchGridTest, FiveCropAndTenCropCutCornersCentreAndMirrors) {
 TEST_F(PatchGridTest, RefusesAPatchLargerThanTheImage) {
   PatchGridOptions o = seed_options(32);
   o.patch_h = o.patch_w = 30;
-  EXPECT_THAT([&] { PatchGrid(o, 28, 28); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("larger than the image")));
+  EXPECT_THAT(
+      [&] { PatchGrid(o, 28, 28); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("larger than the image")));
 }
 
 TEST_F(PatchGridTest, RefusesAFlushGridWithANonIntegerStride) {
   PatchGridOptions o = seed_options(32);
   o.rows = o.cols = 4;  // (28 - 18) / 3 is not an integer
-  EXPECT_THAT([&] { PatchGrid(o, 28, 28); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("not an integer")));
+  EXPECT_THAT(
+      [&] { PatchGrid(o, 28, 28); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("not an integer")));
 }
 
 TEST_F(PatchGridTest, RefusesAGridThatContradictsTheStride) {
   PatchGridOptions o = seed_options(32);
   o.rows = o.cols = 3;
   o.stride_h = o.stride_w = 10;
-  EXPECT_THAT([&] { PatchGrid(o, 28, 28); },
-              ::testing::ThrowsMessage<InputError>(HasSubstr("fits 2")));
+  EXPECT_THAT(
+      [&] { PatchGrid(o, 28, 28); }, ::testing::ThrowsMessage<InputError>(HasSubstr("fits 2")));
 }
 
 TEST_F(PatchGridTest, RefusesImagesOfAnotherSize) {

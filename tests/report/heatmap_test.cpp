@@ -65,12 +65,14 @@ TEST_F(HeatmapTest, RefusesAClassOutOfRangeAndABadStride) {
   at::Tensor image = torch::zeros({1, 28, 28}, torch::kUInt8);
   HeatmapOptions o;
   o.target_class = 3;
-  EXPECT_THAT([&] { compute_heatmap(model, image, o); },
-              ::testing::ThrowsMessage<OptionError>(HasSubstr("class: 3 out of range")));
+  EXPECT_THAT(
+      [&] { compute_heatmap(model, image, o); },
+      ::testing::ThrowsMessage<OptionError>(HasSubstr("class: 3 out of range")));
   o.target_class = -1;
   o.stride = 0;
-  EXPECT_THAT([&] { compute_heatmap(model, image, o); },
-              ::testing::ThrowsMessage<OptionError>(HasSubstr("stride: 0")));
+  EXPECT_THAT(
+      [&] { compute_heatmap(model, image, o); },
+      ::testing::ThrowsMessage<OptionError>(HasSubstr("stride: 0")));
   o.stride = 29;
   EXPECT_THROW(compute_heatmap(model, image, o), InputError);
 }
@@ -97,9 +99,9 @@ TEST_F(HeatmapTest, TileScoresLandOnTheirBoxesOfTheThumbnailDividedByTheLargest)
   EXPECT_DOUBLE_EQ(h.coverage[25][62].item<double>(), 0.5);
   EXPECT_TRUE(std::isnan(h.coverage[40][90].item<double>()));  // no tile there
   EXPECT_THROW(tile_heatmap(boxes, {0.1}, 1000, 500, 50, 100), InputError);
-  at::Tensor strip = render_crop_strip({torch::zeros({1, 32, 32}, torch::kUInt8),
-                                        torch::full({3, 32, 32}, 200, torch::kUInt8)},
-                                       {0.5, 0.25});
+  at::Tensor strip = render_crop_strip(
+      {torch::zeros({1, 32, 32}, torch::kUInt8), torch::full({3, 32, 32}, 200, torch::kUInt8)},
+      {0.5, 0.25});
   EXPECT_EQ(strip.size(1), 32 + 16);
   EXPECT_EQ(strip[0][10][40 + 10].item<int64_t>(), 200);  // the second crop, after a gap of 8
 }

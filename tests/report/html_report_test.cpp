@@ -1,12 +1,11 @@
 #include "patchwise/report/html_report.h"
 
+#include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include <fmt/format.h>
-#include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -43,9 +42,18 @@ PatchClassifier small_model(const Dataset& d) {
 }
 
 nlohmann::json history() {
-  return {{"history",
-           {{{"epoch", 1}, {"loss", 1.0}, {"accuracy", 0.5}, {"test_loss", 0.9}, {"test_accuracy", 0.6}},
-            {{"epoch", 2}, {"loss", 0.7}, {"accuracy", 0.7}, {"test_loss", 0.8}, {"test_accuracy", 0.65}}}}};
+  return {
+      {"history",
+       {{{"epoch", 1},
+         {"loss", 1.0},
+         {"accuracy", 0.5},
+         {"test_loss", 0.9},
+         {"test_accuracy", 0.6}},
+        {{"epoch", 2},
+         {"loss", 0.7},
+         {"accuracy", 0.7},
+         {"test_loss", 0.8},
+         {"test_accuracy", 0.65}}}}};
 }
 
 class HtmlReportTest : public test::SeededTest {};
@@ -57,8 +65,13 @@ TEST_F(HtmlReportTest, HoldsEverySectionInlineAndEscapesNames) {
   o.gallery = 3;
   o.heatmaps = 2;
   const std::string html = build_html_report(model, d, history(), o);
-  for (const char* section : {"Training curves", "Accuracy per fusion rule", "Confusion matrix",
-                              "Gallery", "Most confident mistakes", "Heatmaps"}) {
+  for (const char* section :
+       {"Training curves",
+        "Accuracy per fusion rule",
+        "Confusion matrix",
+        "Gallery",
+        "Most confident mistakes",
+        "Heatmaps"}) {
     EXPECT_THAT(html, HasSubstr(section));
   }
   EXPECT_THAT(html, HasSubstr("<svg"));
@@ -113,7 +126,12 @@ TEST_F(HtmlReportTest, RendersInHeadlessChromium) {
       "{} --headless --no-sandbox --disable-gpu --disable-background-networking "
       "--disable-component-update --disable-sync --no-first-run --hide-scrollbars "
       "--user-data-dir={} --window-size={},{} --screenshot={} file://{} >{} 2>&1",
-      kChromium, path("profile"), kShotWidth, kShotHeight, shot, path("report.html"),
+      kChromium,
+      path("profile"),
+      kShotWidth,
+      kShotHeight,
+      shot,
+      path("report.html"),
       path("chromium.log"));
   const int status = std::system(("timeout 120 " + command).c_str());
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << command;

@@ -1,13 +1,13 @@
 #pragma once
 // Shared test helpers: a seeded fixture with a fresh temporary folder.
 
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
-
-#include <gtest/gtest.h>
-#include <torch/torch.h>
 
 #include "patchwise/core/error.h"
 

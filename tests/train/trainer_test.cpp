@@ -305,7 +305,8 @@ TEST_F(TrainerTest, ResumeRefusesAPlainModelFile) {
   options.resume = path("plain.pw");
   EXPECT_THAT(
       [&] { train_model(model, train, nullptr, options); },
-      ::testing::ThrowsMessage<InputError>(HasSubstr("a model file, expected a training checkpoint")));
+      ::testing::ThrowsMessage<InputError>(
+          HasSubstr("a model file, expected a training checkpoint")));
 }
 
 TEST_F(TrainerTest, ANonFiniteLossStopsTrainingWithAClearError) {

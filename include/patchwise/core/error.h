@@ -3,10 +3,10 @@
 // value) was wrong: the CLI prints its one-line message and exits with 2.
 // Anything else thrown is an internal failure: exit 1.
 
+#include <fmt/format.h>
+
 #include <stdexcept>
 #include <string>
-
-#include <fmt/format.h>
 
 namespace patchwise {
 

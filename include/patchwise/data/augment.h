@@ -10,9 +10,9 @@
 // Labels are untouched. Random draws come from LibTorch's global generator, so a
 // seeded run is reproducible.
 
-#include <cstdint>
-
 #include <ATen/core/Tensor.h>
+
+#include <cstdint>
 
 namespace patchwise {
 

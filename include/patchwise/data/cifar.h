@@ -23,8 +23,8 @@ enum class CifarLabel { kFine, kCoarse };
 
 /// Reads one CIFAR binary file: `label_bytes` (1 or 2) label bytes per record, the
 /// label taken from byte `label_index`; labels must be < `num_classes`.
-Dataset read_cifar_file(const std::string& path, int64_t label_bytes, int64_t label_index,
-                        int64_t num_classes);
+Dataset read_cifar_file(
+    const std::string& path, int64_t label_bytes, int64_t label_index, int64_t num_classes);
 
 /// Whether `dir` holds CIFAR-10 (data_batch_1.bin) or CIFAR-100 (train.bin + test.bin) files.
 bool is_cifar10_dir(const std::string& dir);
@@ -32,7 +32,7 @@ bool is_cifar100_dir(const std::string& dir);
 
 /// split: "train" or "test". The first `limit` records (all when limit <= 0).
 Dataset load_cifar10(const std::string& dir, const std::string& split, int64_t limit = 0);
-Dataset load_cifar100(const std::string& dir, const std::string& split, CifarLabel label,
-                      int64_t limit = 0);
+Dataset load_cifar100(
+    const std::string& dir, const std::string& split, CifarLabel label, int64_t limit = 0);
 
 }  // namespace patchwise

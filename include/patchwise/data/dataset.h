@@ -5,11 +5,11 @@
 // files and decoded when a batch needs them (image sets larger than memory).
 // Conversion to float happens per batch either way.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 namespace patchwise {
 

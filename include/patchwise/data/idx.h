@@ -6,10 +6,10 @@
 // Every header field is checked against the bytes actually present before the
 // payload is trusted, so a file that declares terabytes allocates nothing.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
-
-#include <ATen/core/Tensor.h>
 
 #include "patchwise/data/dataset.h"
 

@@ -14,7 +14,7 @@ struct ImageFolderOptions {
   int64_t channels = 0;  ///< 1, 3, or 0: 1 when every image is grayscale, else 3
   int64_t height = 0;    ///< > 0: resize every image to height x width
   int64_t width = 0;
-  bool strict = false;   ///< an undecodable file is fatal instead of skipped
+  bool strict = false;  ///< an undecodable file is fatal instead of skipped
   /// Bytes of decoded images a set may hold in memory; a larger one stays in its files,
   /// which are decoded when a batch needs them. 0: no limit.
   int64_t memory_limit = int64_t{2} << 30;
@@ -27,9 +27,9 @@ struct ImageFolderOptions {
 /// Image folders and CSV manifests (data/manifest.h) are listed into one, then packed.
 struct SampleList {
   std::vector<std::string> files;
-  std::vector<int64_t> labels;           ///< indices into class_names
+  std::vector<int64_t> labels;  ///< indices into class_names
   std::vector<std::string> class_names;
-  std::string source;                    ///< where it was listed from, for messages
+  std::string source;  ///< where it was listed from, for messages
 };
 
 /// Whether `dir` has at least one sub-folder (a class).
@@ -45,14 +45,16 @@ SampleList list_image_folder(const std::string& root);
 /// listed in `skipped` (or fatal with options.strict). Throws InputError when no image
 /// is readable or the images have different sizes without a target size (the message
 /// lists the sizes found).
-Dataset pack_images(const SampleList& samples, const ImageFolderOptions& options,
-                    std::vector<std::string>* skipped = nullptr);
+Dataset pack_images(
+    const SampleList& samples, const ImageFolderOptions& options,
+    std::vector<std::string>* skipped = nullptr);
 
 /// Reads every file under root/<class>/. Undecodable files are skipped and listed in
 /// `skipped` (or fatal with options.strict). Throws InputError on an empty class
 /// folder, no classes, or images of different sizes without a target size (the
 /// message lists the sizes found).
-Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options,
-                          std::vector<std::string>* skipped = nullptr);
+Dataset load_image_folder(
+    const std::string& root, const ImageFolderOptions& options,
+    std::vector<std::string>* skipped = nullptr);
 
 }  // namespace patchwise

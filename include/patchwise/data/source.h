@@ -21,7 +21,7 @@
 namespace patchwise {
 
 struct DataOptions {
-  int64_t limit = 0;                      ///< first N items; 0: all
+  int64_t limit = 0;  ///< first N items; 0: all
   CifarLabel cifar_label = CifarLabel::kFine;
   ImageFolderOptions folder;
 };
@@ -31,8 +31,9 @@ struct DataOptions {
 /// without train/ and test/, or a manifest without a split column, both splits return
 /// the whole set.
 /// `skipped` receives the image-folder files that could not be decoded.
-Dataset load_data(const std::string& path, const std::string& split, const DataOptions& options,
-                  std::vector<std::string>* skipped = nullptr);
+Dataset load_data(
+    const std::string& path, const std::string& split, const DataOptions& options,
+    std::vector<std::string>* skipped = nullptr);
 
 /// Whether PATH holds separate train and test sets.
 bool has_test_split(const std::string& path);

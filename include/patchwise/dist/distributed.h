@@ -5,6 +5,8 @@
 // each bucket's allreduce started while the backward pass is still running). The
 // c10d and Gloo headers stay in distributed.cpp; this header names none of them.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -12,24 +14,22 @@
 #include <string>
 #include <vector>
 
-#include <ATen/core/Tensor.h>
-
 namespace patchwise {
 
 /// Where a process sits in a data-parallel run, as torchrun describes it.
 struct DistributedConfig {
-  int64_t rank = 0;              ///< RANK: 0..world_size-1; rank 0 logs and writes files
-  int64_t world_size = 1;        ///< WORLD_SIZE: processes in the run; 1 = not distributed
-  int64_t local_rank = 0;        ///< LOCAL_RANK: index on this machine
-  int64_t local_world_size = 1;  ///< LOCAL_WORLD_SIZE: processes on this machine (threads are
-                                 ///< divided among them)
-  std::string master_addr;       ///< MASTER_ADDR: host of the rendezvous store
-  int64_t master_port = 0;       ///< MASTER_PORT
-  double timeout_seconds = 300;  ///< rendezvous and every collective (--dist-timeout)
-  bool agent_store = false;      ///< TORCHELASTIC_USE_AGENT_STORE=True: torchrun's agent hosts
-                                 ///< the store, so rank 0 must not bind the port again
+  int64_t rank = 0;                 ///< RANK: 0..world_size-1; rank 0 logs and writes files
+  int64_t world_size = 1;           ///< WORLD_SIZE: processes in the run; 1 = not distributed
+  int64_t local_rank = 0;           ///< LOCAL_RANK: index on this machine
+  int64_t local_world_size = 1;     ///< LOCAL_WORLD_SIZE: processes on this machine (threads are
+                                    ///< divided among them)
+  std::string master_addr;          ///< MASTER_ADDR: host of the rendezvous store
+  int64_t master_port = 0;          ///< MASTER_PORT
+  double timeout_seconds = 300;     ///< rendezvous and every collective (--dist-timeout)
+  bool agent_store = false;         ///< TORCHELASTIC_USE_AGENT_STORE=True: torchrun's agent hosts
+                                    ///< the store, so rank 0 must not bind the port again
   std::string restart_count = "0";  ///< TORCHELASTIC_RESTART_COUNT (key prefix per attempt)
-  std::string socket_ifname;     ///< GLOO_SOCKET_IFNAME: the interface Gloo binds to
+  std::string socket_ifname;        ///< GLOO_SOCKET_IFNAME: the interface Gloo binds to
 
   bool enabled() const { return world_size > 1; }
 };
@@ -79,8 +79,9 @@ class Distributed {
   /// Registers the parameters with a c10d Reducer: from now on every backward pass
   /// averages their gradients across the ranks. `find_unused` lets some parameters
   /// go without a gradient in a step (costs a graph walk and a small allreduce per step).
-  void attach_gradients(const std::vector<at::Tensor>& parameters,
-                        const std::vector<std::string>& names, bool find_unused);
+  void attach_gradients(
+      const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
+      bool find_unused);
   /// Number of gradient buckets (after attach_gradients).
   int64_t buckets() const;
   /// Before each training forward pass.

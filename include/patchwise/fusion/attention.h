@@ -10,19 +10,19 @@
 // Optionally a learned embedding per patch position is added to h_i before scoring
 // (only to the scores: z still pools the raw features).
 
-#include <cstdint>
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <cstdint>
+
 namespace patchwise {
 
 struct AttentionPoolOptions {
-  int64_t features = 64;        ///< F, the backbone's feature width
-  int64_t hidden = 128;         ///< L, the attention's hidden width
-  bool gated = false;           ///< gated-attention
-  int64_t positions = 0;        ///< P; > 0 adds a learned embedding per patch position
+  int64_t features = 64;  ///< F, the backbone's feature width
+  int64_t hidden = 128;   ///< L, the attention's hidden width
+  bool gated = false;     ///< gated-attention
+  int64_t positions = 0;  ///< P; > 0 adds a learned embedding per patch position
 };
 
 class AttentionPoolImpl : public torch::nn::Module {

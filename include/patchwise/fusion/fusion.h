@@ -16,11 +16,11 @@
 // The learned rules (attention, gated-attention) live in fusion/attention.h: they
 // weigh the patches' backbone features rather than their logits.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 namespace patchwise {
 

@@ -18,11 +18,11 @@
 // Resizing is bilinear with align_corners=false and is skipped when a patch
 // already has the input size. Pure tensor code: runs on CPU or GPU.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 namespace patchwise {
 

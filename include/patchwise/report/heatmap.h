@@ -9,11 +9,11 @@
 // the model's own P patches. coverage[y][x] is the mean probability of the patches
 // covering pixel (y, x) (NaN where none does), the map drawn over the image.
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/region.h"
@@ -29,30 +29,32 @@ struct HeatmapOptions {
 
 struct Heatmap {
   int64_t target_class = 0;
-  at::Tensor probs;              ///< float64 [rows, cols] (grid_only: [1, P])
-  std::vector<PatchBox> boxes;   ///< one per position, row-major
-  at::Tensor coverage;           ///< float64 [H, W]
+  at::Tensor probs;             ///< float64 [rows, cols] (grid_only: [1, P])
+  std::vector<PatchBox> boxes;  ///< one per position, row-major
+  at::Tensor coverage;          ///< float64 [H, W]
 };
 
 /// image: uint8 [C,H,W] of the model's size. Throws InputError on a class outside
 /// [0, K) or a stride outside [1, H].
-Heatmap compute_heatmap(PatchClassifier& model, const at::Tensor& image,
-                        const HeatmapOptions& options);
+Heatmap compute_heatmap(
+    PatchClassifier& model, const at::Tensor& image, const HeatmapOptions& options);
 
 /// A tiled model's map over a large image's thumbnail of thumb_h x thumb_w: each tile's
 /// score (tiles at `boxes`, level-0 coordinates of a width x height image) divided by the
 /// largest score, averaged where tiles overlap; NaN where no kept tile lies. probs holds
 /// the scores as given, [1, n]. Throws InputError when the sizes disagree.
-Heatmap tile_heatmap(const std::vector<Box>& boxes, const std::vector<double>& scores,
-                     int64_t width, int64_t height, int64_t thumb_h, int64_t thumb_w);
+Heatmap tile_heatmap(
+    const std::vector<Box>& boxes, const std::vector<double>& scores, int64_t width, int64_t height,
+    int64_t thumb_h, int64_t thumb_w);
 
 /// Crops of `side` pixels side by side with a gap, each with its score printed under it:
 /// uint8 [3, side + 16, n * (side + gap)]. crops: uint8 [C, side, side] each.
-at::Tensor render_crop_strip(const std::vector<at::Tensor>& crops, const std::vector<double>& scores);
+at::Tensor render_crop_strip(
+    const std::vector<at::Tensor>& crops, const std::vector<double>& scores);
 
 /// The image (grayscale) with the coverage map as a colour overlay (viridis, 0..1),
 /// enlarged `scale` times, a colour bar and a title line. uint8 [3, H', W'].
-at::Tensor render_heatmap(const at::Tensor& image, const Heatmap& heatmap, const std::string& title,
-                          int64_t scale = 8);
+at::Tensor render_heatmap(
+    const at::Tensor& image, const Heatmap& heatmap, const std::string& title, int64_t scale = 8);
 
 }  // namespace patchwise

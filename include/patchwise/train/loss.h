@@ -10,9 +10,9 @@
 // each cross-entropy becomes (1 - e) * NLL + e * mean over the K classes of -log p,
 // as PyTorch's CrossEntropyLoss(label_smoothing=e).
 
-#include <string>
-
 #include <ATen/core/Tensor.h>
+
+#include <string>
 
 #include "patchwise/core/patch_classifier.h"
 

@@ -26,36 +26,36 @@ namespace patchwise {
 class Distributed;
 
 struct TrainerOptions {
-  int64_t epochs = 10;             ///< passes over the training set
-  int64_t batch = 64;              ///< images per step (each gives P patches)
-  OptimizerOptions optimizer;      ///< Adam at 1e-3 unless set
-  ScheduleOptions schedule;        ///< the rate over the run; constant unless set
-  double label_smoothing = 0;      ///< loss.h; 0: none
-  double clip_grad_norm = 0;       ///< > 0: scale the gradient down to this global L2
-                                   ///< norm when above it; 0: never
-  double ema = 0;                  ///< > 0: the decay of a moving average of the weights
-                                   ///< (train/ema.h), which is what each epoch evaluates
-                                   ///< and what the model ends with; 0: none
-  uint64_t seed = 42;              ///< weights, data order and dropout
+  int64_t epochs = 10;         ///< passes over the training set
+  int64_t batch = 64;          ///< images per step (each gives P patches)
+  OptimizerOptions optimizer;  ///< Adam at 1e-3 unless set
+  ScheduleOptions schedule;    ///< the rate over the run; constant unless set
+  double label_smoothing = 0;  ///< loss.h; 0: none
+  double clip_grad_norm = 0;   ///< > 0: scale the gradient down to this global L2
+                               ///< norm when above it; 0: never
+  double ema = 0;              ///< > 0: the decay of a moving average of the weights
+                               ///< (train/ema.h), which is what each epoch evaluates
+                               ///< and what the model ends with; 0: none
+  uint64_t seed = 42;          ///< weights, data order and dropout
   LossKind loss = LossKind::kPatch;
-  int64_t eval_batch = 256;        ///< images per evaluation step
-  AugmentOptions augment;          ///< off by default
-  bool keep_best = false;          ///< end with the weights of the epoch with the best
-                                   ///< accuracy on the evaluation set (needs one)
-  std::string checkpoint;          ///< checkpoint file; empty: none
-  int64_t checkpoint_every = 0;    ///< steps between checkpoints; 0: after every epoch
-  std::string checkpoint_note;     ///< JSON text stored in the checkpoint's "training"
-                                   ///< section next to the trainer's state (the caller's flags)
-  std::string resume;              ///< a checkpoint to continue from; empty: a fresh start
+  int64_t eval_batch = 256;      ///< images per evaluation step
+  AugmentOptions augment;        ///< off by default
+  bool keep_best = false;        ///< end with the weights of the epoch with the best
+                                 ///< accuracy on the evaluation set (needs one)
+  std::string checkpoint;        ///< checkpoint file; empty: none
+  int64_t checkpoint_every = 0;  ///< steps between checkpoints; 0: after every epoch
+  std::string checkpoint_note;   ///< JSON text stored in the checkpoint's "training"
+                                 ///< section next to the trainer's state (the caller's flags)
+  std::string resume;            ///< a checkpoint to continue from; empty: a fresh start
   const std::atomic<int>* stop = nullptr;  ///< nonzero (a signal number): finish the current
                                            ///< step, write the checkpoint, throw TrainingStopped
-  BagFn bags;                      ///< tiled models: each training image's bag of tiles
-  BagFn eval_bags;                 ///< and each evaluation image's
-  int64_t select = 0;              ///< > 0: train on the `select` best tiles of each bag
-                                   ///< (train/select.h); 0: on every tile
-  Distributed* distributed = nullptr;  ///< data-parallel: this process's group (batch is the
-                                       ///< global batch, a multiple of the world size); null:
-                                       ///< one process
+  BagFn bags;                              ///< tiled models: each training image's bag of tiles
+  BagFn eval_bags;                         ///< and each evaluation image's
+  int64_t select = 0;                      ///< > 0: train on the `select` best tiles of each bag
+                                           ///< (train/select.h); 0: on every tile
+  Distributed* distributed = nullptr;      ///< data-parallel: this process's group (batch is the
+                                           ///< global batch, a multiple of the world size); null:
+                                           ///< one process
 };
 
 /// Thrown when options.stop was raised; the checkpoint (if any) holds the run so far.
@@ -69,12 +69,12 @@ class TrainingStopped : public std::runtime_error {
 };
 
 struct EpochMetrics {
-  int64_t epoch = 0;           ///< 1-based
-  double loss = 0;             ///< mean training loss over the epoch
-  double accuracy = 0;         ///< fused accuracy on the training batches, as trained
+  int64_t epoch = 0;    ///< 1-based
+  double loss = 0;      ///< mean training loss over the epoch
+  double accuracy = 0;  ///< fused accuracy on the training batches, as trained
   double test_loss = std::numeric_limits<double>::quiet_NaN();      ///< fused NLL on the eval set
   double test_accuracy = std::numeric_limits<double>::quiet_NaN();  ///< fused accuracy on it
-  double seconds = 0;          ///< wall time of the training pass
+  double seconds = 0;  ///< wall time of the training pass
   double images_per_second = 0;
 };
 
@@ -116,7 +116,8 @@ struct TrainResult {
 /// ranks, so every rank returns the same history. Only rank 0 writes checkpoints. A
 /// stop signal on any rank stops all of them after the same step. A peer failure
 /// throws DistributedError.
-TrainResult train_model(PatchClassifier& model, const Dataset& train, const Dataset* eval_set,
-                        const TrainerOptions& options, const TrainerCallbacks& callbacks = {});
+TrainResult train_model(
+    PatchClassifier& model, const Dataset& train, const Dataset* eval_set,
+    const TrainerOptions& options, const TrainerCallbacks& callbacks = {});
 
 }  // namespace patchwise
