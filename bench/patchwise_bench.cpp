@@ -5,6 +5,7 @@
 //   whole_train / whole_infer   small-cnn on the whole 28x28 image resized to 32
 //   vgg_train / vgg_infer       VGG16 on the seed's 4 patches of 32x32
 //   resnet_train / resnet_infer ResNet-20 (batch norm) on the seed's 4 patches of 32x32
+//   resnet_train_bf16 / ..._infer_bf16  the same with --precision bf16 (autocast)
 //   predict_latency             one image through the seed model
 //   mil_train / mil_infer       gated-attention MIL: a tiled small-cnn (batch norm, no
 //                               dropout) on 4 bags of 32x32 tiles per call
@@ -40,6 +41,7 @@
 
 #include "patchwise/core/cpu_allocator.h"
 #include "patchwise/core/patch_classifier.h"
+#include "patchwise/core/precision.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/loader.h"
@@ -116,11 +118,12 @@ void report(
       double(state.iterations()) / 1e3, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-void train_job(benchmark::State& state, int64_t layout) {
+void train_job(benchmark::State& state, int64_t layout, Precision precision = Precision::kFloat32) {
   bench_threads();
   torch::manual_seed(0);
   const ModelConfig config = bench_config(layout);
   PatchClassifier model(config);
+  model->set_precision(precision);
   model->train();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
   Loader loader(bench_data(), kTrainBatch, /*shuffle=*/true, /*seed=*/1);
@@ -141,11 +144,14 @@ void train_job(benchmark::State& state, int64_t layout) {
   report(state, model, kTrainBatch, /*training=*/true);
 }
 
-void infer_job(benchmark::State& state, int64_t layout, int64_t batch) {
+void infer_job(
+    benchmark::State& state, int64_t layout, int64_t batch,
+    Precision precision = Precision::kFloat32) {
   bench_threads();
   torch::manual_seed(0);
   const ModelConfig config = bench_config(layout);
   PatchClassifier model(config);
+  model->set_precision(precision);
   model->eval();
   torch::InferenceMode guard;
   const Dataset& data = bench_data();
@@ -306,6 +312,10 @@ void vgg_train(benchmark::State& s) { train_job(s, kVgg); }
 void vgg_infer(benchmark::State& s) { infer_job(s, kVgg, kInferBatch); }
 void resnet_train(benchmark::State& s) { train_job(s, kResNet); }
 void resnet_infer(benchmark::State& s) { infer_job(s, kResNet, kInferBatch); }
+void resnet_train_bf16(benchmark::State& s) { train_job(s, kResNet, Precision::kBFloat16); }
+void resnet_infer_bf16(benchmark::State& s) {
+  infer_job(s, kResNet, kInferBatch, Precision::kBFloat16);
+}
 void predict_latency(benchmark::State& s) { infer_job(s, kSeed, 1); }
 
 BENCHMARK(seed_train)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(1.0);
@@ -316,6 +326,8 @@ BENCHMARK(vgg_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(vgg_infer)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(resnet_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(resnet_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
+BENCHMARK(resnet_train_bf16)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(resnet_infer_bf16)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
 BENCHMARK(predict_latency)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
 BENCHMARK(mil_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(mil_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);

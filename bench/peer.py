@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from patchwise_torch import BasicBlock  # noqa: E402
 
 JOBS = ("seed_train", "seed_infer", "whole_train", "whole_infer", "vgg_train", "vgg_infer",
-        "resnet_train", "resnet_infer", "predict_latency", "mil_train", "mil_infer")
+        "resnet_train", "resnet_infer", "resnet_train_bf16", "resnet_infer_bf16",
+        "predict_latency", "mil_train", "mil_infer")
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 BENCH_IMAGES = 12800  # kBenchImages
 TRAIN_BATCH = 64      # kTrainBatch
@@ -156,9 +157,10 @@ class ResNet20(nn.Module):
 class PatchClassifier(nn.Module):
     """patch_classifier.cpp with grid.cpp's cut and fusion.cpp's 'mean' rule."""
 
-    def __init__(self, backbone, mean, std, boxes, patch):
+    def __init__(self, backbone, mean, std, boxes, patch, bf16=False):
         super().__init__()
         self.backbone = backbone
+        self.bf16 = bf16  # set_precision(kBFloat16): autocast around the backbone
         self.boxes, self.patch = boxes, patch  # [(y, x)], side of the square patch
         self.register_buffer("mean", mean.to(torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", std.to(torch.float32).view(1, -1, 1, 1))
@@ -176,7 +178,9 @@ class PatchClassifier(nn.Module):
         x = images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)  # normalize()
         patches = self.cut(x)
         b, n = patches.shape[:2]
-        logits = self.backbone(patches.flatten(0, 1))  # [B*P,C,I,I]: one forward, shared weights
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.backbone(patches.flatten(0, 1))  # [B*P,C,I,I]: one forward, shared
+        logits = logits.float()
         patch_logits = logits.view(b, n, logits.size(1))
         # fuse(kMean): log of the mean of the patches' softmax probabilities.
         log_probs = torch.logsumexp(torch.log_softmax(patch_logits, 2), 1) - np.log(n)
@@ -289,7 +293,7 @@ def build_model(job, images):
         backbone = ResNet20(1)
     else:
         backbone = SmallCnn(1, INPUT)
-    return PatchClassifier(backbone, mean, std, boxes, patch)
+    return PatchClassifier(backbone, mean, std, boxes, patch, bf16=job.endswith("_bf16"))
 
 
 def train_step_fn(model, images, labels):
@@ -374,7 +378,7 @@ def main():
     torch.set_num_threads(args.threads)  # set_threads()
     if mil:
         step, batch = mil_fn(args.job, tiles, sizes, labels)
-    elif args.job.endswith("_train"):
+    elif "_train" in args.job:
         step, batch = train_step_fn(build_model(args.job, images), images, labels)
     else:  # predict_latency: the seed model, one image per call
         model = build_model(args.job, images)

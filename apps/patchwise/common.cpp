@@ -83,6 +83,24 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
   app->add_option("--threads", flags.threads, "CPU threads; 0: one per core")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--device", flags.device, "auto, cpu or cuda");
+  app->add_option(
+         "--precision",
+         flags.precision,
+         "the backbone's arithmetic: fp32, or bf16 (autocast: convolutions and matrix products "
+         "in bfloat16, the rest in float32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+}
+
+Precision runtime_precision(const RuntimeFlags& flags, c10::Device device) {
+  const Precision p = parse_precision(flags.precision);
+  if (p == Precision::kBFloat16 && device.is_cpu() && !cpu_has_native_bf16()) {
+    fmt::print(
+        stderr,
+        "patchwise: warning: --precision bf16 on a processor without AVX-512 BF16 or AMX: "
+        "LibTorch converts around every product, expect it slower than fp32\n");
+  }
+  return p;
 }
 
 void add_tile_flags(CLI::App* app, TileFlags& f) {

@@ -34,12 +34,16 @@ PatchGridOptions grid_options(const GridFlags& flags, const CLI::App* app);
 /// "18" -> (18, 18); "18x14" -> (18, 14). Throws InputError naming `flag`.
 std::pair<int64_t, int64_t> parse_size_pair(const std::string& text, const std::string& flag);
 
-/// --threads and --device.
+/// --threads, --device and --precision.
 struct RuntimeFlags {
   int64_t threads = 0;
   std::string device = "auto";
+  std::string precision = "fp32";
 };
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
+/// --precision parsed, with a warning on stderr when bf16 will run on a CPU without
+/// native bfloat16 arithmetic (slower than fp32 there).
+Precision runtime_precision(const RuntimeFlags& flags, c10::Device device);
 
 /// --tile, --tile-stride, --level, --mpp, --min-foreground, --reader, --max-pixels: how
 /// large images are opened and tiled (the same flags for tiles, train and predict).

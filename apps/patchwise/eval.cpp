@@ -50,6 +50,7 @@ void run_eval(const EvalFlags& f) {
         f.data);
   }
   model->to(device);
+  model->set_precision(runtime_precision(f.runtime, device));
   const bool all_rules = f.fusion == "all";
   if (!f.fusion.empty() && !all_rules) model->set_fusion(parse_fusion_rule(f.fusion));
   Evaluation e = evaluate(model, data, f.batch, all_rules, bags);

@@ -63,6 +63,7 @@ void run_features(const FeaturesFlags& f) {
       "backbone and tiles make the features)",
       f.model);
   model->to(device);
+  model->set_precision(runtime_precision(f.runtime, device));
   Dataset train = load_split(f, "train", f.limit_train, config);
   Dataset test;
   std::vector<CacheSet> sets{{"train", &train}};

@@ -106,6 +106,7 @@ void run_heatmap(const HeatmapFlags& f) {
   set_threads(f.runtime.threads);
   PatchClassifier model = load_model(f.model);
   model->to(device);
+  model->set_precision(runtime_precision(f.runtime, device));
   model->eval();
   if (model->config().tiled) return run_tiled_heatmap(f, model);
   const ModelConfig& config = model->config();

@@ -81,6 +81,7 @@ void run_predict(const PredictFlags& f) {
   set_threads(f.runtime.threads);
   PatchClassifier model = load_model(f.model);
   model->to(device);
+  model->set_precision(runtime_precision(f.runtime, device));
   model->eval();
   const ModelConfig& config = model->config();
   if (config.tiled) {

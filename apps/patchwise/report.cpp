@@ -45,6 +45,7 @@ void run_report(ReportFlags f) {
     align_class_names(data, model->config().class_names);
   }
   model->to(device);
+  model->set_precision(runtime_precision(f.runtime, device));
   f.options.model_path = f.model;
   if (training.is_null() || !training.contains("history")) {
     fmt::print(

@@ -70,6 +70,7 @@ void run_serve(const ServeFlags& f) {
   set_threads(f.runtime.threads);
   ServeOptions options = f.server;
   options.device = f.runtime.device;
+  options.precision = runtime_precision(f.runtime, resolve_device(f.runtime.device));
   options.max_upload = static_cast<int64_t>(f.max_upload_mib * 1024 * 1024);
   ModelServer server(f.model, options);
   const int port = server.bind();

@@ -394,9 +394,10 @@ void print_plan(
   }
   fmt::print(
       log,
-      "train: device {}, {} threads, batch {}, {} lr {}, {} epochs, seed {}\n",
+      "train: device {}, {} threads, {}, batch {}, {} lr {}, {} epochs, seed {}\n",
       device.str(),
       threads,
+      f.runtime.precision,
       f.batch,
       f.optimizer,
       f.lr,
@@ -576,6 +577,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   const TrainData data = load_train_data(f);
   const ModelConfig config = model_config(f, app, data, options);
   PatchClassifier model = build_model(f, config, data, device);
+  model->set_precision(runtime_precision(f.runtime, device));
 
   NullBuffer null_buffer;
   std::ostream silent(&null_buffer);

@@ -371,6 +371,13 @@ void output_rows(std::vector<TrainFlag>& t) {
       no,
       PW_FIELD(dist_timeout)));
   t.push_back(field("threads", "--threads", "", Kept::kUnlessGiven, PW_FIELD(runtime.threads)));
+  t.push_back(field(
+      "precision",
+      "--precision",
+      "",
+      Kept::kRestored,
+      PW_FIELD(runtime.precision),
+      CLI::IsMember({"fp32", "bf16"})));
 }
 
 #undef PW_FIELD

@@ -79,6 +79,12 @@ at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
   return x.div_(255.0f).sub_(mean_).div_(std_);
 }
 
+at::Tensor PatchClassifierImpl::backbone_features(const at::Tensor& x) {
+  if (precision_ == Precision::kFloat32) return backbone_->features(x);
+  AutocastScope autocast(precision_);
+  return backbone_->features(x).to(torch::kFloat32);
+}
+
 PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   TORCH_CHECK(
       images.dim() == 4 && images.size(1) == config_.image_channels,
@@ -97,7 +103,7 @@ PatchOutput PatchClassifierImpl::forward(const at::Tensor& images) {
   at::Tensor features = chunked(batch, chunk ? per_chunk : batch, [&](int64_t start, int64_t n) {
     at::Tensor part = images.narrow(0, start, n);
     at::Tensor x = part.scalar_type() == torch::kUInt8 ? normalize(part) : part;
-    return backbone_->features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
+    return backbone_features(grid_.cut(x).flatten(0, 1));  // [n*P,F]: shared weights
   });
   return head(features.view({batch, count, features.size(1)}));
 }
@@ -120,7 +126,7 @@ at::Tensor PatchClassifierImpl::tile_features(const at::Tensor& tiles) {
   const bool chunk = tiles.device().is_cpu() && !whole_batch;
   return chunked(rows, chunk ? kChunkPatches : rows, [&](int64_t start, int64_t n) {
     at::Tensor part = tiles.narrow(0, start, n);
-    return backbone_->features(part.scalar_type() == torch::kUInt8 ? normalize(part) : part);
+    return backbone_features(part.scalar_type() == torch::kUInt8 ? normalize(part) : part);
   });
 }
 

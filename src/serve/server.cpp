@@ -43,12 +43,13 @@ struct Loaded {
   nlohmann::json info;
 };
 
-std::shared_ptr<Loaded> load(const std::string& path, c10::Device device) {
+std::shared_ptr<Loaded> load(const std::string& path, c10::Device device, Precision precision) {
   ModelFile file = load_model_file(path);
   auto loaded = std::make_shared<Loaded>();
   loaded->model = file.model;
   loaded->model->to(device);
   loaded->model->eval();
+  loaded->model->set_precision(precision);
   const ModelConfig& config = loaded->model->config();
   loaded->info = {
       {"file", path},
@@ -267,7 +268,7 @@ ModelServer::Impl::Impl(const std::string& model_path, ServeOptions o)
   // cpp-httplib 0.11 sends without MSG_NOSIGNAL: a client gone before its answer would
   // otherwise end the whole process with SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);
-  loaded = load(model_path, device);
+  loaded = load(model_path, device, options.precision);
   char dir[] = "/tmp/patchwise-serve-XXXXXX";
   check_input(::mkdtemp(dir) != nullptr, "serve: cannot create a folder for uploads in /tmp");
   upload_dir = dir;
@@ -533,7 +534,7 @@ void ModelServer::stop() {
 }
 
 void ModelServer::reload(const std::string& path) {
-  std::shared_ptr<Loaded> next = load(path, impl_->device);
+  std::shared_ptr<Loaded> next = load(path, impl_->device, impl_->options.precision);
   std::atomic_store(&impl_->loaded, std::move(next));
 }
 

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "patchwise/core/precision.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/fusion/attention.h"
 #include "patchwise/fusion/fusion.h"
@@ -87,6 +88,10 @@ class PatchClassifierImpl : public torch::nn::Module {
   void set_fusion(FusionRule rule);
   /// uint8 [B,C,H,W] -> normalized float [B,C,H,W] on the module's device.
   at::Tensor normalize(const at::Tensor& images) const;
+  /// The arithmetic of the backbone's feature layers from now on (precision.h); its
+  /// features come out in float32 whatever it is. A runtime setting, not saved.
+  void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const { return precision_; }
 
   const ModelConfig& config() const { return config_; }
   const PatchGrid& grid() const { return grid_; }
@@ -98,9 +103,13 @@ class PatchClassifierImpl : public torch::nn::Module {
   c10::Device device() const { return mean_.device(); }
 
  private:
+  /// backbone_->features(x) at precision_, in float32.
+  at::Tensor backbone_features(const at::Tensor& x);
+
   ModelConfig config_;
   PatchGrid grid_;
   std::shared_ptr<BackboneImpl> backbone_;
+  Precision precision_ = Precision::kFloat32;
   FusionRule trained_fusion_;
   AttentionPool attention_{nullptr};
   at::Tensor mean_;  ///< buffer [1,C,1,1]
