@@ -2,7 +2,7 @@
 // and resize, the backbone's forward and loss, backward, and Adam's update; then
 // LibTorch's profiler table of the operators over the same steps.
 //
-//   build/bench/step_breakdown [seed|whole|vgg|mil] [STEPS] [THREADS]   (0: one per core)
+//   build/bench/step_breakdown [seed|whole|vgg|resnet|mil] [STEPS] [THREADS]   (0: one per core)
 //
 // mil: the MIL job of patchwise_bench (4 bags of 300-420 random 32x32 tiles, a tiled
 // small-cnn with batch norm and gated attention, the fused loss); it has nothing to cut.
@@ -60,6 +60,7 @@ ModelConfig layout_config(const std::string& layout, const Dataset& data, const 
     config.grid.patch_h = config.grid.patch_w = 28;
   }
   if (layout == "vgg") config.backbone.name = "vgg16";
+  if (layout == "resnet") config.backbone.name = "resnet20";
   return config;
 }
 
@@ -129,8 +130,10 @@ int main(int argc, char** argv) {
   const std::string layout = argc > 1 ? argv[1] : "seed";
   const int steps = argc > 2 ? std::atoi(argv[2]) : 40;
   const bool mil = layout == "mil";
-  if ((layout != "seed" && layout != "whole" && layout != "vgg" && !mil) || steps < 1) {
-    std::fprintf(stderr, "usage: step_breakdown [seed|whole|vgg|mil] [STEPS >= 1] [THREADS]\n");
+  if ((layout != "seed" && layout != "whole" && layout != "vgg" && layout != "resnet" && !mil) ||
+      steps < 1) {
+    std::fprintf(
+        stderr, "usage: step_breakdown [seed|whole|vgg|resnet|mil] [STEPS >= 1] [THREADS]\n");
     return 2;
   }
   set_threads(argc > 3 ? std::atoi(argv[3]) : 0);

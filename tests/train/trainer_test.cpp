@@ -183,9 +183,14 @@ TEST_F(TrainerTest, TheSameSeedGivesTheSameWeightsWithOrWithoutAugmentation) {
 /// the data order and every random draw come back from the checkpoint).
 void expect_stop_and_resume_bit_identical(
     const std::string& dir, const OptimizerOptions& optimizer,
-    const std::function<void(TrainerOptions&)>& recipe = {}) {
+    const std::function<void(TrainerOptions&)>& recipe = {}, const char* backbone = nullptr) {
   Dataset train = quadrant_dataset(256, 21);
   Dataset test = quadrant_dataset(64, 22);
+  ModelConfig config = quadrant_config(train);
+  if (backbone) {
+    config.backbone.name = backbone;
+    config.grid.input = 16;  // 18x18 patches at 16x16: a quicker step
+  }
   TrainerOptions options;
   options.optimizer = optimizer;
   if (recipe) recipe(options);
@@ -194,7 +199,7 @@ void expect_stop_and_resume_bit_identical(
   options.augment.shift = 2;  // random draws on top of dropout's
   options.augment.flip = true;
   torch::manual_seed(4);
-  PatchClassifier straight(quadrant_config(train));
+  PatchClassifier straight(config);
   TrainResult reference = train_model(straight, train, &test, options);
 
   // Stop right after the first step of epoch 2, as SIGINT would.
@@ -207,7 +212,7 @@ void expect_stop_and_resume_bit_identical(
     if (m.epoch == 1) stop = 2;
   };
   torch::manual_seed(4);
-  PatchClassifier first(quadrant_config(train));
+  PatchClassifier first(config);
   try {
     train_model(first, train, &test, options, callbacks);
     FAIL() << "training did not stop";
@@ -220,7 +225,7 @@ void expect_stop_and_resume_bit_identical(
   options.stop = nullptr;
   options.resume = dir + "/run.ckpt";
   torch::manual_seed(99);  // whatever the new process's state, the checkpoint decides
-  PatchClassifier resumed(quadrant_config(train));
+  PatchClassifier resumed(config);
   TrainResult continued = train_model(resumed, train, &test, options);
   auto a = straight->parameters();
   auto b = resumed->parameters();
@@ -263,6 +268,16 @@ TEST_F(TrainerTest, SgdNesterovWithDecayAndAStepScheduleResumesBitIdentical) {
         o.schedule.step_epochs = 1;
         o.schedule.gamma = 0.5;
       });
+}
+
+// The residual backbones keep channels-last weights: the optimizer's buffers come back
+// from the checkpoint in the default layout, which must change no value.
+TEST_F(TrainerTest, AChannelsLastResNetResumesBitIdentical) {
+  expect_stop_and_resume_bit_identical(
+      dir_.string(),
+      {OptimizerKind::kSgd, 0.05, 0.9, true, 5e-4},
+      [](TrainerOptions& o) { o.ema = 0.9; },
+      "resnet20");
 }
 
 TEST_F(TrainerTest, OptimizerOptionsAreChecked) {
