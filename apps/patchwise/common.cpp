@@ -88,8 +88,21 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
          flags.precision,
          "the backbone's arithmetic: fp32, or bf16 (autocast: convolutions and matrix products "
          "in bfloat16, the rest in float32)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->check(precision_check())
       ->capture_default_str();
+}
+
+CLI::Validator precision_check() {
+  return CLI::Validator(
+      [](std::string& name) {
+        try {
+          parse_precision(name);
+          return std::string();
+        } catch (const OptionError& e) {
+          return e.detail();
+        }
+      },
+      "fp32|bf16");
 }
 
 Precision runtime_precision(const RuntimeFlags& flags, c10::Device device) {

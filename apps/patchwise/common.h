@@ -41,6 +41,8 @@ struct RuntimeFlags {
   std::string precision = "fp32";
 };
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
+/// The check of --precision's value: parse_precision's, so the names live there alone.
+CLI::Validator precision_check();
 /// --precision parsed, with a warning on stderr when bf16 will run on a CPU without
 /// native bfloat16 arithmetic (slower than fp32 there).
 Precision runtime_precision(const RuntimeFlags& flags, c10::Device device);

@@ -377,7 +377,7 @@ void output_rows(std::vector<TrainFlag>& t) {
       "",
       Kept::kRestored,
       PW_FIELD(runtime.precision),
-      CLI::IsMember({"fp32", "bf16"})));
+      precision_check()));
 }
 
 #undef PW_FIELD
