@@ -149,15 +149,24 @@ class BadInputsTest : public test::SeededTest {
     EXPECT_THAT(message, HasSubstr(expand(row.needle))) << args;
     EXPECT_EQ(snapshot(), before) << args << ": an existing output changed";
   }
+
+  /// Each row in turn, the folder of its bad files removed after it.
+  void check_all(const std::vector<Row>& rows) {
+    for (const Row& row : rows) {
+      check(row);
+      fs::remove_all(dir_ / "bad");
+    }
+  }
 };
 
-TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
-  const std::string data = " --data {dir}/data";
-  const std::string train = "train --epochs 1 --limit-train 32 --limit-test 32 --out {dir}/out.pw";
-  const std::string model = " --model {dir}/model.pw";
-  const std::vector<Row> rows = {
-      // IDX files
-      {"missing data folder", nullptr, train + " --data {dir}/none", "{dir}/none"},
+const std::string kData = " --data {dir}/data";
+const std::string kTrain = "train --epochs 1 --limit-train 32 --limit-test 32 --out {dir}/out.pw";
+const std::string kModel = " --model {dir}/model.pw";
+
+/// IDX files.
+std::vector<Row> idx_rows() {
+  return {
+      {"missing data folder", nullptr, kTrain + " --data {dir}/none", "{dir}/none"},
       {"truncated IDX images",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
@@ -165,14 +174,14 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
              d / "bad/train-images-idx3-ubyte",
              be32(2051) + be32(10) + be32(28) + be32(28) + std::string(100, 'x'));
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "100 bytes of pixels"},
       {"wrong IDX magic",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          write_bytes(d / "bad/train-labels-idx1-ubyte", be32(2051) + be32(1) + "x");
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "wrong magic number 2051"},
       {"IDX header declaring terabytes",
        [](const fs::path& d) {
@@ -181,14 +190,14 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
              d / "bad/train-images-idx3-ubyte",
              be32(2051) + be32(0x7fffffff) + be32(0x7fffffff) + be32(0x7fffffff) + "xx");
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "declares 2147483647 images"},
       {"zero-sized IDX images",
        [](const fs::path& d) {
          write_idx_data(d / "bad");
          write_bytes(d / "bad/train-images-idx3-ubyte", be32(2051) + be32(4) + be32(0) + be32(28));
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "image size 0x28"},
       {"labels count unlike images",
        [](const fs::path& d) {
@@ -196,7 +205,7 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          write_idx_labels(
              (d / "bad/train-labels-idx1-ubyte").string(), torch::zeros({7}, torch::kInt64));
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "7 labels"},
       {"a folder where the IDX file should be",
        [](const fs::path& d) {
@@ -204,7 +213,7 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          fs::remove(d / "bad/train-images-idx3-ubyte");
          fs::create_directories(d / "bad/train-images-idx3-ubyte");
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "found a directory"},
       {"labels beyond the model's classes",
        [](const fs::path& d) {
@@ -212,7 +221,7 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          at::Tensor labels = torch::full({40}, 12, torch::kInt64);
          write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
        },
-       "eval" + model + " --data {dir}/bad",
+       "eval" + kModel + " --data {dir}/bad",
        "label 12 out of range"},
       {"images of another size than the model's",
        [](const fs::path& d) {
@@ -226,28 +235,38 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
                torch::zeros({4}, torch::kInt64));
          }
        },
-       "eval" + model + " --data {dir}/bad",
+       "eval" + kModel + " --data {dir}/bad",
        "images are 20x20"},
-      // CIFAR
+  };
+}
+
+/// CIFAR.
+std::vector<Row> cifar_rows() {
+  return {
       {"CIFAR batch not a multiple of the record",
        [](const fs::path& d) {
          write_bytes(d / "bad/data_batch_1.bin", std::string(3073 + 10, '\0'));
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "not a multiple"},
       {"CIFAR-10 label out of range",
        [](const fs::path& d) {
          write_bytes(d / "bad/data_batch_1.bin", char(200) + std::string(3072, '\0'));
        },
-       train + " --data {dir}/bad",
+       kTrain + " --data {dir}/bad",
        "label 200"},
-      // Image folders and single images
+  };
+}
+
+/// Image folders and single images.
+std::vector<Row> images_rows() {
+  return {
       {"empty class folder",
        [](const fs::path& d) {
          fs::create_directories(d / "bad/b");
          write_png(d / "bad/a/1.png");
        },
-       train + " --data {dir}/bad --val-split 0.5",
+       kTrain + " --data {dir}/bad --val-split 0.5",
        "empty class folder"},
       {"undecodable image with --strict",
        [](const fs::path& d) {
@@ -255,22 +274,22 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          write_png(d / "bad/b/1.png");
          write_bytes(d / "bad/b/2.png", "not a png");
        },
-       train + " --data {dir}/bad --val-split 0.5 --strict",
+       kTrain + " --data {dir}/bad --val-split 0.5 --strict",
        "cannot decode image"},
-      {"missing image", nullptr, "predict" + model + " {dir}/none.png", "no such image file"},
+      {"missing image", nullptr, "predict" + kModel + " {dir}/none.png", "no such image file"},
       {"zero-byte image",
        [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
-       "predict" + model + " {dir}/bad/empty.png",
+       "predict" + kModel + " {dir}/bad/empty.png",
        "cannot decode image"},
       {"corrupt PNG (the codec's complaint in the one line)",
        [](const fs::path& d) {
          write_bytes(d / "bad/broken.png", "\x89PNG\r\n\x1a\n" + std::string(40, 'x'));
        },
-       "predict" + model + " {dir}/bad/broken.png",
+       "predict" + kModel + " {dir}/bad/broken.png",
        "cannot decode image (libpng error"},
       {"a file of another kind named .png",
        [](const fs::path& d) { write_bytes(d / "bad/doc.png", "%PDF-1.4 not an image"); },
-       "predict" + model + " {dir}/bad/doc.png",
+       "predict" + kModel + " {dir}/bad/doc.png",
        "not a PNG, JPEG, BMP, TIFF, PNM, PFM or WebP"},
       {"NaN pixels",
        [](const fs::path& d) {
@@ -279,18 +298,23 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
          pixels.at<float>(3, 4) = std::nanf("");
          cv::imwrite((d / "bad/nan.tiff").string(), pixels);
        },
-       "predict" + model + " {dir}/bad/nan.tiff",
+       "predict" + kModel + " {dir}/bad/nan.tiff",
        "pixel value nan at row 3, column 4"},
       {"a folder given as an image",
        nullptr,
-       "predict" + model + " {dir}/outdir",
+       "predict" + kModel + " {dir}/outdir",
        "found a directory"},
-      // Model files
-      {"missing model", nullptr, "eval --model {dir}/none.pw" + data, "no such model file"},
-      {"a folder given as the model", nullptr, "eval --model {dir}/outdir" + data, "directory"},
+  };
+}
+
+/// Model files.
+std::vector<Row> model_files_rows() {
+  return {
+      {"missing model", nullptr, "eval --model {dir}/none.pw" + kData, "no such model file"},
+      {"a folder given as the model", nullptr, "eval --model {dir}/outdir" + kData, "directory"},
       {"model of another format",
        [](const fs::path& d) { write_bytes(d / "bad/m.pw", "GIF89a not a model"); },
-       "eval --model {dir}/bad/m.pw" + data,
+       "eval --model {dir}/bad/m.pw" + kData,
        "not a patchwise model file"},
       {"truncated model",
        [](const fs::path& d) {
@@ -309,20 +333,25 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        "checksum mismatch"},
       {"resume from a missing checkpoint",
        nullptr,
-       "train" + data + " --resume {dir}/none.ckpt --out {dir}/out.pw",
+       "train" + kData + " --resume {dir}/none.ckpt --out {dir}/out.pw",
        "{dir}/none.ckpt"},
-      // Outputs
+  };
+}
+
+/// Outputs.
+std::vector<Row> outputs_rows() {
+  return {
       {"output folder missing",
        nullptr,
-       "train" + data + " --epochs 1 --out {dir}/no/such/m.pw",
+       "train" + kData + " --epochs 1 --out {dir}/no/such/m.pw",
        "does not exist"},
       {"output is a folder",
        nullptr,
-       "train" + data + " --epochs 1 --out {dir}/outdir",
+       "train" + kData + " --epochs 1 --out {dir}/outdir",
        "is a directory"},
       {"export into a missing folder",
        nullptr,
-       "export" + model + " --out {dir}/no/such/m.pt",
+       "export" + kModel + " --out {dir}/no/such/m.pt",
        "--out: folder {dir}/no/such of {dir}/no/such/m.pt does not exist"},
       {"export of a truncated model",
        [](const fs::path& d) {
@@ -333,46 +362,54 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        "truncated or corrupt"},
       {"export configuration over the weights",
        nullptr,
-       "export" + model + " --out {dir}/m.pt --config {dir}/m.pt",
+       "export" + kModel + " --out {dir}/m.pt --config {dir}/m.pt",
        "--config: {dir}/m.pt is also --out"},
       {"unwritable output",
        nullptr,
        "patches --out /proc/patchwise-sheet.png --grid 2x2 --patch 18 {dir}/digit.png",
        "/proc/patchwise-sheet.png"},
-      // Flags out of range
-      {"zero epochs", nullptr, train + data + " --epochs 0", "--epochs"},
-      {"dropout of 1.5", nullptr, train + data + " --dropout 1.5", "--dropout"},
-      {"validation share above 0.9", nullptr, train + data + " --val-split 0.95", "--val-split"},
-      {"negative learning rate", nullptr, train + data + " --lr -1", "--lr"},
+  };
+}
+
+/// Flags out of range.
+std::vector<Row> flags_out_of_range_rows() {
+  return {
+      {"zero epochs", nullptr, kTrain + kData + " --epochs 0", "--epochs"},
+      {"dropout of 1.5", nullptr, kTrain + kData + " --dropout 1.5", "--dropout"},
+      {"validation share above 0.9", nullptr, kTrain + kData + " --val-split 0.95", "--val-split"},
+      {"negative learning rate", nullptr, kTrain + kData + " --lr -1", "--lr"},
       {"warmup as long as the run",
        nullptr,
-       train + data + " --warmup 1",
+       kTrain + kData + " --warmup 1",
        "--warmup: 1 epochs, expected fewer than the run's 1 epochs"},
       {"Nesterov without momentum",
        nullptr,
-       train + data + " --optimizer sgd --nesterov",
+       kTrain + kData + " --optimizer sgd --nesterov",
        "--nesterov: with optimizer sgd and momentum 0"},
-      {"label smoothing of 1", nullptr, train + data + " --label-smoothing 1", "--label-smoothing"},
-      {"unknown schedule", nullptr, train + data + " --schedule linear", "--schedule"},
+      {"label smoothing of 1",
+       nullptr,
+       kTrain + kData + " --label-smoothing 1",
+       "--label-smoothing"},
+      {"unknown schedule", nullptr, kTrain + kData + " --schedule linear", "--schedule"},
       {"init from a zip that is not torch.save's",
        [](const fs::path& d) { write_bytes(d / "bad/w.pt", std::string("PK\x03\x04garbage")); },
-       train + data + " --init {dir}/bad/w.pt",
+       kTrain + kData + " --init {dir}/bad/w.pt",
        "{dir}/bad/w.pt: truncated zip archive"},
       {"patch larger than the image",
        nullptr,
-       train + data + " --patch 30",
+       kTrain + kData + " --patch 30",
        "larger than the image"},
-      {"input too small for the backbone", nullptr, train + data + " --input 8", "--input: 8"},
+      {"input too small for the backbone", nullptr, kTrain + kData + " --input 8", "--input: 8"},
       {"unknown backbone",
        nullptr,
-       train + data + " --model resnet",
+       kTrain + kData + " --model resnet",
        "--model: unknown backbone 'resnet'"},
-      {"grid that is not a size", nullptr, train + data + " --grid 2y2", "'2y2' is not a size"},
-      {"unknown device", nullptr, train + data + " --device tpu", "--device"},
-      {"unknown precision", nullptr, train + data + " --precision fp16", "--precision"},
+      {"grid that is not a size", nullptr, kTrain + kData + " --grid 2y2", "'2y2' is not a size"},
+      {"unknown device", nullptr, kTrain + kData + " --device tpu", "--device"},
+      {"unknown precision", nullptr, kTrain + kData + " --precision fp16", "--precision"},
       {"eval at an unknown precision",
        nullptr,
-       "eval" + model + data + " --precision half",
+       "eval" + kModel + kData + " --precision half",
        "--precision"},
       {"sheet cell of 2 pixels",
        nullptr,
@@ -380,57 +417,67 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        "--cell"},
       {"heatmap stride 0",
        nullptr,
-       "heatmap" + model + " --stride 0 --out {dir}/out.png {dir}/digit.png",
+       "heatmap" + kModel + " --stride 0 --out {dir}/out.png {dir}/digit.png",
        "--stride"},
       {"heatmap class beyond the model's",
        nullptr,
-       "heatmap" + model + " --class 12 --out {dir}/out.png {dir}/digit.png",
+       "heatmap" + kModel + " --class 12 --out {dir}/out.png {dir}/digit.png",
        "--class: 12 out of range"},
       {"report heatmap stride 0",
        nullptr,
-       "report" + model + data + " --heatmap-stride 0 --out {dir}/out.html",
+       "report" + kModel + kData + " --heatmap-stride 0 --out {dir}/out.html",
        "--heatmap-stride"},
       {"extract index beyond the data",
        nullptr,
-       "extract" + data + " --index 4000 --out {dir}/out.png",
+       "extract" + kData + " --index 4000 --out {dir}/out.png",
        "--index: 4000 out of range"},
-      {"unknown split", nullptr, "eval" + model + data + " --split valid", "--split: 'valid'"},
-      // Contradictory flags
+      {"unknown split", nullptr, "eval" + kModel + kData + " --split valid", "--split: 'valid'"},
+  };
+}
+
+/// Contradictory flags.
+std::vector<Row> contradictory_flags_rows() {
+  return {
       {"vote with the fused loss",
        nullptr,
-       train + data + " --loss fused --fusion vote",
+       kTrain + kData + " --loss fused --fusion vote",
        "has no gradient"},
       {"attention trained by the patch loss alone",
        nullptr,
-       train + data + " --fusion attention",
+       kTrain + kData + " --fusion attention",
        "would never be trained"},
       {"keep best without a validation split",
        nullptr,
-       train + data + " --keep best",
+       kTrain + kData + " --keep best",
        "--val-split"},
       {"a learned rule swapped into a mean model",
        nullptr,
-       "eval" + model + data + " --fusion attention",
+       "eval" + kModel + kData + " --fusion attention",
        "needs a model trained with it"},
       {"position embedding without attention",
        nullptr,
-       train + data + " --position-embedding",
+       kTrain + kData + " --position-embedding",
        "--position-embedding"},
-      {"a 4x4 grid of 18 on 28 pixels", nullptr, train + data + " --grid 4x4", "not an integer"},
+      {"a 4x4 grid of 18 on 28 pixels", nullptr, kTrain + kData + " --grid 4x4", "not an integer"},
       {"image folder of mixed sizes",
        [](const fs::path& d) {
          write_png(d / "bad/a/1.png");
          fs::create_directories(d / "bad/b");
          write_image((d / "bad/b/2.png").string(), torch::zeros({1, 20, 20}, torch::kUInt8));
        },
-       train + " --data {dir}/bad --val-split 0.5",
+       kTrain + " --data {dir}/bad --val-split 0.5",
        "different sizes"},
       {"stride with five-crop",
        nullptr,
-       train + data + " --layout five-crop --stride 3",
+       kTrain + kData + " --layout five-crop --stride 3",
        "--stride"},
-      {"more patches than fit", nullptr, train + data + " --grid 3x3 --stride 10", "fits 2"},
-      // Digits JSON import
+      {"more patches than fit", nullptr, kTrain + kData + " --grid 3x3 --stride 10", "fits 2"},
+  };
+}
+
+/// Digits JSON import.
+std::vector<Row> digits_json_rows() {
+  return {
       {"digits folder missing",
        nullptr,
        "import mnist-json --from {dir}/none --out {dir}/outdir",
@@ -456,22 +503,32 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        [](const fs::path& d) { write_digits(d / "bad"); },
        "import megapixel-mnist --from {dir}/bad --out {dir}/mp --size 30",
        "--size"},
-      // CSV manifests
+  };
+}
+
+/// CSV manifests.
+std::vector<Row> manifests_rows() {
+  return {
       {"a manifest naming a missing image",
        [](const fs::path& d) {
          write_png(d / "bad/a.png");
          write_bytes(d / "bad/set.csv", "path,label\na.png,cat\nb.png,dog\n");
        },
-       train + " --data {dir}/bad/set.csv",
+       kTrain + " --data {dir}/bad/set.csv",
        "set.csv:3: 'b.png': no such file"},
       {"a manifest with a bad split",
        [](const fs::path& d) {
          write_png(d / "bad/a.png");
          write_bytes(d / "bad/set.csv", "a.png,cat,train\na.png,dog,holdout\n");
        },
-       train + " --data {dir}/bad/set.csv",
+       kTrain + " --data {dir}/bad/set.csv",
        "set.csv:2: split 'holdout', expected train or test"},
-      // Large images (tiles)
+  };
+}
+
+/// Large images (tiles).
+std::vector<Row> large_images_rows() {
+  return {
       {"an image no reader opens",
        [](const fs::path& d) { write_bytes(d / "bad/slide.svs", "not a slide at all"); },
        "tiles {dir}/bad/slide.svs -o {dir}/sheet.png",
@@ -516,11 +573,63 @@ TEST_F(BadInputsTest, EveryRowExitsTwoWithOneLineAndLeavesOutputsIntact) {
        "tiles {dir}/bad/slide.tif --reader gdal",
        "reader 'gdal', expected one of: openslide, tiff, vips"},
   };
-  ASSERT_GE(rows.size(), 30u);
-  for (const Row& row : rows) {
-    check(row);
-    fs::remove_all(dir_ / "bad");
-  }
+}
+
+/// Every group of rows, for the count below.
+std::vector<std::vector<Row>> all_rows() {
+  return {
+      idx_rows(),
+      cifar_rows(),
+      images_rows(),
+      model_files_rows(),
+      outputs_rows(),
+      flags_out_of_range_rows(),
+      contradictory_flags_rows(),
+      digits_json_rows(),
+      manifests_rows(),
+      large_images_rows()};
+}
+
+TEST_F(BadInputsTest, TheTableHasAtLeastThirtyRows) {
+  size_t rows = 0;
+  for (const auto& group : all_rows()) rows += group.size();
+  EXPECT_GE(rows, 30u);
+}
+
+TEST_F(BadInputsTest, IdxRowsExitTwoWithOneLineAndLeaveOutputsIntact) { check_all(idx_rows()); }
+
+TEST_F(BadInputsTest, CifarRowsExitTwoWithOneLineAndLeaveOutputsIntact) { check_all(cifar_rows()); }
+
+TEST_F(BadInputsTest, ImagesRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(images_rows());
+}
+
+TEST_F(BadInputsTest, ModelFilesRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(model_files_rows());
+}
+
+TEST_F(BadInputsTest, OutputsRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(outputs_rows());
+}
+
+TEST_F(BadInputsTest, FlagsOutOfRangeRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(flags_out_of_range_rows());
+}
+
+TEST_F(BadInputsTest, ContradictoryFlagsRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(contradictory_flags_rows());
+}
+
+TEST_F(BadInputsTest, DigitsJsonRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(digits_json_rows());
+}
+
+TEST_F(BadInputsTest, ManifestsRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(manifests_rows());
+}
+
+TEST_F(BadInputsTest, LargeImagesRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(large_images_rows());
 }
 
 }  // namespace
