@@ -431,13 +431,26 @@ std::unique_ptr<Distributed> join_group(
   return std::make_unique<Distributed>(config);
 }
 
+/// --metrics, written afresh; a resumed run's file starts with the epochs its checkpoint
+/// already holds, so that it ends with every epoch of the run, as an uninterrupted one.
+std::ofstream open_metrics(const TrainFlags& f, bool writer) {
+  std::ofstream metrics;
+  if (!writer || f.metrics.empty()) return metrics;
+  metrics.open(f.metrics, std::ios::trunc);
+  if (f.resume.empty()) return metrics;
+  const nlohmann::json history = load_model_training(f.resume).value("history", nlohmann::json());
+  if (history.is_array())
+    for (const nlohmann::json& m : history) metrics << m.dump() << '\n';
+  metrics.flush();
+  return metrics;
+}
+
 /// Trains with progress on the terminal and one line (and JSON object) per epoch; a stop
 /// signal or a peer's failure ends the process after saying where the checkpoint is.
 TrainResult run_epochs(
     const TrainFlags& f, PatchClassifier& model, const TrainData& d, const TrainerOptions& options,
     bool writer, std::ostream& log) {
-  std::ofstream metrics;
-  if (writer && !f.metrics.empty()) metrics.open(f.metrics, std::ios::trunc);
+  std::ofstream metrics = open_metrics(f, writer);
   ProgressBar bar("train");
   TrainerCallbacks callbacks;
   if (writer)

@@ -498,15 +498,30 @@ bool same_weights(const std::string& a, const std::string& b) {
   return true;
 }
 
+/// The epochs of a --metrics file, without their times and rates (which differ from run
+/// to run).
+std::vector<nlohmann::json> epochs_of(const std::string& metrics_file) {
+  std::vector<nlohmann::json> epochs;
+  std::ifstream in(metrics_file);
+  for (std::string line; std::getline(in, line);) {
+    epochs.push_back(nlohmann::json::parse(line));
+    epochs.back().erase("seconds");
+    epochs.back().erase("images_per_second");
+  }
+  return epochs;
+}
+
 TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
   const std::string args = "train --data " + kData +
                            " --limit-train 1536 --limit-test 64 "
                            "--epochs 2 --shift 1 --checkpoint-every 4 --threads 2";
-  ASSERT_EQ(pw(args + " --out " + file("straight.pw")).code, 0);
+  ASSERT_EQ(
+      pw(args + " --out " + file("straight.pw") + " --metrics " + file("straight.jsonl")).code, 0);
   // Start the same run in the background, kill -9 it once a mid-run checkpoint exists.
   const std::string ckpt = file("killed.pw.ckpt");
   const std::string command = std::string(PATCHWISE_BINARY) + " " + args + " --out " +
-                              file("killed.pw") + " >/dev/null 2>&1 & echo $! > " + file("pid");
+                              file("killed.pw") + " --metrics " + file("killed.jsonl") +
+                              " >/dev/null 2>&1 & echo $! > " + file("pid");
   ASSERT_EQ(std::system(command.c_str()), 0);
   for (int i = 0; i < 600 && !fs::exists(ckpt); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -517,9 +532,14 @@ TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
   ASSERT_FALSE(fs::exists(file("killed.pw"))) << "the run finished before the kill; nothing tested";
   // No --threads: the checkpoint's thread count (2) is restored, as bit-identity needs.
   Result resumed =
-      pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw"));
+      pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw") +
+         " --metrics " + file("killed.jsonl"));
   ASSERT_EQ(resumed.code, 0) << resumed.err;
   EXPECT_TRUE(same_weights(file("straight.pw"), file("killed.pw")));
+  // The resumed run's metrics hold every epoch, those before the kill included.
+  const std::vector<nlohmann::json> straight = epochs_of(file("straight.jsonl"));
+  ASSERT_EQ(straight.size(), 2u);
+  EXPECT_EQ(epochs_of(file("killed.jsonl")), straight);
   EXPECT_FALSE(fs::exists(ckpt)) << "a finished run removes its checkpoint";
 }
 
