@@ -33,11 +33,14 @@ test: build
 # The test suite built with AddressSanitizer and UndefinedBehaviorSanitizer; any
 # report fails its test. Leaks inside the libraries below (LibTorch, OpenBLAS,
 # OpenCV's codecs) are suppressed by tests/sanitizer/lsan.supp, ours are not.
+# -O1 -g1 (line tables: reports still name file and line) compiles in half the time of
+# -O2 -g, whose debug information for LibTorch's templates makes 17 MB objects.
 SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:check_initialization_order=1 \
   LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizer/lsan.supp:print_suppressions=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 test-sanitize: deps
 	cmake -S . -B $(BUILD)-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
 	  -DPATCHWISE_SANITIZE=address,undefined -DPATCHWISE_BUILD_BENCH=OFF
 	cmake --build $(BUILD)-sanitize -j $(JOBS)
 	cd $(BUILD)-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS)
