@@ -2,12 +2,15 @@
 """PyTorch peer of bench/patchwise_bench.cpp: the same jobs, timed the same way.
 
     /usr/bin/python3 bench/peer.py --job JOB [--seconds S] [--threads N] [--data DIR] [--warmup W]
+                                   [--profile STEPS]
 
 JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, resnet_train,
 resnet_infer, predict_latency,
 mil_train, mil_infer (gated-attention MIL on 4 bags of random 32x32 tiles; bag sizes as
 patchwise_bench draws them, or PATCHWISE_BAG_SIZES="n1,n2,..." cycled over the bags).
 Prints one JSON line on stdout; everything else goes to stderr. Bad arguments: exit 2.
+--profile STEPS: after the timing, PyTorch's profiler table of the operators over STEPS
+more steps, on stderr: the peer's side of build/bench/step_breakdown's table.
 Needs Debian's python3-torch (torch 1.13, the same libtorch patchwise links against).
 """
 import argparse
@@ -346,6 +349,18 @@ def measure(step, warmup, seconds):
             return iterations, elapsed
 
 
+def profile(step, steps):
+    """The operators' inclusive times over `steps` steps, as step_breakdown prints them."""
+    with torch.autograd.profiler.profile() as prof:
+        for _ in range(steps):
+            step()
+    rows = sorted(prof.key_averages(), key=lambda e: e.cpu_time_total, reverse=True)
+    print(f"operators over {steps} steps (inclusive time, top 25):", file=sys.stderr)
+    for e in rows[:25]:
+        print(f"  {e.key:<52} {e.cpu_time_total / 1000:10.2f} ms {e.count:6d} calls",
+              file=sys.stderr)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         print(f"peer.py: {message}", file=sys.stderr)
@@ -359,6 +374,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data", default=None)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS")
     args = parser.parse_args()
     if not args.seconds > 0:
         parser.error(f"--seconds: {args.seconds}, expected a positive number")
@@ -366,6 +382,8 @@ def main():
         parser.error(f"--threads: {args.threads}, expected at least 1")
     if args.warmup < 0:
         parser.error(f"--warmup: {args.warmup}, expected 0 or more")
+    if args.profile < 0:
+        parser.error(f"--profile: {args.profile}, expected 0 or more steps")
     mil = args.job.startswith("mil")
     try:
         if mil:
@@ -391,6 +409,8 @@ def main():
     if mil:
         result["tiles_per_s"] = round(iterations * len(tiles) / seconds, 2)
     print(json.dumps(result))
+    if args.profile:
+        profile(step, args.profile)
 
 
 if __name__ == "__main__":
