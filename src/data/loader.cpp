@@ -72,7 +72,8 @@ Batch Loader::gather(int64_t batch_index) const {
   const int64_t image_bytes = data_.channels() * data_.height() * data_.width();
   Batch batch{
       torch::empty({count, data_.channels(), data_.height(), data_.width()}, torch::kUInt8),
-      torch::empty({count}, torch::kInt64)};
+      torch::empty({count}, torch::kInt64),
+      {}};
   const int64_t* labels = data_.labels.data_ptr<int64_t>();
   uint8_t* dst = batch.images.data_ptr<uint8_t>();
   int64_t* dst_labels = batch.labels.data_ptr<int64_t>();

@@ -74,7 +74,9 @@ TEST_F(ManifestTest, LoadsThroughTheDataLayerAsPackedImages) {
   EXPECT_THAT(d.class_names, ElementsAre("a", "b"));
   EXPECT_TRUE(torch::equal(d.labels, torch::tensor({1, 0, 0}, torch::kInt64)));
   EXPECT_EQ(d.images[0][0][0][0].item<int>(), 120);  // img/3.png, by its absolute path
-  EXPECT_EQ(load_data(m, "train", {1}).size(), 1);   // --limit
+  DataOptions first;
+  first.limit = 1;
+  EXPECT_EQ(load_data(m, "train", first).size(), 1);  // --limit
 }
 
 TEST_F(ManifestTest, EveryMistakeNamesTheLineTheValueAndWhatWasExpected) {
