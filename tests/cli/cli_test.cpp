@@ -45,7 +45,9 @@ Result run(const std::string& args, const fs::path& dir) {
 
 const std::string kData = PATCHWISE_FASHION_DIR;
 
-/// One short training run shared by the tests of this file.
+/// One short training run shared by the tests of this file. Its accuracy depends on the
+/// processor's kernels: after 2 epochs seed 7 reached 0.496 on an AVX-512 Xeon and passed
+/// 0.5 on AVX2 machines; after 3, six seeds gave 0.618 to 0.714 on that Xeon.
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
