@@ -196,6 +196,9 @@ class PatchClassifier(nn.Module):
             positions = len(self.patches) if a["position_embedding"] else 0
             self.attention = AttentionPool(self.backbone.feature_dim, a["hidden"],
                                            self.fusion == "gated-attention", positions)
+        if self.fusion == "concat":
+            width = len(self.patches) * self.backbone.feature_dim
+            self.concat = nn.Linear(width, b["num_classes"])
         channels = b["in_channels"]
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
@@ -224,6 +227,8 @@ class PatchClassifier(nn.Module):
             weights = self.attention.weights(features)
             pooled = (features * weights.unsqueeze(2)).sum(1)
             return torch.log_softmax(self.backbone.classify(pooled), dim=1), patch_logits
+        if self.fusion == "concat":
+            return torch.log_softmax(self.concat(features.flatten(1)), dim=1), patch_logits
         return fuse(self.fusion, patch_logits), patch_logits
 
 

@@ -186,8 +186,12 @@ void check_flags(
       "--keep best: needs a validation set, pass --val-split F");
   const FusionRule fusion = parse_fusion_rule(f.fusion);
   check_input(
-      !f.position_embedding || fusion_rule_is_learned(fusion),
+      !f.position_embedding || fusion_rule_has_attention(fusion),
       "--position-embedding: only used by --fusion attention or gated-attention, not {}",
+      f.fusion);
+  check_input(
+      !f.tiled || !fusion_rule_needs_positions(fusion),
+      "--fusion: {}: bags of tiles have no fixed positions, expected another rule with --tile",
       f.fusion);
   check_trainable(parse_loss_kind(f.loss), fusion);
 }

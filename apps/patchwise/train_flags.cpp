@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/fusion/fusion.h"
 #include "patchwise/models/registry.h"
 
 namespace patchwise::cli {
@@ -172,12 +173,8 @@ void model_rows(std::vector<TrainFlag>& t) {
   t.push_back(field("stride", "--stride", "", k, PW_FIELD(grid.stride)));
   t.push_back(field("layout", "--layout", "", k, PW_FIELD(grid.layout)));
   t.push_back(field("input", "--input", "", k, PW_FIELD(grid.input)));
-  t.push_back(field(
-      "fusion",
-      "--fusion",
-      "fusion rule: mean, gmean, max, vote, attention or gated-attention",
-      k,
-      PW_FIELD(fusion)));
+  t.push_back(
+      field("fusion", "--fusion", "fusion rule: " + fusion_rule_names(), k, PW_FIELD(fusion)));
   t.push_back(field(
       "attention_hidden",
       "--attention-hidden",

@@ -48,23 +48,8 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
   config_.backbone.in_channels = channels;
   config_.backbone.input = config.grid.input;
   backbone_ = register_module("backbone", make_backbone(config_.backbone));
-  if (fusion_rule_is_learned(config.fusion)) {
-    check_option(
-        config.attention_hidden > 0,
-        "attention_hidden",
-        "{}, expected a positive width",
-        config.attention_hidden);
-    AttentionPoolOptions options;
-    options.features = backbone_->feature_dim();
-    options.hidden = config.attention_hidden;
-    options.gated = config.fusion == FusionRule::kGatedAttention;
-    check_option(
-        !(config.tiled && config.position_embedding),
-        "position_embedding",
-        "tiled models have no fixed tile positions, expected no position embedding");
-    options.positions = config.position_embedding ? grid_.count() : 0;
-    attention_ = register_module("attention", AttentionPool(options));
-  }
+  if (fusion_rule_has_attention(config.fusion)) add_attention();
+  if (fusion_rule_needs_positions(config.fusion)) add_concat();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   mean_ = register_buffer(
       "mean",
@@ -72,6 +57,35 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
   std_ = register_buffer(
       "std",
       torch::tensor(config.normalization.std, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
+}
+
+void PatchClassifierImpl::add_attention() {
+  check_option(
+      config_.attention_hidden > 0,
+      "attention_hidden",
+      "{}, expected a positive width",
+      config_.attention_hidden);
+  AttentionPoolOptions options;
+  options.features = backbone_->feature_dim();
+  options.hidden = config_.attention_hidden;
+  options.gated = config_.fusion == FusionRule::kGatedAttention;
+  check_option(
+      !(config_.tiled && config_.position_embedding),
+      "position_embedding",
+      "tiled models have no fixed tile positions, expected no position embedding");
+  options.positions = config_.position_embedding ? grid_.count() : 0;
+  attention_ = register_module("attention", AttentionPool(options));
+}
+
+void PatchClassifierImpl::add_concat() {
+  check_option(
+      !config_.tiled,
+      "fusion",
+      "{}: tiled models have no fixed tile positions, expected another rule",
+      fusion_rule_name(config_.fusion));
+  const int64_t width = grid_.count() * backbone_->feature_dim();
+  concat_ = register_module(
+      "concat", std::make_shared<torch::nn::LinearImpl>(width, config_.backbone.num_classes));
 }
 
 at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
@@ -153,10 +167,13 @@ PatchOutput PatchClassifierImpl::head(const at::Tensor& features, const at::Tens
   out.patch_logits = logits.view({batch, count, logits.size(1)});
   out.features = features;
   out.mask = mask;
-  if (fusion_rule_is_learned(config_.fusion)) {
+  if (fusion_rule_has_attention(config_.fusion)) {
     out.attention = attention_->weights(out.features, mask);
     at::Tensor pooled = AttentionPoolImpl::pool(out.features, out.attention);
     out.log_probs = torch::log_softmax(backbone_->classify(pooled), /*dim=*/1);
+  } else if (config_.fusion == FusionRule::kConcat) {
+    TORCH_CHECK(!mask.defined(), "PatchClassifier: concat fusion needs full grids, not bags");
+    out.log_probs = torch::log_softmax(concat_->forward(features.flatten(1)), /*dim=*/1);
   } else {
     out.log_probs = fuse(config_.fusion, out.patch_logits, mask);
   }

@@ -16,11 +16,7 @@ FusionRule parse_fusion_rule(const std::string& name) {
     if (fusion_rule_name(rule) == name) return rule;
   }
   throw OptionError(
-      "fusion",
-      fmt::format(
-          "unknown fusion rule '{}', expected mean, gmean, max, vote, attention or "
-          "gated-attention",
-          name));
+      "fusion", fmt::format("unknown fusion rule '{}', expected {}", name, fusion_rule_names()));
 }
 
 std::string fusion_rule_name(FusionRule rule) {
@@ -37,6 +33,8 @@ std::string fusion_rule_name(FusionRule rule) {
       return "attention";
     case FusionRule::kGatedAttention:
       return "gated-attention";
+    case FusionRule::kConcat:
+      return "concat";
   }
   return "mean";
 }
@@ -48,8 +46,19 @@ const std::vector<FusionRule>& all_fusion_rules() {
       FusionRule::kMax,
       FusionRule::kVote,
       FusionRule::kAttention,
-      FusionRule::kGatedAttention};
+      FusionRule::kGatedAttention,
+      FusionRule::kConcat};
   return rules;
+}
+
+std::string fusion_rule_names() {
+  const std::vector<FusionRule>& rules = all_fusion_rules();
+  std::string names;
+  for (size_t i = 0; i < rules.size(); ++i) {
+    if (i > 0) names += i + 1 == rules.size() ? " or " : ", ";
+    names += fusion_rule_name(rules[i]);
+  }
+  return names;
 }
 
 const std::vector<FusionRule>& fixed_fusion_rules() {
@@ -59,8 +68,14 @@ const std::vector<FusionRule>& fixed_fusion_rules() {
 }
 
 bool fusion_rule_is_learned(FusionRule rule) {
+  return fusion_rule_has_attention(rule) || rule == FusionRule::kConcat;
+}
+
+bool fusion_rule_has_attention(FusionRule rule) {
   return rule == FusionRule::kAttention || rule == FusionRule::kGatedAttention;
 }
+
+bool fusion_rule_needs_positions(FusionRule rule) { return rule == FusionRule::kConcat; }
 
 bool fusion_rule_is_differentiable(FusionRule rule) { return rule != FusionRule::kVote; }
 

@@ -114,7 +114,7 @@ std::string build_bag_report(
   const std::vector<std::string>& names = config.class_names;
   const BagOptions bags{config.tiles, reader, config.grid.input, config.image_channels};
   BagScores s;
-  s.score_name = fusion_rule_is_learned(config.fusion) ? "attention" : "p(predicted)";
+  s.score_name = fusion_rule_has_attention(config.fusion) ? "attention" : "p(predicted)";
   s.probs = torch::empty({data.size(), model->num_classes()});
   const Evaluation e = evaluate(
       model,

@@ -29,7 +29,7 @@ void check_trainable(LossKind kind, FusionRule rule) {
   check_option(
       kind != LossKind::kPatch || !fusion_rule_is_learned(rule),
       "loss",
-      "patch with fusion {}: the attention weights would never be trained; "
+      "patch with fusion {}: the rule's own weights would never be trained; "
       "use loss fused or both",
       fusion_rule_name(rule));
   check_option(

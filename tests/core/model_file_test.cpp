@@ -122,7 +122,7 @@ TEST_F(ModelFileTest, EveryFusionRuleSavesLoadsAndPredictsTheSame) {
     PatchOutput b = loaded->forward(images);
     EXPECT_TRUE(torch::equal(a.log_probs, b.log_probs)) << fusion_rule_name(rule);
     EXPECT_EQ(loaded->config().fusion, rule);
-    EXPECT_EQ(a.attention.defined(), fusion_rule_is_learned(rule));
+    EXPECT_EQ(a.attention.defined(), fusion_rule_has_attention(rule));
     if (a.attention.defined()) {
       EXPECT_TRUE(torch::equal(a.attention, b.attention));
     }

@@ -81,6 +81,14 @@ TEST_F(TorchExportTest, BagNetWithItsOneByOneConvolutionsAgreesInPython) {
   EXPECT_EQ(code, 0) << log;
 }
 
+TEST_F(TorchExportTest, ResNet20WithConcatFusionAgreesInPython) {
+  ModelConfig c = gray_config("resnet20", FusionRule::kConcat);
+  c.grid.input = 18;  // the Fashion-MNIST recipe's patches, not resized
+  PatchClassifier model = trained_looking(c);
+  auto [code, log] = check_in_python(model);
+  EXPECT_EQ(code, 0) << log;
+}
+
 TEST_F(TorchExportTest, ColourVgg16WithEveryFixedRuleAgreesInPython) {
   ModelConfig c = gray_config("vgg16", FusionRule::kGMean);
   c.image_channels = 3;

@@ -124,6 +124,13 @@ TEST_F(TorchImportTest, ResNet20WithGatedAttentionAgreesWithPython) {
   expect_python_outputs(model);
 }
 
+TEST_F(TorchImportTest, ResNet20WithConcatFusionAgreesWithPython) {
+  ModelConfig c = gray_config("resnet20", FusionRule::kConcat);
+  c.grid.input = 18;  // the Fashion-MNIST recipe's patches, not resized
+  PatchClassifier model = imported(c, "model");
+  expect_python_outputs(model);
+}
+
 TEST_F(TorchImportTest, BackboneOnlyNamesAsTorchvisionResNetAgreeWithPython) {
   PatchClassifier model = imported(gray_config("resnet20", FusionRule::kMean), "backbone");
   expect_python_outputs(model);
@@ -169,20 +176,27 @@ TEST_F(TorchImportTest, OurOwnExportReadsBackExactly) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(a[i].second.equal(b[i].second)) << a[i].first;
 }
 
+// The heads that depend on the classes stay new: the backbone's classifier, and concat's.
 TEST_F(TorchImportTest, KeepHeadStartsAnotherClassCountFromAModelFile) {
-  ModelConfig ten = gray_config("small-cnn", FusionRule::kMean);
-  ten.class_names.resize(10, "x");
-  ten.backbone.num_classes = 10;
-  PatchClassifier source(gray_config("small-cnn", FusionRule::kMean));
-  save_model(path("m.pw"), source, nullptr);
-  PatchClassifier model(ten);
-  const at::Tensor head = model->backbone().classifier_parameters()[0].clone();
-  EXPECT_THAT(
-      test::input_error([&] { load_initial_weights(model, path("m.pw"), false); }),
-      HasSubstr("fc2.weight"));
-  load_initial_weights(model, path("m.pw"), true);
-  EXPECT_TRUE(model->backbone().classifier_parameters()[0].equal(head));
-  EXPECT_TRUE(named_state(model)[0].second.equal(named_state(source)[0].second));
+  for (FusionRule rule : {FusionRule::kMean, FusionRule::kConcat}) {
+    ModelConfig ten = gray_config("small-cnn", rule);
+    ten.class_names.resize(10, "x");
+    ten.backbone.num_classes = 10;
+    PatchClassifier source(gray_config("small-cnn", rule));
+    save_model(path("m.pw"), source, nullptr);
+    PatchClassifier model(ten);
+    const at::Tensor head = model->backbone().classifier_parameters()[0].clone();
+    const bool concat = rule == FusionRule::kConcat;
+    const at::Tensor concat_head =
+        concat ? model->named_parameters()["concat.weight"].clone() : at::Tensor();
+    EXPECT_THAT(
+        test::input_error([&] { load_initial_weights(model, path("m.pw"), false); }),
+        HasSubstr("fc2.weight"));
+    load_initial_weights(model, path("m.pw"), true);
+    EXPECT_TRUE(model->backbone().classifier_parameters()[0].equal(head));
+    if (concat) EXPECT_TRUE(model->named_parameters()["concat.weight"].equal(concat_head));
+    EXPECT_TRUE(named_state(model)[0].second.equal(named_state(source)[0].second));
+  }
 }
 
 class TorchImportRefusalTest : public TorchImportTest {

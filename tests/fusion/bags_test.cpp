@@ -1,5 +1,7 @@
 // Bags of different sizes: padding and masks must never change a result.
 
+#include <gmock/gmock.h>
+
 #include <vector>
 
 #include "patchwise/core/patch_classifier.h"
@@ -138,10 +140,13 @@ TEST_F(BagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
       compute_loss(LossKind::kPatch, out, labels).item<double>(), expected.item<double>(), 1e-12);
 }
 
-TEST_F(BagsTest, TiledModelsRefuseAPositionEmbedding) {
+TEST_F(BagsTest, TiledModelsRefuseAPositionEmbeddingAndConcatFusion) {
   ModelConfig c = bag_config(FusionRule::kAttention);
   c.position_embedding = true;
   EXPECT_THROW(PatchClassifier{c}, OptionError);
+  EXPECT_THAT(
+      [] { PatchClassifier{bag_config(FusionRule::kConcat)}; },
+      ::testing::ThrowsMessage<OptionError>(::testing::HasSubstr("fusion: concat: tiled")));
 }
 
 }  // namespace

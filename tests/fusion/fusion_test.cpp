@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/patch_classifier.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -91,13 +92,47 @@ TEST(FusionTest, NamesRoundTripAndUnknownNamesAreRefused) {
   }
   EXPECT_THAT(
       [] { parse_fusion_rule("median"); },
-      ::testing::ThrowsMessage<InputError>(::testing::HasSubstr("'median'")));
+      ::testing::ThrowsMessage<InputError>(::testing::HasSubstr(
+          "'median', expected mean, gmean, max, vote, attention, gated-attention or concat")));
   EXPECT_EQ(parse_fusion_rule("gated-attention"), FusionRule::kGatedAttention);
   EXPECT_TRUE(fusion_rule_is_learned(FusionRule::kAttention));
   EXPECT_FALSE(fusion_rule_is_learned(FusionRule::kMax));
+  EXPECT_TRUE(fusion_rule_is_learned(FusionRule::kConcat));
+  EXPECT_FALSE(fusion_rule_has_attention(FusionRule::kConcat));
+  EXPECT_TRUE(fusion_rule_needs_positions(FusionRule::kConcat));
+  EXPECT_FALSE(fusion_rule_needs_positions(FusionRule::kGatedAttention));
+  EXPECT_THROW(fuse(FusionRule::kConcat, torch::zeros({1, 2, 3})), InputError);
   EXPECT_THROW(fuse(FusionRule::kAttention, torch::zeros({1, 2, 3})), InputError);
   EXPECT_FALSE(fusion_rule_is_differentiable(FusionRule::kVote));
   EXPECT_TRUE(fusion_rule_is_differentiable(FusionRule::kGMean));
+}
+
+// concat: log_softmax(sum_i W_i h_i + b), W_i the block of W that position i's features
+// meet; summed here position by position, in float64 (agreement within 1e-12).
+TEST(FusionTest, ConcatIsALinearHeadOverTheFeaturesInGridOrder) {
+  torch::manual_seed(3);
+  ModelConfig c;
+  c.class_names = {"a", "b", "c"};
+  c.backbone.num_classes = 3;
+  c.normalization = {{0.3}, {0.2}};
+  c.fusion = FusionRule::kConcat;
+  PatchClassifier model(c);
+  model->to(torch::kFloat64);
+  model->eval();
+  PatchOutput out = model->forward(torch::randn({2, 1, 28, 28}, torch::kFloat64));
+  auto params = model->named_parameters();
+  const at::Tensor w = params["concat.weight"];
+  const int64_t features = out.features.size(2);
+  ASSERT_EQ(w.sizes(), (std::vector<int64_t>{3, 4 * features}));
+  at::Tensor logits = params["concat.bias"].unsqueeze(0).expand({2, 3}).clone();
+  for (int64_t i = 0; i < 4; ++i) {
+    logits += torch::matmul(out.features.select(1, i), w.narrow(1, i * features, features).t());
+  }
+  EXPECT_TRUE(torch::allclose(out.log_probs, torch::log_softmax(logits, 1), 1e-12, 1e-12));
+  EXPECT_FALSE(out.attention.defined());
+  model->set_fusion(FusionRule::kGMean);  // evaluated with a fixed rule, the head is unused
+  PatchOutput fixed = model->forward(torch::randn({2, 1, 28, 28}, torch::kFloat64));
+  EXPECT_TRUE(torch::equal(fixed.log_probs, fuse(FusionRule::kGMean, fixed.patch_logits)));
 }
 
 }  // namespace

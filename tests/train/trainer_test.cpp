@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "patchwise/core/error.h"
@@ -92,6 +93,9 @@ TEST_F(TrainerTest, RefusesALossThroughVote) {
       [] { check_trainable(LossKind::kPatch, FusionRule::kAttention); },
       ::testing::ThrowsMessage<InputError>(HasSubstr("would never be trained")));
   EXPECT_NO_THROW(check_trainable(LossKind::kBoth, FusionRule::kGatedAttention));
+  EXPECT_THAT(
+      [] { check_trainable(LossKind::kPatch, FusionRule::kConcat); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr("loss: patch with fusion concat")));
 }
 
 TEST_F(TrainerTest, LearnsWhichQuadrantHoldsTheSquare) {
@@ -134,6 +138,28 @@ TEST_F(TrainerTest, AttentionFusionTrainsOnTheFusedLoss) {
   at::Tensor labels = test.labels.narrow(0, 0, 64);
   const double agree = out.attention.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
   EXPECT_GT(agree, 0.5);
+}
+
+// Quadrants cut as 2x2 patches of 14 that do not overlap: every patch sees the square
+// at the same place within it, so only a rule that knows the patches' grid positions
+// can tell the classes apart.
+TEST_F(TrainerTest, ConcatFusionTellsApartWhatPositionBlindRulesCannot) {
+  Dataset train = quadrant_dataset(512, 1);
+  Dataset test = quadrant_dataset(200, 2);
+  TrainerOptions options;
+  options.epochs = 3;
+  options.batch = 32;
+  options.loss = LossKind::kFused;
+  std::map<FusionRule, double> accuracy;
+  for (FusionRule rule : {FusionRule::kConcat, FusionRule::kGMean}) {
+    ModelConfig config = quadrant_config(train);
+    config.grid.patch_h = config.grid.patch_w = config.grid.stride_h = config.grid.stride_w = 14;
+    config.fusion = rule;
+    PatchClassifier model(config);
+    accuracy[rule] = train_model(model, train, &test, options).history.back().test_accuracy;
+  }
+  EXPECT_GT(accuracy[FusionRule::kConcat], 0.95);
+  EXPECT_LT(accuracy[FusionRule::kGMean], 0.5);  // chance is 0.25
 }
 
 TEST_F(TrainerTest, KeepBestEndsWithTheWeightsOfTheBestValidationEpoch) {

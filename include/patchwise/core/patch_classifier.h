@@ -7,8 +7,9 @@
 //     -> PatchGrid::cut            [B,P,C,I,I]
 //     -> backbone on B*P patches   features [B,P,F], logits [B,P,K]
 //     -> fuse                      log-probabilities [B,K]
-//        fixed rules fuse the patch logits; learned rules (attention, gated-attention)
-//        pool the features with attention weights [B,P] and apply the backbone's head.
+//        fixed rules fuse the patch logits; learned rules fuse the features: attention
+//        and gated-attention pool them with weights [B,P] and apply the backbone's
+//        head, concat applies a linear head of its own to them side by side (fusion.h).
 //
 // Tiled models (config.tiled) take large images as bags of tiles: the caller cuts each
 // image's kept tiles (patch/tiles.h) and resizes them to the backbone's input, and
@@ -21,6 +22,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,10 @@
 #include "patchwise/models/backbone.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"
+
+namespace torch::nn {
+class LinearImpl;
+}  // namespace torch::nn
 
 namespace patchwise {
 
@@ -103,6 +109,9 @@ class PatchClassifierImpl : public torch::nn::Module {
   c10::Device device() const { return mean_.device(); }
 
  private:
+  /// The learned rules' modules (constructor).
+  void add_attention();
+  void add_concat();
   /// backbone_->features(x) at precision_, in float32.
   at::Tensor backbone_features(const at::Tensor& x);
 
@@ -112,8 +121,9 @@ class PatchClassifierImpl : public torch::nn::Module {
   Precision precision_ = Precision::kFloat32;
   FusionRule trained_fusion_;
   AttentionPool attention_{nullptr};
-  at::Tensor mean_;  ///< buffer [1,C,1,1]
-  at::Tensor std_;   ///< buffer [1,C,1,1]
+  std::shared_ptr<torch::nn::LinearImpl> concat_;  ///< [P*F] -> [K], fusion concat
+  at::Tensor mean_;                                ///< buffer [1,C,1,1]
+  at::Tensor std_;                                 ///< buffer [1,C,1,1]
 };
 
 TORCH_MODULE(PatchClassifier);

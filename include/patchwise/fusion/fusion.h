@@ -13,8 +13,12 @@
 // mask[b,i] >= 1 tiles padded to P; every rule then runs over the bag's own tiles
 // (P above becomes n_b) and the padding's values never change a result or receive a
 // gradient. Without a mask every row is a full bag of P (the fixed grid).
-// The learned rules (attention, gated-attention) live in fusion/attention.h: they
-// weigh the patches' backbone features rather than their logits.
+// The learned rules fuse the patches' backbone features h_i [F] rather than their logits:
+//   attention, gated-attention : weights over the patches (fusion/attention.h), the
+//                                pooled features go through the backbone's classifier
+//   concat : log_softmax( W [h_1; ...; h_P] + b ), W [K,P*F]: a linear classifier over
+//            the features laid side by side in grid order, so each grid position has
+//            weights of its own (a fixed grid only: bags have no positions)
 
 #include <ATen/core/Tensor.h>
 
@@ -24,18 +28,24 @@
 
 namespace patchwise {
 
-enum class FusionRule { kMean, kGMean, kMax, kVote, kAttention, kGatedAttention };
+enum class FusionRule { kMean, kGMean, kMax, kVote, kAttention, kGatedAttention, kConcat };
 
-/// "mean", "gmean", "max", "vote", "attention", "gated-attention"; throws InputError
-/// naming `flag` otherwise.
+/// "mean", "gmean", "max", "vote", "attention", "gated-attention", "concat"; throws
+/// OptionError naming --fusion and listing the names otherwise.
 FusionRule parse_fusion_rule(const std::string& name);
 std::string fusion_rule_name(FusionRule rule);
 /// Every rule, fixed then learned.
 const std::vector<FusionRule>& all_fusion_rules();
 /// The fixed rules (no parameters), in the order eval tables list them.
 const std::vector<FusionRule>& fixed_fusion_rules();
+/// Every rule's name, in all_fusion_rules' order, for messages and help: "mean, ... or concat".
+std::string fusion_rule_names();
 /// Whether `rule` has parameters trained with the model.
 bool fusion_rule_is_learned(FusionRule rule);
+/// Whether `rule` weighs the patches with attention (PatchOutput::attention).
+bool fusion_rule_has_attention(FusionRule rule);
+/// Whether `rule` gives each grid position weights of its own (fixed grids only).
+bool fusion_rule_needs_positions(FusionRule rule);
 /// Whether a loss on the fused output can be trained through `rule`.
 bool fusion_rule_is_differentiable(FusionRule rule);
 
