@@ -25,6 +25,7 @@
 #include "patchwise/core/torch_import.h"
 #include "patchwise/data/source.h"
 #include "patchwise/dist/distributed.h"
+#include "patchwise/fusion/fusion.h"
 #include "patchwise/models/registry.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
@@ -189,10 +190,7 @@ void check_flags(
       !f.position_embedding || fusion_rule_has_attention(fusion),
       "--position-embedding: only used by --fusion attention or gated-attention, not {}",
       f.fusion);
-  check_input(
-      !f.tiled || !fusion_rule_needs_positions(fusion),
-      "--fusion: {}: bags of tiles have no fixed positions, expected another rule with --tile",
-      f.fusion);
+  check_fusion_fits(fusion, f.tiled);
   check_trainable(parse_loss_kind(f.loss), fusion);
 }
 

@@ -78,11 +78,7 @@ void PatchClassifierImpl::add_attention() {
 }
 
 void PatchClassifierImpl::add_concat() {
-  check_option(
-      !config_.tiled,
-      "fusion",
-      "{}: tiled models have no fixed tile positions, expected another rule",
-      fusion_rule_name(config_.fusion));
+  check_fusion_fits(config_.fusion, config_.tiled);
   const int64_t width = grid_.count() * backbone_->feature_dim();
   concat_ = register_module(
       "concat", std::make_shared<torch::nn::LinearImpl>(width, config_.backbone.num_classes));
@@ -187,6 +183,14 @@ void PatchClassifierImpl::freeze_features() {
         std::any_of(head.begin(), head.end(), [&](const at::Tensor& h) { return h.is_same(p); });
     if (!in_head) p.requires_grad_(false);
   }
+}
+
+std::vector<at::Tensor> PatchClassifierImpl::class_head_parameters() const {
+  std::vector<at::Tensor> head = backbone_->classifier_parameters();
+  if (concat_) {
+    for (const at::Tensor& p : concat_->parameters()) head.push_back(p);
+  }
+  return head;
 }
 
 std::vector<at::Tensor> PatchClassifierImpl::trainable_parameters() const {

@@ -1025,14 +1025,11 @@ void check_fits(
       c10::toString(to.scalar_type()));
 }
 
-/// The names of the classifiers that depend on the classes: the backbone's
-/// (BackboneImpl::classifier_parameters) and concat fusion's head.
+/// The names of the parameters that depend on the classes
+/// (PatchClassifierImpl::class_head_parameters).
 std::set<std::string> head_names(PatchClassifier& model, const TensorMap& ours) {
   std::set<std::string> head;
-  for (const auto& [name, tensor] : ours) {
-    if (starts_with(name, "concat.")) head.insert(name);
-  }
-  for (const at::Tensor& p : model->backbone().classifier_parameters()) {
+  for (const at::Tensor& p : model->class_head_parameters()) {
     for (const auto& [name, tensor] : ours) {
       if (tensor.unsafeGetTensorImpl() == p.unsafeGetTensorImpl()) head.insert(name);
     }

@@ -79,6 +79,14 @@ bool fusion_rule_needs_positions(FusionRule rule) { return rule == FusionRule::k
 
 bool fusion_rule_is_differentiable(FusionRule rule) { return rule != FusionRule::kVote; }
 
+void check_fusion_fits(FusionRule rule, bool tiled) {
+  check_option(
+      !tiled || !fusion_rule_needs_positions(rule),
+      "fusion",
+      "{}: bags of tiles have no fixed positions, expected another rule for a tiled model",
+      fusion_rule_name(rule));
+}
+
 namespace {
 
 /// Bags padded to P: `mask` bool [B,P] -> [B,P,1], and the bag sizes as [B,1] of `like`'s type.

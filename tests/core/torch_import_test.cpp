@@ -194,7 +194,9 @@ TEST_F(TorchImportTest, KeepHeadStartsAnotherClassCountFromAModelFile) {
         HasSubstr("fc2.weight"));
     load_initial_weights(model, path("m.pw"), true);
     EXPECT_TRUE(model->backbone().classifier_parameters()[0].equal(head));
-    if (concat) EXPECT_TRUE(model->named_parameters()["concat.weight"].equal(concat_head));
+    if (concat) {
+      EXPECT_TRUE(model->named_parameters()["concat.weight"].equal(concat_head));
+    }
     EXPECT_TRUE(named_state(model)[0].second.equal(named_state(source)[0].second));
   }
 }

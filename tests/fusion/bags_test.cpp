@@ -146,7 +146,8 @@ TEST_F(BagsTest, TiledModelsRefuseAPositionEmbeddingAndConcatFusion) {
   EXPECT_THROW(PatchClassifier{c}, OptionError);
   EXPECT_THAT(
       [] { PatchClassifier{bag_config(FusionRule::kConcat)}; },
-      ::testing::ThrowsMessage<OptionError>(::testing::HasSubstr("fusion: concat: tiled")));
+      ::testing::ThrowsMessage<OptionError>(
+          ::testing::HasSubstr("fusion: concat: bags of tiles have no fixed positions")));
 }
 
 }  // namespace

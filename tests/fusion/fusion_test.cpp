@@ -101,6 +101,12 @@ TEST(FusionTest, NamesRoundTripAndUnknownNamesAreRefused) {
   EXPECT_FALSE(fusion_rule_has_attention(FusionRule::kConcat));
   EXPECT_TRUE(fusion_rule_needs_positions(FusionRule::kConcat));
   EXPECT_FALSE(fusion_rule_needs_positions(FusionRule::kGatedAttention));
+  EXPECT_NO_THROW(check_fusion_fits(FusionRule::kConcat, /*tiled=*/false));
+  EXPECT_NO_THROW(check_fusion_fits(FusionRule::kGatedAttention, /*tiled=*/true));
+  EXPECT_THAT(
+      [] { check_fusion_fits(FusionRule::kConcat, /*tiled=*/true); },
+      ::testing::ThrowsMessage<OptionError>(
+          ::testing::HasSubstr("fusion: concat: bags of tiles have no fixed positions")));
   EXPECT_THROW(fuse(FusionRule::kConcat, torch::zeros({1, 2, 3})), InputError);
   EXPECT_THROW(fuse(FusionRule::kAttention, torch::zeros({1, 2, 3})), InputError);
   EXPECT_FALSE(fusion_rule_is_differentiable(FusionRule::kVote));
@@ -130,6 +136,9 @@ TEST(FusionTest, ConcatIsALinearHeadOverTheFeaturesInGridOrder) {
   }
   EXPECT_TRUE(torch::allclose(out.log_probs, torch::log_softmax(logits, 1), 1e-12, 1e-12));
   EXPECT_FALSE(out.attention.defined());
+  const std::vector<at::Tensor> head = model->class_head_parameters();  // classifier, concat
+  EXPECT_EQ(head.size(), model->backbone().classifier_parameters().size() + 2);
+  EXPECT_TRUE(head.back().is_same(params["concat.bias"]));
   model->set_fusion(FusionRule::kGMean);  // evaluated with a fixed rule, the head is unused
   PatchOutput fixed = model->forward(torch::randn({2, 1, 28, 28}, torch::kFloat64));
   EXPECT_TRUE(torch::equal(fixed.log_probs, fuse(FusionRule::kGMean, fixed.patch_logits)));

@@ -87,6 +87,9 @@ class PatchClassifierImpl : public torch::nn::Module {
   /// when training on a feature cache): the backbone's feature layers stop requiring
   /// gradients.
   void freeze_features();
+  /// The parameters whose shapes follow the classes: the backbone's classifier and, under
+  /// concat fusion, its head. Attention does not depend on the classes.
+  std::vector<at::Tensor> class_head_parameters() const;
   /// The parameters that require gradients: all of them, or the head's after freeze_features.
   std::vector<at::Tensor> trainable_parameters() const;
   /// Evaluates with another rule from now on: any fixed rule, or the model's own.

@@ -34,11 +34,12 @@ TensorMap read_torch_state_dict(const std::string& path);
 /// the backbone's alone ("layer1.0.conv1.weight", "fc.weight": torchvision's ResNet), or
 /// torchvision's VGG ("features.<i>.*": the k-th convolution and batch norm there onto
 /// vgg16's k-th). Backbone-only files leave the input normalization and the attention as
-/// they are. With `keep_head` the backbone's classifier (classifier_parameters) keeps its
-/// weights and the file's ("fc.*", "classifier.*") are skipped: an ImageNet model with a
-/// new head. Otherwise every tensor must be present, and every name known; floating-point
-/// tensors are converted to the model's type; num_batches_tracked may be absent. Nothing is
-/// copied unless everything fits: InputError naming the file and the tensor otherwise.
+/// they are. With `keep_head` the parameters that follow the classes (class_head_parameters:
+/// the backbone's classifier, concat's head) keep their weights and the file's ("fc.*",
+/// "classifier.*", "concat.*") are skipped: an ImageNet model with a new head. Otherwise
+/// every tensor must be present, and every name known; floating-point tensors are converted
+/// to the model's type; num_batches_tracked may be absent. Nothing is copied unless
+/// everything fits: InputError naming the file and the tensor otherwise.
 void import_torch_weights(
     PatchClassifier& model, const TensorMap& state, const std::string& path, bool keep_head);
 

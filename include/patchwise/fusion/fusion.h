@@ -46,6 +46,9 @@ bool fusion_rule_is_learned(FusionRule rule);
 bool fusion_rule_has_attention(FusionRule rule);
 /// Whether `rule` gives each grid position weights of its own (fixed grids only).
 bool fusion_rule_needs_positions(FusionRule rule);
+/// Throws OptionError naming "fusion" when `rule` cannot fuse the model's patches: a rule
+/// that needs positions on a tiled model, whose bags of tiles have none.
+void check_fusion_fits(FusionRule rule, bool tiled);
 /// Whether a loss on the fused output can be trained through `rule`.
 bool fusion_rule_is_differentiable(FusionRule rule);
 
