@@ -443,6 +443,28 @@ TEST_F(CliTest, ARecipeFileSetsFlagsTheCommandLineWinsAndTheModelFileKeepsEveryC
       train + " --optimizer sgd --nesterov", "--nesterov: with optimizer sgd and momentum 0");
 }
 
+/// The README's figures are each one command over a file of recipes/: every shipped recipe
+/// must still train (two short epochs here) and its model file must keep each value it sets.
+TEST_F(CliTest, EveryShippedRecipeTrainsAndTheModelFileKeepsItsValues) {
+  int recipes = 0;
+  for (const auto& entry : fs::directory_iterator(PATCHWISE_RECIPES_DIR)) {
+    if (entry.path().extension() != ".json") continue;
+    ++recipes;
+    const std::string name = entry.path().stem().string();
+    const nlohmann::json recipe = nlohmann::json::parse(test::read_file(entry.path()));
+    Result r =
+        pw("train --data " + kData + " --limit-train 32 --limit-test 16 --recipe " +
+           entry.path().string() + " --epochs 2 --batch 16 -o " + file(name + ".pw"));
+    ASSERT_EQ(r.code, 0) << name << "\n" << r.err;
+    const nlohmann::json flags = load_model_training(file(name + ".pw"))["flags"];
+    for (const auto& [key, value] : recipe.items()) {
+      if (key == "epochs" || key == "batch") continue;  // shortened above
+      EXPECT_EQ(flags[key], value) << name << ": " << key;
+    }
+  }
+  EXPECT_GE(recipes, 6);
+}
+
 TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy) {
   Result r =
       pw("train --data " + kData +
