@@ -26,6 +26,7 @@
 #include "patchwise/data/source.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/fusion/fusion.h"
+#include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
@@ -588,6 +589,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   TrainerOptions options = trainer_options(f);
   const c10::Device device = resolve_device(f.runtime.device);
   f.runtime.threads = train_threads(f, dist_config);  // stored: --resume runs with as many
+  set_train_kernels(parse_train_kernels(f.kernels));
 
   const TrainData data = load_train_data(f);
   const ModelConfig config = model_config(f, app, data, options);

@@ -10,6 +10,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/fusion/fusion.h"
+#include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 
 namespace patchwise::cli {
@@ -68,6 +69,20 @@ TrainFlag field(
 
 #define PW_FIELD(member) \
   [](TrainFlags & f) -> auto& { return f.member; }
+
+/// The check of --kernels: parse_train_kernels's, so the names live there alone.
+CLI::Validator kernels_check() {
+  return CLI::Validator(
+      [](std::string& name) {
+        try {
+          parse_train_kernels(name);
+          return std::string();
+        } catch (const OptionError& e) {
+          return e.detail();
+        }
+      },
+      "auto|aten");
+}
 
 const CLI::Validator kPositive = CLI::PositiveNumber;
 const CLI::Validator kNonNegative = CLI::NonNegativeNumber;
@@ -375,6 +390,15 @@ void output_rows(std::vector<TrainFlag>& t) {
       Kept::kRestored,
       PW_FIELD(runtime.precision),
       precision_check()));
+  t.push_back(field(
+      "kernels",
+      "--kernels",
+      "how residual backbones train on the CPU: auto (oneDNN's blocked layout with Winograd "
+      "convolutions where the processor has AVX-512, else LibTorch's kernels) or aten "
+      "(LibTorch's kernels always); both compute the same function",
+      Kept::kUnlessGiven,
+      PW_FIELD(kernels),
+      kernels_check()));
 }
 
 #undef PW_FIELD

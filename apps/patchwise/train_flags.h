@@ -58,7 +58,8 @@ struct TrainFlags {
   std::string resume;
   double dist_timeout = 300;
   RuntimeFlags runtime;
-  bool tiled = false;  ///< --tile given: images are bags of tiles
+  std::string kernels = "auto";  ///< models/kernels.h
+  bool tiled = false;            ///< --tile given: images are bags of tiles
   TileFlags tiles;
   int64_t select = 0;
 };

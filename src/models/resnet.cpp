@@ -15,6 +15,7 @@
 // (option B). Batch norm always; the convolutions have no bias.
 #include <vector>
 
+#include "blocked.h"
 #include "layers.h"
 
 namespace patchwise::detail {
@@ -72,6 +73,20 @@ class BasicBlockImpl : public nn::Module {
     y += downsample_ ? downsample_->forward(x) : x;
     return y.relu_();
   }
+  /// The same on a blocked tensor (src/models/blocked.h), in training.
+  at::Tensor forward_blocked(const at::Tensor& xb) {
+    const int64_t stride = (*conv1_->options.stride())[0];
+    at::Tensor y = blocked::batch_norm(blocked::conv(xb, conv1_->weight, stride), *bn1_, true);
+    y = blocked::batch_norm(blocked::conv(y, conv2_->weight, 1), *bn2_, false);
+    if (downsample_) {
+      auto& project = *downsample_[0]->as<nn::Conv2dImpl>();
+      auto& norm = *downsample_[1]->as<nn::BatchNorm2dImpl>();
+      y += blocked::batch_norm(blocked::conv(xb, project.weight, stride), norm, false);
+    } else {
+      y += xb;
+    }
+    return y.relu_();
+  }
 
  private:
   nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
@@ -106,10 +121,27 @@ class ResNetImpl : public BackboneImpl {
     }
   }
   at::Tensor features(const at::Tensor& x) override {
+    if (is_training() && blocked_widths() && blocked::use_for(x)) return features_blocked(x);
     at::Tensor stem = conv1_->forward(x).contiguous(at::MemoryFormat::ChannelsLast);
     at::Tensor y = bn1_->forward(stem).relu_();
     for (auto& stage : stages_) y = stage->forward(y);
     return y.mean({2, 3});  // global average pooling
+  }
+  /// Training on oneDNN's blocked layout (models/kernels.h): the stem's convolution as
+  /// above, everything after it blocked up to the pooling.
+  at::Tensor features_blocked(const at::Tensor& x) {
+    at::Tensor y = blocked::batch_norm(blocked::to_blocked(conv1_->forward(x)), *bn1_, true);
+    for (auto& stage : stages_) {
+      for (const auto& block : stage->children())
+        y = block->as<BasicBlockImpl>()->forward_blocked(y);
+    }
+    return blocked::mean_pool(y);
+  }
+  /// Whether every width is a whole number of oneDNN's 16-channel blocks.
+  bool blocked_widths() const {
+    bool whole = plan_.stem % 16 == 0;
+    for (const int64_t w : plan_.widths) whole = whole && w % 16 == 0;
+    return whole;
   }
   at::Tensor classify(const at::Tensor& f) override { return fc_->forward(f); }
   int64_t feature_dim() const override { return plan_.widths.back(); }

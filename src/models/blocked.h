@@ -1,0 +1,32 @@
+#pragma once
+// Training on oneDNN's blocked layout (not part of the API; see models/kernels.h).
+// A blocked tensor holds [N,C,H,W] as a contiguous [N,C/16,H,W,16]: oneDNN's nChw16c,
+// which its Winograd convolutions require. Elementwise ATen operations (the residual
+// addition, ReLU) work on it as they are; convolutions and batch norms go through the
+// functions below, each differentiable.
+
+#include <torch/torch.h>
+
+#include <cstdint>
+
+namespace patchwise::detail::blocked {
+
+/// Whether a residual backbone in training should take the blocked path for `x`: the
+/// choice of set_train_kernels, a float32 CPU input outside autocast, and Winograd here.
+bool use_for(const at::Tensor& x);
+
+/// [N,C,H,W] (any memory format, C a multiple of 16) -> blocked.
+at::Tensor to_blocked(const at::Tensor& x);
+/// Blocked -> [N,C] averaged over H and W (global average pooling).
+at::Tensor mean_pool(const at::Tensor& xb);
+
+/// A convolution without bias, padding k/2: blocked `xb` -> blocked output. `weight` is
+/// [O,C,k,k] in any memory format. Winograd where k = 3, stride 1 and both channel
+/// counts are at least 32; the direct kernel otherwise.
+at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride);
+
+/// Batch norm in training mode with the statistics of the batch, updating the layer's
+/// running statistics as torch::nn::BatchNorm2d does; `relu`: ReLU fused after it.
+at::Tensor batch_norm(const at::Tensor& xb, torch::nn::BatchNorm2dImpl& bn, bool relu);
+
+}  // namespace patchwise::detail::blocked

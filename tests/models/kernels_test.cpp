@@ -1,0 +1,145 @@
+#include "patchwise/models/kernels.h"
+
+#include <gmock/gmock.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+
+#include "patchwise/core/error.h"
+#include "patchwise/models/backbone.h"
+#include "support/test_support.h"
+
+namespace patchwise {
+namespace {
+
+using ::testing::HasSubstr;
+
+/// Restores the process-wide choice when a test ends.
+class KernelsTest : public test::SeededTest {
+ protected:
+  void TearDown() override { set_train_kernels(TrainKernels::kAuto); }
+};
+
+BackboneOptions options(const std::string& name) {
+  BackboneOptions o;
+  o.name = name;
+  o.in_channels = 1;
+  o.input = 16;
+  o.num_classes = 7;
+  return o;
+}
+
+/// One training pass of `net` (a copy of `from`, in `dtype`) under `kernels`: logits,
+/// then every parameter's gradient and every buffer after the pass, by name.
+std::map<std::string, at::Tensor> training_pass(
+    const std::shared_ptr<BackboneImpl>& from, const std::string& name, TrainKernels kernels,
+    torch::Dtype dtype, const at::Tensor& x, const at::Tensor& upstream) {
+  auto net = make_backbone(options(name));
+  {
+    torch::NoGradGuard no_grad;
+    auto source = from->named_parameters();
+    for (auto& p : net->named_parameters()) p.value().copy_(source[p.key()]);
+    auto buffers = from->named_buffers();
+    for (auto& b : net->named_buffers()) b.value().copy_(buffers[b.key()]);
+  }
+  net->to(dtype);
+  net->train();
+  set_train_kernels(kernels);
+  at::Tensor logits = net->forward(x.to(dtype));
+  logits.backward(upstream.to(dtype));
+  std::map<std::string, at::Tensor> out{{"logits", logits.detach().to(torch::kDouble)}};
+  for (auto& p : net->named_parameters()) {
+    out["grad " + p.key()] = p.value().grad().to(torch::kDouble);
+  }
+  for (auto& b : net->named_buffers()) out[b.key()] = b.value().to(torch::kDouble);
+  return out;
+}
+
+/// max |a - b| over max |b|.
+double relative_gap(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = b.abs().max().item<double>();
+  return (a - b).abs().max().item<double>() / std::max(scale, 1e-30);
+}
+
+// The blocked path (oneDNN's nChw16c, Winograd for 32 channels and more, its batch
+// norm with the ReLU fused) and LibTorch's compute the same function in float32; both
+// are compared with LibTorch's in float64. Each float32 layer sums at most 9 x 64 = 576
+// products (u = 2^-24 each, so |error| <= 576 u of the sum of magnitudes, 3.4e-5; batch
+// norm divides by the batch's own spread, which keeps each layer's outputs of order 1),
+// and Winograd F(4x4, 3x3) adds its transforms' rounding, whose coefficients reach 8 in
+// magnitude in the output transform: 8 x 576 u = 2.7e-4 per layer. Over the 20 layers of
+// ResNet-20 the errors add: 20 x 2.7e-4 = 5.5e-3 relative to the largest value, a bound
+// both paths must meet; gradients traverse the layers twice, hence twice the bound.
+TEST_F(KernelsTest, BlockedTrainingMatchesLibTorchWithinFloat32Rounding) {
+  if (!winograd_available()) GTEST_SKIP() << "no Winograd convolutions in this oneDNN";
+  for (const std::string name : {"resnet20", "bagnet11"}) {
+    auto from = make_backbone(options(name));
+    const at::Tensor x = torch::randn({16, 1, 16, 16});
+    const at::Tensor upstream = torch::randn({16, 7});
+    const auto exact = training_pass(from, name, TrainKernels::kAten, torch::kDouble, x, upstream);
+    const auto aten = training_pass(from, name, TrainKernels::kAten, torch::kFloat, x, upstream);
+    const auto blocked = training_pass(from, name, TrainKernels::kAuto, torch::kFloat, x, upstream);
+    const double layer = 8 * 576 * std::ldexp(1.0, -24), forward_bound = 20 * layer;
+    ASSERT_EQ(exact.size(), blocked.size());
+    for (const auto& [key, value] : exact) {
+      const double bound = key.rfind("grad ", 0) == 0 ? 2 * forward_bound : forward_bound;
+      EXPECT_LE(relative_gap(blocked.at(key), value), bound) << name << " " << key;
+      EXPECT_LE(relative_gap(aten.at(key), value), bound) << name << " " << key;
+    }
+    // The running statistics moved: the batch's, not the initial ones, were folded in.
+    EXPECT_GT(relative_gap(blocked.at("bn1.running_mean"), torch::zeros({1})), 0.0) << name;
+    EXPECT_EQ(blocked.at("bn1.num_batches_tracked").item<double>(), 1.0) << name;
+  }
+}
+
+TEST_F(KernelsTest, EvaluationIsTheSameUnderEitherChoice) {
+  auto net = make_backbone(options("resnet20"));
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = torch::randn({4, 1, 16, 16});
+  set_train_kernels(TrainKernels::kAten);
+  const at::Tensor aten = net->forward(x);
+  set_train_kernels(TrainKernels::kAuto);
+  EXPECT_TRUE(torch::equal(net->forward(x), aten));
+}
+
+TEST_F(KernelsTest, ResNet20LearnsAFixedBatchOnEitherChoice) {
+  for (const TrainKernels kernels : {TrainKernels::kAuto, TrainKernels::kAten}) {
+    set_train_kernels(kernels);
+    auto net = make_backbone(options("resnet20"));
+    torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+    const at::Tensor x = torch::randn({8, 1, 16, 16});
+    const at::Tensor y = torch::randint(0, 7, {8});
+    net->train();
+    double first = 0, last = 0;
+    for (int step = 0; step < 30; ++step) {
+      adam.zero_grad();
+      at::Tensor loss = torch::cross_entropy_loss(net->forward(x), y);
+      loss.backward();
+      adam.step();
+      last = loss.item<double>();
+      if (step == 0) first = last;
+    }
+    EXPECT_LT(last, 0.25 * first) << train_kernels_name(kernels);
+  }
+}
+
+TEST_F(KernelsTest, NamesRoundTripAndUnknownOnesAreRefused) {
+  for (const TrainKernels k : {TrainKernels::kAuto, TrainKernels::kAten}) {
+    EXPECT_EQ(parse_train_kernels(train_kernels_name(k)), k);
+  }
+  EXPECT_THAT(
+      [] { parse_train_kernels("winograd"); },
+      ::testing::ThrowsMessage<OptionError>(HasSubstr("'winograd'")));
+  try {
+    parse_train_kernels("fast");
+    FAIL() << "no error";
+  } catch (const OptionError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("expected auto or aten"));
+  }
+}
+
+}  // namespace
+}  // namespace patchwise
