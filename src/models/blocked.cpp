@@ -1,10 +1,15 @@
 // oneDNN called directly on blocked activations, for training the residual backbones.
 // LibTorch 1.13 reaches oneDNN only through its own convolution, which takes NCHW or
 // channels-last tensors and lets oneDNN pick the direct algorithm; its Winograd kernels
-// (jit_wino_4x3, AVX-512) need nChw16c on both sides. Measured on 2 cores of a Xeon
-// (family 6, model 167), batch 256, forward + both backward passes: 32 channels at
-// 16x16 8.8 ms direct against 6.4 Winograd, 64 at 8x8 8.4 against 4.8, but 16 at 32x32
-// 9.9 against 13.5, hence the 32-channel threshold.
+// (jit_wino_4x3, AVX-512) need nChw16c on both sides. They compute 4x4 output tiles, so
+// their cost follows the tiles while the direct kernel's follows the outputs. Measured on
+// 2 cores of a Xeon (family 6, model 167), forward + both backward passes, Winograd's time
+// over the direct kernel's, by channels and side (tile efficiency: outputs over tiled
+// outputs): 32 at 16x16 0.74 and at 12x12 0.70 (1.0), at 14x14 0.90 (0.77), at 9x9 1.23
+// (0.56); 64 at 8x8 0.57 (1.0), at 7x7 0.67 (0.77), at 6x6 0.90 and at 5x5 1.44 (0.56,
+// 0.39); 16 at 32x32 1.36 and at 18x18 1.74. Hence Winograd from 32 channels where at
+// least 3/4 of the tiled outputs are real.
+
 #include "blocked.h"
 
 #include <ATen/autocast_mode.h>
@@ -51,6 +56,17 @@ using torch::autograd::variable_list;
 
 constexpr int64_t kBlock = 16;        // channels per block of nChw16c
 constexpr int64_t kWinogradMin = 32;  // channels from which Winograd wins (see the top)
+constexpr int64_t kTile = 4;          // Winograd F(4x4, 3x3)'s output tile
+
+/// Outputs over tiled outputs of one side (the last tile may hang over the edge).
+double tile_efficiency(int64_t side) {
+  return double(side) / double((side + kTile - 1) / kTile * kTile);
+}
+
+bool use_winograd(const Dims& src, const Dims& weight, const Dims& dst, int64_t stride) {
+  return weight[2] == 3 && weight[3] == 3 && stride == 1 && src[1] >= kWinogradMin &&
+         weight[0] >= kWinogradMin && tile_efficiency(dst[2]) * tile_efficiency(dst[3]) >= 0.75;
+}
 
 dnnl::engine& cpu_engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -115,8 +131,7 @@ std::unique_ptr<ConvPrimitives> make_conv(const Dims& src, const Dims& weight, i
   const Dims strides{stride, stride}, padding{pad, pad};
   const memory::desc s = blocked_desc(src), d = blocked_desc(dst);
   const memory::desc w(weight, memory::data_type::f32, memory::format_tag::any);
-  const bool winograd =
-      k == 3 && stride == 1 && src[1] >= kWinogradMin && weight[0] >= kWinogradMin;
+  const bool winograd = use_winograd(src, weight, dst, stride);
   for (const dnnl::algorithm algorithm :
        {winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
         dnnl::algorithm::convolution_direct}) {

@@ -21,8 +21,8 @@ at::Tensor to_blocked(const at::Tensor& x);
 at::Tensor mean_pool(const at::Tensor& xb);
 
 /// A convolution without bias, padding k/2: blocked `xb` -> blocked output. `weight` is
-/// [O,C,k,k] in any memory format. Winograd where k = 3, stride 1 and both channel
-/// counts are at least 32; the direct kernel otherwise.
+/// [O,C,k,k] in any memory format. Winograd where k = 3, stride 1, both channel counts
+/// are at least 32 and 4x4 tiles cover the output with little waste; direct otherwise.
 at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride);
 
 /// Batch norm in training mode with the statistics of the batch, updating the layer's
