@@ -2,7 +2,8 @@
 // and resize, the backbone's forward and loss, backward, and Adam's update; then
 // LibTorch's profiler table of the operators over the same steps.
 //
-//   build/bench/step_breakdown [seed|whole|vgg|resnet|mil] [STEPS] [THREADS]   (0: one per core)
+//   build/bench/step_breakdown [seed|whole|vgg|resnet|mil] [STEPS] [THREADS] [KERNELS]
+// THREADS 0: one per core; KERNELS: auto (the default) or aten, as train's --kernels.
 //
 // mil: the MIL job of patchwise_bench (4 bags of 300-420 random 32x32 tiles, a tiled
 // small-cnn with batch norm and gated attention, the fused loss); it has nothing to cut.
@@ -20,6 +21,7 @@
 #include "patchwise/core/patch_classifier.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/idx.h"
+#include "patchwise/models/kernels.h"
 #include "patchwise/train/loss.h"
 
 using namespace patchwise;
@@ -133,10 +135,17 @@ int main(int argc, char** argv) {
   if ((layout != "seed" && layout != "whole" && layout != "vgg" && layout != "resnet" && !mil) ||
       steps < 1) {
     std::fprintf(
-        stderr, "usage: step_breakdown [seed|whole|vgg|resnet|mil] [STEPS >= 1] [THREADS]\n");
+        stderr,
+        "usage: step_breakdown [seed|whole|vgg|resnet|mil] [STEPS >= 1] [THREADS] [auto|aten]\n");
     return 2;
   }
   set_threads(argc > 3 ? std::atoi(argv[3]) : 0);
+  try {
+    set_train_kernels(parse_train_kernels(argc > 4 ? argv[4] : "auto"));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "step_breakdown: %s\n", e.what());
+    return 2;
+  }
   use_caching_cpu_allocator(kDefaultCpuCacheBytes);  // as the patchwise binary does
   constexpr int64_t kBatch = 64;
   Dataset data = load_idx_split("/usr/share/datasets/fashion-mnist", "train", 6400);
