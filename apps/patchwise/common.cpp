@@ -92,17 +92,22 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
       ->capture_default_str();
 }
 
-CLI::Validator precision_check() {
+CLI::Validator parse_check(
+    const std::function<void(const std::string&)>& parse, const std::string& names) {
   return CLI::Validator(
-      [](std::string& name) {
+      [parse](std::string& name) {
         try {
-          parse_precision(name);
+          parse(name);
           return std::string();
         } catch (const OptionError& e) {
           return e.detail();
         }
       },
-      "fp32|bf16");
+      names);
+}
+
+CLI::Validator precision_check() {
+  return parse_check([](const std::string& name) { parse_precision(name); }, "fp32|bf16");
 }
 
 Precision runtime_precision(const RuntimeFlags& flags, c10::Device device) {

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <utility>
@@ -43,6 +44,10 @@ struct RuntimeFlags {
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
 /// The check of --precision's value: parse_precision's, so the names live there alone.
 CLI::Validator precision_check();
+/// A check that runs `parse` on the value and reports its OptionError's detail, so that
+/// the names a flag takes live in its parser alone; `names` is the help's "a|b".
+CLI::Validator parse_check(
+    const std::function<void(const std::string&)>& parse, const std::string& names);
 /// --precision parsed, with a warning on stderr when bf16 will run on a CPU without
 /// native bfloat16 arithmetic (slower than fp32 there).
 Precision runtime_precision(const RuntimeFlags& flags, c10::Device device);

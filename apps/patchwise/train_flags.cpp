@@ -72,16 +72,7 @@ TrainFlag field(
 
 /// The check of --kernels: parse_train_kernels's, so the names live there alone.
 CLI::Validator kernels_check() {
-  return CLI::Validator(
-      [](std::string& name) {
-        try {
-          parse_train_kernels(name);
-          return std::string();
-        } catch (const OptionError& e) {
-          return e.detail();
-        }
-      },
-      "auto|aten");
+  return parse_check([](const std::string& name) { parse_train_kernels(name); }, "auto|aten");
 }
 
 const CLI::Validator kPositive = CLI::PositiveNumber;
