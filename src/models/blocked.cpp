@@ -170,6 +170,26 @@ Dims weight_dims(const at::Tensor& weight) {
   return Dims(weight.sizes().begin(), weight.sizes().end());
 }
 
+/// The gradient of the weights, in the weight's own memory format.
+at::Tensor weight_gradient(
+    ConvPrimitives& p, const at::Tensor& xb, const memory& diff_dst, const at::Tensor& weight) {
+  at::Tensor dw = at::empty_like(weight);
+  const memory::desc want = p.weights_pd.diff_weights_desc(), user = strided_desc(dw);
+  at::Tensor inner =
+      want == user ? dw : at::empty({int64_t(want.get_size() / sizeof(float))}, dw.options());
+  memory diff_w = wrap(want, inner);
+  p.weights.execute(
+      cpu_stream(),
+      {{DNNL_ARG_SRC, wrap(p.weights_pd.src_desc(), xb)},
+       {DNNL_ARG_DIFF_DST, diff_dst},
+       {DNNL_ARG_DIFF_WEIGHTS, diff_w}});
+  if (!(want == user)) {
+    memory target = wrap(user, dw);
+    dnnl::reorder(diff_w, target).execute(cpu_stream(), diff_w, target);
+  }
+  return dw;
+}
+
 class BlockedConv : public torch::autograd::Function<BlockedConv> {
  public:
   static at::Tensor forward(
@@ -208,20 +228,8 @@ class BlockedConv : public torch::autograd::Function<BlockedConv> {
            {DNNL_ARG_WEIGHTS, w},
            {DNNL_ARG_DIFF_SRC, wrap(p.data_pd.diff_src_desc(), dx)}});
     }
-    at::Tensor dw = at::empty_like(weight);  // the weight's own memory format
-    const memory::desc want = p.weights_pd.diff_weights_desc(), user = strided_desc(dw);
-    at::Tensor inner =
-        want == user ? dw : at::empty({int64_t(want.get_size() / sizeof(float))}, dw.options());
-    memory diff_w = wrap(want, inner);
-    p.weights.execute(
-        cpu_stream(),
-        {{DNNL_ARG_SRC, wrap(p.weights_pd.src_desc(), xb)},
-         {DNNL_ARG_DIFF_DST, diff_dst},
-         {DNNL_ARG_DIFF_WEIGHTS, diff_w}});
-    if (!(want == user)) {
-      memory target = wrap(user, dw);
-      dnnl::reorder(diff_w, target).execute(cpu_stream(), diff_w, target);
-    }
+    at::Tensor dw;
+    if (ctx->needs_input_grad(1)) dw = weight_gradient(p, xb, diff_dst, weight);
     return {dx, dw, at::Tensor()};
   }
 };

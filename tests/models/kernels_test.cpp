@@ -105,6 +105,19 @@ TEST_F(KernelsTest, EvaluationIsTheSameUnderEitherChoice) {
   EXPECT_TRUE(torch::equal(net->forward(x), aten));
 }
 
+// Frozen convolutions (PatchClassifier::freeze_features) get no gradient, the rest do.
+TEST_F(KernelsTest, FrozenConvolutionsGetNoGradient) {
+  auto net = make_backbone(options("resnet20"));
+  for (auto& p : net->parameters()) {
+    if (p.dim() == 4) p.requires_grad_(false);
+  }
+  net->train();
+  net->forward(torch::randn({4, 1, 16, 16})).sum().backward();
+  for (auto& p : net->named_parameters()) {
+    EXPECT_EQ(p.value().grad().defined(), p.value().dim() != 4) << p.key();
+  }
+}
+
 TEST_F(KernelsTest, NamesRoundTripAndUnknownOnesAreRefused) {
   for (const TrainKernels k : {TrainKernels::kAuto, TrainKernels::kAten}) {
     EXPECT_EQ(parse_train_kernels(train_kernels_name(k)), k);
