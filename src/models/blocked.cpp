@@ -102,14 +102,23 @@ memory wrap(const memory::desc& desc, const at::Tensor& t) {
   return memory(desc, cpu_engine(), t.data_ptr());
 }
 
+/// Flat float storage for a tensor of layout `desc`.
+at::Tensor empty_for(const memory::desc& desc, const at::TensorOptions& options) {
+  return at::empty({static_cast<int64_t>(desc.get_size() / sizeof(float))}, options);
+}
+
+void copy(memory& source, memory& target) {
+  dnnl::reorder(source, target).execute(cpu_stream(), source, target);
+}
+
 /// `t` in the layout `want`: its own memory when it has it, else a copy kept in `keep`.
 memory in_layout(const at::Tensor& t, const memory::desc& want, at::Tensor& keep) {
   const memory::desc have = strided_desc(t);
   memory source = wrap(have, t);
   if (have == want) return source;
-  keep = at::empty({static_cast<int64_t>(want.get_size() / sizeof(float))}, t.options());
+  keep = empty_for(want, t.options());
   memory target = wrap(want, keep);
-  dnnl::reorder(source, target).execute(cpu_stream(), source, target);
+  copy(source, target);
   return target;
 }
 
@@ -124,26 +133,54 @@ struct ConvPrimitives {
   dnnl::convolution_backward_weights weights;
 };
 
+/// A convolution's shapes and layouts: blocked source and output, weights in the layout
+/// oneDNN prefers, padding k/2.
+struct ConvShape {
+  memory::desc src, weights, dst;
+  Dims strides, padding;
+
+  ConvShape(const Dims& s, const Dims& w, int64_t stride)
+      : src(blocked_desc(s)),
+        weights(w, memory::data_type::f32, memory::format_tag::any),
+        dst(blocked_desc(
+            {s[0],
+             w[0],
+             (s[2] + 2 * (w[2] / 2) - w[2]) / stride + 1,
+             (s[3] + 2 * (w[3] / 2) - w[3]) / stride + 1})),
+        strides{stride, stride},
+        padding{w[2] / 2, w[3] / 2} {}
+
+  dnnl::convolution_forward::primitive_desc forward(dnnl::algorithm algorithm) const {
+    return dnnl::convolution_forward::primitive_desc(
+        {dnnl::prop_kind::forward_training,
+         algorithm,
+         src,
+         weights,
+         dst,
+         strides,
+         padding,
+         padding},
+        cpu_engine());
+  }
+};
+
 std::unique_ptr<ConvPrimitives> make_conv(const Dims& src, const Dims& weight, int64_t stride) {
-  const int64_t k = weight[2], pad = k / 2;
-  const Dims dst{
-      src[0], weight[0], (src[2] + 2 * pad - k) / stride + 1, (src[3] + 2 * pad - k) / stride + 1};
-  const Dims strides{stride, stride}, padding{pad, pad};
-  const memory::desc s = blocked_desc(src), d = blocked_desc(dst);
-  const memory::desc w(weight, memory::data_type::f32, memory::format_tag::any);
-  const bool winograd = use_winograd(src, weight, dst, stride);
+  const ConvShape c(src, weight, stride);
+  const bool winograd = use_winograd(src, weight, c.dst.dims(), stride);
   for (const dnnl::algorithm algorithm :
        {winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
         dnnl::algorithm::convolution_direct}) {
     try {
       auto p = std::make_unique<ConvPrimitives>();
-      p->forward_pd = dnnl::convolution_forward::primitive_desc(
-          {dnnl::prop_kind::forward_training, algorithm, s, w, d, strides, padding, padding},
-          cpu_engine());
+      p->forward_pd = c.forward(algorithm);
       p->data_pd = dnnl::convolution_backward_data::primitive_desc(
-          {algorithm, s, w, d, strides, padding, padding}, cpu_engine(), p->forward_pd);
+          {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
+          cpu_engine(),
+          p->forward_pd);
       p->weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-          {algorithm, s, w, d, strides, padding, padding}, cpu_engine(), p->forward_pd);
+          {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
+          cpu_engine(),
+          p->forward_pd);
       p->forward = dnnl::convolution_forward(p->forward_pd);
       p->data = dnnl::convolution_backward_data(p->data_pd);
       p->weights = dnnl::convolution_backward_weights(p->weights_pd);
@@ -175,8 +212,7 @@ at::Tensor weight_gradient(
     ConvPrimitives& p, const at::Tensor& xb, const memory& diff_dst, const at::Tensor& weight) {
   at::Tensor dw = at::empty_like(weight);
   const memory::desc want = p.weights_pd.diff_weights_desc(), user = strided_desc(dw);
-  at::Tensor inner =
-      want == user ? dw : at::empty({int64_t(want.get_size() / sizeof(float))}, dw.options());
+  const at::Tensor inner = want == user ? dw : empty_for(want, dw.options());  // outlives diff_w
   memory diff_w = wrap(want, inner);
   p.weights.execute(
       cpu_stream(),
@@ -185,7 +221,7 @@ at::Tensor weight_gradient(
        {DNNL_ARG_DIFF_WEIGHTS, diff_w}});
   if (!(want == user)) {
     memory target = wrap(user, dw);
-    dnnl::reorder(diff_w, target).execute(cpu_stream(), diff_w, target);
+    copy(diff_w, target);
   }
   return dw;
 }
@@ -368,20 +404,8 @@ at::Tensor batch_norm(const at::Tensor& xb, torch::nn::BatchNorm2dImpl& bn, bool
 bool winograd_available() {
   static const bool available = [] {
     try {
-      using namespace detail::blocked;
-      const Dims src{16, 32, 16, 16}, weight{32, 32, 3, 3};
-      const memory::desc d = blocked_desc(src);
-      const memory::desc w(weight, memory::data_type::f32, memory::format_tag::any);
-      dnnl::convolution_forward::primitive_desc(
-          {dnnl::prop_kind::forward_training,
-           dnnl::algorithm::convolution_winograd,
-           d,
-           w,
-           d,
-           {1, 1},
-           {1, 1},
-           {1, 1}},
-          cpu_engine());
+      const detail::blocked::ConvShape c({16, 32, 16, 16}, {32, 32, 3, 3}, 1);
+      c.forward(dnnl::algorithm::convolution_winograd);
       return true;
     } catch (const dnnl::error&) {
       return false;

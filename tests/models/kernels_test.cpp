@@ -124,13 +124,8 @@ TEST_F(KernelsTest, NamesRoundTripAndUnknownOnesAreRefused) {
   }
   EXPECT_THAT(
       [] { parse_train_kernels("winograd"); },
-      ::testing::ThrowsMessage<OptionError>(HasSubstr("'winograd'")));
-  try {
-    parse_train_kernels("fast");
-    FAIL() << "no error";
-  } catch (const OptionError& e) {
-    EXPECT_THAT(e.what(), HasSubstr("expected auto or aten"));
-  }
+      ::testing::ThrowsMessage<OptionError>(
+          ::testing::AllOf(HasSubstr("'winograd'"), HasSubstr("expected auto or aten"))));
 }
 
 }  // namespace
