@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <thread>
 #include <unordered_map>
@@ -227,6 +228,11 @@ Distributed::Distributed(const DistributedConfig& config) : impl_(std::make_uniq
   // c10d logs each failed connection attempt and timeout through glog, on top of the
   // one line DistributedError gives; keep its own logging to fatal errors.
   FLAGS_minloglevel = std::max(FLAGS_minloglevel, static_cast<int32_t>(google::GLOG_FATAL));
+  // A peer that dies closes its sockets, and a write to them would end this process
+  // with SIGPIPE (seen: rank 0 killed by signal 13 in distributed_test) before the
+  // one-line DistributedError; ignored, as serve does, the write fails with EPIPE and
+  // c10d reports it as an error.
+  std::signal(SIGPIPE, SIG_IGN);
   impl_->config = config;
   impl_->timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_seconds * 1000));
   impl_->connect_store();
