@@ -6,6 +6,7 @@
 //   vgg_train / vgg_infer       VGG16 on the seed's 4 patches of 32x32
 //   resnet_train / resnet_infer ResNet-20 (batch norm) on the seed's 4 patches of 32x32
 //   resnet_train_bf16 / ..._infer_bf16  the same with --precision bf16 (autocast)
+//   resnet56_, resnet18_, bagnet11_ train / infer  the other residual backbones, the same way
 //   predict_latency             one image through the seed model
 //   mil_train / mil_infer       gated-attention MIL: a tiled small-cnn (batch norm, no
 //                               dropout) on 4 bags of 32x32 tiles per call
@@ -77,20 +78,24 @@ void bench_threads() {
   use_caching_cpu_allocator(kDefaultCpuCacheBytes);
 }
 
-enum Layout : int64_t { kSeed = 0, kWhole = 1, kVgg = 2, kResNet = 3 };
+/// What a job runs: a backbone on the seed's 2x2 grid of 18x18 patches, or on the whole image.
+struct Layout {
+  const char* backbone;
+  bool whole = false;
+};
+constexpr Layout kSeed{"small-cnn"}, kWhole{"small-cnn", true}, kVgg{"vgg16"}, kResNet{"resnet20"};
 
-ModelConfig bench_config(int64_t layout) {
+ModelConfig bench_config(const Layout& layout) {
   const Dataset& data = bench_data();
   ModelConfig c;
   c.class_names = data.class_names;
   c.backbone.num_classes = 10;
   c.normalization = compute_normalization(data.images);
-  if (layout == kWhole) {
+  if (layout.whole) {
     c.grid.rows = c.grid.cols = 1;
     c.grid.patch_h = c.grid.patch_w = 28;
   }
-  if (layout == kVgg) c.backbone.name = "vgg16";
-  if (layout == kResNet) c.backbone.name = "resnet20";
+  c.backbone.name = layout.backbone;
   return c;
 }
 
@@ -118,7 +123,8 @@ void report(
       double(state.iterations()) / 1e3, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-void train_job(benchmark::State& state, int64_t layout, Precision precision = Precision::kFloat32) {
+void train_job(
+    benchmark::State& state, const Layout& layout, Precision precision = Precision::kFloat32) {
   bench_threads();
   torch::manual_seed(0);
   const ModelConfig config = bench_config(layout);
@@ -145,7 +151,7 @@ void train_job(benchmark::State& state, int64_t layout, Precision precision = Pr
 }
 
 void infer_job(
-    benchmark::State& state, int64_t layout, int64_t batch,
+    benchmark::State& state, const Layout& layout, int64_t batch,
     Precision precision = Precision::kFloat32) {
   bench_threads();
   torch::manual_seed(0);
@@ -317,6 +323,12 @@ void resnet_infer_bf16(benchmark::State& s) {
   infer_job(s, kResNet, kInferBatch, Precision::kBFloat16);
 }
 void predict_latency(benchmark::State& s) { infer_job(s, kSeed, 1); }
+void resnet56_train(benchmark::State& s) { train_job(s, {"resnet56"}); }
+void resnet56_infer(benchmark::State& s) { infer_job(s, {"resnet56"}, kInferBatch); }
+void resnet18_train(benchmark::State& s) { train_job(s, {"resnet18"}); }
+void resnet18_infer(benchmark::State& s) { infer_job(s, {"resnet18"}, kInferBatch); }
+void bagnet11_train(benchmark::State& s) { train_job(s, {"bagnet11"}); }
+void bagnet11_infer(benchmark::State& s) { infer_job(s, {"bagnet11"}, kInferBatch); }
 
 BENCHMARK(seed_train)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(1.0);
 BENCHMARK(seed_infer)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
@@ -331,6 +343,12 @@ BENCHMARK(resnet_infer_bf16)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
 BENCHMARK(predict_latency)->UseRealTime()->MinTime(3.0)->MinWarmUpTime(1.0);
 BENCHMARK(mil_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
 BENCHMARK(mil_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
+BENCHMARK(resnet56_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(resnet56_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
+BENCHMARK(resnet18_train)->UseRealTime()->MinTime(15.0)->MinWarmUpTime(5.0);
+BENCHMARK(resnet18_infer)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(bagnet11_train)->UseRealTime()->MinTime(10.0)->MinWarmUpTime(3.0);
+BENCHMARK(bagnet11_infer)->UseRealTime()->MinTime(5.0)->MinWarmUpTime(2.0);
 
 }  // namespace
 }  // namespace patchwise

@@ -5,7 +5,8 @@
                                    [--profile STEPS]
 
 JOB: seed_train, seed_infer, whole_train, whole_infer, vgg_train, vgg_infer, resnet_train,
-resnet_infer, predict_latency,
+resnet_infer (ResNet-20), resnet_train_bf16, resnet_infer_bf16, predict_latency,
+resnet56_train, resnet56_infer, resnet18_train, resnet18_infer, bagnet11_train, bagnet11_infer,
 mil_train, mil_infer (gated-attention MIL on 4 bags of random 32x32 tiles; bag sizes as
 patchwise_bench draws them, or PATCHWISE_BAG_SIZES="n1,n2,..." cycled over the bags).
 Prints one JSON line on stdout; everything else goes to stderr. Bad arguments: exit 2.
@@ -28,13 +29,16 @@ try:
 except ImportError as e:
     print(f"peer.py: {e}; install python3-torch and run with /usr/bin/python3", file=sys.stderr)
     sys.exit(2)
-# resnet.cpp's basic block as torchvision writes it, shared with the export's Python side.
+# resnet.cpp's backbones as torchvision writes them, shared with the export's Python side.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from patchwise_torch import BasicBlock  # noqa: E402
+from patchwise_torch import ResNet  # noqa: E402
 
 JOBS = ("seed_train", "seed_infer", "whole_train", "whole_infer", "vgg_train", "vgg_infer",
         "resnet_train", "resnet_infer", "resnet_train_bf16", "resnet_infer_bf16",
-        "predict_latency", "mil_train", "mil_infer")
+        "predict_latency", "mil_train", "mil_infer", "resnet56_train", "resnet56_infer",
+        "resnet18_train", "resnet18_infer", "bagnet11_train", "bagnet11_infer")
+# Jobs named after a residual backbone other than resnet20 ("resnet_" jobs run resnet20).
+RESIDUAL = ("resnet56", "resnet18", "bagnet11")
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 BENCH_IMAGES = 12800  # kBenchImages
 TRAIN_BATCH = 64      # kTrainBatch
@@ -138,23 +142,10 @@ class Vgg16(nn.Module):
         return self.fc(self.conv(x).flatten(2).max(2)[0])  # global max pooling
 
 
-class ResNet20(nn.Module):
-    """resnet.cpp's resnet20: conv3x3 16, 3 stages of 3 basic blocks, average pool, fc."""
-
-    def __init__(self, in_channels, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        blocks, width = [], 16
-        for s, out in enumerate((16, 32, 64)):
-            for b in range(3):
-                blocks.append(BasicBlock(width, out, 2 if s > 0 and b == 0 else 1))
-                width = out
-        self.layers = nn.Sequential(*blocks)
-        self.fc = nn.Linear(width, classes)
-
-    def forward(self, x):
-        return self.fc(self.layers(F.relu(self.bn1(self.conv1(x)))).mean((2, 3)))
+def residual(name):
+    """A residual backbone as scripts/patchwise_torch.py builds it for `patchwise export`:
+    resnet20, resnet56, resnet18 or bagnet11, one input channel, 10 classes."""
+    return ResNet({"name": name, "in_channels": 1, "num_classes": 10})
 
 
 class PatchClassifier(nn.Module):
@@ -292,8 +283,10 @@ def build_model(job, images):
         boxes, patch = [(y, x) for y in (0, 10) for x in (0, 10)], 18  # 2x2 of 18, stride 10
     if job.startswith("vgg"):
         backbone = Vgg16(1)
+    elif job.split("_")[0] in RESIDUAL:
+        backbone = residual(job.split("_")[0])
     elif job.startswith("resnet"):
-        backbone = ResNet20(1)
+        backbone = residual("resnet20")
     else:
         backbone = SmallCnn(1, INPUT)
     return PatchClassifier(backbone, mean, std, boxes, patch, bf16=job.endswith("_bf16"))

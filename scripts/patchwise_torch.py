@@ -136,6 +136,9 @@ class ResNet(nn.Module):
     def classify(self, f):
         return self.fc(f)
 
+    def forward(self, x):
+        return self.classify(self.features(x))
+
 
 BACKBONES = {"small-cnn": SmallCnn, "vgg16": Vgg16, "resnet20": ResNet, "resnet56": ResNet,
              "resnet18": ResNet, "bagnet11": ResNet}
