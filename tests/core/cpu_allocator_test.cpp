@@ -1,24 +1,28 @@
 // The caching CPU allocator: large blocks come back from the cache, within the limit,
-// and tensors computed through it are the same as through the C library's.
+// freed blocks of any size serve blocks of another, and tensors computed through it are
+// the same as through the C library's.
 
 #include "patchwise/core/cpu_allocator.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <utility>
+#include <vector>
+
 namespace patchwise {
 namespace {
 
 constexpr int64_t kMiB = int64_t{1} << 20;
 
-TEST(CpuAllocator, SizeClassesRoundLargeBlocksUpByAtMostAnEighth) {
+TEST(CpuAllocator, LargeBlocksAreWholeMebibytes) {
   EXPECT_EQ(cpu_cache_size_class(1000), 1000);
   EXPECT_EQ(cpu_cache_size_class(kMiB - 1), kMiB - 1);
   for (int64_t bytes : {kMiB, kMiB + 1, 3 * kMiB + 12345, 700 * kMiB + 7}) {
     const int64_t cls = cpu_cache_size_class(bytes);
     EXPECT_GE(cls, bytes);
-    EXPECT_LE(cls, bytes + bytes / 8) << bytes;
-    EXPECT_EQ(cpu_cache_size_class(cls), cls) << "a class is its own class";
+    EXPECT_LT(cls, bytes + kMiB) << bytes;
+    EXPECT_EQ(cls % kMiB, 0) << bytes;
   }
 }
 
@@ -49,6 +53,60 @@ TEST(CpuAllocator, AFreedLargeBlockIsHandedOutAgainAndTheLimitHolds) {
   { at::Tensor t = torch::empty({4 * kMiB / 4}, torch::kFloat32); }
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
   EXPECT_EQ(before.sum().item<float>(), 499500.0f);
+}
+
+/// `mib` MiB of float32 holding `value`, through the cache.
+at::Tensor filled(int64_t mib, float value) {
+  return torch::full({mib * kMiB / 4}, value, torch::kFloat32);
+}
+
+// A block of 8 MiB is made of two freed ones of 3 and 5 MiB that a block in use keeps
+// apart: their pages, moved to a new place (new pages would read 0), and no more memory.
+TEST(CpuAllocator, FreedBlocksOfOtherSizesMakeALargerOne) {
+  use_caching_cpu_allocator(256 * kMiB);
+  empty_cpu_cache();
+  at::Tensor between;
+  std::vector<std::pair<char*, char*>> freed;
+  {
+    at::Tensor a = filled(3, 7.0f);
+    between = filled(1, 0.0f);
+    at::Tensor b = filled(5, 7.0f);
+    for (const at::Tensor& t : {a, b}) {
+      char* start = static_cast<char*>(t.data_ptr());
+      freed.emplace_back(start, start + t.nbytes());
+    }
+  }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 8 * kMiB);
+  const CpuCacheStats start = cpu_cache_stats();
+  const at::Tensor c = torch::empty({8 * kMiB / 4}, torch::kFloat32);
+  EXPECT_EQ(cpu_cache_stats().hits - start.hits, 1);
+  EXPECT_EQ(cpu_cache_stats().misses, start.misses);
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
+  EXPECT_TRUE(torch::equal(c, torch::full_like(c, 7.0f)));
+  char* at = static_cast<char*>(c.data_ptr());
+  for (const auto& [low, high] : freed) EXPECT_FALSE(at >= low && at < high) << "not moved";
+}
+
+// A smaller block is cut from the end of a larger free one, and the two merge again
+// when it is freed.
+TEST(CpuAllocator, ASmallerBlockIsCutFromALargerFreeOneAndMergesBack) {
+  use_caching_cpu_allocator(256 * kMiB);
+  empty_cpu_cache();
+  char* first = nullptr;
+  {
+    at::Tensor t = filled(8, 1.0f);
+    first = static_cast<char*>(t.data_ptr());
+  }
+  {
+    const at::Tensor part = filled(3, 2.0f);
+    EXPECT_EQ(static_cast<char*>(part.data_ptr()), first + 5 * kMiB);
+    EXPECT_EQ(cpu_cache_stats().cached_bytes, 5 * kMiB);
+  }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 8 * kMiB);
+  const at::Tensor whole = torch::empty({8 * kMiB / 4}, torch::kFloat32);
+  EXPECT_EQ(static_cast<char*>(whole.data_ptr()), first);
+  EXPECT_EQ(whole.narrow(0, 5 * kMiB / 4, 1).item<float>(), 2.0f);
+  EXPECT_EQ(whole.narrow(0, 0, 1).item<float>(), 1.0f);
 }
 
 TEST(CpuAllocator, ResultsAreTheSameThroughTheCache) {

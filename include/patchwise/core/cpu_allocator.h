@@ -1,11 +1,17 @@
 #pragma once
-// A caching CPU allocator for LibTorch. Training on bags allocates the same few large
-// activation buffers (hundreds of MB for a batch of bags) every step; glibc hands such
-// blocks to mmap and back to the kernel on free, so each step page-faults and zeroes
-// them again (half the wall time of a training step on bags went to the kernel). This
-// allocator keeps freed blocks of at least 1 MiB, by size class (sizes are rounded up
-// by at most 1/8), and hands them out again, holding at most a set number of bytes
-// free. Smaller blocks go straight to the C library.
+// A caching CPU allocator for LibTorch. Training allocates the same large activation
+// buffers (hundreds of MB for a batch of bags or of ResNet patches) every step; glibc
+// hands such blocks to mmap and back to the kernel on free, so each step page-faults and
+// zeroes them again (half the wall time of a training step on bags went to the kernel).
+// This allocator maps blocks of at least 1 MiB itself, as whole chunks of 1 MiB, and
+// keeps freed ones as free ranges, holding at most a set number of bytes. A request
+// takes the end of the smallest free range that holds it (freed neighbours merge again);
+// when none does, it gets a fresh mapping into which the kernel moves the free ranges'
+// pages (mremap: no copy, no zeroing). So freed blocks of any size serve later ones of
+// any other, and the cache adds little to the process's peak: a backward pass frees
+// small layers' blocks and asks for large ones, and a cache by size kept both (ResNet-18
+// training: 2,090 MiB at the peak against 1,700 now). Smaller blocks go straight to the
+// C library.
 
 #include <cstdint>
 
@@ -34,7 +40,8 @@ void empty_cpu_cache();
 
 CpuCacheStats cpu_cache_stats();
 
-/// The size class a request of `bytes` is served from (exposed for tests).
+/// The bytes a request of `bytes` is served with: whole chunks of 1 MiB from 1 MiB on
+/// (exposed for tests).
 int64_t cpu_cache_size_class(int64_t bytes);
 
 }  // namespace patchwise
