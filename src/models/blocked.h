@@ -1,7 +1,8 @@
 #pragma once
 // Training on oneDNN's blocked layout (not part of the API; see models/kernels.h).
-// A blocked tensor holds [N,C,H,W] as a contiguous [N,C/16,H,W,16]: oneDNN's nChw16c,
-// which its Winograd convolutions require. Elementwise ATen operations (the residual
+// A blocked tensor holds [N,C,H,W] as a contiguous [N,C/b,H,W,b]: oneDNN's nChw16c with
+// AVX-512 (b = 16, which its Winograd convolutions require) or nChw8c with AVX2 (b = 8),
+// the layouts its own kernels work in. Elementwise ATen operations (the residual
 // addition, ReLU) work on it as they are; convolutions and batch norms go through the
 // functions below, each differentiable.
 
@@ -12,7 +13,8 @@
 namespace patchwise::detail::blocked {
 
 /// Whether a residual backbone in training should take the blocked path for `x`: the
-/// choice of set_train_kernels, a float32 CPU input outside autocast, and Winograd here.
+/// choice of set_train_kernels, a float32 CPU input outside autocast, and oneDNN's own
+/// kernels for the blocked layout here (blocked_kernels_available).
 bool use_for(const at::Tensor& x);
 
 /// [N,C,H,W] (any memory format, C a multiple of 16) -> blocked.

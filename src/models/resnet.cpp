@@ -137,7 +137,7 @@ class ResNetImpl : public BackboneImpl {
     }
     return blocked::mean_pool(y);
   }
-  /// Whether every width is a whole number of oneDNN's 16-channel blocks.
+  /// Whether every width is a whole number of oneDNN's blocks (16 channels, or 8).
   bool blocked_widths() const {
     bool whole = plan_.stem % 16 == 0;
     for (const int64_t w : plan_.widths) whole = whole && w % 16 == 0;

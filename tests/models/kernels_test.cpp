@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <string>
 
@@ -57,23 +58,29 @@ std::map<std::string, at::Tensor> training_pass(
   return out;
 }
 
+/// Whether oneDNN is held to AVX2 (kernels_test_avx2).
+bool held_to_avx2() {
+  const char* isa = std::getenv("ONEDNN_MAX_CPU_ISA");
+  return isa != nullptr && std::string(isa) == "AVX2";
+}
+
 /// max |a - b| over max |b|.
 double relative_gap(const at::Tensor& a, const at::Tensor& b) {
   const double scale = b.abs().max().item<double>();
   return (a - b).abs().max().item<double>() / std::max(scale, 1e-30);
 }
 
-// The blocked path (oneDNN's nChw16c, Winograd for 32 channels and more, its batch
-// norm with the ReLU fused) and LibTorch's compute the same function in float32; both
-// are compared with LibTorch's in float64. Each float32 layer sums at most 9 x 64 = 576
-// products (u = 2^-24 each, so |error| <= 576 u of the sum of magnitudes, 3.4e-5; batch
-// norm divides by the batch's own spread, which keeps each layer's outputs of order 1),
-// and Winograd F(4x4, 3x3) adds its transforms' rounding, whose coefficients reach 8 in
-// magnitude in the output transform: 8 x 576 u = 2.7e-4 per layer. Over the 20 layers of
+// The blocked path (oneDNN's nChw16c with Winograd for 32 channels and more, or nChw8c
+// where oneDNN is held to AVX2 (kernels_test_avx2), its batch norm with the ReLU fused) and
+// LibTorch's compute the same function in float32; both are compared with LibTorch's in float64.
+// Each float32 layer sums at most 9 x 64 = 576 products (u = 2^-24 each, so |error| <= 576 u of the
+// sum of magnitudes, 3.4e-5; batch norm divides by the batch's own spread, which keeps each layer's
+// outputs of order 1), and Winograd F(4x4, 3x3) adds its transforms' rounding, whose coefficients
+// reach 8 in magnitude in the output transform: 8 x 576 u = 2.7e-4 per layer. Over the 20 layers of
 // ResNet-20 the errors add: 20 x 2.7e-4 = 5.5e-3 relative to the largest value, a bound
 // both paths must meet; gradients traverse the layers twice, hence twice the bound.
 TEST_F(KernelsTest, BlockedTrainingMatchesLibTorchWithinFloat32Rounding) {
-  if (!winograd_available()) GTEST_SKIP() << "no Winograd convolutions in this oneDNN";
+  if (!blocked_kernels_available()) GTEST_SKIP() << "no blocked kernels in this oneDNN";
   for (const std::string name : {"resnet20", "bagnet11"}) {
     auto from = make_backbone(options(name));
     const at::Tensor x = torch::randn({16, 1, 16, 16});
@@ -82,16 +89,31 @@ TEST_F(KernelsTest, BlockedTrainingMatchesLibTorchWithinFloat32Rounding) {
     const auto aten = training_pass(from, name, TrainKernels::kAten, torch::kFloat, x, upstream);
     const auto blocked = training_pass(from, name, TrainKernels::kAuto, torch::kFloat, x, upstream);
     const double layer = 8 * 576 * std::ldexp(1.0, -24), forward_bound = 20 * layer;
+    // Held to AVX2, oneDNN 2.6's 1x1 kernels (jit_1x1:avx2), which LibTorch's path runs
+    // too, put bagnet11's gradients up to 1.3e-2 from float64 on both paths alike (the
+    // two agree to 1e-7): there the blocked path is held to LibTorch's float32 pass.
+    const bool avx2_1x1 = held_to_avx2() && name == "bagnet11";
+    const auto& reference = avx2_1x1 ? aten : exact;
     ASSERT_EQ(exact.size(), blocked.size());
     for (const auto& [key, value] : exact) {
       const double bound = key.rfind("grad ", 0) == 0 ? 2 * forward_bound : forward_bound;
-      EXPECT_LE(relative_gap(blocked.at(key), value), bound) << name << " " << key;
-      EXPECT_LE(relative_gap(aten.at(key), value), bound) << name << " " << key;
+      EXPECT_LE(relative_gap(blocked.at(key), reference.at(key)), bound) << name << " " << key;
+      if (!avx2_1x1) {
+        EXPECT_LE(relative_gap(aten.at(key), value), bound) << name << " " << key;
+      }
     }
     // The running statistics moved: the batch's, not the initial ones, were folded in.
     EXPECT_GT(relative_gap(blocked.at("bn1.running_mean"), torch::zeros({1})), 0.0) << name;
     EXPECT_EQ(blocked.at("bn1.num_batches_tracked").item<double>(), 1.0) << name;
   }
+}
+
+// kernels_test_avx2 runs this binary with oneDNN held to AVX2: the blocked path must
+// then run without Winograd (nChw8c), not fall back to LibTorch's kernels.
+TEST_F(KernelsTest, HeldToAvx2TheBlockedPathRunsWithoutWinograd) {
+  if (!held_to_avx2()) GTEST_SKIP() << "oneDNN not held to AVX2";
+  EXPECT_TRUE(blocked_kernels_available());
+  EXPECT_FALSE(winograd_available());
 }
 
 TEST_F(KernelsTest, EvaluationIsTheSameUnderEitherChoice) {

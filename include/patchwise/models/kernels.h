@@ -1,11 +1,12 @@
 #pragma once
 // Which kernels the residual backbones train with on the CPU.
 //
-// auto: where oneDNN has its Winograd convolutions (processors with AVX-512), a training
-//   pass keeps the activations in oneDNN's blocked layout (nChw16c) from the stem to the
-//   pooling and calls oneDNN directly: Winograd F(4x4, 3x3) for the 3x3 stride-1
-//   convolutions of 32 channels and more, its direct kernels for the others, its batch
-//   norm with the ReLU fused. Elsewhere, and in evaluation, LibTorch's kernels.
+// auto: where oneDNN has kernels of its own for its blocked layout (processors with
+//   AVX-512: nChw16c; with AVX2: nChw8c), a training pass keeps the activations in that
+//   layout from the stem to the pooling and calls oneDNN directly: with AVX-512 Winograd
+//   F(4x4, 3x3) for the 3x3 stride-1 convolutions of 32 channels and more, its direct
+//   kernels for the others, its batch norm with the ReLU fused. Elsewhere, and in
+//   evaluation, LibTorch's kernels.
 // aten: LibTorch's kernels always (channels-last convolutions through LibTorch's oneDNN
 //   calls, its batch norm).
 // Both compute the same function; Winograd rounds differently (README, Performance).
@@ -24,7 +25,10 @@ const char* train_kernels_name(TrainKernels k);
 void set_train_kernels(TrainKernels k);
 TrainKernels train_kernels();
 
-/// Whether this processor's oneDNN offers Winograd convolutions (the condition of auto).
+/// Whether this processor's oneDNN has its own kernels for a blocked layout (the
+/// condition of auto: AVX2 or AVX-512).
+bool blocked_kernels_available();
+/// Whether it also offers Winograd convolutions (AVX-512), which auto then uses.
 bool winograd_available();
 
 }  // namespace patchwise
