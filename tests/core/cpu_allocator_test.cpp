@@ -60,31 +60,31 @@ at::Tensor filled(int64_t mib, float value) {
   return torch::full({mib * kMiB / 4}, value, torch::kFloat32);
 }
 
-// A block of 8 MiB is made of two freed ones of 3 and 5 MiB that a block in use keeps
+/// `mib` MiB of float32, contents as the cache hands them out.
+at::Tensor block(int64_t mib) { return torch::empty({mib * kMiB / 4}, torch::kFloat32); }
+
+// A block of 8 MiB is made of two free ranges of 3 and 5 MiB that a block in use keeps
 // apart: their pages, moved to a new place (new pages would read 0), and no more memory.
 TEST(CpuAllocator, FreedBlocksOfOtherSizesMakeALargerOne) {
   use_caching_cpu_allocator(256 * kMiB);
   empty_cpu_cache();
-  at::Tensor between;
-  std::vector<std::pair<char*, char*>> freed;
+  char* low = nullptr;
+  { low = static_cast<char*>(filled(9, 7.0f).data_ptr()); }  // 9 MiB free, all 7
+  at::Tensor apart;
   {
-    at::Tensor a = filled(3, 7.0f);
-    between = filled(1, 0.0f);
-    at::Tensor b = filled(5, 7.0f);
-    for (const at::Tensor& t : {a, b}) {
-      char* start = static_cast<char*>(t.data_ptr());
-      freed.emplace_back(start, start + t.nbytes());
-    }
-  }
+    const at::Tensor end = block(5);  // [4, 9) out, [0, 4) free
+    apart = block(1);                 // [3, 4) out, [0, 3) free
+    ASSERT_EQ(static_cast<char*>(apart.data_ptr()), low + 3 * kMiB);
+  }  // [4, 9) free again: free ranges of 3 and 5 MiB
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 8 * kMiB);
   const CpuCacheStats start = cpu_cache_stats();
-  const at::Tensor c = torch::empty({8 * kMiB / 4}, torch::kFloat32);
+  const at::Tensor c = block(8);
   EXPECT_EQ(cpu_cache_stats().hits - start.hits, 1);
   EXPECT_EQ(cpu_cache_stats().misses, start.misses);
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
   EXPECT_TRUE(torch::equal(c, torch::full_like(c, 7.0f)));
   char* at = static_cast<char*>(c.data_ptr());
-  for (const auto& [low, high] : freed) EXPECT_FALSE(at >= low && at < high) << "not moved";
+  EXPECT_FALSE(at >= low && at < low + 9 * kMiB) << "a new place";
 }
 
 // A smaller block is cut from the end of a larger free one, and the two merge again
