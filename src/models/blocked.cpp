@@ -67,9 +67,13 @@ double tile_efficiency(int64_t side) {
   return double(side) / double((side + kTile - 1) / kTile * kTile);
 }
 
+bool tiles_well(int64_t height, int64_t width) {
+  return tile_efficiency(height) * tile_efficiency(width) >= 0.75;
+}
+
 bool use_winograd(const Dims& src, const Dims& weight, const Dims& dst, int64_t stride) {
   return weight[2] == 3 && weight[3] == 3 && stride == 1 && src[1] >= kWinogradMin &&
-         weight[0] >= kWinogradMin && tile_efficiency(dst[2]) * tile_efficiency(dst[3]) >= 0.75;
+         weight[0] >= kWinogradMin && tiles_well(dst[2], dst[3]);
 }
 
 dnnl::engine& cpu_engine() {
@@ -256,20 +260,26 @@ at::Tensor weight_gradient(
   return dw;
 }
 
+/// The convolution of a contiguous blocked `xb`, without autograd.
+at::Tensor conv_forward(const at::Tensor& xb, const at::Tensor& weight, int64_t stride) {
+  ConvPrimitives& p = conv_primitives(logical_dims(xb), weight_dims(weight), stride);
+  at::Tensor y = empty_blocked(p.forward_pd.dst_desc().dims(), xb.options());
+  at::Tensor keep;
+  const memory w = in_layout(weight, p.forward_pd.weights_desc(), keep);
+  p.forward.execute(
+      cpu_stream(),
+      {{DNNL_ARG_SRC, wrap(p.forward_pd.src_desc(), xb)},
+       {DNNL_ARG_WEIGHTS, w},
+       {DNNL_ARG_DST, wrap(p.forward_pd.dst_desc(), y)}});
+  return y;
+}
+
 class BlockedConv : public torch::autograd::Function<BlockedConv> {
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, int64_t stride) {
     const at::Tensor xb = input.contiguous();
-    ConvPrimitives& p = conv_primitives(logical_dims(xb), weight_dims(weight), stride);
-    at::Tensor y = empty_blocked(p.forward_pd.dst_desc().dims(), xb.options());
-    at::Tensor keep;
-    const memory w = in_layout(weight, p.forward_pd.weights_desc(), keep);
-    p.forward.execute(
-        cpu_stream(),
-        {{DNNL_ARG_SRC, wrap(p.forward_pd.src_desc(), xb)},
-         {DNNL_ARG_WEIGHTS, w},
-         {DNNL_ARG_DST, wrap(p.forward_pd.dst_desc(), y)}});
+    at::Tensor y = conv_forward(xb, weight, stride);
     ctx->save_for_backward({xb, weight});
     ctx->saved_data["stride"] = stride;
     return y;
@@ -309,17 +319,26 @@ struct NormPrimitives {
   dnnl::batch_normalization_backward backward;
 };
 
-NormPrimitives& norm_primitives(const Dims& dims, float eps, bool relu) {
+/// Training's primitives (the batch's statistics, forward and backward), or with
+/// `inference` the forward alone with given statistics.
+NormPrimitives& norm_primitives(const Dims& dims, float eps, bool relu, bool inference = false) {
   static std::mutex mutex;
-  static std::map<std::tuple<Dims, float, bool>, std::unique_ptr<NormPrimitives>> cache;
+  static std::map<std::tuple<Dims, float, bool, bool>, std::unique_ptr<NormPrimitives>> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = cache[{dims, eps, relu}];
+  auto& slot = cache[{dims, eps, relu, inference}];
   if (slot) return *slot;
   using flags = dnnl::normalization_flags;
   const flags f = relu ? flags::use_scale | flags::use_shift | flags::fuse_norm_relu
                        : flags::use_scale | flags::use_shift;
   const memory::desc d = blocked_desc(dims);
   auto p = std::make_unique<NormPrimitives>();
+  if (inference) {
+    p->forward_pd = dnnl::batch_normalization_forward::primitive_desc(
+        {dnnl::prop_kind::forward_inference, d, eps, f | flags::use_global_stats}, cpu_engine());
+    p->forward = dnnl::batch_normalization_forward(p->forward_pd);
+    slot = std::move(p);
+    return *slot;
+  }
   p->forward_pd = dnnl::batch_normalization_forward::primitive_desc(
       {dnnl::prop_kind::forward_training, d, eps, f}, cpu_engine());
   p->backward_pd = dnnl::batch_normalization_backward::primitive_desc(
@@ -394,11 +413,33 @@ class BlockedBatchNorm : public torch::autograd::Function<BlockedBatchNorm> {
   }
 };
 
+/// Batch norm with the layer's running statistics, without autograd (evaluation).
+at::Tensor batch_norm_inference(const at::Tensor& xb, torch::nn::BatchNorm2dImpl& bn, bool relu) {
+  const Dims dims = logical_dims(xb);
+  NormPrimitives& p = norm_primitives(dims, float(bn.options.eps()), relu, /*inference=*/true);
+  const at::Tensor scale = bn.weight.contiguous(), shift = bn.bias.contiguous();
+  at::Tensor y = at::empty_like(xb);
+  const auto& pd = p.forward_pd;
+  p.forward.execute(
+      cpu_stream(),
+      {{DNNL_ARG_SRC, wrap(pd.src_desc(), xb)},
+       {DNNL_ARG_DST, wrap(pd.dst_desc(), y)},
+       {DNNL_ARG_MEAN, wrap(pd.mean_desc(), bn.running_mean)},
+       {DNNL_ARG_VARIANCE, wrap(pd.variance_desc(), bn.running_var)},
+       {DNNL_ARG_SCALE, wrap(pd.weights_desc(), scale)},
+       {DNNL_ARG_SHIFT, wrap(pd.weights_desc(), shift)}});
+  return y;
+}
+
 }  // namespace
 
 bool use_for(const at::Tensor& x) {
   return train_kernels() == TrainKernels::kAuto && x.device().is_cpu() &&
          x.scalar_type() == at::kFloat && !at::autocast::is_cpu_enabled() && block_size() > 0;
+}
+
+bool winograd_for(int64_t channels, int64_t height, int64_t width) {
+  return channels >= kWinogradMin && tiles_well(height, width) && winograd_available();
 }
 
 at::Tensor to_blocked(const at::Tensor& x) {
@@ -411,6 +452,7 @@ at::Tensor mean_pool(const at::Tensor& xb) {
 }
 
 at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride) {
+  if (!at::GradMode::is_enabled()) return conv_forward(xb.contiguous(), weight, stride);
   return BlockedConv::apply(xb, weight, stride);
 }
 
@@ -419,6 +461,7 @@ at::Tensor batch_norm(const at::Tensor& xb, torch::nn::BatchNorm2dImpl& bn, bool
   if (!o.affine() || !o.track_running_stats()) {
     throw std::logic_error("blocked::batch_norm: needs an affine layer with running statistics");
   }
+  if (!bn.is_training()) return batch_norm_inference(xb.contiguous(), bn, relu);
   bn.num_batches_tracked.add_(1);
   const double momentum =
       o.momentum() ? *o.momentum() : 1.0 / double(bn.num_batches_tracked.item<int64_t>());

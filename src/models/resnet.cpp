@@ -121,13 +121,17 @@ class ResNetImpl : public BackboneImpl {
     }
   }
   at::Tensor features(const at::Tensor& x) override {
-    if (is_training() && blocked_widths() && blocked::use_for(x)) return features_blocked(x);
+    // Training; evaluation without gradients where Winograd serves a stage (with them,
+    // e.g. for the gradients of the input, LibTorch's kernels).
+    const bool blocked_pass =
+        is_training() || (!at::GradMode::is_enabled() && winograd_stage(x.size(2), x.size(3)));
+    if (blocked_pass && blocked_widths() && blocked::use_for(x)) return features_blocked(x);
     at::Tensor stem = conv1_->forward(x).contiguous(at::MemoryFormat::ChannelsLast);
     at::Tensor y = bn1_->forward(stem).relu_();
     for (auto& stage : stages_) y = stage->forward(y);
     return y.mean({2, 3});  // global average pooling
   }
-  /// Training on oneDNN's blocked layout (models/kernels.h): the stem's convolution as
+  /// A pass on oneDNN's blocked layout (models/kernels.h): the stem's convolution as
   /// above, everything after it blocked up to the pooling.
   at::Tensor features_blocked(const at::Tensor& x) {
     at::Tensor y = blocked::batch_norm(blocked::to_blocked(conv1_->forward(x)), *bn1_, true);
@@ -136,6 +140,17 @@ class ResNetImpl : public BackboneImpl {
         y = block->as<BasicBlockImpl>()->forward_blocked(y);
     }
     return blocked::mean_pool(y);
+  }
+  /// Whether the 3x3 stride-1 convolutions of some stage run as Winograd on an input of
+  /// `height` x `width` (the stem keeps the size, each later stage halves it; BagNet's
+  /// only 3x3 stride-1 convolution is the first stage's first).
+  bool winograd_stage(int64_t height, int64_t width) const {
+    for (size_t s = 0; s < plan_.widths.size() && (s == 0 || !plan_.local); ++s) {
+      if (blocked::winograd_for(plan_.widths[s], height, width)) return true;
+      height = (height + 1) / 2;
+      width = (width + 1) / 2;
+    }
+    return false;
   }
   /// Whether every width is a whole number of oneDNN's blocks (16 channels, or 8).
   bool blocked_widths() const {

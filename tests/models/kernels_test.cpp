@@ -116,15 +116,58 @@ TEST_F(KernelsTest, HeldToAvx2TheBlockedPathRunsWithoutWinograd) {
   EXPECT_FALSE(winograd_available());
 }
 
-TEST_F(KernelsTest, EvaluationIsTheSameUnderEitherChoice) {
+// Evaluation without gradients takes the blocked path too (Winograd where it applies),
+// with the layers' running statistics: within the same bound of LibTorch's float64
+// pass as LibTorch's own float32 pass, and so is a pass in inference mode.
+TEST_F(KernelsTest, EvaluationAgreesWithFloat64UnderEitherChoice) {
+  const double bound = 20 * 8 * 576 * std::ldexp(1.0, -24);
+  for (const std::string name : {"resnet20", "bagnet11"}) {
+    auto net = make_backbone(options(name));
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& b : net->named_buffers()) {
+        if (b.key().find("running_mean") != std::string::npos) b.value().normal_(0, 0.5);
+        if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 2);
+      }
+    }
+    net->eval();
+    const at::Tensor x = torch::randn({8, 1, 16, 16});
+    auto run = [&](TrainKernels kernels, torch::Dtype dtype) {
+      set_train_kernels(kernels);
+      net->to(dtype);
+      torch::NoGradGuard no_grad;
+      return net->forward(x.to(dtype)).to(torch::kDouble);
+    };
+    const at::Tensor exact = run(TrainKernels::kAten, torch::kDouble);
+    EXPECT_LE(relative_gap(run(TrainKernels::kAten, torch::kFloat), exact), bound) << name;
+    EXPECT_LE(relative_gap(run(TrainKernels::kAuto, torch::kFloat), exact), bound) << name;
+    torch::InferenceMode inference;
+    EXPECT_LE(relative_gap(net->forward(x).to(torch::kDouble), exact), bound) << name;
+  }
+}
+
+// On 18x18 patches no stage of resnet20 tiles well enough for Winograd (9x9 at 32
+// channels, 5x5 at 64), and evaluation keeps LibTorch's kernels: the same bits.
+TEST_F(KernelsTest, EvaluationWithoutWinogradKeepsLibTorchsKernels) {
   auto net = make_backbone(options("resnet20"));
   net->eval();
   torch::NoGradGuard no_grad;
-  const at::Tensor x = torch::randn({4, 1, 16, 16});
+  const at::Tensor x = torch::randn({4, 1, 18, 18});
   set_train_kernels(TrainKernels::kAten);
   const at::Tensor aten = net->forward(x);
   set_train_kernels(TrainKernels::kAuto);
   EXPECT_TRUE(torch::equal(net->forward(x), aten));
+}
+
+// With gradients on, evaluation keeps LibTorch's kernels, so that the input's gradient
+// (where the evidence is) flows.
+TEST_F(KernelsTest, EvaluationWithGradientsGivesTheInputsGradient) {
+  auto net = make_backbone(options("resnet20"));
+  net->eval();
+  const at::Tensor x = torch::randn({2, 1, 16, 16}).requires_grad_(true);
+  net->forward(x).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0);
 }
 
 // Frozen convolutions (PatchClassifier::freeze_features) get no gradient, the rest do.

@@ -1,12 +1,14 @@
 #pragma once
-// Which kernels the residual backbones train with on the CPU.
+// Which kernels the residual backbones run with on the CPU (the train flag --kernels;
+// evaluation follows the process-wide choice, auto unless set).
 //
 // auto: where oneDNN has kernels of its own for its blocked layout (processors with
-//   AVX-512: nChw16c; with AVX2: nChw8c), a training pass keeps the activations in that
-//   layout from the stem to the pooling and calls oneDNN directly: with AVX-512 Winograd
-//   F(4x4, 3x3) for the 3x3 stride-1 convolutions of 32 channels and more, its direct
-//   kernels for the others, its batch norm with the ReLU fused. Elsewhere, and in
-//   evaluation, LibTorch's kernels.
+//   AVX-512: nChw16c; with AVX2: nChw8c), a training pass, and an evaluation pass
+//   without gradients, keep the activations in that layout from the stem to the pooling
+//   and call oneDNN directly: with AVX-512 Winograd F(4x4, 3x3) for the 3x3 stride-1
+//   convolutions of 32 channels and more, its direct kernels for the others, its batch
+//   norm with the ReLU fused (in evaluation with the running statistics). Elsewhere,
+//   and in evaluation with gradients, LibTorch's kernels.
 // aten: LibTorch's kernels always (channels-last convolutions through LibTorch's oneDNN
 //   calls, its batch norm).
 // Both compute the same function; Winograd rounds differently (README, Performance).
