@@ -198,7 +198,9 @@ bool has_direct_kernel(int64_t block) {
   }
 }
 
-std::unique_ptr<ConvPrimitives> make_conv(const Dims& src, const Dims& weight, int64_t stride) {
+/// The forward primitive, and with `backward` both backward ones (left empty without).
+std::unique_ptr<ConvPrimitives> make_conv(
+    const Dims& src, const Dims& weight, int64_t stride, bool backward) {
   const ConvShape c(src, weight, stride);
   const bool winograd = use_winograd(src, weight, c.dst.dims(), stride);
   for (const dnnl::algorithm algorithm :
@@ -207,6 +209,8 @@ std::unique_ptr<ConvPrimitives> make_conv(const Dims& src, const Dims& weight, i
     try {
       auto p = std::make_unique<ConvPrimitives>();
       p->forward_pd = c.forward(algorithm);
+      p->forward = dnnl::convolution_forward(p->forward_pd);
+      if (!backward) return p;
       p->data_pd = dnnl::convolution_backward_data::primitive_desc(
           {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
           cpu_engine(),
@@ -215,7 +219,6 @@ std::unique_ptr<ConvPrimitives> make_conv(const Dims& src, const Dims& weight, i
           {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
           cpu_engine(),
           p->forward_pd);
-      p->forward = dnnl::convolution_forward(p->forward_pd);
       p->data = dnnl::convolution_backward_data(p->data_pd);
       p->weights = dnnl::convolution_backward_weights(p->weights_pd);
       return p;
@@ -226,14 +229,17 @@ std::unique_ptr<ConvPrimitives> make_conv(const Dims& src, const Dims& weight, i
   throw std::logic_error("unreachable");
 }
 
-/// The primitives of one shape, made once per process.
-ConvPrimitives& conv_primitives(const Dims& src, const Dims& weight, int64_t stride) {
+/// The primitives of one shape, made once per process; evaluation (`backward` false)
+/// makes the forward one alone.
+ConvPrimitives& conv_primitives(
+    const Dims& src, const Dims& weight, int64_t stride, bool backward) {
   static std::mutex mutex;
-  static std::map<std::array<int64_t, 7>, std::unique_ptr<ConvPrimitives>> cache;
-  const std::array<int64_t, 7> key{src[0], src[1], src[2], src[3], weight[0], weight[2], stride};
+  static std::map<std::array<int64_t, 8>, std::unique_ptr<ConvPrimitives>> cache;
+  const std::array<int64_t, 8> key{
+      src[0], src[1], src[2], src[3], weight[0], weight[2], stride, backward};
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
-  if (!slot) slot = make_conv(src, weight, stride);
+  if (!slot) slot = make_conv(src, weight, stride, backward);
   return *slot;
 }
 
@@ -260,9 +266,11 @@ at::Tensor weight_gradient(
   return dw;
 }
 
-/// The convolution of a contiguous blocked `xb`, without autograd.
-at::Tensor conv_forward(const at::Tensor& xb, const at::Tensor& weight, int64_t stride) {
-  ConvPrimitives& p = conv_primitives(logical_dims(xb), weight_dims(weight), stride);
+/// The convolution of a contiguous blocked `xb`, without autograd; `backward`: the
+/// backward pass will follow.
+at::Tensor conv_forward(
+    const at::Tensor& xb, const at::Tensor& weight, int64_t stride, bool backward) {
+  ConvPrimitives& p = conv_primitives(logical_dims(xb), weight_dims(weight), stride, backward);
   at::Tensor y = empty_blocked(p.forward_pd.dst_desc().dims(), xb.options());
   at::Tensor keep;
   const memory w = in_layout(weight, p.forward_pd.weights_desc(), keep);
@@ -279,7 +287,7 @@ class BlockedConv : public torch::autograd::Function<BlockedConv> {
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, int64_t stride) {
     const at::Tensor xb = input.contiguous();
-    at::Tensor y = conv_forward(xb, weight, stride);
+    at::Tensor y = conv_forward(xb, weight, stride, /*backward=*/true);
     ctx->save_for_backward({xb, weight});
     ctx->saved_data["stride"] = stride;
     return y;
@@ -289,8 +297,8 @@ class BlockedConv : public torch::autograd::Function<BlockedConv> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& xb = saved[0];
     const at::Tensor& weight = saved[1];
-    ConvPrimitives& p =
-        conv_primitives(logical_dims(xb), weight_dims(weight), ctx->saved_data["stride"].toInt());
+    ConvPrimitives& p = conv_primitives(
+        logical_dims(xb), weight_dims(weight), ctx->saved_data["stride"].toInt(), true);
     const at::Tensor dy = grads[0].contiguous();
     const memory diff_dst = wrap(p.forward_pd.dst_desc(), dy);
     at::Tensor dx;
@@ -452,7 +460,7 @@ at::Tensor mean_pool(const at::Tensor& xb) {
 }
 
 at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride) {
-  if (!at::GradMode::is_enabled()) return conv_forward(xb.contiguous(), weight, stride);
+  if (!at::GradMode::is_enabled()) return conv_forward(xb.contiguous(), weight, stride, false);
   return BlockedConv::apply(xb, weight, stride);
 }
 
