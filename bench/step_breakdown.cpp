@@ -1,9 +1,12 @@
 // Where a training step's time goes, for the benchmark's layouts: normalize + cut
 // and resize, the backbone's forward and loss, backward, and Adam's update; then
-// LibTorch's profiler table of the operators over the same steps.
+// LibTorch's profiler table of the operators over the same steps. With MODE infer, the
+// same for patchwise_bench's inference job instead: batches of 256 images in eval mode
+// under InferenceMode, the whole forward timed (it cuts and resizes too).
 //
-//   build/bench/step_breakdown [seed|whole|vgg|resnet|mil] [STEPS] [THREADS] [KERNELS]
-// THREADS 0: one per core; KERNELS: auto (the default) or aten, as train's --kernels.
+//   build/bench/step_breakdown [seed|whole|vgg|resnet|mil] [STEPS] [THREADS] [KERNELS] [MODE]
+// THREADS 0: one per core; KERNELS: auto (the default) or aten, as train's --kernels;
+// MODE: train (the default) or infer.
 //
 // mil: the MIL job of patchwise_bench (4 bags of 300-420 random 32x32 tiles, a tiled
 // small-cnn with batch norm and gated attention, the fused loss); it has nothing to cut.
@@ -126,17 +129,47 @@ void print_profile(Step&& step, int steps) {
   }
 }
 
+/// patchwise_bench's inference job: `steps` timed batches of 256 images (mil: the four
+/// bags) in eval mode under InferenceMode, then the profile of up to 10 more.
+void infer_breakdown(
+    const std::string& layout, PatchClassifier& model, const Dataset& data, const at::Tensor& tiles,
+    const std::vector<int64_t>& counts, int steps) {
+  constexpr int64_t kBatch = 256;
+  const bool mil = layout == "mil";
+  model->eval();
+  torch::InferenceMode guard;
+  auto batch = [&](int i, bool) {
+    if (mil) return model->forward_bags(tiles, counts);
+    return model->forward(data.images.narrow(0, (i * kBatch) % (data.size() - kBatch), kBatch));
+  };
+  for (int i = 0; i < 3; ++i) batch(i, false);
+  const auto start = Clock::now();
+  for (int i = 0; i < steps; ++i) batch(i, true);
+  const double ms = ms_since(start) / steps;
+  std::printf(
+      "%s, inference, batch %lld, %d batches: %.2f ms per batch; %.0f %s/s\n",
+      layout.c_str(),
+      static_cast<long long>(mil ? tiles.size(0) : kBatch),
+      steps,
+      ms,
+      (mil ? tiles.size(0) : kBatch) / (ms / 1000),
+      mil ? "tiles" : "images");
+  print_profile(batch, std::min(steps, 10));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string layout = argc > 1 ? argv[1] : "seed";
   const int steps = argc > 2 ? std::atoi(argv[2]) : 40;
   const bool mil = layout == "mil";
+  const std::string mode = argc > 5 ? argv[5] : "train";
   if ((layout != "seed" && layout != "whole" && layout != "vgg" && layout != "resnet" && !mil) ||
-      steps < 1) {
+      steps < 1 || (mode != "train" && mode != "infer")) {
     std::fprintf(
         stderr,
-        "usage: step_breakdown [seed|whole|vgg|resnet|mil] [STEPS >= 1] [THREADS] [auto|aten]\n");
+        "usage: step_breakdown [seed|whole|vgg|resnet|mil] [STEPS >= 1] [THREADS] [auto|aten] "
+        "[train|infer]\n");
     return 2;
   }
   set_threads(argc > 3 ? std::atoi(argv[3]) : 0);
@@ -153,6 +186,10 @@ int main(int argc, char** argv) {
   at::Tensor tiles = torch::randint(0, 256, {1428, 1, 32, 32}, torch::kUInt8);
   torch::manual_seed(0);
   PatchClassifier model(layout_config(layout, data, tiles));
+  if (mode == "infer") {
+    infer_breakdown(layout, model, data, tiles, counts, steps);
+    return 0;
+  }
   model->train();
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
 
