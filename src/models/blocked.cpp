@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -86,6 +87,17 @@ dnnl::stream& cpu_stream() {
   return stream;
 }
 
+/// Attributes of every primitive here (with `ops` fused after it): the scratchpad is
+/// given at each execution (run). oneDNN's own is kept per thread, and a Winograd
+/// convolution made in one thread crashed when another ran it (serve's workers run what
+/// a first request made).
+dnnl::primitive_attr attributes(const dnnl::post_ops& ops = dnnl::post_ops()) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  attr.set_post_ops(ops);
+  return attr;
+}
+
 /// A direct convolution of 32 channels at 16x16 in blocks of `block`, if oneDNN has one.
 bool has_direct_kernel(int64_t block);
 
@@ -123,6 +135,19 @@ memory::desc strided_desc(const at::Tensor& t) {
 
 memory wrap(const memory::desc& desc, const at::Tensor& t) {
   return memory(desc, cpu_engine(), t.data_ptr());
+}
+
+/// Executes `primitive` of `pd` on `args` with a scratchpad of its own.
+void run(
+    const dnnl::primitive& primitive, const dnnl::primitive_desc_base& pd,
+    std::unordered_map<int, memory> args) {
+  const memory::desc scratch = pd.scratchpad_desc();
+  at::Tensor bytes;
+  if (scratch.get_size() > 0) {
+    bytes = at::empty({static_cast<int64_t>(scratch.get_size())}, at::kByte);
+    args.emplace(DNNL_ARG_SCRATCHPAD, wrap(scratch, bytes));
+  }
+  primitive.execute(cpu_stream(), args);
 }
 
 /// Flat float storage for a tensor of layout `desc`.
@@ -184,6 +209,7 @@ struct ConvShape {
          strides,
          padding,
          padding},
+        attributes(),
         cpu_engine());
   }
 };
@@ -213,10 +239,12 @@ std::unique_ptr<ConvPrimitives> make_conv(
       if (!backward) return p;
       p->data_pd = dnnl::convolution_backward_data::primitive_desc(
           {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
+          attributes(),
           cpu_engine(),
           p->forward_pd);
       p->weights_pd = dnnl::convolution_backward_weights::primitive_desc(
           {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
+          attributes(),
           cpu_engine(),
           p->forward_pd);
       p->data = dnnl::convolution_backward_data(p->data_pd);
@@ -254,8 +282,8 @@ at::Tensor weight_gradient(
   const memory::desc want = p.weights_pd.diff_weights_desc(), user = strided_desc(dw);
   const at::Tensor inner = want == user ? dw : empty_for(want, dw.options());  // outlives diff_w
   memory diff_w = wrap(want, inner);
-  p.weights.execute(
-      cpu_stream(),
+  run(p.weights,
+      p.weights_pd,
       {{DNNL_ARG_SRC, wrap(p.weights_pd.src_desc(), xb)},
        {DNNL_ARG_DIFF_DST, diff_dst},
        {DNNL_ARG_DIFF_WEIGHTS, diff_w}});
@@ -274,8 +302,8 @@ at::Tensor conv_forward(
   at::Tensor y = empty_blocked(p.forward_pd.dst_desc().dims(), xb.options());
   at::Tensor keep;
   const memory w = in_layout(weight, p.forward_pd.weights_desc(), keep);
-  p.forward.execute(
-      cpu_stream(),
+  run(p.forward,
+      p.forward_pd,
       {{DNNL_ARG_SRC, wrap(p.forward_pd.src_desc(), xb)},
        {DNNL_ARG_WEIGHTS, w},
        {DNNL_ARG_DST, wrap(p.forward_pd.dst_desc(), y)}});
@@ -306,8 +334,8 @@ class BlockedConv : public torch::autograd::Function<BlockedConv> {
       dx = at::empty_like(xb);
       at::Tensor keep;
       const memory w = in_layout(weight, p.data_pd.weights_desc(), keep);
-      p.data.execute(
-          cpu_stream(),
+      run(p.data,
+          p.data_pd,
           {{DNNL_ARG_DIFF_DST, diff_dst},
            {DNNL_ARG_WEIGHTS, w},
            {DNNL_ARG_DIFF_SRC, wrap(p.data_pd.diff_src_desc(), dx)}});
@@ -342,15 +370,17 @@ NormPrimitives& norm_primitives(const Dims& dims, float eps, bool relu, bool inf
   auto p = std::make_unique<NormPrimitives>();
   if (inference) {
     p->forward_pd = dnnl::batch_normalization_forward::primitive_desc(
-        {dnnl::prop_kind::forward_inference, d, eps, f | flags::use_global_stats}, cpu_engine());
+        {dnnl::prop_kind::forward_inference, d, eps, f | flags::use_global_stats},
+        attributes(),
+        cpu_engine());
     p->forward = dnnl::batch_normalization_forward(p->forward_pd);
     slot = std::move(p);
     return *slot;
   }
   p->forward_pd = dnnl::batch_normalization_forward::primitive_desc(
-      {dnnl::prop_kind::forward_training, d, eps, f}, cpu_engine());
+      {dnnl::prop_kind::forward_training, d, eps, f}, attributes(), cpu_engine());
   p->backward_pd = dnnl::batch_normalization_backward::primitive_desc(
-      {dnnl::prop_kind::backward, d, d, eps, f}, cpu_engine(), p->forward_pd);
+      {dnnl::prop_kind::backward, d, d, eps, f}, attributes(), cpu_engine(), p->forward_pd);
   p->forward = dnnl::batch_normalization_forward(p->forward_pd);
   p->backward = dnnl::batch_normalization_backward(p->backward_pd);
   slot = std::move(p);
@@ -382,7 +412,7 @@ class BlockedBatchNorm : public torch::autograd::Function<BlockedBatchNorm> {
         {DNNL_ARG_SCALE, wrap(p.forward_pd.weights_desc(), scale)},
         {DNNL_ARG_SHIFT, wrap(p.forward_pd.weights_desc(), shift)}};
     if (relu) args.emplace(DNNL_ARG_WORKSPACE, wrap(p.forward_pd.workspace_desc(), ws));
-    p.forward.execute(cpu_stream(), args);
+    run(p.forward, p.forward_pd, args);
     // The running variance is unbiased, as ATen's: the batch's times n / (n - 1).
     const double count = double(dims[0] * dims[2] * dims[3]);
     running_mean.mul_(1 - momentum).add_(mean, momentum);
@@ -415,7 +445,7 @@ class BlockedBatchNorm : public torch::autograd::Function<BlockedBatchNorm> {
         {DNNL_ARG_DIFF_SCALE, wrap(pd.diff_weights_desc(), dscale)},
         {DNNL_ARG_DIFF_SHIFT, wrap(pd.diff_weights_desc(), dshift)}};
     if (relu) args.emplace(DNNL_ARG_WORKSPACE, wrap(pd.workspace_desc(), ws));
-    p.backward.execute(cpu_stream(), args);
+    run(p.backward, p.backward_pd, args);
     return {
         dx, dscale, dshift, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -428,8 +458,8 @@ at::Tensor batch_norm_inference(const at::Tensor& xb, torch::nn::BatchNorm2dImpl
   const at::Tensor scale = bn.weight.contiguous(), shift = bn.bias.contiguous();
   at::Tensor y = at::empty_like(xb);
   const auto& pd = p.forward_pd;
-  p.forward.execute(
-      cpu_stream(),
+  run(p.forward,
+      pd,
       {{DNNL_ARG_SRC, wrap(pd.src_desc(), xb)},
        {DNNL_ARG_DST, wrap(pd.dst_desc(), y)},
        {DNNL_ARG_MEAN, wrap(pd.mean_desc(), bn.running_mean)},
@@ -437,6 +467,165 @@ at::Tensor batch_norm_inference(const at::Tensor& xb, torch::nn::BatchNorm2dImpl
        {DNNL_ARG_SCALE, wrap(pd.weights_desc(), scale)},
        {DNNL_ARG_SHIFT, wrap(pd.weights_desc(), shift)}});
   return y;
+}
+
+// ----------------------------------------------------------------- evaluation
+
+struct InferencePrimitive {
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::convolution_forward conv;
+};
+
+/// Evaluation's convolution of one shape: stride 1, padding `pad`, a bias, ReLU fused
+/// with `relu`; a plain [N,C,H,W] source with `plain_src` (a network's first layer),
+/// blocked otherwise; a blocked output. Winograd where training would take it.
+std::unique_ptr<InferencePrimitive> make_inference_conv(
+    const Dims& src, const Dims& weight, int64_t pad, bool plain_src, bool relu) {
+  const Dims dst{
+      src[0], weight[0], src[2] + 2 * pad - weight[2] + 1, src[3] + 2 * pad - weight[3] + 1};
+  const memory::desc src_d =
+      plain_src ? memory::desc(src, memory::data_type::f32, memory::format_tag::nchw)
+                : blocked_desc(src);
+  const memory::desc weights_d(weight, memory::data_type::f32, memory::format_tag::any);
+  const memory::desc bias_d({weight[0]}, memory::data_type::f32, memory::format_tag::x);
+  dnnl::post_ops ops;
+  if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  const dnnl::primitive_attr attr = attributes(ops);
+  const bool winograd = !plain_src && use_winograd(src, weight, dst, 1);
+  for (const dnnl::algorithm algorithm :
+       {winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
+        dnnl::algorithm::convolution_direct}) {
+    try {
+      auto p = std::make_unique<InferencePrimitive>();
+      p->pd = dnnl::convolution_forward::primitive_desc(
+          {dnnl::prop_kind::forward_inference,
+           algorithm,
+           src_d,
+           weights_d,
+           bias_d,
+           blocked_desc(dst),
+           {1, 1},
+           {pad, pad},
+           {pad, pad}},
+          attr,
+          cpu_engine());
+      p->conv = dnnl::convolution_forward(p->pd);
+      return p;
+    } catch (const dnnl::error&) {
+      if (algorithm == dnnl::algorithm::convolution_direct) throw;
+    }
+  }
+  throw std::logic_error("unreachable");
+}
+
+InferencePrimitive& inference_conv(
+    const Dims& src, const Dims& weight, int64_t pad, bool plain_src, bool relu) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 10>, std::unique_ptr<InferencePrimitive>> cache;
+  const std::array<int64_t, 10> key{
+      src[0], src[1], src[2], src[3], weight[0], weight[2], weight[3], pad, plain_src, relu};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[key];
+  if (!slot) slot = make_inference_conv(src, weight, pad, plain_src, relu);
+  return *slot;
+}
+
+struct PoolPrimitive {
+  dnnl::pooling_forward::primitive_desc pd;
+  dnnl::pooling_forward pool;
+};
+
+/// 2x2 max pooling of stride 2 on blocked [N,C,H,W], flooring odd sides.
+PoolPrimitive& pool_primitive(const Dims& src) {
+  static std::mutex mutex;
+  static std::map<Dims, std::unique_ptr<PoolPrimitive>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[src];
+  if (slot) return *slot;
+  auto p = std::make_unique<PoolPrimitive>();
+  const Dims dst{src[0], src[1], src[2] / 2, src[3] / 2};
+  p->pd = dnnl::pooling_forward::primitive_desc(
+      {dnnl::prop_kind::forward_inference,
+       dnnl::algorithm::pooling_max,
+       blocked_desc(src),
+       blocked_desc(dst),
+       {2, 2},
+       {2, 2},
+       {0, 0},
+       {0, 0}},
+      attributes(),
+      cpu_engine());
+  p->pool = dnnl::pooling_forward(p->pd);
+  slot = std::move(p);
+  return *slot;
+}
+
+/// A convolution's weights and bias as evaluation's primitive takes them (the weights in
+/// its layout), with the values of the tensors they were made from.
+struct PreparedWeights {
+  c10::weak_intrusive_ptr<c10::TensorImpl> owner;  // the first source: its entries go with it
+  std::vector<at::Tensor> values;                  // the sources' values then
+  memory::desc layout;
+  at::Tensor weight, bias;
+
+  PreparedWeights(const at::Tensor& first, const memory::desc& layout)
+      : owner(c10::intrusive_ptr<c10::TensorImpl>::reclaim_copy(first.unsafeGetTensorImpl())),
+        layout(layout) {}
+
+  /// Made from `now` for `want`: the same first tensor and the same bytes in every source.
+  /// Values, not version counters: LibTorch's SGD steps through Tensor::data(), which
+  /// leaves a parameter's version as it was.
+  bool fits(const std::vector<at::Tensor>& now, const memory::desc& want) const {
+    if (!(layout == want) || owner._unsafe_get_target() != now[0].unsafeGetTensorImpl() ||
+        owner.expired() || now.size() != values.size()) {
+      return false;
+    }
+    for (size_t i = 0; i < now.size(); ++i) {
+      const at::Tensor t = now[i].contiguous();
+      if (!t.sizes().equals(values[i].sizes()) || t.scalar_type() != values[i].scalar_type() ||
+          std::memcmp(t.data_ptr(), values[i].data_ptr(), t.nbytes()) != 0) {
+        return false;
+      }
+    }
+    return true;
+  }
+};
+
+/// The weights of `make` from `sources` in `layout`, and its bias.
+PreparedWeights prepare(
+    const std::vector<at::Tensor>& sources, const MakeWeights& make, const memory::desc& layout) {
+  PreparedWeights entry(sources[0], layout);
+  for (const at::Tensor& t : sources) entry.values.push_back(t.contiguous().clone());
+  auto [weight, bias] = make();
+  at::Tensor keep;
+  in_layout(weight, layout, keep);
+  entry.weight = keep.defined() ? keep : weight.contiguous();
+  entry.bias = bias.contiguous();
+  return entry;
+}
+
+/// The prepared weights of `sources` for `layout`: remembered, remade when a source's
+/// values change. A model's entries go when its first source does.
+PreparedWeights prepared_weights(
+    const std::vector<at::Tensor>& sources, const MakeWeights& make, const memory::desc& layout) {
+  static std::mutex mutex;
+  static std::vector<PreparedWeights> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const PreparedWeights& entry : cache) {
+    if (entry.fits(sources, layout)) return entry;
+  }
+  const c10::TensorImpl* owner = sources[0].unsafeGetTensorImpl();
+  cache.erase(
+      std::remove_if(
+          cache.begin(),
+          cache.end(),
+          [&](const PreparedWeights& e) {
+            return e.owner.expired() ||
+                   (e.owner._unsafe_get_target() == owner && e.layout == layout);
+          }),
+      cache.end());
+  cache.push_back(prepare(sources, make, layout));
+  return cache.back();
 }
 
 }  // namespace
@@ -462,6 +651,41 @@ at::Tensor mean_pool(const at::Tensor& xb) {
 at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride) {
   if (!at::GradMode::is_enabled()) return conv_forward(xb.contiguous(), weight, stride, false);
   return BlockedConv::apply(xb, weight, stride);
+}
+
+bool holds_blocks(int64_t channels) { return block_size() > 0 && channels % block_size() == 0; }
+
+at::Tensor conv_inference(
+    const at::Tensor& x, const std::vector<at::Tensor>& sources, const MakeWeights& make,
+    int64_t pad, bool relu) {
+  const bool plain = x.dim() == 4;
+  const at::Tensor src = x.contiguous();
+  const Dims dims = plain ? Dims(src.sizes().begin(), src.sizes().end()) : logical_dims(src);
+  InferencePrimitive& p = inference_conv(dims, weight_dims(sources.at(0)), pad, plain, relu);
+  const PreparedWeights w = prepared_weights(sources, make, p.pd.weights_desc());
+  at::Tensor y = empty_blocked(p.pd.dst_desc().dims(), src.options());
+  run(p.conv,
+      p.pd,
+      {{DNNL_ARG_SRC, wrap(p.pd.src_desc(), src)},
+       {DNNL_ARG_WEIGHTS, wrap(p.pd.weights_desc(), w.weight)},
+       {DNNL_ARG_BIAS, wrap(p.pd.bias_desc(), w.bias)},
+       {DNNL_ARG_DST, wrap(p.pd.dst_desc(), y)}});
+  return y;
+}
+
+at::Tensor max_pool_2x2(const at::Tensor& xb) {
+  const at::Tensor src = xb.contiguous();
+  PoolPrimitive& p = pool_primitive(logical_dims(src));
+  at::Tensor y = empty_blocked(p.pd.dst_desc().dims(), src.options());
+  run(p.pool,
+      p.pd,
+      {{DNNL_ARG_SRC, wrap(p.pd.src_desc(), src)}, {DNNL_ARG_DST, wrap(p.pd.dst_desc(), y)}});
+  return y;
+}
+
+at::Tensor from_blocked(const at::Tensor& xb) {
+  return xb.permute({0, 1, 4, 2, 3})
+      .reshape({xb.size(0), xb.size(1) * xb.size(4), xb.size(2), xb.size(3)});
 }
 
 at::Tensor batch_norm(const at::Tensor& xb, torch::nn::BatchNorm2dImpl& bn, bool relu) {

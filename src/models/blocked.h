@@ -10,6 +10,9 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
+#include <utility>
+#include <vector>
 
 namespace patchwise::detail::blocked {
 
@@ -34,6 +37,26 @@ at::Tensor mean_pool(const at::Tensor& xb);
 /// [O,C,k,k] in any memory format. Winograd where k = 3, stride 1, both channel counts
 /// are at least 32 and 4x4 tiles cover the output with little waste; direct otherwise.
 at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride);
+
+/// Whether `channels` fill whole blocks of this processor's layout.
+bool holds_blocks(int64_t channels);
+
+/// A convolution's weight [O,C,k,k] and bias [O], as evaluation computes with them.
+using MakeWeights = std::function<std::pair<at::Tensor, at::Tensor>()>;
+
+/// Evaluation's convolution (no autograd): `x` plain [N,C,H,W] (a first layer, any C) or
+/// blocked, to blocked; stride 1, padding `pad`, with `relu` a ReLU fused after it
+/// (oneDNN's post-op). Winograd where conv would take it. Its weight and bias come from
+/// `make` (a batch norm folded in, say), which reads only `sources` (the first: a weight
+/// of their shape): they are made and put in oneDNN's layout once, and remembered while
+/// the first source is the same tensor and every source holds the same values.
+at::Tensor conv_inference(
+    const at::Tensor& x, const std::vector<at::Tensor>& sources, const MakeWeights& make,
+    int64_t pad, bool relu);
+/// 2x2 max pooling of stride 2 (odd sides floored), blocked to blocked, without autograd.
+at::Tensor max_pool_2x2(const at::Tensor& xb);
+/// Blocked -> [N,C,H,W], contiguous.
+at::Tensor from_blocked(const at::Tensor& xb);
 
 /// Batch norm as torch::nn::BatchNorm2d: in training mode with the statistics of the
 /// batch, updating the layer's running statistics, in eval mode with these (no

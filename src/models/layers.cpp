@@ -1,5 +1,8 @@
 #include "layers.h"
 
+#include <vector>
+
+#include "blocked.h"
 #include "patchwise/models/max_pool.h"
 
 namespace patchwise::detail {
@@ -46,9 +49,101 @@ BatchNormState batch_norm_state(nn::BatchNorm2dImpl& bn) {
       bn.options.eps()};
 }
 
+/// One add_conv group: its convolution, its batch norm (null without) and whether it pools.
+struct ConvGroup {
+  nn::Conv2dImpl* conv = nullptr;
+  nn::BatchNorm2dImpl* bn = nullptr;
+  bool pool = false;
+};
+
+/// A 3x3 stride-1 convolution with bias and zero padding, as add_conv makes it.
+bool plain_conv3x3(const nn::Conv2dImpl& conv) {
+  const auto& o = conv.options;
+  return (*o.kernel_size())[0] == 3 && (*o.kernel_size())[1] == 3 && (*o.stride())[0] == 1 &&
+         (*o.stride())[1] == 1 && (*o.dilation())[0] == 1 && (*o.dilation())[1] == 1 &&
+         o.groups() == 1 && o.bias() &&
+         c10::holds_alternative<torch::ExpandingArray<2>>(o.padding()) &&
+         c10::holds_alternative<torch::enumtype::kZeros>(o.padding_mode()) &&
+         (*c10::get<torch::ExpandingArray<2>>(o.padding()))[0] ==
+             (*c10::get<torch::ExpandingArray<2>>(o.padding()))[1];
+}
+
+/// The stack's add_conv groups, or none when a layer is not where add_conv puts it.
+std::vector<ConvGroup> conv_groups(nn::Sequential& seq) {
+  std::vector<ConvGroup> groups;
+  const auto layers = seq->children();
+  for (size_t i = 0; i < layers.size();) {
+    ConvGroup g;
+    g.conv = dynamic_cast<nn::Conv2dImpl*>(layers[i].get());
+    if (!g.conv || !plain_conv3x3(*g.conv)) return {};
+    ++i;
+    if (i < layers.size()) g.bn = dynamic_cast<nn::BatchNorm2dImpl*>(layers[i].get());
+    if (g.bn) ++i;
+    g.pool = i < layers.size() && dynamic_cast<nn::FunctionalImpl*>(layers[i].get());
+    if (g.pool) ++i;
+    if (i == layers.size() || !dynamic_cast<nn::ReLUImpl*>(layers[i].get())) return {};
+    ++i;
+    groups.push_back(g);
+  }
+  return groups;
+}
+
+/// Whether evaluation of `groups` on `x` can take oneDNN's blocked layout: no gradients,
+/// eval mode, the processor's layout (blocked::use_for), outputs in whole blocks, batch
+/// norms with running statistics.
+bool blocked_evaluation(
+    nn::Sequential& seq, const std::vector<ConvGroup>& groups, const at::Tensor& x) {
+  if (groups.empty() || at::GradMode::is_enabled() || seq->is_training() || !blocked::use_for(x)) {
+    return false;
+  }
+  for (const ConvGroup& g : groups) {
+    if (!blocked::holds_blocks(g.conv->options.out_channels())) return false;
+    if (g.bn && !g.bn->options.track_running_stats()) return false;
+  }
+  return true;
+}
+
+/// The tensors folded() reads.
+std::vector<at::Tensor> fold_sources(const ConvGroup& g) {
+  std::vector<at::Tensor> sources = {g.conv->weight, g.conv->bias};
+  if (g.bn) {
+    for (const at::Tensor& t : {g.bn->running_mean, g.bn->running_var}) sources.push_back(t);
+    if (g.bn->options.affine()) {
+      for (const at::Tensor& t : {g.bn->weight, g.bn->bias}) sources.push_back(t);
+    }
+  }
+  return sources;
+}
+
+/// The group's weight and bias with its batch norm (evaluation's) folded in:
+/// w * s and (b - mean) * s + beta, s = gamma / sqrt(var + eps).
+std::pair<at::Tensor, at::Tensor> folded(const ConvGroup& g) {
+  if (!g.bn) return {g.conv->weight, g.conv->bias};
+  const auto& bn = *g.bn;
+  at::Tensor scale = (bn.running_var + bn.options.eps()).rsqrt();
+  if (bn.options.affine()) scale = scale * bn.weight;
+  at::Tensor shift = (g.conv->bias - bn.running_mean) * scale;
+  if (bn.options.affine()) shift = shift + bn.bias;
+  return {g.conv->weight * scale.view({-1, 1, 1, 1}), shift};
+}
+
+/// The stack's evaluation on the blocked layout: each group one convolution with its batch
+/// norm folded in and the ReLU fused (ReLU commutes with max pooling), then the pool.
+at::Tensor forward_blocked(const std::vector<ConvGroup>& groups, at::Tensor x) {
+  for (const ConvGroup& g : groups) {
+    const int64_t pad = (*c10::get<torch::ExpandingArray<2>>(g.conv->options.padding()))[0];
+    x = blocked::conv_inference(
+        x, fold_sources(g), [&g] { return folded(g); }, pad, /*relu=*/true);
+    if (g.pool) x = blocked::max_pool_2x2(x);
+  }
+  return blocked::from_blocked(x);
+}
+
 }  // namespace
 
 at::Tensor forward_stack(nn::Sequential& seq, at::Tensor x) {
+  const std::vector<ConvGroup> groups = conv_groups(seq);
+  if (blocked_evaluation(seq, groups, x)) return forward_blocked(groups, x);
   auto layer = seq->begin();
   const auto layers = static_cast<std::ptrdiff_t>(seq->size());
   for (std::ptrdiff_t i = 0; i < layers; ++i) {

@@ -32,7 +32,10 @@ void add_conv(
 
 /// Runs a stack built by add_conv. In training, a batch norm followed by the pool runs
 /// as one step, batch_norm_max_pool_2x2: the same function with one pass less over the
-/// largest activations.
+/// largest activations. Evaluation without gradients under kernels auto runs on oneDNN's
+/// blocked layout where the processor has it (models/kernels.h): each group one
+/// convolution, its batch norm folded into weights prepared once, the ReLU fused, then
+/// oneDNN's pooling; the result comes back as [N,C,H,W].
 at::Tensor forward_stack(torch::nn::Sequential& seq, at::Tensor x);
 
 /// Multiply-adds of a k x k convolution from `in` to `out` channels giving side x side.

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <thread>
 
 #include "patchwise/core/error.h"
 #include "patchwise/models/backbone.h"
@@ -116,6 +117,31 @@ TEST_F(KernelsTest, HeldToAvx2TheBlockedPathRunsWithoutWinograd) {
   EXPECT_FALSE(winograd_available());
 }
 
+/// Each batch norm's running means ~ N(0, 0.5) and variances in [0.5, 2], its scales in
+/// [0.5, 1.5] and shifts ~ N(0, 0.5), so that folding every one of them matters.
+void randomize_batch_norms(BackboneImpl& net) {
+  torch::NoGradGuard no_grad;
+  for (const auto& m : net.modules()) {
+    auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get());
+    if (!bn) continue;
+    bn->running_mean.normal_(0, 0.5);
+    bn->running_var.uniform_(0.5, 2);
+    bn->weight.uniform_(0.5, 1.5);
+    bn->bias.normal_(0, 0.5);
+  }
+}
+
+/// `net` in `dtype` on `x` under `kernels`, without gradients, as float64.
+at::Tensor evaluate(
+    BackboneImpl& net, TrainKernels kernels, torch::Dtype dtype, const at::Tensor& x) {
+  set_train_kernels(kernels);
+  net.to(dtype);
+  torch::NoGradGuard no_grad;
+  at::Tensor out = net.forward(x.to(dtype)).to(torch::kDouble);
+  net.to(torch::kFloat);
+  return out;
+}
+
 // Evaluation without gradients takes the blocked path too (Winograd where it applies),
 // with the layers' running statistics: within the same bound of LibTorch's float64
 // pass as LibTorch's own float32 pass, and so is a pass in inference mode.
@@ -144,6 +170,109 @@ TEST_F(KernelsTest, EvaluationAgreesWithFloat64UnderEitherChoice) {
     torch::InferenceMode inference;
     EXPECT_LE(relative_gap(net->forward(x).to(torch::kDouble), exact), bound) << name;
   }
+}
+
+// small-cnn and VGG16 evaluate on the blocked layout (kernels auto) whether or not
+// Winograd serves: each add_conv group is one oneDNN convolution with its batch norm folded
+// into the weights and the ReLU fused, then oneDNN's max pooling. Compared with LibTorch's
+// float64 pass as above: per layer 8 x (largest fan-in) u, over the network's weight layers
+// (small-cnn: 5, fan-in 9 x 32 = 288 <= 576; VGG16: 14, fan-in 9 x 512 = 4,608). Gray and
+// RGB inputs (the first layer reads the plain layout), with and without batch norm.
+TEST_F(KernelsTest, PlainStacksEvaluateOnTheBlockedLayoutWithinFloat32Rounding) {
+  const double u = std::ldexp(1.0, -24);
+  struct Case {
+    std::string name;
+    int64_t channels;
+    bool batch_norm;
+    double bound;
+  };
+  for (const Case& c :
+       {Case{"small-cnn", 1, false, 5 * 8 * 576 * u},
+        Case{"small-cnn", 1, true, 5 * 8 * 576 * u},
+        Case{"small-cnn", 3, true, 5 * 8 * 576 * u},
+        Case{"vgg16", 1, true, 14 * 8 * 4608 * u}}) {
+    BackboneOptions o = options(c.name);
+    o.in_channels = c.channels;
+    o.input = 32;
+    o.batch_norm = c.batch_norm;
+    auto net = make_backbone(o);
+    randomize_batch_norms(*net);
+    net->eval();
+    const at::Tensor x = torch::randn({6, c.channels, 32, 32});
+    const at::Tensor exact = evaluate(*net, TrainKernels::kAten, torch::kDouble, x);
+    const at::Tensor blocked = evaluate(*net, TrainKernels::kAuto, torch::kFloat, x);
+    const std::string label = c.name + " channels " + std::to_string(c.channels) +
+                              (c.batch_norm ? " with batch norm" : "");
+    EXPECT_LE(relative_gap(blocked, exact), c.bound) << label;
+    EXPECT_LE(relative_gap(evaluate(*net, TrainKernels::kAten, torch::kFloat, x), exact), c.bound)
+        << label;
+    torch::InferenceMode inference;
+    EXPECT_LE(relative_gap(net->forward(x).to(torch::kDouble), exact), c.bound) << label;
+  }
+}
+
+// The blocked evaluation prepares each layer's weights once (folded, reordered): a weight
+// or a running statistic changed in place (with or without counting a version), or
+// another model, is seen at the next call.
+TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
+  BackboneOptions o = options("small-cnn");
+  o.input = 32;
+  o.batch_norm = true;
+  auto net = make_backbone(o);
+  net->eval();
+  const at::Tensor x = torch::randn({4, 1, 32, 32});
+  const double bound = 5 * 8 * 576 * std::ldexp(1.0, -24);
+  // Against LibTorch's float32 pass (each within `bound` of float64): a change of dtype
+  // would give the parameters new storage, which alone makes the weights be prepared anew.
+  auto agrees = [&](const std::shared_ptr<BackboneImpl>& m) {
+    m->eval();
+    const at::Tensor aten = evaluate(*m, TrainKernels::kAten, torch::kFloat, x);
+    return relative_gap(evaluate(*m, TrainKernels::kAuto, torch::kFloat, x), aten) <= 2 * bound;
+  };
+  EXPECT_TRUE(agrees(net));
+  {
+    torch::NoGradGuard no_grad;
+    net->named_parameters()["conv.0.weight"].mul_(-2);
+  }
+  EXPECT_TRUE(agrees(net)) << "conv weight changed";
+  {
+    torch::NoGradGuard no_grad;  // as LibTorch's SGD steps: its version stays as it was
+    net->named_parameters()["conv.4.weight"].data().add_(0.25);
+  }
+  EXPECT_TRUE(agrees(net)) << "conv weight changed through data()";
+  randomize_batch_norms(*net);
+  EXPECT_TRUE(agrees(net)) << "batch norm changed";
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(agrees(make_backbone(o))) << "new model " << i;
+  // Parameters made in inference mode keep no version counter.
+  torch::InferenceMode inference;
+  auto inference_net = make_backbone(o);
+  inference_net->eval();
+  const at::Tensor first = inference_net->forward(x);
+  for (auto& p : inference_net->parameters()) p.mul_(0.5);
+  EXPECT_FALSE(torch::equal(inference_net->forward(x), first));
+  set_train_kernels(TrainKernels::kAten);
+  const at::Tensor aten = inference_net->forward(x);
+  set_train_kernels(TrainKernels::kAuto);
+  EXPECT_LE(relative_gap(inference_net->forward(x), aten), 2 * bound);
+}
+
+// serve's workers run the primitives a first request made in another thread. With
+// oneDNN's own scratchpad (one per thread) the Winograd convolution of small-cnn's third
+// layer (32 -> 64 channels, 4x4 outputs) crashed there; each execution now brings its own.
+TEST_F(KernelsTest, APassMadeInOneThreadRunsInAnother) {
+  BackboneOptions o = options("small-cnn");
+  o.input = 32;
+  auto net = make_backbone(o);
+  net->eval();
+  torch::InferenceMode inference;
+  const at::Tensor x = torch::randn({4, 1, 32, 32});
+  const at::Tensor here = net->forward(x);
+  at::Tensor there;
+  std::thread([&] {
+    torch::InferenceMode in_thread;
+    there = net->forward(x);
+  }).join();
+  EXPECT_TRUE(torch::equal(here, there));
 }
 
 // On 18x18 patches no stage of resnet20 tiles well enough for Winograd (9x9 at 32

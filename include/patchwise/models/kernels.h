@@ -7,8 +7,10 @@
 //   without gradients, keep the activations in that layout from the stem to the pooling
 //   and call oneDNN directly: with AVX-512 Winograd F(4x4, 3x3) for the 3x3 stride-1
 //   convolutions of 32 channels and more, its direct kernels for the others, its batch
-//   norm with the ReLU fused (in evaluation with the running statistics). Elsewhere,
-//   and in evaluation with gradients, LibTorch's kernels.
+//   norm with the ReLU fused (in evaluation with the running statistics). small-cnn and
+//   VGG16 evaluate without gradients on that layout too: each convolution with its batch
+//   norm folded in and the ReLU fused, oneDNN's pooling. Elsewhere, and in evaluation
+//   with gradients, LibTorch's kernels.
 // aten: LibTorch's kernels always (channels-last convolutions through LibTorch's oneDNN
 //   calls, its batch norm).
 // Both compute the same function; Winograd rounds differently (README, Performance).
