@@ -13,6 +13,8 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
+#include "patchwise/core/runtime.h"
+#include "patchwise/models/kernels.h"
 
 namespace patchwise::cli {
 
@@ -90,6 +92,21 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
          "in bfloat16, the rest in float32)")
       ->check(precision_check())
       ->capture_default_str();
+  app->add_option(
+         "--kernels",
+         flags.kernels,
+         "how the CPU runs convolutions: auto (oneDNN's blocked layout where the processor has "
+         "kernels for it, with Winograd on AVX-512: small-cnn and VGG16 evaluate on it, "
+         "residual backbones train on it and evaluate on it where Winograd serves) or aten "
+         "(LibTorch's kernels always, as PyTorch computes); the same function, rounded "
+         "differently")
+      ->check(parse_check([](const std::string& name) { parse_train_kernels(name); }, "auto|aten"))
+      ->capture_default_str();
+}
+
+int64_t apply_runtime_flags(const RuntimeFlags& flags) {
+  set_train_kernels(parse_train_kernels(flags.kernels));
+  return set_threads(flags.threads);
 }
 
 CLI::Validator parse_check(

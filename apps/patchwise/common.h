@@ -40,8 +40,11 @@ struct RuntimeFlags {
   int64_t threads = 0;
   std::string device = "auto";
   std::string precision = "fp32";
+  std::string kernels = "auto";  ///< models/kernels.h
 };
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags);
+/// Applies --threads (returning the count set) and --kernels.
+int64_t apply_runtime_flags(const RuntimeFlags& flags);
 /// The check of --precision's value: parse_precision's, so the names live there alone.
 CLI::Validator precision_check();
 /// A check that runs `parse` on the value and reports its OptionError's detail, so that

@@ -31,7 +31,7 @@ struct EvalFlags {
 
 void run_eval(const EvalFlags& f) {
   const c10::Device device = resolve_device(f.runtime.device);
-  set_threads(f.runtime.threads);
+  apply_runtime_flags(f.runtime);
   PatchClassifier model = load_model(f.model);
   const ModelConfig& config = model->config();
   DataOptions options = data_options(f.data_flags, f.limit);

@@ -53,7 +53,7 @@ Dataset load_split(
 
 void run_features(const FeaturesFlags& f) {
   const c10::Device device = resolve_device(f.runtime.device);
-  const int64_t threads = set_threads(f.runtime.threads);
+  const int64_t threads = apply_runtime_flags(f.runtime);
   check_output_writable(f.out, "--out");
   PatchClassifier model = load_model(f.model);
   const ModelConfig& config = model->config();

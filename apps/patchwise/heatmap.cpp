@@ -103,7 +103,7 @@ void run_tiled_heatmap(const HeatmapFlags& f, PatchClassifier& model) {
 void run_heatmap(const HeatmapFlags& f) {
   check_output_writable(f.out, "--out");
   const c10::Device device = resolve_device(f.runtime.device);
-  set_threads(f.runtime.threads);
+  apply_runtime_flags(f.runtime);
   PatchClassifier model = load_model(f.model);
   model->to(device);
   model->set_precision(runtime_precision(f.runtime, device));

@@ -78,7 +78,7 @@ void print_tiled(const nlohmann::json& r) {
 
 void run_predict(const PredictFlags& f) {
   const c10::Device device = resolve_device(f.runtime.device);
-  set_threads(f.runtime.threads);
+  apply_runtime_flags(f.runtime);
   PatchClassifier model = load_model(f.model);
   model->to(device);
   model->set_precision(runtime_precision(f.runtime, device));

@@ -33,7 +33,7 @@ struct ReportFlags {
 void run_report(ReportFlags f) {
   check_output_writable(f.out, "--out");
   const c10::Device device = resolve_device(f.runtime.device);
-  set_threads(f.runtime.threads);
+  apply_runtime_flags(f.runtime);
   ModelFile file = load_model_file(f.model);
   PatchClassifier model = file.model;
   const nlohmann::json& training = file.training;

@@ -67,7 +67,7 @@ int report_signals() {
 }
 
 void run_serve(const ServeFlags& f) {
-  set_threads(f.runtime.threads);
+  apply_runtime_flags(f.runtime);
   ServeOptions options = f.server;
   options.device = f.runtime.device;
   options.precision = runtime_precision(f.runtime, resolve_device(f.runtime.device));

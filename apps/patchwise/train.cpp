@@ -26,7 +26,6 @@
 #include "patchwise/data/source.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/fusion/fusion.h"
-#include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/evaluation.h"
@@ -568,12 +567,12 @@ void print_group_summary(const TrainResult& result, std::ostream& log) {
 /// This machine's thread count: --threads, or its share of the cores among the
 /// data-parallel processes on it.
 int64_t train_threads(const TrainFlags& f, const DistributedConfig& dist) {
-  int64_t threads = f.runtime.threads;
-  if (threads <= 0 && dist.enabled()) {
+  RuntimeFlags runtime = f.runtime;
+  if (runtime.threads <= 0 && dist.enabled()) {
     const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-    threads = std::max<int64_t>(1, cores / dist.local_world_size);
+    runtime.threads = std::max<int64_t>(1, cores / dist.local_world_size);
   }
-  return set_threads(threads);
+  return apply_runtime_flags(runtime);
 }
 
 void run_train(TrainFlags f, const CLI::App* app) {
@@ -589,7 +588,6 @@ void run_train(TrainFlags f, const CLI::App* app) {
   TrainerOptions options = trainer_options(f);
   const c10::Device device = resolve_device(f.runtime.device);
   f.runtime.threads = train_threads(f, dist_config);  // stored: --resume runs with as many
-  set_train_kernels(parse_train_kernels(f.kernels));
 
   const TrainData data = load_train_data(f);
   const ModelConfig config = model_config(f, app, data, options);

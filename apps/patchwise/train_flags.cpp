@@ -10,7 +10,6 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/fusion/fusion.h"
-#include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 
 namespace patchwise::cli {
@@ -69,11 +68,6 @@ TrainFlag field(
 
 #define PW_FIELD(member) \
   [](TrainFlags & f) -> auto& { return f.member; }
-
-/// The check of --kernels: parse_train_kernels's, so the names live there alone.
-CLI::Validator kernels_check() {
-  return parse_check([](const std::string& name) { parse_train_kernels(name); }, "auto|aten");
-}
 
 const CLI::Validator kPositive = CLI::PositiveNumber;
 const CLI::Validator kNonNegative = CLI::NonNegativeNumber;
@@ -381,15 +375,7 @@ void output_rows(std::vector<TrainFlag>& t) {
       Kept::kRestored,
       PW_FIELD(runtime.precision),
       precision_check()));
-  t.push_back(field(
-      "kernels",
-      "--kernels",
-      "how residual backbones train on the CPU: auto (oneDNN's blocked layout with Winograd "
-      "convolutions where the processor has AVX-512, else LibTorch's kernels) or aten "
-      "(LibTorch's kernels always); both compute the same function",
-      Kept::kUnlessGiven,
-      PW_FIELD(kernels),
-      kernels_check()));
+  t.push_back(field("kernels", "--kernels", "", Kept::kUnlessGiven, PW_FIELD(runtime.kernels)));
 }
 
 #undef PW_FIELD

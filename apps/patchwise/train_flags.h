@@ -58,8 +58,7 @@ struct TrainFlags {
   std::string resume;
   double dist_timeout = 300;
   RuntimeFlags runtime;
-  std::string kernels = "auto";  ///< models/kernels.h
-  bool tiled = false;            ///< --tile given: images are bags of tiles
+  bool tiled = false;  ///< --tile given: images are bags of tiles
   TileFlags tiles;
   int64_t select = 0;
 };
