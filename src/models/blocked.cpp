@@ -214,6 +214,19 @@ struct ConvShape {
   }
 };
 
+/// make(algorithm) with Winograd when `winograd`, else (or when oneDNN has no Winograd
+/// kernel for the shape) with the direct algorithm.
+template <typename Make>
+auto winograd_or_direct(bool winograd, Make&& make) {
+  if (winograd) {
+    try {
+      return make(dnnl::algorithm::convolution_winograd);
+    } catch (const dnnl::error&) {
+    }
+  }
+  return make(dnnl::algorithm::convolution_direct);
+}
+
 bool has_direct_kernel(int64_t block) {
   try {
     const ConvShape c({16, 32, 16, 16}, {32, 32, 3, 3}, 1, block);
@@ -229,32 +242,25 @@ std::unique_ptr<ConvPrimitives> make_conv(
     const Dims& src, const Dims& weight, int64_t stride, bool backward) {
   const ConvShape c(src, weight, stride);
   const bool winograd = use_winograd(src, weight, c.dst.dims(), stride);
-  for (const dnnl::algorithm algorithm :
-       {winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
-        dnnl::algorithm::convolution_direct}) {
-    try {
-      auto p = std::make_unique<ConvPrimitives>();
-      p->forward_pd = c.forward(algorithm);
-      p->forward = dnnl::convolution_forward(p->forward_pd);
-      if (!backward) return p;
-      p->data_pd = dnnl::convolution_backward_data::primitive_desc(
-          {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
-          attributes(),
-          cpu_engine(),
-          p->forward_pd);
-      p->weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-          {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
-          attributes(),
-          cpu_engine(),
-          p->forward_pd);
-      p->data = dnnl::convolution_backward_data(p->data_pd);
-      p->weights = dnnl::convolution_backward_weights(p->weights_pd);
-      return p;
-    } catch (const dnnl::error&) {
-      if (algorithm == dnnl::algorithm::convolution_direct) throw;
-    }
-  }
-  throw std::logic_error("unreachable");
+  return winograd_or_direct(winograd, [&](dnnl::algorithm algorithm) {
+    auto p = std::make_unique<ConvPrimitives>();
+    p->forward_pd = c.forward(algorithm);
+    p->forward = dnnl::convolution_forward(p->forward_pd);
+    if (!backward) return p;
+    p->data_pd = dnnl::convolution_backward_data::primitive_desc(
+        {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
+        attributes(),
+        cpu_engine(),
+        p->forward_pd);
+    p->weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
+        attributes(),
+        cpu_engine(),
+        p->forward_pd);
+    p->data = dnnl::convolution_backward_data(p->data_pd);
+    p->weights = dnnl::convolution_backward_weights(p->weights_pd);
+    return p;
+  });
 }
 
 /// The primitives of one shape, made once per process; evaluation (`backward` false)
@@ -492,30 +498,23 @@ std::unique_ptr<InferencePrimitive> make_inference_conv(
   if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   const dnnl::primitive_attr attr = attributes(ops);
   const bool winograd = !plain_src && use_winograd(src, weight, dst, 1);
-  for (const dnnl::algorithm algorithm :
-       {winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
-        dnnl::algorithm::convolution_direct}) {
-    try {
-      auto p = std::make_unique<InferencePrimitive>();
-      p->pd = dnnl::convolution_forward::primitive_desc(
-          {dnnl::prop_kind::forward_inference,
-           algorithm,
-           src_d,
-           weights_d,
-           bias_d,
-           blocked_desc(dst),
-           {1, 1},
-           {pad, pad},
-           {pad, pad}},
-          attr,
-          cpu_engine());
-      p->conv = dnnl::convolution_forward(p->pd);
-      return p;
-    } catch (const dnnl::error&) {
-      if (algorithm == dnnl::algorithm::convolution_direct) throw;
-    }
-  }
-  throw std::logic_error("unreachable");
+  return winograd_or_direct(winograd, [&](dnnl::algorithm algorithm) {
+    auto p = std::make_unique<InferencePrimitive>();
+    p->pd = dnnl::convolution_forward::primitive_desc(
+        {dnnl::prop_kind::forward_inference,
+         algorithm,
+         src_d,
+         weights_d,
+         bias_d,
+         blocked_desc(dst),
+         {1, 1},
+         {pad, pad},
+         {pad, pad}},
+        attr,
+        cpu_engine());
+    p->conv = dnnl::convolution_forward(p->pd);
+    return p;
+  });
 }
 
 InferencePrimitive& inference_conv(
