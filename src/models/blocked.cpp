@@ -17,6 +17,7 @@
 
 #include "blocked.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
 #include <algorithm>
@@ -86,6 +87,11 @@ dnnl::stream& cpu_stream() {
   thread_local dnnl::stream stream(cpu_engine());
   return stream;
 }
+
+/// LibTorch's thread count in this thread, which oneDNN's OpenMP regions follow (asking
+/// sets it in a thread new to ATen). A primitive sizes its work for the threads it was
+/// made with and must not run with more, so the caches below key on it.
+int64_t threads() { return at::get_num_threads(); }
 
 /// Attributes of every primitive here (with `ops` fused after it): the scratchpad is
 /// given at each execution (run). oneDNN's own is kept per thread, and a Winograd
@@ -268,9 +274,9 @@ std::unique_ptr<ConvPrimitives> make_conv(
 ConvPrimitives& conv_primitives(
     const Dims& src, const Dims& weight, int64_t stride, bool backward) {
   static std::mutex mutex;
-  static std::map<std::array<int64_t, 8>, std::unique_ptr<ConvPrimitives>> cache;
-  const std::array<int64_t, 8> key{
-      src[0], src[1], src[2], src[3], weight[0], weight[2], stride, backward};
+  static std::map<std::array<int64_t, 9>, std::unique_ptr<ConvPrimitives>> cache;
+  const std::array<int64_t, 9> key{
+      src[0], src[1], src[2], src[3], weight[0], weight[2], stride, backward, threads()};
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
   if (!slot) slot = make_conv(src, weight, stride, backward);
@@ -365,9 +371,10 @@ struct NormPrimitives {
 /// `inference` the forward alone with given statistics.
 NormPrimitives& norm_primitives(const Dims& dims, float eps, bool relu, bool inference = false) {
   static std::mutex mutex;
-  static std::map<std::tuple<Dims, float, bool, bool>, std::unique_ptr<NormPrimitives>> cache;
+  static std::map<std::tuple<Dims, float, bool, bool, int64_t>, std::unique_ptr<NormPrimitives>>
+      cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = cache[{dims, eps, relu, inference}];
+  auto& slot = cache[{dims, eps, relu, inference, threads()}];
   if (slot) return *slot;
   using flags = dnnl::normalization_flags;
   const flags f = relu ? flags::use_scale | flags::use_shift | flags::fuse_norm_relu
@@ -520,9 +527,19 @@ std::unique_ptr<InferencePrimitive> make_inference_conv(
 InferencePrimitive& inference_conv(
     const Dims& src, const Dims& weight, int64_t pad, bool plain_src, bool relu) {
   static std::mutex mutex;
-  static std::map<std::array<int64_t, 10>, std::unique_ptr<InferencePrimitive>> cache;
-  const std::array<int64_t, 10> key{
-      src[0], src[1], src[2], src[3], weight[0], weight[2], weight[3], pad, plain_src, relu};
+  static std::map<std::array<int64_t, 11>, std::unique_ptr<InferencePrimitive>> cache;
+  const std::array<int64_t, 11> key{
+      src[0],
+      src[1],
+      src[2],
+      src[3],
+      weight[0],
+      weight[2],
+      weight[3],
+      pad,
+      plain_src,
+      relu,
+      threads()};
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
   if (!slot) slot = make_inference_conv(src, weight, pad, plain_src, relu);
@@ -537,9 +554,9 @@ struct PoolPrimitive {
 /// 2x2 max pooling of stride 2 on blocked [N,C,H,W], flooring odd sides.
 PoolPrimitive& pool_primitive(const Dims& src) {
   static std::mutex mutex;
-  static std::map<Dims, std::unique_ptr<PoolPrimitive>> cache;
+  static std::map<std::pair<Dims, int64_t>, std::unique_ptr<PoolPrimitive>> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& slot = cache[src];
+  auto& slot = cache[{src, threads()}];
   if (slot) return *slot;
   auto p = std::make_unique<PoolPrimitive>();
   const Dims dst{src[0], src[1], src[2] / 2, src[3] / 2};

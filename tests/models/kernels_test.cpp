@@ -275,6 +275,27 @@ TEST_F(KernelsTest, APassMadeInOneThreadRunsInAnother) {
   EXPECT_TRUE(torch::equal(here, there));
 }
 
+// A primitive sizes its scratchpad for the threads it was made with: after the thread
+// count changes, passes run on primitives made for the new count (the caches key on it),
+// and agree with the first within float32 rounding (threads split the sums differently).
+TEST_F(KernelsTest, PassesFollowAChangedThreadCount) {
+  BackboneOptions o = options("vgg16");
+  o.input = 32;
+  auto net = make_backbone(o);
+  net->eval();
+  torch::InferenceMode inference;
+  const at::Tensor x = torch::randn({4, 1, 32, 32});
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor one = net->forward(x);
+  at::set_num_threads(std::max(2, threads));
+  const at::Tensor more = net->forward(x);
+  at::set_num_threads(threads);
+  EXPECT_LE(
+      relative_gap(more.to(torch::kDouble), one.to(torch::kDouble)),
+      14 * 8 * 4608 * std::ldexp(1.0, -24));
+}
+
 // On 18x18 patches no stage of resnet20 tiles well enough for Winograd (9x9 at 32
 // channels, 5x5 at 64), and evaluation keeps LibTorch's kernels: the same bits.
 TEST_F(KernelsTest, EvaluationWithoutWinogradKeepsLibTorchsKernels) {
