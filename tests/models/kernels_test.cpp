@@ -256,14 +256,20 @@ TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
   EXPECT_LE(relative_gap(inference_net->forward(x), aten), 2 * bound);
 }
 
+/// `name` on 32x32 gray inputs, in eval mode.
+std::shared_ptr<BackboneImpl> evaluating(const std::string& name) {
+  BackboneOptions o = options(name);
+  o.input = 32;
+  auto net = make_backbone(o);
+  net->eval();
+  return net;
+}
+
 // serve's workers run the primitives a first request made in another thread. With
 // oneDNN's own scratchpad (one per thread) the Winograd convolution of small-cnn's third
 // layer (32 -> 64 channels, 4x4 outputs) crashed there; each execution now brings its own.
 TEST_F(KernelsTest, APassMadeInOneThreadRunsInAnother) {
-  BackboneOptions o = options("small-cnn");
-  o.input = 32;
-  auto net = make_backbone(o);
-  net->eval();
+  auto net = evaluating("small-cnn");
   torch::InferenceMode inference;
   const at::Tensor x = torch::randn({4, 1, 32, 32});
   const at::Tensor here = net->forward(x);
@@ -279,10 +285,7 @@ TEST_F(KernelsTest, APassMadeInOneThreadRunsInAnother) {
 // count changes, passes run on primitives made for the new count (the caches key on it),
 // and agree with the first within float32 rounding (threads split the sums differently).
 TEST_F(KernelsTest, PassesFollowAChangedThreadCount) {
-  BackboneOptions o = options("vgg16");
-  o.input = 32;
-  auto net = make_backbone(o);
-  net->eval();
+  auto net = evaluating("vgg16");
   torch::InferenceMode inference;
   const at::Tensor x = torch::randn({4, 1, 32, 32});
   const int threads = at::get_num_threads();
