@@ -88,14 +88,10 @@ std::vector<ConvGroup> conv_groups(nn::Sequential& seq) {
   return groups;
 }
 
-/// Whether evaluation of `groups` on `x` can take oneDNN's blocked layout: no gradients,
-/// eval mode, the processor's layout (blocked::use_for), outputs in whole blocks, batch
-/// norms with running statistics.
-bool blocked_evaluation(
-    nn::Sequential& seq, const std::vector<ConvGroup>& groups, const at::Tensor& x) {
-  if (groups.empty() || at::GradMode::is_enabled() || seq->is_training() || !blocked::use_for(x)) {
-    return false;
-  }
+/// Whether `groups` can evaluate on oneDNN's blocked layout: outputs in whole blocks,
+/// batch norms with running statistics.
+bool blocked_groups(const std::vector<ConvGroup>& groups) {
+  if (groups.empty()) return false;
   for (const ConvGroup& g : groups) {
     if (!blocked::holds_blocks(g.conv->options.out_channels())) return false;
     if (g.bn && !g.bn->options.track_running_stats()) return false;
@@ -142,8 +138,11 @@ at::Tensor forward_blocked(const std::vector<ConvGroup>& groups, at::Tensor x) {
 }  // namespace
 
 at::Tensor forward_stack(nn::Sequential& seq, at::Tensor x) {
-  const std::vector<ConvGroup> groups = conv_groups(seq);
-  if (blocked_evaluation(seq, groups, x)) return forward_blocked(groups, x);
+  // Evaluation without gradients on the processor's blocked layout (blocked::use_for).
+  if (!at::GradMode::is_enabled() && !seq->is_training() && blocked::use_for(x)) {
+    const std::vector<ConvGroup> groups = conv_groups(seq);
+    if (blocked_groups(groups)) return forward_blocked(groups, x);
+  }
   auto layer = seq->begin();
   const auto layers = static_cast<std::ptrdiff_t>(seq->size());
   for (std::ptrdiff_t i = 0; i < layers; ++i) {

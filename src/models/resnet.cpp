@@ -154,8 +154,8 @@ class ResNetImpl : public BackboneImpl {
   }
   /// Whether every width is a whole number of oneDNN's blocks (16 channels, or 8).
   bool blocked_widths() const {
-    bool whole = plan_.stem % 16 == 0;
-    for (const int64_t w : plan_.widths) whole = whole && w % 16 == 0;
+    bool whole = blocked::holds_blocks(plan_.stem);
+    for (const int64_t w : plan_.widths) whole = whole && blocked::holds_blocks(w);
     return whole;
   }
   at::Tensor classify(const at::Tensor& f) override { return fc_->forward(f); }
