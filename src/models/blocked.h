@@ -28,7 +28,7 @@ bool use_for(const at::Tensor& x);
 /// fast (137 against 76 images/s), while without Winograd the layout alone did not pay.
 bool winograd_for(int64_t channels, int64_t height, int64_t width);
 
-/// [N,C,H,W] (any memory format, C a multiple of 16) -> blocked.
+/// [N,C,H,W] (any memory format, C whole blocks: holds_blocks) -> blocked.
 at::Tensor to_blocked(const at::Tensor& x);
 /// Blocked -> [N,C] averaged over H and W (global average pooling).
 at::Tensor mean_pool(const at::Tensor& xb);
@@ -41,7 +41,8 @@ at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride);
 /// Whether `channels` fill whole blocks of this processor's layout.
 bool holds_blocks(int64_t channels);
 
-/// A convolution's weight [O,C,k,k] and bias [O], as evaluation computes with them.
+/// A convolution's weight [O,C,k,k] and bias [O] (undefined: none), as evaluation
+/// computes with them.
 using MakeWeights = std::function<std::pair<at::Tensor, at::Tensor>()>;
 
 /// Evaluation's convolution (no autograd): `x` plain [N,C,H,W] (a first layer, any C) or

@@ -243,6 +243,24 @@ TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
   randomize_batch_norms(*net);
   EXPECT_TRUE(agrees(net)) << "batch norm changed";
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(agrees(make_backbone(o))) << "new model " << i;
+  // The residual backbones' Winograd evaluation (resnet20's second stage at 16x16 inputs)
+  // keeps its transformed weights the same way.
+  auto resnet = make_backbone(options("resnet20"));
+  const at::Tensor small = torch::randn({4, 1, 16, 16});
+  auto resnet_agrees = [&] {
+    resnet->eval();
+    const at::Tensor aten = evaluate(*resnet, TrainKernels::kAten, torch::kFloat, small);
+    const at::Tensor blocked = evaluate(*resnet, TrainKernels::kAuto, torch::kFloat, small);
+    return relative_gap(blocked, aten) <= 2 * 20 * 8 * 576 * std::ldexp(1.0, -24);
+  };
+  EXPECT_TRUE(resnet_agrees());
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : resnet->parameters()) {
+      if (p.dim() == 4) p.data().mul_(-1.5);
+    }
+  }
+  EXPECT_TRUE(resnet_agrees()) << "resnet20 weights changed through data()";
   // Parameters made in inference mode keep no version counter.
   torch::InferenceMode inference;
   auto inference_net = make_backbone(o);
