@@ -122,6 +122,12 @@ memory::desc blocked_desc(const Dims& dims, int64_t block = block_size()) {
   return memory::desc(dims, memory::data_type::f32, tag);
 }
 
+/// A source of `dims` in plain NCHW (a network's first layer, any channels), or blocked.
+memory::desc source_desc(const Dims& dims, bool plain) {
+  return plain ? memory::desc(dims, memory::data_type::f32, memory::format_tag::nchw)
+               : blocked_desc(dims);
+}
+
 /// The [N,C,H,W] a blocked tensor [N,C/b,H,W,b] holds.
 Dims logical_dims(const at::Tensor& xb) {
   return {xb.size(0), xb.size(1) * xb.size(4), xb.size(2), xb.size(3)};
@@ -261,8 +267,8 @@ struct ConvPrimitives {
   dnnl::convolution_backward_weights weights;
 };
 
-/// A convolution's shapes and layouts: blocked source and output, weights in the layout
-/// oneDNN prefers, padding k/2.
+/// A convolution's shapes and layouts: a blocked source and output, weights in the
+/// layout oneDNN prefers, padding k/2. Each pass is made for a given source layout.
 struct ConvShape {
   memory::desc src, weights, dst;
   Dims strides, padding;
@@ -279,11 +285,12 @@ struct ConvShape {
         strides{stride, stride},
         padding{w[2] / 2, w[3] / 2} {}
 
-  dnnl::convolution_forward::primitive_desc forward(dnnl::algorithm algorithm) const {
+  dnnl::convolution_forward::primitive_desc forward(
+      dnnl::algorithm algorithm, const memory::desc& source) const {
     return dnnl::convolution_forward::primitive_desc(
         {dnnl::prop_kind::forward_training,
          algorithm,
-         src,
+         source,
          weights,
          dst,
          strides,
@@ -292,7 +299,45 @@ struct ConvShape {
         attributes(),
         cpu_engine());
   }
+  dnnl::convolution_forward::primitive_desc forward(dnnl::algorithm algorithm) const {
+    return forward(algorithm, src);
+  }
+  dnnl::convolution_backward_data::primitive_desc data(
+      dnnl::algorithm algorithm, const memory::desc& source,
+      const dnnl::convolution_forward::primitive_desc& hint) const {
+    return dnnl::convolution_backward_data::primitive_desc(
+        {algorithm, source, weights, dst, strides, padding, padding},
+        attributes(),
+        cpu_engine(),
+        hint);
+  }
+  dnnl::convolution_backward_weights::primitive_desc weights_of(
+      dnnl::algorithm algorithm, const memory::desc& source,
+      const dnnl::convolution_forward::primitive_desc& hint) const {
+    return dnnl::convolution_backward_weights::primitive_desc(
+        {algorithm, source, weights, dst, strides, padding, padding},
+        attributes(),
+        cpu_engine(),
+        hint);
+  }
 };
+
+/// Whether oneDNN answered `pd` with its reference kernel (far slower than LibTorch's).
+bool reference(const dnnl::primitive_desc_base& pd) {
+  return std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+/// make(source) for the first of `sources` that oneDNN's own kernels serve; if none
+/// does, for the first (its reference kernel).
+template <typename Make>
+auto own_kernels(const std::vector<memory::desc>& sources, Make&& make) {
+  for (size_t i = 1; i < sources.size(); ++i) {
+    auto pd = make(sources[i - 1]);
+    if (!reference(pd)) return pd;
+  }
+  auto last = make(sources.back());
+  return reference(last) ? make(sources.front()) : last;
+}
 
 /// make(algorithm) with Winograd when `winograd`, else (or when oneDNN has no Winograd
 /// kernel for the shape) with the direct algorithm.
@@ -310,33 +355,31 @@ auto winograd_or_direct(bool winograd, Make&& make) {
 bool has_direct_kernel(int64_t block) {
   try {
     const ConvShape c({16, 32, 16, 16}, {32, 32, 3, 3}, 1, block);
-    const std::string impl = c.forward(dnnl::algorithm::convolution_direct).impl_info_str();
-    return impl.rfind("ref", 0) != 0;
+    return !reference(c.forward(dnnl::algorithm::convolution_direct));
   } catch (const dnnl::error&) {
     return false;
   }
 }
 
 /// The forward primitive, and with `backward` both backward ones (left empty without).
+/// A `plain` source is read as NCHW where oneDNN's own kernels take it, else in blocks
+/// (its channels padded): held to AVX2, oneDNN 2.6 has a first-layer forward kernel for
+/// NCHW but computes the weights' gradient from NCHW only with its reference kernel
+/// (half a second for a 1-channel stem on 256 patches of 32x32); never Winograd.
 std::unique_ptr<ConvPrimitives> make_conv(
-    const Dims& src, const Dims& weight, int64_t stride, bool backward) {
+    const Dims& src, const Dims& weight, int64_t stride, bool backward, bool plain) {
   const ConvShape c(src, weight, stride);
-  const bool winograd = use_winograd(src, weight, c.dst.dims(), stride);
+  const bool winograd = !plain && use_winograd(src, weight, c.dst.dims(), stride);
+  std::vector<memory::desc> sources{c.src};
+  if (plain) sources.insert(sources.begin(), source_desc(src, true));
   return winograd_or_direct(winograd, [&](dnnl::algorithm algorithm) {
     auto p = std::make_unique<ConvPrimitives>();
-    p->forward_pd = c.forward(algorithm);
+    p->forward_pd = own_kernels(sources, [&](auto& s) { return c.forward(algorithm, s); });
     p->forward = dnnl::convolution_forward(p->forward_pd);
     if (!backward) return p;
-    p->data_pd = dnnl::convolution_backward_data::primitive_desc(
-        {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
-        attributes(),
-        cpu_engine(),
-        p->forward_pd);
-    p->weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-        {algorithm, c.src, c.weights, c.dst, c.strides, c.padding, c.padding},
-        attributes(),
-        cpu_engine(),
-        p->forward_pd);
+    p->data_pd = own_kernels(sources, [&](auto& s) { return c.data(algorithm, s, p->forward_pd); });
+    p->weights_pd =
+        own_kernels(sources, [&](auto& s) { return c.weights_of(algorithm, s, p->forward_pd); });
     p->data = dnnl::convolution_backward_data(p->data_pd);
     p->weights = dnnl::convolution_backward_weights(p->weights_pd);
     return p;
@@ -346,14 +389,14 @@ std::unique_ptr<ConvPrimitives> make_conv(
 /// The primitives of one shape, made once per process; evaluation (`backward` false)
 /// makes the forward one alone.
 ConvPrimitives& conv_primitives(
-    const Dims& src, const Dims& weight, int64_t stride, bool backward) {
+    const Dims& src, const Dims& weight, int64_t stride, bool backward, bool plain) {
   static std::mutex mutex;
-  static std::map<std::array<int64_t, 9>, std::unique_ptr<ConvPrimitives>> cache;
-  const std::array<int64_t, 9> key{
-      src[0], src[1], src[2], src[3], weight[0], weight[2], stride, backward, threads()};
+  static std::map<std::array<int64_t, 10>, std::unique_ptr<ConvPrimitives>> cache;
+  const std::array<int64_t, 10> key{
+      src[0], src[1], src[2], src[3], weight[0], weight[2], stride, backward, plain, threads()};
   std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[key];
-  if (!slot) slot = make_conv(src, weight, stride, backward);
+  if (!slot) slot = make_conv(src, weight, stride, backward, plain);
   return *slot;
 }
 
@@ -361,30 +404,72 @@ Dims weight_dims(const at::Tensor& weight) {
   return Dims(weight.sizes().begin(), weight.sizes().end());
 }
 
+/// Whether `x` is a plain [N,C,H,W] source rather than a blocked [N,C/b,H,W,b] one.
+bool is_plain(const at::Tensor& x) { return x.dim() == 4; }
+
+/// The [N,C,H,W] that a plain or blocked `x` holds.
+Dims source_dims(const at::Tensor& x) {
+  return is_plain(x) ? Dims(x.sizes().begin(), x.sizes().end()) : logical_dims(x);
+}
+
+/// The primitives of the convolution of `x` (plain or blocked) by `weight`.
+ConvPrimitives& conv_primitives_for(
+    const at::Tensor& x, const at::Tensor& weight, int64_t stride, bool backward) {
+  return conv_primitives(source_dims(x), weight_dims(weight), stride, backward, is_plain(x));
+}
+
+/// `x` (contiguous, plain or blocked) as a pass's source of layout `want`: its own
+/// memory, or for a plain `x` that the pass reads in blocks a copy kept in `keep`.
+memory source_memory(const at::Tensor& x, const memory::desc& want, at::Tensor& keep) {
+  return is_plain(x) ? in_layout(x, want, keep) : wrap(want, x);
+}
+
+/// A tensor shaped as `like` (contiguous, or in `like`'s memory format with `keep_format`)
+/// filled by `fill` with memory of layout `want`: its own where it has that layout (a
+/// blocked tensor always does), else a buffer reordered into it afterwards.
+template <typename Fill>
+at::Tensor filled_as(const at::Tensor& like, const memory::desc& want, Fill&& fill) {
+  at::Tensor out = at::empty_like(like);
+  const bool own = like.dim() == 5 || want == strided_desc(out);
+  const at::Tensor inner = own ? out : empty_for(want, out.options());  // outlives `filled`
+  memory filled = wrap(want, inner);
+  fill(filled);
+  if (!own) {
+    memory target = wrap(strided_desc(out), out);
+    copy(filled, target);
+  }
+  return out;
+}
+
 /// The gradient of the weights, in the weight's own memory format.
 at::Tensor weight_gradient(
     ConvPrimitives& p, const at::Tensor& xb, const memory& diff_dst, const at::Tensor& weight) {
-  at::Tensor dw = at::empty_like(weight);
-  const memory::desc want = p.weights_pd.diff_weights_desc(), user = strided_desc(dw);
-  const at::Tensor inner = want == user ? dw : empty_for(want, dw.options());  // outlives diff_w
-  memory diff_w = wrap(want, inner);
-  run(p.weights,
-      p.weights_pd,
-      {{DNNL_ARG_SRC, wrap(p.weights_pd.src_desc(), xb)},
-       {DNNL_ARG_DIFF_DST, diff_dst},
-       {DNNL_ARG_DIFF_WEIGHTS, diff_w}});
-  if (!(want == user)) {
-    memory target = wrap(user, dw);
-    copy(diff_w, target);
-  }
-  return dw;
+  at::Tensor keep;
+  const memory src = source_memory(xb, p.weights_pd.src_desc(), keep);
+  return filled_as(weight, p.weights_pd.diff_weights_desc(), [&](const memory& diff_w) {
+    run(p.weights,
+        p.weights_pd,
+        {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_w}});
+  });
 }
 
-/// The convolution of a contiguous blocked `xb`, without autograd; `backward`: the
-/// backward pass will follow.
+/// The gradient of the source `xb`, in its own layout.
+at::Tensor data_gradient(
+    ConvPrimitives& p, const at::Tensor& xb, const memory& diff_dst, const at::Tensor& weight) {
+  at::Tensor keep;
+  const memory w = in_layout(weight, p.data_pd.weights_desc(), keep);
+  return filled_as(xb, p.data_pd.diff_src_desc(), [&](const memory& diff_src) {
+    run(p.data,
+        p.data_pd,
+        {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, diff_src}});
+  });
+}
+
+/// The convolution of a contiguous `xb`, blocked or plain, without autograd; `backward`:
+/// the backward pass will follow.
 at::Tensor conv_forward(
     const at::Tensor& xb, const at::Tensor& weight, int64_t stride, bool backward) {
-  ConvPrimitives& p = conv_primitives(logical_dims(xb), weight_dims(weight), stride, backward);
+  ConvPrimitives& p = conv_primitives_for(xb, weight, stride, backward);
   at::Tensor y = empty_blocked(p.forward_pd.dst_desc().dims(), xb.options());
   // Evaluation reuses the weights in the primitive's layout (for Winograd a transform:
   // 44 ms for 512 x 512 channels on the Xeon 6/167).
@@ -399,9 +484,10 @@ at::Tensor conv_forward(
                .weight;
     w = wrap(want, keep);
   }
+  at::Tensor source;
   run(p.forward,
       p.forward_pd,
-      {{DNNL_ARG_SRC, wrap(p.forward_pd.src_desc(), xb)},
+      {{DNNL_ARG_SRC, source_memory(xb, p.forward_pd.src_desc(), source)},
        {DNNL_ARG_WEIGHTS, w},
        {DNNL_ARG_DST, wrap(p.forward_pd.dst_desc(), y)}});
   return y;
@@ -422,21 +508,11 @@ class BlockedConv : public torch::autograd::Function<BlockedConv> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& xb = saved[0];
     const at::Tensor& weight = saved[1];
-    ConvPrimitives& p = conv_primitives(
-        logical_dims(xb), weight_dims(weight), ctx->saved_data["stride"].toInt(), true);
+    ConvPrimitives& p = conv_primitives_for(xb, weight, ctx->saved_data["stride"].toInt(), true);
     const at::Tensor dy = grads[0].contiguous();
     const memory diff_dst = wrap(p.forward_pd.dst_desc(), dy);
     at::Tensor dx;
-    if (ctx->needs_input_grad(0)) {
-      dx = at::empty_like(xb);
-      at::Tensor keep;
-      const memory w = in_layout(weight, p.data_pd.weights_desc(), keep);
-      run(p.data,
-          p.data_pd,
-          {{DNNL_ARG_DIFF_DST, diff_dst},
-           {DNNL_ARG_WEIGHTS, w},
-           {DNNL_ARG_DIFF_SRC, wrap(p.data_pd.diff_src_desc(), dx)}});
-    }
+    if (ctx->needs_input_grad(0)) dx = data_gradient(p, xb, diff_dst, weight);
     at::Tensor dw;
     if (ctx->needs_input_grad(1)) dw = weight_gradient(p, xb, diff_dst, weight);
     return {dx, dw, at::Tensor()};
@@ -581,9 +657,7 @@ std::unique_ptr<InferencePrimitive> make_inference_conv(
     const Dims& src, const Dims& weight, int64_t pad, bool plain_src, bool relu) {
   const Dims dst{
       src[0], weight[0], src[2] + 2 * pad - weight[2] + 1, src[3] + 2 * pad - weight[3] + 1};
-  const memory::desc src_d =
-      plain_src ? memory::desc(src, memory::data_type::f32, memory::format_tag::nchw)
-                : blocked_desc(src);
+  const memory::desc src_d = source_desc(src, plain_src);
   const memory::desc weights_d(weight, memory::data_type::f32, memory::format_tag::any);
   const memory::desc bias_d({weight[0]}, memory::data_type::f32, memory::format_tag::x);
   dnnl::post_ops ops;
@@ -672,11 +746,6 @@ bool winograd_for(int64_t channels, int64_t height, int64_t width) {
   return channels >= kWinogradMin && tiles_well(height, width) && winograd_available();
 }
 
-at::Tensor to_blocked(const at::Tensor& x) {
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), b = block_size();
-  return x.permute({0, 2, 3, 1}).reshape({n, h, w, c / b, b}).permute({0, 3, 1, 2, 4}).contiguous();
-}
-
 at::Tensor mean_pool(const at::Tensor& xb) {
   return xb.mean({2, 3}).reshape({xb.size(0), xb.size(1) * xb.size(4)});
 }
@@ -691,10 +760,9 @@ bool holds_blocks(int64_t channels) { return block_size() > 0 && channels % bloc
 at::Tensor conv_inference(
     const at::Tensor& x, const std::vector<at::Tensor>& sources, const MakeWeights& make,
     int64_t pad, bool relu) {
-  const bool plain = x.dim() == 4;
   const at::Tensor src = x.contiguous();
-  const Dims dims = plain ? Dims(src.sizes().begin(), src.sizes().end()) : logical_dims(src);
-  InferencePrimitive& p = inference_conv(dims, weight_dims(sources.at(0)), pad, plain, relu);
+  InferencePrimitive& p =
+      inference_conv(source_dims(src), weight_dims(sources.at(0)), pad, is_plain(src), relu);
   const PreparedWeights w = prepared_weights(sources, make, p.pd.weights_desc());
   at::Tensor y = empty_blocked(p.pd.dst_desc().dims(), src.options());
   run(p.conv,

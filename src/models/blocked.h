@@ -28,13 +28,12 @@ bool use_for(const at::Tensor& x);
 /// fast (137 against 76 images/s), while without Winograd the layout alone did not pay.
 bool winograd_for(int64_t channels, int64_t height, int64_t width);
 
-/// [N,C,H,W] (any memory format, C whole blocks: holds_blocks) -> blocked.
-at::Tensor to_blocked(const at::Tensor& x);
 /// Blocked -> [N,C] averaged over H and W (global average pooling).
 at::Tensor mean_pool(const at::Tensor& xb);
 
-/// A convolution without bias, padding k/2: blocked `xb` -> blocked output. `weight` is
-/// [O,C,k,k] in any memory format. Winograd where k = 3, stride 1, both channel counts
+/// A convolution without bias, padding k/2: blocked `xb`, or a plain [N,C,H,W] one (a
+/// network's first layer, any C), -> blocked output. `weight` is [O,C,k,k] in any memory
+/// format. Winograd where the source is blocked, k = 3, stride 1, both channel counts
 /// are at least 32 and 4x4 tiles cover the output with little waste; direct otherwise.
 at::Tensor conv(const at::Tensor& xb, const at::Tensor& weight, int64_t stride);
 

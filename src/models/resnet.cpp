@@ -131,10 +131,10 @@ class ResNetImpl : public BackboneImpl {
     for (auto& stage : stages_) y = stage->forward(y);
     return y.mean({2, 3});  // global average pooling
   }
-  /// A pass on oneDNN's blocked layout (models/kernels.h): the stem's convolution as
-  /// above, everything after it blocked up to the pooling.
+  /// A pass on oneDNN's blocked layout (models/kernels.h): the stem reads the plain
+  /// input and writes blocks, everything after it is blocked up to the pooling.
   at::Tensor features_blocked(const at::Tensor& x) {
-    at::Tensor y = blocked::batch_norm(blocked::to_blocked(conv1_->forward(x)), *bn1_, true);
+    at::Tensor y = blocked::batch_norm(blocked::conv(x, conv1_->weight, 1), *bn1_, true);
     for (auto& stage : stages_) {
       for (const auto& block : stage->children())
         y = block->as<BasicBlockImpl>()->forward_blocked(y);

@@ -24,21 +24,22 @@ class KernelsTest : public test::SeededTest {
   void TearDown() override { set_train_kernels(TrainKernels::kAuto); }
 };
 
-BackboneOptions options(const std::string& name) {
+BackboneOptions options(const std::string& name, int64_t channels = 1) {
   BackboneOptions o;
   o.name = name;
-  o.in_channels = 1;
+  o.in_channels = channels;
   o.input = 16;
   o.num_classes = 7;
   return o;
 }
 
 /// One training pass of `net` (a copy of `from`, in `dtype`) under `kernels`: logits,
-/// then every parameter's gradient and every buffer after the pass, by name.
+/// then the input's and every parameter's gradient and every buffer after the pass, by
+/// name.
 std::map<std::string, at::Tensor> training_pass(
     const std::shared_ptr<BackboneImpl>& from, const std::string& name, TrainKernels kernels,
     torch::Dtype dtype, const at::Tensor& x, const at::Tensor& upstream) {
-  auto net = make_backbone(options(name));
+  auto net = make_backbone(options(name, x.size(1)));
   {
     torch::NoGradGuard no_grad;
     auto source = from->named_parameters();
@@ -49,9 +50,12 @@ std::map<std::string, at::Tensor> training_pass(
   net->to(dtype);
   net->train();
   set_train_kernels(kernels);
-  at::Tensor logits = net->forward(x.to(dtype));
+  const at::Tensor input = x.to(dtype).clone().requires_grad_(true);  // a leaf of its own
+  at::Tensor logits = net->forward(input);
   logits.backward(upstream.to(dtype));
-  std::map<std::string, at::Tensor> out{{"logits", logits.detach().to(torch::kDouble)}};
+  std::map<std::string, at::Tensor> out{
+      {"logits", logits.detach().to(torch::kDouble)},
+      {"grad input", input.grad().to(torch::kDouble)}};
   for (auto& p : net->named_parameters()) {
     out["grad " + p.key()] = p.value().grad().to(torch::kDouble);
   }
@@ -82,9 +86,11 @@ double relative_gap(const at::Tensor& a, const at::Tensor& b) {
 // both paths must meet; gradients traverse the layers twice, hence twice the bound.
 TEST_F(KernelsTest, BlockedTrainingMatchesLibTorchWithinFloat32Rounding) {
   if (!blocked_kernels_available()) GTEST_SKIP() << "no blocked kernels in this oneDNN";
-  for (const std::string name : {"resnet20", "bagnet11"}) {
-    auto from = make_backbone(options(name));
-    const at::Tensor x = torch::randn({16, 1, 16, 16});
+  const std::vector<std::pair<std::string, int64_t>> nets{
+      {"resnet20", 1}, {"bagnet11", 1}, {"resnet20", 3}};
+  for (const auto& [name, channels] : nets) {
+    auto from = make_backbone(options(name, channels));
+    const at::Tensor x = torch::randn({16, channels, 16, 16});
     const at::Tensor upstream = torch::randn({16, 7});
     const auto exact = training_pass(from, name, TrainKernels::kAten, torch::kDouble, x, upstream);
     const auto aten = training_pass(from, name, TrainKernels::kAten, torch::kFloat, x, upstream);
@@ -95,12 +101,18 @@ TEST_F(KernelsTest, BlockedTrainingMatchesLibTorchWithinFloat32Rounding) {
     // two agree to 1e-7): there the blocked path is held to LibTorch's float32 pass.
     const bool avx2_1x1 = held_to_avx2() && name == "bagnet11";
     const auto& reference = avx2_1x1 ? aten : exact;
+    // Held to AVX2, LibTorch's own float32 pass of the 3-channel net strays up to 5e-2
+    // from float64 (the input's gradient; 2e-2 for the stem's weights) while the blocked
+    // path stays within the bound: there only the blocked path is held to float64.
+    const bool check_aten = !avx2_1x1 && !(held_to_avx2() && channels == 3);
     ASSERT_EQ(exact.size(), blocked.size());
     for (const auto& [key, value] : exact) {
       const double bound = key.rfind("grad ", 0) == 0 ? 2 * forward_bound : forward_bound;
-      EXPECT_LE(relative_gap(blocked.at(key), reference.at(key)), bound) << name << " " << key;
-      if (!avx2_1x1) {
-        EXPECT_LE(relative_gap(aten.at(key), value), bound) << name << " " << key;
+      EXPECT_LE(relative_gap(blocked.at(key), reference.at(key)), bound)
+          << name << "/" << channels << " " << key;
+      if (check_aten) {
+        EXPECT_LE(relative_gap(aten.at(key), value), bound)
+            << name << "/" << channels << " " << key;
       }
     }
     // The running statistics moved: the batch's, not the initial ones, were folded in.
