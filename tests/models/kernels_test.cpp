@@ -256,7 +256,7 @@ TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
   EXPECT_TRUE(agrees(net)) << "batch norm changed";
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(agrees(make_backbone(o))) << "new model " << i;
   // The residual backbones' Winograd evaluation (resnet20's second stage at 16x16 inputs)
-  // keeps its transformed weights the same way.
+  // sees changed weights too (it transforms them on each call, keeping none).
   auto resnet = make_backbone(options("resnet20"));
   const at::Tensor small = torch::randn({4, 1, 16, 16});
   auto resnet_agrees = [&] {
