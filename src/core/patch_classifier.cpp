@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 
 namespace patchwise {
@@ -19,6 +20,7 @@ constexpr int64_t kChunkPatches = 128;
 template <typename F>
 at::Tensor chunked(int64_t rows, int64_t chunk, F&& f) {
   if (rows <= chunk) return f(0, rows);
+  const SteadyWeights steady;  // one pass: the weights hold still from chunk to chunk
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < rows; start += chunk) {
     parts.push_back(f(start, std::min(chunk, rows - start)));

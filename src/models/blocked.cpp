@@ -37,7 +37,17 @@ namespace patchwise {
 
 namespace {
 std::atomic<TrainKernels> g_train_kernels{TrainKernels::kAuto};
+std::atomic<uint64_t> g_next_steady{1};  ///< SteadyWeights scopes, numbered from 1
+thread_local uint64_t t_steady = 0;      ///< this thread's scope, 0: none
 }  // namespace
+
+SteadyWeights::SteadyWeights() : outermost_(t_steady == 0) {
+  if (outermost_) t_steady = g_next_steady++;
+}
+
+SteadyWeights::~SteadyWeights() {
+  if (outermost_) t_steady = 0;
+}
 
 TrainKernels parse_train_kernels(const std::string& name) {
   if (name == "auto") return TrainKernels::kAuto;
@@ -191,21 +201,23 @@ struct PreparedWeights {
   std::vector<at::Tensor> values;                  // the sources' values then
   memory::desc layout;
   at::Tensor weight, bias;
+  uint64_t steady = 0;  // the SteadyWeights scope in which `values` last matched
 
   PreparedWeights(const at::Tensor& first, const memory::desc& layout)
       : owner(c10::intrusive_ptr<c10::TensorImpl>::reclaim_copy(first.unsafeGetTensorImpl())),
         layout(layout) {}
 
-  /// Made from `now` for `want`: the same first tensor and the same bytes in every source.
-  /// Values, not version counters: LibTorch's SGD steps through Tensor::data(), which
-  /// leaves a parameter's version as it was.
-  bool fits(const std::vector<at::Tensor>& now, const memory::desc& want) const {
-    if (!(layout == want) || owner._unsafe_get_target() != now[0].unsafeGetTensorImpl() ||
-        owner.expired() || now.size() != values.size()) {
-      return false;
-    }
-    // Byte for byte in the tensors' own layout (the residual backbones keep their weights
-    // channels-last): no copy on each call.
+  /// Made from sources like `now` (the same first tensor, as many) for `want`.
+  bool made_for(const std::vector<at::Tensor>& now, const memory::desc& want) const {
+    return layout == want && owner._unsafe_get_target() == now[0].unsafeGetTensorImpl() &&
+           !owner.expired() && now.size() == values.size();
+  }
+
+  /// Whether every source of `now` (made_for) holds the bytes they were made from. Values,
+  /// not version counters: LibTorch's SGD steps through Tensor::data(), which leaves a
+  /// parameter's version as it was.
+  bool same_values(const std::vector<at::Tensor>& now) const {
+    // Byte for byte in the tensors' own layout: no copy on each call.
     for (size_t i = 0; i < now.size(); ++i) {
       const at::Tensor& t = now[i];
       const at::Tensor& v = values[i];
@@ -232,15 +244,21 @@ PreparedWeights prepare(
   return entry;
 }
 
-/// The prepared weights of `sources` for `layout`: remembered, remade when a source's
-/// values change. A model's entries go when its first source does.
-PreparedWeights prepared_weights(
+/// The prepared weight and bias of `sources` for `layout`: remembered, remade when a
+/// source's values change (checked once per SteadyWeights scope). A model's entries go
+/// when its first source does.
+std::pair<at::Tensor, at::Tensor> prepared_weights(
     const std::vector<at::Tensor>& sources, const MakeWeights& make, const memory::desc& layout) {
   static std::mutex mutex;
   static std::vector<PreparedWeights> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  for (const PreparedWeights& entry : cache) {
-    if (entry.fits(sources, layout)) return entry;
+  for (PreparedWeights& entry : cache) {
+    if (!entry.made_for(sources, layout)) continue;
+    if (t_steady != 0 && entry.steady == t_steady) return {entry.weight, entry.bias};
+    if (entry.same_values(sources)) {
+      entry.steady = t_steady;
+      return {entry.weight, entry.bias};
+    }
   }
   const c10::TensorImpl* owner = sources[0].unsafeGetTensorImpl();
   cache.erase(
@@ -253,7 +271,8 @@ PreparedWeights prepared_weights(
           }),
       cache.end());
   cache.push_back(prepare(sources, make, layout));
-  return cache.back();
+  cache.back().steady = t_steady;
+  return {cache.back().weight, cache.back().bias};
 }
 
 // ---------------------------------------------------------------- convolution
@@ -755,13 +774,13 @@ at::Tensor conv_inference(
   const at::Tensor src = x.contiguous();
   InferencePrimitive& p =
       inference_conv(source_dims(src), weight_dims(sources.at(0)), pad, is_plain(src), relu);
-  const PreparedWeights w = prepared_weights(sources, make, p.pd.weights_desc());
+  const auto [weight, bias] = prepared_weights(sources, make, p.pd.weights_desc());
   at::Tensor y = empty_blocked(p.pd.dst_desc().dims(), src.options());
   run(p.conv,
       p.pd,
       {{DNNL_ARG_SRC, wrap(p.pd.src_desc(), src)},
-       {DNNL_ARG_WEIGHTS, wrap(p.pd.weights_desc(), w.weight)},
-       {DNNL_ARG_BIAS, wrap(p.pd.bias_desc(), w.bias)},
+       {DNNL_ARG_WEIGHTS, wrap(p.pd.weights_desc(), weight)},
+       {DNNL_ARG_BIAS, wrap(p.pd.bias_desc(), bias)},
        {DNNL_ARG_DST, wrap(p.pd.dst_desc(), y)}});
   return y;
 }

@@ -295,6 +295,34 @@ std::shared_ptr<BackboneImpl> evaluating(const std::string& name) {
   return net;
 }
 
+// Within a SteadyWeights scope (one pass in chunks) the prepared weights are compared
+// with the model's tensors at their first use only: a change made inside the scope is
+// not seen there (the scope promised none), and is seen once the scope ends.
+TEST_F(KernelsTest, SteadyWeightsCheckThePreparedWeightsOncePerScope) {
+  if (!blocked_kernels_available()) GTEST_SKIP() << "no blocked kernels in this oneDNN";
+  BackboneOptions o = options("small-cnn");
+  o.input = 32;
+  o.batch_norm = true;
+  auto net = make_backbone(o);
+  net->eval();
+  const at::Tensor x = torch::randn({4, 1, 32, 32});
+  torch::NoGradGuard no_grad;
+  const at::Tensor before = net->forward(x);
+  {
+    const SteadyWeights steady;
+    EXPECT_TRUE(torch::equal(net->forward(x), before));
+    net->named_parameters()["conv.0.weight"].data().mul_(-2);
+    EXPECT_TRUE(torch::equal(net->forward(x), before)) << "compared again within the scope";
+    const SteadyWeights inner;  // joins the outer scope
+    EXPECT_TRUE(torch::equal(net->forward(x), before)) << "compared again in a nested scope";
+  }
+  const at::Tensor after = net->forward(x);
+  set_train_kernels(TrainKernels::kAten);
+  const double bound = 5 * 8 * 576 * std::ldexp(1.0, -24);
+  EXPECT_LE(relative_gap(after, net->forward(x)), 2 * bound) << "the change after the scope";
+  EXPECT_GT(relative_gap(after, before), 2 * bound);
+}
+
 // serve's workers run the primitives a first request made in another thread. With
 // oneDNN's own scratchpad (one per thread) the Winograd convolution of small-cnn's third
 // layer (32 -> 64 channels, 4x4 outputs) crashed there; each execution now brings its own.

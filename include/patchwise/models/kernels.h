@@ -35,4 +35,20 @@ bool blocked_kernels_available();
 /// Whether it also offers Winograd convolutions (AVX-512), which auto then uses.
 bool winograd_available();
 
+/// A promise that the models' weights hold still while it lives in this thread (one
+/// pass split in chunks): evaluation's prepared weights (small-cnn's and VGG16's folded
+/// convolutions on the blocked layout) are then compared with the tensors they were made
+/// from at their first use in it only, not on every call. Nested scopes join the
+/// outermost.
+class SteadyWeights {
+ public:
+  SteadyWeights();
+  ~SteadyWeights();
+  SteadyWeights(const SteadyWeights&) = delete;
+  SteadyWeights& operator=(const SteadyWeights&) = delete;
+
+ private:
+  bool outermost_;
+};
+
 }  // namespace patchwise
