@@ -300,11 +300,7 @@ std::shared_ptr<BackboneImpl> evaluating(const std::string& name) {
 // not seen there (the scope promised none), and is seen once the scope ends.
 TEST_F(KernelsTest, SteadyWeightsCheckThePreparedWeightsOncePerScope) {
   if (!blocked_kernels_available()) GTEST_SKIP() << "no blocked kernels in this oneDNN";
-  BackboneOptions o = options("small-cnn");
-  o.input = 32;
-  o.batch_norm = true;
-  auto net = make_backbone(o);
-  net->eval();
+  auto net = evaluating("small-cnn");
   const at::Tensor x = torch::randn({4, 1, 32, 32});
   torch::NoGradGuard no_grad;
   const at::Tensor before = net->forward(x);
