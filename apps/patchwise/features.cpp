@@ -19,6 +19,7 @@
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
+#include "patchwise/models/backbone.h"
 
 namespace patchwise::cli {
 namespace {

@@ -9,6 +9,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
+#include "patchwise/models/backbone.h"
 #include "patchwise/patch/bags.h"
 
 namespace patchwise {

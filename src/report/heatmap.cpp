@@ -7,6 +7,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "patchwise/core/error.h"
+#include "patchwise/models/backbone.h"
 
 namespace patchwise {
 namespace {

@@ -7,6 +7,7 @@
 
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/image.h"
+#include "patchwise/models/backbone.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/train/trainer.h"
 #include "support/test_support.h"

@@ -12,6 +12,7 @@
 
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/torch_export.h"
+#include "patchwise/models/backbone.h"
 #include "support/model_support.h"
 #include "support/test_support.h"
 

@@ -6,6 +6,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/patch_classifier.h"
+#include "patchwise/models/backbone.h"
 #include "support/test_support.h"
 
 namespace patchwise {

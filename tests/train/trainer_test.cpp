@@ -8,6 +8,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/model_file.h"
+#include "patchwise/models/backbone.h"
 #include "patchwise/report/evaluation.h"
 #include "support/test_support.h"
 

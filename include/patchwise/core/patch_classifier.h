@@ -30,7 +30,7 @@
 #include "patchwise/data/dataset.h"
 #include "patchwise/fusion/attention.h"
 #include "patchwise/fusion/fusion.h"
-#include "patchwise/models/backbone.h"
+#include "patchwise/models/backbone_options.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"
 
@@ -39,6 +39,8 @@ class LinearImpl;
 }  // namespace torch::nn
 
 namespace patchwise {
+
+class BackboneImpl;  // models/backbone.h: include it to call the backbone
 
 /// Everything needed to rebuild a PatchClassifier; stored as JSON in model files.
 struct ModelConfig {
