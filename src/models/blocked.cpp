@@ -350,12 +350,11 @@ bool reference(const dnnl::primitive_desc_base& pd) {
 /// does, for the first (its reference kernel).
 template <typename Make>
 auto own_kernels(const std::vector<memory::desc>& sources, Make&& make) {
-  for (size_t i = 1; i < sources.size(); ++i) {
-    auto pd = make(sources[i - 1]);
+  for (const memory::desc& source : sources) {
+    auto pd = make(source);
     if (!reference(pd)) return pd;
   }
-  auto last = make(sources.back());
-  return reference(last) ? make(sources.front()) : last;
+  return make(sources.front());
 }
 
 /// make(algorithm) with Winograd when `winograd`, else (or when oneDNN has no Winograd
