@@ -9,7 +9,7 @@ export CCACHE_BASEDIR ?= $(CURDIR)
 SECONDS  ?= 60
 TARGETS  ?=
 
-.PHONY: deps build run test test-sanitize bench bench-serve soak-serve fuzz format check-format clean
+.PHONY: deps build run test test-numerics test-sanitize bench bench-serve soak-serve fuzz format check-format clean
 
 deps:
 	@scripts/install-deps
@@ -29,6 +29,11 @@ run: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# Every test labelled numerics rerun with oneDNN, ATen and OpenBLAS held to other
+# instruction sets and kernels and other thread counts (docs/testing.md).
+test-numerics: build
+	scripts/test-numerics $(BUILD)
 
 # The test suite built with AddressSanitizer and UndefinedBehaviorSanitizer; any
 # report fails its test. Leaks inside the libraries below (LibTorch, OpenBLAS,

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -31,7 +32,21 @@ c10::Device resolve_device(const std::string& name) {
   throw OptionError("device", fmt::format("unknown device '{}', expected auto, cpu or cuda", name));
 }
 
+namespace {
+
+/// OMP_NUM_THREADS when it holds a count from 1 to 1,024 (as OpenMP reads it), else 0.
+int64_t threads_from_environment() {
+  const char* value = std::getenv("OMP_NUM_THREADS");
+  if (value == nullptr) return 0;
+  char* end = nullptr;
+  const long n = std::strtol(value, &end, 10);
+  return end != value && *end == '\0' && n >= 1 && n <= 1024 ? n : 0;
+}
+
+}  // namespace
+
 int64_t set_threads(int64_t n) {
+  if (n <= 0) n = threads_from_environment();
   if (n <= 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
   torch::set_num_threads(static_cast<int>(n));
   // LibTorch's OpenMP pool does the parallel work (oneDNN, the patch batch); OpenBLAS,

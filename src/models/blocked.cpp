@@ -239,8 +239,11 @@ PreparedWeights prepare(
   auto [weight, bias] = make();
   at::Tensor keep;
   in_layout(weight, layout, keep);
-  entry.weight = keep.defined() ? keep : weight.contiguous();
-  if (bias.defined()) entry.bias = bias.contiguous();
+  // A copy in any case: a weight already in the primitive's layout (no batch norm folded,
+  // no reorder) would otherwise be the model's parameter itself, and a SteadyWeights
+  // scope would see a change made within it on one processor and not on another.
+  entry.weight = keep.defined() ? keep : weight.clone(at::MemoryFormat::Contiguous);
+  if (bias.defined()) entry.bias = bias.clone(at::MemoryFormat::Contiguous);
   return entry;
 }
 
@@ -373,7 +376,13 @@ auto winograd_or_direct(bool winograd, Make&& make) {
 bool has_direct_kernel(int64_t block) {
   try {
     const ConvShape c({16, 32, 16, 16}, {32, 32, 3, 3}, 1, block);
-    return !reference(c.forward(dnnl::algorithm::convolution_direct));
+    const auto direct = dnnl::algorithm::convolution_direct;
+    const auto forward = c.forward(direct);
+    // Training takes the same layout: held to SSE4.1, oneDNN 2.6 has a forward kernel for
+    // nChw8c but computes both gradients with its reference kernels (backbone_test ran 90x
+    // slower there), so such a processor keeps LibTorch's kernels.
+    return !reference(forward) && !reference(c.data(direct, c.src, forward)) &&
+           !reference(c.weights_of(direct, c.src, forward));
   } catch (const dnnl::error&) {
     return false;
   }

@@ -99,6 +99,7 @@ TEST_F(CliTest, TrainPrintsTheSeedEpochLinesAndLearnsFarAboveChance) {
     ++lines;
   }
   ASSERT_EQ(lines, 3);
+  // Not a rounding bound: it guards learning, five times chance (see CliTest above).
   EXPECT_GT(nlohmann::json::parse(last)["test_accuracy"].get<double>(), 0.5);  // chance: 0.1
 }
 
@@ -111,11 +112,14 @@ TEST_F(CliTest, EvalJsonHasTheDocumentedFieldsAndAgreesWithTraining) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_EQ(j["n"], 500);
-  EXPECT_GT(j["accuracy"].get<double>(), 0.5);
+  EXPECT_GT(j["accuracy"].get<double>(), 0.5);  // as above: chance is 0.1
   EXPECT_TRUE(j["fusion_rules"].empty());
   std::ifstream metrics(file("metrics.jsonl"));
   std::string line, last;
   while (std::getline(metrics, line)) last = line;
+  // Training's last evaluation is the same evaluate() at batch 256 on the same 500 images
+  // and weights (the file keeps every bit), on the same machine and threads: the same
+  // operations, the same count of 500; 1e-9 only absorbs the decimal printing.
   EXPECT_NEAR(
       j["accuracy"].get<double>(),
       nlohmann::json::parse(last)["test_accuracy"].get<double>(),
@@ -128,6 +132,8 @@ TEST_F(CliTest, EvalFusionAllScoresEveryFixedRuleAndEveryPatchPosition) {
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["fusion_rules"].size(), 4u);
+  // Exact: each rule's score comes from the same fuse() on the same patch logits, whether
+  // it is the model's own rule or one scored beside it, in this run or in the next.
   EXPECT_EQ(j["fusion_rules"][0]["rule"], "mean");
   EXPECT_EQ(j["fusion_rules"][0]["accuracy"], j["accuracy"]);  // the model's own rule
   EXPECT_EQ(j["position_accuracy"].size(), 4u);
@@ -151,6 +157,8 @@ TEST_F(CliTest, PredictGivesPatchAndFusedProbabilitiesWithClassNames) {
   EXPECT_EQ(j[0]["patch_probabilities"][0].size(), 10u);
   double sum = 0;
   for (double p : j[0]["probabilities"]) sum += p;
+  // exp of float32 log-probabilities (u = 2^-24): each p off by a few u of p (plus u p |log
+  // p| <= u / e), so 10 of them sum to 1 within a few dozen u, 2e-6; 1e-5 = 170 u.
   EXPECT_NEAR(sum, 1.0, 1e-5);
   std::vector<double> probs = j[0]["probabilities"];
   const int64_t winner = std::max_element(probs.begin(), probs.end()) - probs.begin();
@@ -305,6 +313,7 @@ TEST_F(CliTest, AMegapixelSetTrainsAsBagsAndPredictNamesTheTopTiles) {
   ASSERT_EQ(heat.code, 0) << heat.err;
   nlohmann::json h = nlohmann::json::parse(heat.out);
   EXPECT_EQ(h["top_tiles"].size(), 4u);
+  // Both programs score the bag with the same predict_bag on the same tiles: the same bits.
   EXPECT_EQ(h["top_tiles"][0], p["top_tiles"][0]);  // the same bag, the same best tile
   at::Tensor picture = read_image(file("h.png"), 3);
   EXPECT_GT(picture.size(1), 168 + 128);  // the thumbnail's map above the crops
@@ -380,6 +389,9 @@ TEST_F(CliTest, InitStartsFromASavedModelsWeights) {
          " -o " + file("warm.pw"));
   ASSERT_EQ(warm.code, 0) << warm.err;
   EXPECT_THAT(warm.err, HasSubstr("starting from the weights of"));
+  // Adam moves a weight by about lr per step whatever its gradient: 4 steps of 1e-9 (256
+  // images in batches of 64), under one float32 ulp of a weight of order 0.1. Only an image
+  // whose two best classes are that close may change its answer; 2 / 500 allows two.
   EXPECT_NEAR(nlohmann::json::parse(warm.out)["test_accuracy"].get<double>(), saved, 2.0 / 500);
   expect_bad_input(
       "train --data " + kData + " --fusion attention --loss fused --init " + model() + " -o " +
@@ -476,6 +488,7 @@ TEST_F(CliTest, ValidationSplitWithKeepBestReportsTheKeptEpochAndTheTestAccuracy
   EXPECT_THAT(r.err, HasSubstr(" validation and 200 test images"));
   nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_GE(j["kept_epoch"].get<int>(), 1);
+  // Not a rounding bound: it guards learning, three times chance (0.1) after 2 epochs.
   EXPECT_GT(j["test_accuracy"].get<double>(), 0.3);
 }
 
@@ -559,6 +572,8 @@ TEST_F(CliTest, KillNineThenResumeEndsBitIdenticalToAnUninterruptedRun) {
       pw("train --data " + kData + " --resume " + ckpt + " --out " + file("killed.pw") +
          " --metrics " + file("killed.jsonl"));
   ASSERT_EQ(resumed.code, 0) << resumed.err;
+  // Bit for bit: the same binary makes the same operations in the same order on the same
+  // machine, with the checkpoint's exact state and thread count.
   EXPECT_TRUE(same_weights(file("straight.pw"), file("killed.pw")));
   // The resumed run's metrics hold every epoch, those before the kill included.
   const std::vector<nlohmann::json> straight = epochs_of(file("straight.jsonl"));

@@ -72,13 +72,15 @@ TEST_F(FeatureCacheTest, HoldsEachImagesTileFeaturesAndSurvivesItsFile) {
   torch::NoGradGuard no_grad;
   for (int64_t i = 0; i < 7; ++i) {
     const Bag bag = read_bag(cache.files[static_cast<size_t>(i)], options);
-    // The same tiles through the same layers, in a batch of another size: float32
-    // rounding may differ by a few ulps of values of order 1.
+    // compute_feature_cache ran these same 9 tiles through tile_features in evaluation
+    // mode without gradients, as here: the same operations, equal bit for bit, so any
+    // bound above 0 holds.
     EXPECT_TRUE(torch::allclose(cache.bag(i), model->tile_features(bag.tiles), 1e-5, 1e-5));
     EXPECT_EQ(cache.boxes[i * 9 + 4][0].item<int64_t>(), bag.boxes[4].x);
   }
   save_feature_cache(path("f.pwf"), cache);
   FeatureCache back = load_feature_cache(path("f.pwf"));
+  // The file keeps every bit.
   EXPECT_TRUE(torch::equal(back.features, cache.features));
   EXPECT_TRUE(torch::equal(back.offsets, cache.offsets));
   EXPECT_TRUE(torch::equal(back.boxes, cache.boxes));
@@ -89,6 +91,8 @@ TEST_F(FeatureCacheTest, HoldsEachImagesTileFeaturesAndSurvivesItsFile) {
   const Bag bag = read_bag(test.files.paths[1], options);
   const at::Tensor from_tiles = model->forward_bags(bag.tiles, {9}).log_probs;
   const at::Tensor from_features = back.model->forward_bags(back.bag(5), {9}).log_probs;
+  // The same head on bitwise the same features (above) and weights (the file keeps every
+  // bit): the same operations, equal bit for bit, so any bound above 0 holds.
   EXPECT_TRUE(torch::allclose(from_tiles, from_features, 1e-5, 1e-5));
 }
 
@@ -116,6 +120,7 @@ TEST_F(FeatureCacheTest, AHeadTrainsOnTheCacheWhileTheBackboneStaysFrozen) {
   options.bags = cache.bags(cache.split("train", "train"));
   train_model(head, cache.split("train", "train"), nullptr, options);
   for (const auto& p : head->named_parameters()) {
+    // Frozen weights are copies no step touches (exact); trained ones move far beyond rounding.
     if (frozen(p.key())) {
       EXPECT_TRUE(torch::equal(p.value(), before[p.key().substr(9)])) << p.key();
     } else {

@@ -32,7 +32,12 @@ class TorchExportTest : public test::SeededTest {
   }
 
   /// Exports `model`, saves its outputs on random images beside it, and runs the
-  /// Python check; returns its exit status and output.
+  /// Python check; returns its exit status and output. The bound is the script's: every
+  /// log-probability and patch logit within 1e-5 absolute. Both sides are float32 passes
+  /// (u = 2^-24) of one network, here by LibTorch's kernels (a forward with gradients skips
+  /// the blocked path), there by Python's torch: sums of up to 4,608 products whose roundings
+  /// differ only where the two libraries order them differently, about sqrt(K) u of the
+  /// activations per layer (see torch_import_test.cpp's expect_python_outputs).
   std::pair<int, std::string> check_in_python(PatchClassifier& model) {
     const ModelConfig& c = model->config();
     export_model(model, path("model.pt"), path("model.json"));

@@ -25,6 +25,8 @@ TEST_F(AttentionTest, WeightsAreASoftmaxOverPatches) {
     at::Tensor a = pool->weights(h);
     ASSERT_EQ(a.sizes(), (std::vector<int64_t>{3, 6}));
     EXPECT_TRUE((a > 0).all().item<bool>());
+    // Float64: a softmax of 6 scores sums to 1 within about 6 u (u = 2^-53), far inside
+    // allclose's default rtol 1e-5.
     EXPECT_TRUE(torch::allclose(a.sum(1), torch::ones({3}, torch::kFloat64)));
   }
 }
@@ -42,6 +44,9 @@ TEST_F(AttentionTest, WeightsMatchTheFormulaOfIlseEtAl) {
     scores.push_back(torch::dot(w, torch::tanh(torch::mv(V, hi) + Vb) * gate).item<double>());
   }
   at::Tensor expected = torch::softmax(torch::tensor(scores, torch::kFloat64), 0);
+  // Float64, scores of sums of 5 and 4 products of order 1 summed in other orders: within
+  // ~10 u (u = 2^-53) = 1e-15, and a softmax's weights move by at most twice their scores'
+  // largest change; 1e-12 leaves a factor 500.
   EXPECT_TRUE(torch::allclose(pool->weights(h)[0], expected, 1e-12, 1e-12));
 }
 
@@ -49,6 +54,7 @@ TEST_F(AttentionTest, PoolIsTheWeightedSumOfFeatures) {
   at::Tensor h = torch::tensor({1.0, 2.0, 3.0, 4.0}, torch::kFloat64).view({1, 2, 2});
   at::Tensor a = torch::tensor({0.25, 0.75}, torch::kFloat64).view({1, 2});
   at::Tensor z = AttentionPoolImpl::pool(h, a);
+  // Exact: quarters of small integers, and their sums, are doubles.
   EXPECT_DOUBLE_EQ(z[0][0].item<double>(), 0.25 * 1 + 0.75 * 3);
   EXPECT_DOUBLE_EQ(z[0][1].item<double>(), 0.25 * 2 + 0.75 * 4);
 }
@@ -75,6 +81,9 @@ TEST_F(AttentionTest, GradientsMatchCentralDifferences) {
         flat[i] = saved - kEps;
         const double down = loss_of().item<double>();
         flat[i] = saved;
+        // Central differences err by eps^2 / 6 |f'''| (~1e-12 for third derivatives of order
+        // 1 to 10) plus the loss's rounding over eps: 10 products of order 1 summed, within
+        // ~10 u of their magnitudes (u = 2^-53), 1e-14 / eps = 1e-8. 1e-6 leaves a factor 100.
         EXPECT_NEAR(grad[i].item<double>(), (up - down) / (2 * kEps), 1e-6);
       }
     }
@@ -84,6 +93,8 @@ TEST_F(AttentionTest, GradientsMatchCentralDifferences) {
 TEST_F(AttentionTest, PositionEmbeddingChangesTheWeightsOfIdenticalPatches) {
   AttentionPool pool = make_pool(false, /*positions=*/3);
   at::Tensor h = torch::randn({1, 1, 5}, torch::kFloat64).expand({1, 3, 5}).contiguous();
+  // Identical patches: equal scores up to float64 rounding (1e-15), weights 1/3 far inside
+  // allclose's default rtol 1e-5; a random embedding then moves them by order 0.1.
   EXPECT_TRUE(torch::allclose(pool->weights(h), torch::full({1, 3}, 1.0 / 3, torch::kFloat64)));
   pool->named_parameters()["position"].data().normal_();
   EXPECT_FALSE(torch::allclose(pool->weights(h), torch::full({1, 3}, 1.0 / 3, torch::kFloat64)));

@@ -42,7 +42,7 @@ TEST_F(BagsTest, EqualBagsAreTheFixedGridLayoutWithoutAMask) {
   at::Tensor flat = flat_logits().narrow(0, 0, 8);
   PaddedBags p = pad_bags(flat, {4, 4});
   EXPECT_FALSE(p.mask.defined());
-  EXPECT_TRUE(torch::equal(p.values, flat.view({2, 4, 4})));
+  EXPECT_TRUE(torch::equal(p.values, flat.view({2, 4, 4})));  // a view: the same values
 }
 
 TEST_F(BagsTest, EmptyBagsAndWrongTotalsAreRefused) {
@@ -57,6 +57,9 @@ TEST_F(BagsTest, EveryFixedRuleFusesAPaddedBagAsTheBagAlone) {
     at::Tensor together = fuse(rule, p.values, p.mask);
     for (size_t b = 0; b < kCounts.size(); ++b) {
       at::Tensor alone = fuse(rule, bag(flat, b))[0];
+      // Float64: the padding adds exact zeros (exp(-inf), masked logs) to sums of at most 5
+      // log-probabilities of order 10 (logits of 3 randn), in another order: within ~5 u
+      // (u = 2^-53) of their magnitudes plus a log's ulp, ~1e-14; 1e-12 leaves a factor 100.
       EXPECT_TRUE(torch::allclose(together[static_cast<int64_t>(b)], alone, 0, 1e-12))
           << fusion_rule_name(rule) << " bag " << b;
     }
@@ -70,11 +73,15 @@ TEST_F(BagsTest, PaddingValuesChangeNothingAndGetNoGradient) {
   for (FusionRule rule : fixed_fusion_rules()) {
     at::Tensor x = garbage.clone().requires_grad_(true);
     at::Tensor fused = fuse(rule, x, p.mask);
+    // The padding is masked before any sum, so only per-row operations on the same real
+    // rows remain: the same bound as above.
     EXPECT_TRUE(torch::allclose(fused, fuse(rule, p.values, p.mask), 0, 1e-12))
         << fusion_rule_name(rule);
     if (!fusion_rule_is_differentiable(rule)) continue;
     fused.sum().backward();
     at::Tensor padding_grad = x.grad().masked_select(~p.mask.unsqueeze(2));
+    // Exact: masked_fill passes no gradient, and log_softmax's backward of a zero gradient
+    // is 0 - p * 0.
     EXPECT_EQ(padding_grad.abs().max().item<double>(), 0.0) << fusion_rule_name(rule);
   }
 }
@@ -114,6 +121,7 @@ TEST_F(BagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
       if (together.attention.defined()) {
         EXPECT_TRUE(
             torch::allclose(together.attention[row].narrow(0, 0, n), alone.attention[0], 0, 1e-10));
+        // Exact: a softmax gives exp(-inf) = 0 to the masked positions.
         EXPECT_EQ(together.attention[row].narrow(0, n, 5 - n).abs().sum().item<double>(), 0.0);
       }
       start += n;
@@ -136,6 +144,8 @@ TEST_F(BagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
     sum += torch::cross_entropy_loss(bag(flat, b)[0], target).item<double>();
   }
   at::Tensor expected = torch::tensor(sum / 3.0, torch::kFloat64);
+  // Float64: means of at most 5 cross-entropies of order 10 (logits of 3 randn) and of 3
+  // bags in other orders, within ~10 u (u = 2^-53) of 10: 1e-14; 1e-12 leaves a factor 100.
   EXPECT_NEAR(
       compute_loss(LossKind::kPatch, out, labels).item<double>(), expected.item<double>(), 1e-12);
 }

@@ -22,6 +22,9 @@ std::vector<double> probs(FusionRule rule, const at::Tensor& logits) {
   return {p[0].item<double>(), p[1].item<double>()};
 }
 
+// The four rules' tests on these two patches below: a handful of float64 roundings
+// (log_softmax, the rule's sum or maximum, log, exp) of values of order 1, each within
+// u = 2^-53 = 1.1e-16 of its value; 1e-12 is over a thousand times their sum.
 TEST(FusionTest, MeanAveragesPatchProbabilities) {
   auto p = probs(FusionRule::kMean, two_patch_logits());
   EXPECT_NEAR(p[0], 0.375, 1e-12);
@@ -37,6 +40,8 @@ TEST(FusionTest, GMeanIsTheNormalizedGeometricMean) {
 
 TEST(FusionTest, GMeanEqualsSoftmaxOfTheMeanLogits) {
   at::Tensor logits = torch::randn({4, 5, 10}, torch::kFloat64);
+  // Float64: both sides round means of 5 values of order 1 and log-softmaxes of 10, ~1e-15
+  // apart, far inside allclose's default rtol 1e-5 and atol 1e-8.
   EXPECT_TRUE(
       torch::allclose(fuse(FusionRule::kGMean, logits), torch::log_softmax(logits.mean(1), 1)));
 }
@@ -70,9 +75,13 @@ TEST(FusionTest, EveryRuleGivesNormalizedFiniteLogProbabilitiesAtExtremes) {
   for (FusionRule rule : fixed_fusion_rules()) {
     at::Tensor out = fuse(rule, logits);
     EXPECT_TRUE(torch::isfinite(out).all().item<bool>()) << fusion_rule_name(rule);
+    // Float32 (u = 2^-24): a class's log-probability log p carries a few u times |log p|
+    // plus a few u, and p |log p| <= 1/e, so the probabilities' sum is off by a few u per
+    // class (the large |log p| belong to p that underflow): under 1e-6, and 1e-5 = 170 u.
     EXPECT_NEAR(out.exp().sum().item<double>(), 1.0, 1e-5) << fusion_rule_name(rule);
   }
   at::Tensor random = torch::randn({6, 4, 10}) * 30;
+  // The same bound for 10 classes: a few u each, well under 1e-5.
   for (FusionRule rule : fixed_fusion_rules()) {
     EXPECT_TRUE(torch::allclose(fuse(rule, random).exp().sum(1), torch::ones({6}), 1e-5, 1e-5))
         << fusion_rule_name(rule);
@@ -81,6 +90,8 @@ TEST(FusionTest, EveryRuleGivesNormalizedFiniteLogProbabilitiesAtExtremes) {
 
 TEST(FusionTest, OnePatchFusesToItsOwnDistribution) {
   at::Tensor logits = torch::randn({3, 1, 10}, torch::kFloat64);
+  // Float64: a rule over one patch is its log_softmax up to a rounding or two (~1e-15),
+  // far inside allclose's default rtol 1e-5 and atol 1e-8.
   for (FusionRule rule : {FusionRule::kMean, FusionRule::kGMean, FusionRule::kMax}) {
     EXPECT_TRUE(torch::allclose(fuse(rule, logits), torch::log_softmax(logits.squeeze(1), 1)))
         << fusion_rule_name(rule);
@@ -115,7 +126,9 @@ TEST(FusionTest, NamesRoundTripAndUnknownNamesAreRefused) {
 }
 
 // concat: log_softmax(sum_i W_i h_i + b), W_i the block of W that position i's features
-// meet; summed here position by position, in float64 (agreement within 1e-12).
+// meet; summed here position by position, in float64. Both sum the same 4 x 64 = 256
+// products, each within 256 u (u = 2^-53) of their magnitudes: Linear starts |w| <= 1/16
+// and the features are below 1, so 256 u * 16 = 4.5e-13 at worst, below 1e-12 (+ rtol).
 TEST(FusionTest, ConcatIsALinearHeadOverTheFeaturesInGridOrder) {
   torch::manual_seed(3);
   ModelConfig c;
@@ -142,6 +155,7 @@ TEST(FusionTest, ConcatIsALinearHeadOverTheFeaturesInGridOrder) {
   EXPECT_TRUE(head.back().is_same(params["concat.bias"]));
   model->set_fusion(FusionRule::kGMean);  // evaluated with a fixed rule, the head is unused
   PatchOutput fixed = model->forward(torch::randn({2, 1, 28, 28}, torch::kFloat64));
+  // forward fuses with this same fuse() on these same logits: equal bit for bit.
   EXPECT_TRUE(torch::equal(fixed.log_probs, fuse(FusionRule::kGMean, fixed.patch_logits)));
 }
 

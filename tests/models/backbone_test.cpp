@@ -2,7 +2,9 @@
 
 #include <gmock/gmock.h>
 
+#include <cmath>
 #include <set>
+#include <tuple>
 
 #include "patchwise/core/error.h"
 #include "patchwise/models/kernels.h"
@@ -69,8 +71,11 @@ TEST_F(BackboneTest, DropoutIsActiveInTrainingAndOffInEvaluation) {
   auto net = make_backbone(options("small-cnn", 1, 32));
   at::Tensor x = torch::randn({8, 1, 32, 32});
   net->train();
+  // Not rounding: each pass draws new masks for 8 x 64 features (p = 0.5), which moves the
+  // logits by whole features' contributions, far beyond allclose's default rtol 1e-5.
   EXPECT_FALSE(torch::allclose(net->forward(x), net->forward(x)));
   net->eval();
+  // The same code on the same data in one process: equal bit for bit.
   EXPECT_TRUE(torch::equal(net->forward(x), net->forward(x)));
 }
 
@@ -178,6 +183,9 @@ TEST(BackboneMacs, CountsBagNet11ByHand) {
 // the same amount whatever the far bottom-right corner holds, since no output position
 // sees both (11 pixels at most, the corners 20 apart). In double precision the two
 // differences agree to rounding; resnet20, whose positions see the whole patch, fails it.
+// That rounding is the pooling's alone: a local feature that sees one corner only is
+// computed from the same inputs by the same code (LibTorch's float64 convolutions, whose
+// order depends on shapes, not values) in both images, so it is bitwise the same.
 TEST_F(BackboneTest, BagNetFeaturesAreAveragesOfLocalFeatures) {
   auto gap = [](const std::string& name) {
     auto net = make_backbone(options(name, 1, 32));
@@ -191,21 +199,32 @@ TEST_F(BackboneTest, BagNetFeaturesAreAveragesOfLocalFeatures) {
     at::Tensor c = a.clone(), d = b.clone();
     c.narrow(2, 24, 8).narrow(3, 24, 8).copy_(far);
     d.narrow(2, 24, 8).narrow(3, 24, 8).copy_(far);
-    at::Tensor near = net->features(a) - net->features(b);
-    at::Tensor moved = net->features(c) - net->features(d);
-    return std::make_pair(
-        (near - moved).abs().max().item<double>(), near.abs().max().item<double>());
+    at::Tensor fa = net->features(a), fb = net->features(b);
+    at::Tensor fc = net->features(c), fd = net->features(d);
+    at::Tensor near = fa - fb;
+    at::Tensor moved = fc - fd;
+    const double size = torch::stack({fa, fb, fc, fd}).abs().max().item<double>();
+    return std::make_tuple(
+        (near - moved).abs().max().item<double>(), near.abs().max().item<double>(), size);
   };
-  const auto [bagnet, bagnet_change] = gap("bagnet11");
+  const auto [bagnet, bagnet_change, bagnet_size] = gap("bagnet11");
+  // Not rounding: changing 16 pixels moves some feature by far more than any rounding.
   EXPECT_GT(bagnet_change, 1e-3);  // the corner matters
-  EXPECT_LT(bagnet, 1e-12 * std::max(1.0, bagnet_change));
-  EXPECT_GT(gap("resnet20").first, 1e-6);
+  // Each feature is the mean of 8 x 8 = 64 local features >= 0 (a ReLU's), so its float64
+  // sum is within 63 u (u = 2^-53) of the feature itself: 4 x 64 u of the largest of the
+  // four, plus u of it for each of the two differences.
+  EXPECT_LE(bagnet, (4 * 64 + 4) * std::ldexp(bagnet_size, -53));
+  // Not rounding: far corners interact through resnet20's layers by orders of magnitude
+  // more than float64's roundings (~1e-14 here).
+  EXPECT_GT(std::get<0>(gap("resnet20")), 1e-6);
 }
 
 TEST_F(BackboneTest, GrayInputsGiveTheSameLogitsAsPlainConvolutions) {
   // A one-channel stem runs LibTorch's direct kernel; the same network with three input
   // channels, the extra ones zero in the weights and the input, runs nn::Conv2d's path.
-  // In double precision the two sums differ by rounding alone (~1e-15 relative).
+  // In double precision the two differ by rounding alone: each of resnet20's 20 layers sums
+  // at most 9 x 64 = 576 products, within 576 u = 6.4e-14 (u = 2^-53) of their magnitudes,
+  // 1.3e-12 over the network; 1e-10 leaves a factor 80 for magnitudes above the result.
   for (const std::string name : {"small-cnn", "resnet20"}) {
     auto gray = make_backbone(options(name, 1, 24));
     auto colour = make_backbone(options(name, 3, 24));
@@ -245,6 +264,8 @@ TEST_F(BackboneTest, ResNet20LearnsAFixedBatch) {
       adam.step();
       last = loss.item<double>();
     }
+    // Not a rounding bound: 30 Adam steps memorise 8 samples, taking the loss from about
+    // ln 7 = 1.9 towards 0; a quarter of the start leaves room for any kernels' rounding.
     EXPECT_LT(last, 0.25 * first) << train_kernels_name(kernels);
   }
   set_train_kernels(TrainKernels::kAuto);

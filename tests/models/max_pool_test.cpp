@@ -39,6 +39,8 @@ TEST_F(MaxPoolTest, MatchesAtenBitForBitOnEvenOddTiedAndNanInputs) {
     at::Tensor g = torch::randn({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options());
     auto [ours, our_grad] = run(x, g, max_pool_2x2);
     auto [theirs, their_grad] = run(x, g, aten_pool);
+    // Exact: pooling selects a value (both keep the first of tied ones, or a NaN), and as
+    // 2x2 windows do not overlap each input receives one gradient value or none, no sum.
     EXPECT_TRUE(torch::equal(ours.isnan(), theirs.isnan())) << x.sizes();
     EXPECT_TRUE(torch::equal(ours.nan_to_num(0), theirs.nan_to_num(0))) << x.sizes();
     EXPECT_TRUE(torch::equal(our_grad, their_grad)) << x.sizes();
@@ -48,6 +50,7 @@ TEST_F(MaxPoolTest, MatchesAtenBitForBitOnEvenOddTiedAndNanInputs) {
 TEST_F(MaxPoolTest, ChannelsLastAndViewsGiveTheSameAsContiguous) {
   at::Tensor x = torch::randn({2, 3, 10, 12});
   at::Tensor expected = torch::max_pool2d(x, 2);
+  // Selection is exact in any layout or view.
   EXPECT_TRUE(torch::equal(max_pool_2x2(x.contiguous(at::MemoryFormat::ChannelsLast)), expected));
   at::Tensor wide = torch::randn({2, 3, 10, 20});
   at::Tensor view = wide.narrow(3, 4, 12);
@@ -57,7 +60,7 @@ TEST_F(MaxPoolTest, ChannelsLastAndViewsGiveTheSameAsContiguous) {
 TEST_F(MaxPoolTest, WithoutGradientItKeepsNoIndicesAndStillAgrees) {
   torch::InferenceMode guard;
   at::Tensor x = torch::randn({4, 8, 15, 15});
-  EXPECT_TRUE(torch::equal(max_pool_2x2(x), torch::max_pool2d(x, 2)));
+  EXPECT_TRUE(torch::equal(max_pool_2x2(x), torch::max_pool2d(x, 2)));  // selection: exact
 }
 
 }  // namespace
@@ -121,7 +124,7 @@ TEST_F(MaxPoolTest, FusedBatchNormPoolMatchesTheTwoLayersInDouble) {
     expect_close(fused.dbias, layers.dbias, 1e-9, "bias gradient");
     expect_close(fused.running_mean, layers.running_mean, 1e-9, "running mean");
     expect_close(fused.running_var, layers.running_var, 1e-9, "running variance");
-    EXPECT_TRUE(torch::equal(fused.batches, layers.batches));
+    EXPECT_TRUE(torch::equal(fused.batches, layers.batches));  // an integer count
   }
 }
 

@@ -40,7 +40,8 @@ TEST_F(PatchGridTest, CutsExactPixelsWhenNoResizeIsNeeded) {
   PatchGrid grid(seed_options(/*input=*/18), 28, 28);
   at::Tensor patches = grid.cut(ramp_image(28, 28));
   ASSERT_EQ(patches.sizes(), (std::vector<int64_t>{1, 4, 1, 18, 18}));
-  // Patch 1 is the top-right corner: pixel (r, c) comes from image (r, c + 10).
+  // Cutting copies pixels: exact. Patch 1 is the top-right corner: pixel (r, c) comes from
+  // image (r, c + 10).
   EXPECT_EQ(patches[0][1][0][0][0].item<float>(), 10.0f);
   EXPECT_EQ(patches[0][1][0][17][17].item<float>(), 17 * 28 + 27.0f);
   // Patch 2 is the bottom-left corner: image (r + 10, c).
@@ -56,7 +57,7 @@ TEST_F(PatchGridTest, MatchesTensorFlowValidExtractPatches) {
                              .unfold(3, 18, 10)  // [B,C,2,2,18,18]
                              .permute({0, 2, 3, 1, 4, 5})
                              .reshape({3, 4, 2, 18, 18});
-  EXPECT_TRUE(torch::equal(grid.cut(image), reference));
+  EXPECT_TRUE(torch::equal(grid.cut(image), reference));  // copies of pixels: exact
 }
 
 TEST_F(PatchGridTest, ResizesBilinearlyWithoutAlignedCorners) {
@@ -68,7 +69,8 @@ TEST_F(PatchGridTest, ResizesBilinearlyWithoutAlignedCorners) {
   at::Tensor image = torch::arange(4, torch::kFloat32).view({1, 1, 1, 4}).expand({1, 1, 4, 4});
   at::Tensor out = grid.cut(image);
   ASSERT_EQ(out.sizes(), (std::vector<int64_t>{1, 1, 1, 8, 8}));
-  // Output column j samples source x = (j + 0.5) / 2 - 0.5, clamped to [0, 3].
+  // Output column j samples source x = (j + 0.5) / 2 - 0.5, clamped to [0, 3]. Weights in
+  // quarters on small integers: exact in float32 in any order.
   const std::vector<float> expected = {0.0f, 0.25f, 0.75f, 1.25f, 1.75f, 2.25f, 2.75f, 3.0f};
   for (int j = 0; j < 8; ++j) EXPECT_FLOAT_EQ(out[0][0][0][3][j].item<float>(), expected[j]);
 }
@@ -77,6 +79,8 @@ TEST_F(PatchGridTest, ResizedPatchesHaveTheInputShapeForEveryChannel) {
   PatchGrid grid(seed_options(32), 28, 28);
   at::Tensor out = grid.cut(torch::ones({5, 3, 28, 28}));
   EXPECT_EQ(out.sizes(), (std::vector<int64_t>{5, 4, 3, 32, 32}));
+  // Weights summing to 1 up to a few float32 roundings (u = 2^-24) on ones: within 1e-6,
+  // inside allclose's default rtol 1e-5.
   EXPECT_TRUE(torch::allclose(out, torch::ones_like(out)));
 }
 
@@ -86,7 +90,7 @@ TEST_F(PatchGridTest, WholeImageGridIsTheIdentity) {
   o.patch_h = o.patch_w = 28;
   o.input = 28;
   at::Tensor image = torch::rand({2, 1, 28, 28});
-  EXPECT_TRUE(torch::equal(PatchGrid(o, 28, 28).cut(image).squeeze(1), image));
+  EXPECT_TRUE(torch::equal(PatchGrid(o, 28, 28).cut(image).squeeze(1), image));  // a copy
 }
 
 TEST_F(PatchGridTest, StrideFollowsTheValidRule) {
@@ -129,6 +133,7 @@ TEST_F(PatchGridTest, FiveCropAndTenCropCutCornersCentreAndMirrors) {
   EXPECT_EQ(p[2][0][0][0].item<float>(), 10.0f);  // bottom-left
   EXPECT_EQ(p[3][0][0][0].item<float>(), 12.0f);  // bottom-right
   EXPECT_EQ(p[4][0][0][0].item<float>(), 6.0f);   // centre
+  // Mirrors are copies: exact.
   EXPECT_TRUE(torch::equal(p[5], p[0].flip({2})));
   EXPECT_TRUE(torch::equal(p[9], p[4].flip({2})));
 }

@@ -33,6 +33,9 @@ TEST_F(HeatmapTest, GridOnlyValuesAreTheModelsOwnPatchProbabilities) {
   at::Tensor expected = torch::softmax(model->forward(image.unsqueeze(0)).patch_logits[0], 1)
                             .select(1, 2)
                             .to(torch::kFloat64);
+  // compute_heatmap runs the same 4 patches through the same backbone in one pass without
+  // gradients, as forward does here: the same operations, equal bit for bit (the
+  // conversion to double is exact), so any bound above 0 holds.
   EXPECT_TRUE(torch::allclose(h.probs.view({-1}), expected, 1e-6, 1e-6));
 }
 
@@ -47,6 +50,9 @@ TEST_F(HeatmapTest, SlidingAtTheModelsStrideVisitsTheModelsPatches) {
   PatchOutput out = model->forward(image.unsqueeze(0));
   EXPECT_EQ(h.target_class, out.log_probs.argmax(1).item<int64_t>());
   at::Tensor expected = torch::softmax(out.patch_logits[0], 1).select(1, h.target_class);
+  // The same 4 patches as the model's grid: equal bit for bit, as above. The coverage is
+  // a float64 mean of those values; expected.mean() is float32, within 4 u (u = 2^-24) of
+  // probabilities below 1: 2.4e-7, inside 1e-6.
   EXPECT_TRUE(torch::allclose(h.probs.view({-1}), expected.to(torch::kFloat64), 1e-6, 1e-6));
   // Pixel (0, 0) is covered by patch 1 alone; pixel (14, 14) by all four.
   EXPECT_NEAR(h.coverage[0][0].item<double>(), expected[0].item<double>(), 1e-6);
@@ -92,6 +98,8 @@ TEST_F(HeatmapTest, TileScoresLandOnTheirBoxesOfTheThumbnailDividedByTheLargest)
   const std::vector<Box> boxes = {{0, 0, 100, 100}, {500, 200, 100, 100}, {550, 200, 100, 100}};
   const std::vector<double> scores = {0.1, 0.4, 0.2};
   Heatmap h = tile_heatmap(boxes, scores, 1000, 500, 50, 100);
+  // Exact: 0.1, 0.2 and 0.4 are one double times 1, 2 and 4, so each over the largest is
+  // 0.25, 0.5 or 1 exactly, and so are their sums and halves.
   ASSERT_EQ(h.coverage.sizes(), (std::vector<int64_t>{50, 100}));
   EXPECT_DOUBLE_EQ(h.coverage[5][5].item<double>(), 0.25);
   EXPECT_DOUBLE_EQ(h.coverage[25][52].item<double>(), 1.0);

@@ -31,7 +31,8 @@ TEST_F(RecipeTest, StepScheduleDecaysEveryStepEpochs) {
   o.kind = ScheduleKind::kStep;
   o.step_epochs = 2;
   o.gamma = 0.1;
-  // 10 steps per epoch, 6 epochs.
+  // 10 steps per epoch, 6 epochs. pow(0.1, 0) is 1 and pow(0.1, 1) is 0.1 exactly;
+  // pow(0.1, 2) is within 2 ulps of 0.01 (ulp 1.7e-18), far inside 1e-15.
   EXPECT_DOUBLE_EQ(scheduled_lr(o, 1.0, 0, 60, 10), 1.0);
   EXPECT_DOUBLE_EQ(scheduled_lr(o, 1.0, 19, 60, 10), 1.0);
   EXPECT_NEAR(scheduled_lr(o, 1.0, 20, 60, 10), 0.1, 1e-15);
@@ -41,7 +42,11 @@ TEST_F(RecipeTest, StepScheduleDecaysEveryStepEpochs) {
 TEST_F(RecipeTest, CosineFallsFromTheRateAlongHalfACosineAfterItsWarmup) {
   ScheduleOptions o;
   o.kind = ScheduleKind::kCosine;
-  o.warmup_epochs = 1;                                               // 10 steps
+  o.warmup_epochs = 1;  // 10 steps
+  // The ramp and the peak are exact: cos(0) = 1, and both sides divide the same products
+  // by 10. Half way, cos(kPi / 2) = 6e-17 rather than 0 (kPi is rounded), and the last
+  // step's cosines take kPi * 0.99 and kPi * 99 / 100: a few ulps of 1 (2.2e-16) apart,
+  // far inside 1e-12.
   EXPECT_DOUBLE_EQ(scheduled_lr(o, 2.0, 0, 110, 10), 2.0 * 1 / 10);  // linear ramp
   EXPECT_DOUBLE_EQ(scheduled_lr(o, 2.0, 4, 110, 10), 2.0 * 5 / 10);
   EXPECT_DOUBLE_EQ(scheduled_lr(o, 2.0, 10, 110, 10), 2.0);    // the peak right after it
@@ -49,6 +54,7 @@ TEST_F(RecipeTest, CosineFallsFromTheRateAlongHalfACosineAfterItsWarmup) {
   const double last = scheduled_lr(o, 2.0, 109, 110, 10);
   EXPECT_NEAR(last, 2.0 * 0.5 * (1 + std::cos(kPi * 99 / 100)), 1e-12);
   EXPECT_GT(last, 0);
+  // Consecutive rates differ by at least 1 - cos(kPi / 100) = 4.9e-4, far above rounding.
   for (int64_t s = 11; s < 110; ++s) {
     EXPECT_LT(scheduled_lr(o, 2.0, s, 110, 10), scheduled_lr(o, 2.0, s - 1, 110, 10)) << s;
   }
@@ -56,7 +62,9 @@ TEST_F(RecipeTest, CosineFallsFromTheRateAlongHalfACosineAfterItsWarmup) {
 
 TEST_F(RecipeTest, OneCycleClimbsFromAOneTwentyFifthAndEndsFarBelow) {
   ScheduleOptions o;
-  o.kind = ScheduleKind::kOneCycle;                                // warmup: 30 of 100 steps
+  o.kind = ScheduleKind::kOneCycle;  // warmup: 30 of 100 steps
+  // Each end is to + (from - to) * 0.5 * (1 + cos), cos = 1 or -1 exactly (cos(kPi) rounds
+  // to -1): two roundings of values at most 1, within 2.2e-16; 1e-15 leaves a factor 4.
   EXPECT_NEAR(scheduled_lr(o, 1.0, 0, 100, 10), 1.0 / 25, 1e-15);  // a cosine at 0: rounding
   EXPECT_NEAR(scheduled_lr(o, 1.0, 30, 100, 10), 1.0, 1e-15);
   EXPECT_NEAR(scheduled_lr(o, 1.0, 99, 100, 10), 1.0 / 25e4, 1e-15);
@@ -89,6 +97,8 @@ TEST_F(RecipeTest, WeightDecaySparesBiasesAndNorms) {
   weight.mutable_grad() = torch::zeros_like(weight);
   bias.mutable_grad() = torch::zeros_like(bias);
   optimizer->step();
+  // Float32: 1 * (1 - 0.1 * 0.5) is one rounding of 0.95 (ulp 6e-8), as torch::full's is;
+  // Adam's own step is 0 / (0 + eps) = 0 exactly, so the bias is untouched.
   EXPECT_TRUE(torch::allclose(weight, torch::full({3, 2}, 0.95), 0, 1e-7));
   EXPECT_TRUE(torch::equal(bias, torch::ones({3})));
   // Without decay the groups stay one, as before weight decay existed.
@@ -101,6 +111,9 @@ TEST_F(RecipeTest, NesterovStepsByTheGradientPlusMomentumTimesTheNewBuffer) {
   auto optimizer = make_optimizer({w}, {OptimizerKind::kSgd, 0.1, 0.9, true});
   const at::Tensor g = torch::tensor({1.0, -2.0, 0.5, 0.0}, torch::kFloat64);
   w.mutable_grad() = g.clone();
+  // Float64, g's entries powers of two: both sides round 0.9 g, 1.9 g and their sums
+  // (at most 5.4) and multiply by 0.1, about ten roundings of u = 2^-53 each that add up
+  // to under 8e-16 on w (at most 0.92), below 1e-15.
   optimizer->step();  // buffer = g; w -= lr * (g + 0.9 * g)
   EXPECT_TRUE(torch::allclose(w, -0.1 * 1.9 * g, 0, 1e-15));
   optimizer->step();  // buffer = 0.9 g + g; w -= lr * (g + 0.9 * 1.9 g)
@@ -127,6 +140,7 @@ TEST_F(RecipeTest, LabelSmoothingMatchesPyTorchsCrossEntropy) {
   const double fused =
       (0.8 * -out.log_probs.gather(1, labels.unsqueeze(1)).mean() - 0.2 * out.log_probs.mean())
           .item<double>();
+  // The same for the fused loss: sums of 3 rows of 5 log-probabilities.
   EXPECT_NEAR(compute_loss(LossKind::kFused, out, labels, 0.2).item<double>(), fused, 1e-12);
   EXPECT_THAT(
       test::input_error([] { check_label_smoothing(1.0); }),
@@ -137,10 +151,13 @@ TEST_F(RecipeTest, TheMovingAverageFollowsItsDecayAndCopiesCounts) {
   at::Tensor w = torch::zeros({2}, torch::kFloat64);
   at::Tensor count = torch::zeros({}, torch::kInt64);
   WeightAverage average({w, count}, 0.5);
+  // next_decay's min picks either 1.0 / 10.0 or the 0.5 set, both exactly these doubles.
   EXPECT_DOUBLE_EQ(average.next_decay(), 0.1);  // (1 + 0) / (10 + 0) below 0.5
   w.fill_(10);
   count.fill_(1);
   average.update({w, count});  // 0.1 * 0 + 0.9 * 10
+  // A lerp with weight 0.9 rounds 0.9 and one product: within a few ulps of 9 (1.8e-15),
+  // far inside allclose's default rtol 1e-5.
   EXPECT_TRUE(torch::allclose(average.average()[0], torch::full({2}, 9.0, torch::kFloat64)));
   EXPECT_EQ(average.average()[1].item<int64_t>(), 1);
   for (int i = 0; i < 20; ++i) average.update({w, count});
@@ -148,6 +165,7 @@ TEST_F(RecipeTest, TheMovingAverageFollowsItsDecayAndCopiesCounts) {
   w.fill_(0);
   const double before = average.average()[0][0].item<double>();
   average.update({w, count});
+  // A lerp with weight 0.5 to 0 halves the average exactly: 0 - (0 - a) * 0.5.
   EXPECT_NEAR(average.average()[0][0].item<double>(), 0.5 * before, 1e-12);
   EXPECT_EQ(average.updates(), 22);
 }
@@ -201,10 +219,15 @@ TEST_F(RecipeTest, ClippingBoundsEachStepOfPlainSgd) {
   double squared = 0;
   const auto after = model->parameters();
   for (size_t i = 0; i < after.size(); ++i) {
-    squared += (after[i] - before[i]).pow(2).sum().item<double>();
+    squared += (after[i] - before[i]).to(torch::kDouble).pow(2).sum().item<double>();
   }
   EXPECT_GT(std::sqrt(squared), 0);
-  EXPECT_LE(std::sqrt(squared), 8 * 1e-3 * (1 + 1e-5));
+  // Float32 (u = 2^-24): a clipped step is 1e-3 up to a few u of its norm and scale, and
+  // adding it rounds each weight by up to u |w|: u ||w|| = 4.6e-7 = 4.6e-4 of a step, with
+  // ||w||^2 = 60 (Linear and Conv2d start uniform within 1/sqrt(fan_in): outputs / 3 per
+  // layer, 16 + 32 + 64 + 64 + 4 outputs). The differences (one rounding, u of their size)
+  // are squared and summed in double.
+  EXPECT_LE(std::sqrt(squared), 8 * 1e-3 * (1 + 1e-3));
 }
 
 TEST_F(RecipeTest, PrecisionNamesParseAndOthersAreRefused) {
@@ -262,6 +285,8 @@ TEST_F(RecipeTest, ABf16ConvolutionStaysWithinItsRoundingBound) {
                            u * b.abs().to(at::kDouble).view({1, 4, 1, 1}) + u * got.abs();
   const at::Tensor error = (got - y).abs();
   EXPECT_TRUE(error.le(bound).all().item<bool>()) << (error - bound).max().item<double>();
+  // In float32 the error would stay under 27 * 2^-24 of sums of magnitudes below ~40
+  // (6e-5); rounding 512 outputs of order 5 to bfloat16 (u = 2^-8) leaves errors near 1e-2.
   EXPECT_GT(error.max().item<double>(), 1e-4);  // it did run in bfloat16
 }
 
@@ -287,6 +312,7 @@ TEST_F(RecipeTest, ABf16ModelTrainsInFloat32AndSeesEachWeightUpdate) {
     for (auto& p : model->parameters()) p.mul_(0.5);
   }
   const at::Tensor after = model->forward(images).patch_logits.detach();
+  // Not rounding: halved weights change the logits by far more than bfloat16's rounding.
   EXPECT_FALSE(torch::equal(before, after));
   model->set_precision(Precision::kFloat32);
   const at::Tensor fp32 = model->forward(images).patch_logits.detach();

@@ -54,6 +54,8 @@ TEST_F(TrainerTest, PatchLossIsTheMeanCrossEntropyOfEveryPatchAgainstTheImageLab
     }
   }
   manual /= 12;
+  // Float64: means of 12 (and 3) log-probabilities of order 1 in other orders, within
+  // ~15 u (u = 2^-53) of their magnitudes, ~1e-14; 1e-12 leaves a factor 100.
   EXPECT_NEAR(compute_loss(LossKind::kPatch, out, labels).item<double>(), manual, 1e-12);
   double fused = 0;
   for (int b = 0; b < 3; ++b) fused -= out.log_probs[b][labels[b]].item<double>();
@@ -81,6 +83,9 @@ TEST_F(TrainerTest, BatchNormInTrainingSeesTheWholeBatchForEveryBackboneThatHasI
     at::Tensor fused = model->forward(images).patch_logits.flatten(0, 1);
     at::Tensor whole =
         model->backbone().forward(model->grid().cut(model->normalize(images)).flatten(0, 1));
+    // In one piece both are the same pass (same code, same patches): equal bit for bit, and
+    // 1e-5 need only be above 0. Chunks would normalize with other batch statistics and
+    // move the logits by those statistics' sampling error, orders of magnitude above 1e-5.
     EXPECT_TRUE(torch::allclose(fused, whole, 1e-5, 1e-5)) << name;
   }
 }
@@ -114,8 +119,12 @@ TEST_F(TrainerTest, LearnsWhichQuadrantHoldsTheSquare) {
   ASSERT_EQ(history.size(), 3u);
   EXPECT_EQ(epochs_seen, 3);
   EXPECT_LT(history.back().loss, history.front().loss);
+  // Not a rounding bound: chance is 0.25, and a square of 255 on noise below 60 is plain
+  // to see; above 0.95 allows nine errors in 200.
   EXPECT_GT(history.back().test_accuracy, 0.95);
   EXPECT_FALSE(model->is_training());
+  // The trainer's last evaluation is this evaluate() (batch 256) on the same weights and
+  // images in this process: the same operations, the same count.
   Evaluation e = evaluate(model, test);
   EXPECT_DOUBLE_EQ(e.accuracy, history.back().test_accuracy);
 }
@@ -131,14 +140,14 @@ TEST_F(TrainerTest, AttentionFusionTrainsOnTheFusedLoss) {
   options.batch = 32;
   options.loss = LossKind::kFused;
   auto history = train_model(model, train, &test, options).history;
-  EXPECT_GT(history.back().test_accuracy, 0.95);
+  EXPECT_GT(history.back().test_accuracy, 0.95);  // as above: chance is 0.25
   // The square lies in one quadrant, which only the patch over it sees whole:
   // attention should weigh that patch most.
   torch::NoGradGuard no_grad;
   PatchOutput out = model->forward(test.images.narrow(0, 0, 64));
   at::Tensor labels = test.labels.narrow(0, 0, 64);
   const double agree = out.attention.argmax(1).eq(labels).to(torch::kFloat64).mean().item<double>();
-  EXPECT_GT(agree, 0.5);
+  EXPECT_GT(agree, 0.5);  // chance: 0.25 (one patch of 4); a count out of 64
 }
 
 // Quadrants cut as 2x2 patches of 14 that do not overlap: every patch sees the square
@@ -159,6 +168,8 @@ TEST_F(TrainerTest, ConcatFusionTellsApartWhatPositionBlindRulesCannot) {
     PatchClassifier model(config);
     accuracy[rule] = train_model(model, train, &test, options).history.back().test_accuracy;
   }
+  // Not rounding bounds: accuracies out of 200, one rule near perfect, the other near the
+  // chance of 0.25 it cannot beat; both margins are many images wide.
   EXPECT_GT(accuracy[FusionRule::kConcat], 0.95);
   EXPECT_LT(accuracy[FusionRule::kGMean], 0.5);  // chance is 0.25
 }
@@ -178,6 +189,8 @@ TEST_F(TrainerTest, KeepBestEndsWithTheWeightsOfTheBestValidationEpoch) {
     if (m.test_accuracy > result.history[best - 1].test_accuracy) best = m.epoch;
   }
   EXPECT_EQ(result.kept_epoch, best);
+  // The kept weights are those the trainer evaluated with this evaluate() (batch 256) on
+  // the same images in this process: the same operations, the same count.
   EXPECT_DOUBLE_EQ(evaluate(model, validation).accuracy, result.history[best - 1].test_accuracy);
   options.keep_best = true;
   EXPECT_THROW(train_model(model, train, nullptr, options), InputError);
@@ -197,6 +210,8 @@ TEST_F(TrainerTest, TheSameSeedGivesTheSameWeightsWithOrWithoutAugmentation) {
   options.epochs = 1;
   options.batch = 32;
   const at::Tensor plain = weights_after(train, options);
+  // Equal bit for bit: the same operations on the same data in one process. Augmented
+  // inputs change the gradients, and so the weights, far beyond rounding.
   EXPECT_TRUE(torch::equal(plain, weights_after(train, options)));
   options.augment.shift = 2;
   options.augment.flip = true;
@@ -207,7 +222,8 @@ TEST_F(TrainerTest, TheSameSeedGivesTheSameWeightsWithOrWithoutAugmentation) {
 
 /// Trains 3 epochs straight, and again stopped after the first step of epoch 2 and
 /// resumed from its checkpoint: both must end bit for bit alike (the optimizer's state,
-/// the data order and every random draw come back from the checkpoint).
+/// the data order and every random draw come back from the checkpoint, with every float's
+/// bits), as both make the same operations in the same order in this process.
 void expect_stop_and_resume_bit_identical(
     const std::string& dir, const OptimizerOptions& optimizer,
     const std::function<void(TrainerOptions&)>& recipe = {}, const char* backbone = nullptr) {
@@ -380,6 +396,7 @@ TEST_F(TrainerTest, EvaluationConfusionSumsToNAndStderrIsBinomial) {
   for (const auto& row : e.confusion)
     for (int64_t v : row) total += v;
   EXPECT_EQ(total, 50);
+  // The same formula in the same order as binomial_stderr: equal to the last bit.
   EXPECT_NEAR(e.accuracy_stderr, std::sqrt(e.accuracy * (1 - e.accuracy) / 50), 1e-12);
   EXPECT_EQ(e.position_accuracy.size(), 4u);
 }

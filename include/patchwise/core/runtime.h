@@ -12,7 +12,8 @@ namespace patchwise {
 /// or "cuda:N". Throws InputError on an unknown name or CUDA without a GPU.
 c10::Device resolve_device(const std::string& name);
 
-/// LibTorch intra-op threads; n <= 0 means one per core (LibTorch's own default is half).
+/// LibTorch intra-op threads; n <= 0 means OMP_NUM_THREADS where it is set, else one per core
+/// (LibTorch's own default is half).
 /// Returns the number set.
 int64_t set_threads(int64_t n);
 
