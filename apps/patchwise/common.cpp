@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <numeric>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/models/kernels.h"
@@ -82,7 +84,7 @@ PatchClassifier load_grid_model(const std::string& path, const std::string& comm
 }
 
 void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
-  app->add_option("--threads", flags.threads, "CPU threads; 0: one per core")
+  app->add_option("--threads", flags.threads, "CPU threads; 0: OMP_NUM_THREADS, else one per core")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--device", flags.device, "auto, cpu or cuda");
   app->add_option(
@@ -196,11 +198,19 @@ void add_data_flags(CLI::App* app, DataFlags& flags) {
          "larger set is decoded from its files batch by batch (0: no limit)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app->add_option(
+         "--max-classes",
+         flags.max_classes,
+         "refuse a data set of more classes (a label column of free text would make "
+         "evaluation's K x K tables outgrow memory)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 }
 
 DataOptions data_options(const DataFlags& flags, int64_t limit) {
   DataOptions o;
   o.limit = limit;
+  o.max_classes = flags.max_classes;
   check_input(
       flags.label == "fine" || flags.label == "coarse",
       "--label: '{}', expected fine or coarse",
@@ -212,6 +222,35 @@ DataOptions data_options(const DataFlags& flags, int64_t limit) {
   o.folder.strict = flags.strict;
   o.folder.memory_limit = static_cast<int64_t>(std::ceil(flags.in_memory_limit * 1048576.0));
   return o;
+}
+
+void add_labels_by_index_flag(CLI::App* app, bool& by_index) {
+  app->add_flag(
+      "--labels-by-index",
+      by_index,
+      "compare the data's labels with the model's classes by index when their names differ "
+      "(by default a class name the model lacks is an error)");
+}
+
+void match_labels(
+    Dataset& data, const ModelConfig& config, const std::string& data_path, bool by_index) {
+  if (data.class_names == config.class_names || align_class_names(data, config.class_names)) {
+    return;
+  }
+  check_input(
+      by_index,
+      "--data: class '{}' of {} is not among the model's {} classes ({}); expected the model's "
+      "class names, or --labels-by-index to compare labels by index",
+      printable(first_unknown_class_name(data, config.class_names)),
+      printable(data_path),
+      config.class_names.size(),
+      printable(fmt::format("{}", fmt::join(config.class_names, ", "))));
+  check_dataset_fits(config, data);  // an error makes the warning moot
+  fmt::print(
+      stderr,
+      "warning: {}: class names differ from the model's; comparing labels by index "
+      "(--labels-by-index)\n",
+      data_path);
 }
 
 Dataset load_data_reporting(

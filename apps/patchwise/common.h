@@ -71,12 +71,21 @@ struct DataFlags {
   std::string image_size;
   bool strict = false;
   double in_memory_limit = 2048;  ///< MiB
+  int64_t max_classes = 1000;
 };
 void add_data_flags(CLI::App* app, DataFlags& flags);
 DataOptions data_options(const DataFlags& flags, int64_t limit);
 /// load_data, with a warning on stderr naming the image files it skipped.
 Dataset load_data_reporting(
     const std::string& path, const std::string& split, const DataOptions& options);
+
+/// --labels-by-index: compare a data set's labels with the model's classes by index.
+void add_labels_by_index_flag(CLI::App* app, bool& by_index);
+/// Maps `data`'s labels onto the model's classes by name; a class name the model lacks is
+/// an error naming it (a misspelt class would otherwise be scored against another), unless
+/// `by_index` asks to compare labels by index (then a warning says so).
+void match_labels(
+    Dataset& data, const ModelConfig& config, const std::string& data_path, bool by_index);
 
 /// load_model, refusing a tiled model: `command` draws or cuts the fixed patch grid.
 PatchClassifier load_grid_model(const std::string& path, const std::string& command);

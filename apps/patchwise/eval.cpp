@@ -25,6 +25,7 @@ struct EvalFlags {
   DataFlags data_flags;
   int64_t batch = 256;
   std::string fusion;
+  bool labels_by_index = false;
   bool json = false;
   RuntimeFlags runtime;
 };
@@ -41,14 +42,7 @@ void run_eval(const EvalFlags& f) {
   if (config.tiled) {
     bags = bag_reader(data, model_bag_options(config), 0);
   }
-  if (data.class_names != model->config().class_names &&
-      !align_class_names(data, model->config().class_names)) {
-    check_dataset_fits(model->config(), data);  // an error makes the warning moot
-    fmt::print(
-        stderr,
-        "warning: {}: class names differ from the model's; comparing labels by index\n",
-        f.data);
-  }
+  match_labels(data, config, f.data, f.labels_by_index);
   model->to(device);
   model->set_precision(runtime_precision(f.runtime, device));
   const bool all_rules = f.fusion == "all";
@@ -90,6 +84,7 @@ void setup_eval(CLI::App& app) {
       ->required();
   cmd->add_option("--split", flags->split, "test (t10k) or train");
   add_data_flags(cmd, flags->data_flags);
+  add_labels_by_index_flag(cmd, flags->labels_by_index);
   cmd->add_option("--limit", flags->limit, "use the first N images; 0: all")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", flags->batch, "images per forward pass")->check(CLI::PositiveNumber);

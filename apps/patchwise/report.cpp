@@ -26,6 +26,7 @@ struct ReportFlags {
   std::string out = "report.html";
   ReportOptions options;
   DataFlags data_flags;
+  bool labels_by_index = false;
   RegionReaderOptions reader;
   RuntimeFlags runtime;
 };
@@ -41,9 +42,7 @@ void run_report(ReportFlags f) {
   DataOptions options = data_options(f.data_flags, f.limit);
   options.folder.list_only = tiled;  // a tiled model reads each image's tiles itself
   Dataset data = load_data_reporting(f.data, f.split, options);
-  if (data.class_names != model->config().class_names) {
-    align_class_names(data, model->config().class_names);
-  }
+  match_labels(data, model->config(), f.data, f.labels_by_index);
   model->to(device);
   model->set_precision(runtime_precision(f.runtime, device));
   f.options.model_path = f.model;
@@ -89,6 +88,7 @@ void setup_report(CLI::App& app) {
   cmd->add_option("--heatmap-stride", flags->options.heatmap_stride, "stride of the heatmaps")
       ->check(CLI::PositiveNumber);
   add_data_flags(cmd, flags->data_flags);
+  add_labels_by_index_flag(cmd, flags->labels_by_index);
   add_reader_flags(cmd, flags->reader);
   add_runtime_flags(cmd, flags->runtime);
   cmd->callback([flags] { run_report(*flags); });

@@ -80,6 +80,7 @@ nlohmann::json describe_plan(const TilePlan& plan, double min_foreground, bool w
       {"min_foreground", min_foreground},
       {"tiles", plan.boxes.size()},
       {"kept", plan.kept.size()},
+      {"sparse", plan.sparse},
       {"fallback", plan.fallback},
       {"boxes", boxes}};
   if (plan.mask.mask.defined()) {
@@ -132,14 +133,17 @@ void run_tiles(const TilesFlags& f) {
   const TilePlan plan = plan_tiles(*reader, f.tiles.tiles);
   nlohmann::json out = describe_image(*reader);
   out["plan"] = describe_plan(plan, f.tiles.tiles.min_foreground, f.json);
-  if (plan.fallback) {
+  if (plan.fallback || plan.sparse) {
     fmt::print(
         stderr,
-        "tiles: warning: {}: no tile has a foreground fraction of at least {}; keeping all "
-        "{} tiles\n",
+        "tiles: warning: {}: no tile has a foreground fraction of at least {}; keeping {}\n",
         f.image,
         f.tiles.tiles.min_foreground,
-        plan.boxes.size());
+        plan.fallback ? fmt::format("all {} tiles (none has any foreground)", plan.boxes.size())
+                      : fmt::format(
+                            "the {} of {} tiles with any foreground (sparse content)",
+                            plan.kept.size(),
+                            plan.boxes.size()));
   }
   if (!f.out.empty()) {
     const at::Tensor thumb = reader->thumbnail(f.sheet_size);
@@ -224,7 +228,8 @@ void setup_tiles(CLI::App& app) {
   cmd->add_option("--depth", flags->depth, "batches read ahead at most (with --read)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--threads", flags->threads, "LibTorch threads; 0: one per core")
+  cmd->add_option(
+         "--threads", flags->threads, "LibTorch threads; 0: OMP_NUM_THREADS, else one per core")
       ->check(CLI::NonNegativeNumber);
   cmd->callback([flags] { run_tiles(*flags); });
 }

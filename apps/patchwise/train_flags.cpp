@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/models/registry.h"
 
@@ -449,6 +450,12 @@ void flags_from_checkpoint(
 void apply_recipe(TrainFlags& flags, const CLI::App* app) {
   if (flags.recipe.empty()) return;
   const std::string& path = flags.recipe;
+  const std::string found = not_a_regular_file(path);
+  check_input(
+      found.empty(),
+      "--recipe: cannot read {}, expected a JSON file, found {}",
+      printable(path),
+      found);
   std::ifstream in(path);
   check_input(in.good(), "--recipe: cannot read {}, expected a JSON file", path);
   json recipe = json::parse(in, nullptr, /*allow_exceptions=*/false);

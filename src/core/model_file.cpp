@@ -132,6 +132,17 @@ ModelConfig model_config_from_json(const json& j, const std::string& source) {
   c.image_channels = field<int64_t>(image, "channels", source);
   c.image_h = field<int64_t>(image, "height", source);
   c.image_w = field<int64_t>(image, "width", source);
+  // The largest image read whole (read_image's bound), checked before anything allocates.
+  constexpr int64_t kMaxSide = 1 << 16, kMaxPixels = 100'000'000;
+  check_input(
+      c.image_h >= 0 && c.image_w >= 0 && c.image_h <= kMaxSide && c.image_w <= kMaxSide &&
+          c.image_h * c.image_w <= kMaxPixels,
+      "{}: image size {}x{}, expected sides of at most {} and at most {} pixels",
+      source,
+      c.image_h,
+      c.image_w,
+      kMaxSide,
+      kMaxPixels);
   json grid = field<json>(j, "grid", source);
   c.grid.layout = held_in(
       source, [&] { return parse_patch_layout(field<std::string>(grid, "layout", source)); });
@@ -313,8 +324,7 @@ at::Tensor to_tensor(const std::string& file, const Record& r) {
 }
 
 ModelFileParts read_model_file(const std::string& path) {
-  check_input(fs::exists(path), "{}: no such model file", path);
-  check_input(fs::is_regular_file(path), "{}: expected a model file, found a directory", path);
+  check_readable_file(path, "model file");
   std::ifstream in(path, std::ios::binary);
   check_input(in.good(), "{}: cannot open for reading", path);
   std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -406,6 +416,11 @@ void load_weights(
         c10::toString(r.type),
         c10::toString(target.scalar_type()));
     target.copy_(to_tensor(file, r));
+    check_input(
+        !target.is_floating_point() || torch::isfinite(target).all().item<bool>(),
+        "{}: weight '{}' holds values that are not finite (NaN or infinite), expected numbers",
+        path,
+        printable(name));
   }
 }
 

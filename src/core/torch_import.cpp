@@ -18,6 +18,7 @@
 
 #include "little_endian.h"
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 #include "patchwise/core/torch_export.h"
 
 namespace patchwise {
@@ -28,17 +29,6 @@ using detail::read_le;
 
 // ---------------------------------------------------------------------------------------
 // Messages
-
-/// `text` fit for a one-line message: other bytes than printable ASCII escaped, and at
-/// most 80 of them.
-std::string printable(std::string_view text) {
-  std::string out;
-  for (size_t i = 0; i < text.size() && i < 80; ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    out += c >= 0x20 && c < 0x7f ? std::string(1, char(c)) : fmt::format("\\x{:02x}", c);
-  }
-  return text.size() > 80 ? out + "..." : out;
-}
 
 /// Up to three names quoted, and how many more.
 std::string listed(const std::vector<std::string>& names) {
@@ -750,12 +740,16 @@ Value Unpickler::storage(const Value& pid) {
       printable(key));
   const int64_t numel = (*p)[4].number;
   const size_t item = c10::elementSize(*type);
+  // torch.save writes a storage's bytes exactly: a record of another size holds another
+  // type than the storage says (a FloatStorage's bytes re-tagged as HalfStorage).
   check(
-      numel >= 0 && uint64_t(numel) <= record->size() / item,
-      "storage '{}' of {} {} elements, but its record has {} bytes",
+      numel >= 0 && record->size() % item == 0 && uint64_t(numel) == record->size() / item,
+      "storage '{}' of {} {} elements ({} bytes), but its record has {} bytes: the type does "
+      "not match the data",
       printable(key),
       numel,
       c10::toString(*type),
+      numel >= 0 ? uint64_t(numel) * item : 0,
       record->size());
   const bool boolean = *type == at::kBool;  // bytes other than 0 and 1 are not bools
   at::Tensor data = torch::empty({numel}, boolean ? at::kByte : *type);
@@ -861,11 +855,7 @@ TensorMap to_state_dict(const Value& root, const std::string& path) {
 
 std::string read_whole_file(const std::string& path) {
   namespace fs = std::filesystem;
-  check_input(fs::exists(path), "{}: no such file, expected weights saved by torch.save", path);
-  check_input(
-      fs::is_regular_file(path),
-      "{}: expected a file written by torch.save, found a directory",
-      path);
+  check_readable_file(path, "file written by torch.save");
   std::ifstream in(path, std::ios::binary);
   check_input(in.good(), "{}: cannot open for reading", path);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -1079,8 +1069,15 @@ void import_torch_weights(
       listed(missing),
       whole_model ? "parameter and buffer of the model" : "parameter and buffer of the backbone",
       keep_head ? " but the classifier's" : "");
-  for (const Match& m : mapping.matches)
-    check_fits(m, state.at(m.file_name), ours.at(m.model_name), path);
+  for (const Match& m : mapping.matches) {
+    const at::Tensor& source = state.at(m.file_name);
+    check_fits(m, source, ours.at(m.model_name), path);
+    check_input(
+        !source.is_floating_point() || torch::isfinite(source).all().item<bool>(),
+        "{}: tensor '{}' holds values that are not finite (NaN or infinite), expected numbers",
+        path,
+        printable(m.file_name));
+  }
   torch::NoGradGuard no_grad;
   for (const Match& m : mapping.matches) {
     at::Tensor target = ours.at(m.model_name);
@@ -1089,6 +1086,7 @@ void import_torch_weights(
 }
 
 void load_initial_weights(PatchClassifier& model, const std::string& path, bool keep_head) {
+  check_readable_file(path, "weights file (a patchwise model or torch.save's zip)");
   if (starts_like_zip(path)) {
     import_torch_weights(model, read_torch_state_dict(path), path, keep_head);
   } else if (!keep_head) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 
 namespace patchwise {
 namespace {
@@ -52,9 +53,7 @@ Dataset concat(const std::vector<Dataset>& parts, const std::string& source) {
 
 Dataset read_cifar_file(
     const std::string& path, int64_t label_bytes, int64_t label_index, int64_t num_classes) {
-  check_input(fs::exists(path), "{}: no such file", path);
-  check_input(
-      fs::is_regular_file(path), "{}: expected a CIFAR batch file, found a directory", path);
+  check_readable_file(path, "CIFAR batch file");
   const int64_t record = label_bytes + kCifarPixels;
   const int64_t size = static_cast<int64_t>(fs::file_size(path));
   check_input(

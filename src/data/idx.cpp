@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 
 namespace patchwise {
 namespace {
@@ -30,9 +31,7 @@ constexpr uint64_t kMaxDeflateRatio = 1032;
 class IdxFile {
  public:
   explicit IdxFile(const std::string& path) : path_(path) {
-    check_input(fs::exists(path), "{}: no such file", path);
-    check_input(
-        fs::is_regular_file(path), "{}: expected a file, found a directory or special file", path);
+    check_readable_file(path, "file");
     size_ = fs::file_size(path);
     file_ = gzopen(path.c_str(), "rb");
     check_input(file_ != nullptr, "{}: cannot open for reading", path);

@@ -236,8 +236,7 @@ cv::Mat convert_decoded(
 /// BGR order.
 cv::Mat decode_mat(const std::string& path, int64_t channels) {
   namespace fs = std::filesystem;
-  check_input(fs::exists(path), "{}: no such image file", path);
-  check_input(fs::is_regular_file(path), "{}: expected an image file, found a directory", path);
+  check_readable_file(path, "image file");
   check_decodable(known_image_signature(path), path, channels);
   check_declared_size(path);
   cv::Mat raw;
@@ -250,10 +249,31 @@ cv::Mat decode_mat(const std::string& path, int64_t channels) {
   return convert_decoded(raw, complaint, path, channels);
 }
 
+/// The line of a codec's complaint that says data is missing or corrupt, or "": libjpeg
+/// decodes what a truncated or damaged file lacks as grey and only warns ("Premature end
+/// of JPEG file", "Corrupt JPEG data: premature end of data segment"). Extraneous bytes
+/// before a marker, which some cameras write, lose nothing.
+std::string missing_data(const std::string& complaint) {
+  std::istringstream lines(complaint);
+  for (std::string line; std::getline(lines, line);) {
+    const bool premature = line.find("remature end") != std::string::npos;
+    const bool corrupt = line.find("Corrupt JPEG data") != std::string::npos &&
+                         line.find("extraneous bytes") == std::string::npos;
+    if (premature || corrupt) return line;
+  }
+  return "";
+}
+
 /// A Mat as OpenCV decoded it (any depth, 1 to 4 channels) as 8 bits of `channels`
 /// (0: 1 for grey, else 3), or InputError naming `path` with what the codec said.
 cv::Mat convert_decoded(
     cv::Mat raw, const std::string& complaint, const std::string& path, int64_t channels) {
+  const std::string missing = missing_data(complaint);
+  check_input(
+      missing.empty(),
+      "{}: the image's data is missing or corrupt ({}), expected a whole image",
+      path,
+      missing);
   if (raw.empty() || raw.rows <= 0 || raw.cols <= 0) {
     throw InputError(
         complaint.empty()

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 
 namespace patchwise {
 namespace {
@@ -65,6 +66,8 @@ std::vector<Line> parse(const std::string& path) {
   for (int64_t number = 1; std::getline(in, text); ++number) {
     const std::string where = fmt::format("{}:{}", path, number);
     check_input(text.find('\0') == std::string::npos, "{}: a NUL byte, expected CSV text", where);
+    // A UTF-8 byte-order mark, as Excel writes one, is not part of the first field.
+    if (number == 1 && text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
     const std::string t = trim(text);
     if (t.empty() || t[0] == '#') continue;
     std::vector<std::string> f = split_fields(t, where);
@@ -125,15 +128,15 @@ SampleList read_manifest(const std::string& path, const std::string& split) {
   for (const Line& l : lines) {
     if (!l.split.empty() && l.split != split) continue;
     const fs::path file = fs::path(l.path).is_absolute() ? fs::path(l.path) : folder / l.path;
-    std::error_code ec;
+    const std::string found = not_a_regular_file(file.string());
     check_input(
-        fs::is_regular_file(file, ec),
+        found.empty(),
         "{}:{}: '{}': {}",
         path,
         l.number,
-        l.path,
-        fs::exists(file, ec) ? "not a regular file, expected an image file"
-                             : "no such file, expected an image file");
+        printable(l.path),
+        found == "nothing" ? "no such file, expected an image file"
+                           : "expected an image file, found " + found);
     list.files.push_back(file.string());
     list.labels.push_back(classes.at(l.label));
   }

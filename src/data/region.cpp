@@ -10,6 +10,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 #include "patchwise/data/image.h"
 #include "region_readers.h"
 
@@ -34,18 +35,10 @@ const std::vector<ReaderEntry>& reader_table() {
   return table;
 }
 
-/// Refuses what is not a regular file, naming what it is.
+/// Refuses what is not a non-empty regular file, naming what it is.
 void check_regular_file(const std::string& path) {
-  struct stat st {};
-  check_input(::stat(path.c_str(), &st) == 0, "{}: no such image file", path);
-  const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
-                     : S_ISFIFO(st.st_mode) ? "a FIFO"
-                     : S_ISCHR(st.st_mode)  ? "a character device"
-                     : S_ISBLK(st.st_mode)  ? "a block device"
-                     : S_ISSOCK(st.st_mode) ? "a socket"
-                                            : nullptr;
-  check_input(kind == nullptr, "{}: expected an image file, found {}", path, kind ? kind : "");
-  check_input(st.st_size > 0, "{}: empty file, expected an image", path);
+  check_readable_file(path, "image file");
+  check_input(std::filesystem::file_size(path) > 0, "{}: empty file, expected an image", path);
 }
 
 class MemoryReader : public RegionReader {

@@ -203,6 +203,19 @@ void ensure_vips() {
       throw std::runtime_error("libvips failed to start: " + take_vips_error());
     }
     vips_cache_set_max(0);  // every read is a new crop: nothing worth caching
+    // Only the loaders the README lists (TIFF, PNG, JPEG, WebP, PNM): libvips would also
+    // hand SVG, PDF and whatever ImageMagick decodes to libraries that were never meant
+    // to see untrusted files, and that predict's decoder refuses.
+    vips_block_untrusted_set(TRUE);
+    vips_operation_block_set("VipsForeignLoad", TRUE);
+    for (const char* loader :
+         {"VipsForeignLoadTiff",
+          "VipsForeignLoadPng",
+          "VipsForeignLoadJpeg",
+          "VipsForeignLoadWebp",
+          "VipsForeignLoadPpm"}) {
+      vips_operation_block_set(loader, FALSE);
+    }
   });
 }
 
@@ -215,6 +228,22 @@ std::string take_vips_error() {
   return at == std::string::npos ? text : text.substr(at + 1);
 }
 
+namespace {
+
+/// Whether ensure_vips blocked the loader `nickname` (a format no reader may open).
+bool blocked(const char* nickname) {
+  VipsOperation* op = vips_operation_new(nickname);
+  if (op == nullptr) {
+    vips_error_clear();
+    return true;
+  }
+  const bool is_blocked = (vips_operation_get_flags(op) & VIPS_OPERATION_BLOCKED) != 0;
+  g_object_unref(op);
+  return is_blocked;
+}
+
+}  // namespace
+
 std::unique_ptr<RegionReader> open_vips(
     const std::string& path, const RegionReaderOptions& options) {
   ensure_vips();
@@ -225,7 +254,8 @@ std::unique_ptr<RegionReader> open_vips(
     return nullptr;
   }
   const char* nickname = vips_nickname_find(g_type_from_name(type));
-  return std::make_unique<VipsReader>(path, nickname ? nickname : type, options);
+  if (nickname == nullptr || blocked(nickname)) return nullptr;  // not a format it may read
+  return std::make_unique<VipsReader>(path, nickname, options);
 }
 
 }  // namespace patchwise::detail

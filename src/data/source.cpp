@@ -10,6 +10,7 @@
 #include <random>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/files.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/manifest.h"
 
@@ -142,9 +143,23 @@ Dataset load_data(
       "split",
       "'{}', expected train or test",
       split);
-  check_input(fs::exists(path), "{}: no such data set folder or manifest", path);
+  const std::string found = not_a_regular_file(path);
+  check_input(
+      found.empty() || found == "a directory",
+      "{}: {}, expected a data set folder or manifest",
+      printable(path),
+      found == "nothing" ? "no such file or folder" : "found " + found);
   const DataFormat* format = find_format(path);
-  if (format != nullptr) return format->load(path, split != "train", options, skipped);
+  if (format != nullptr) {
+    Dataset data = format->load(path, split != "train", options, skipped);
+    check_input(
+        static_cast<int64_t>(data.class_names.size()) <= options.max_classes,
+        "{}: {} classes, expected at most {} (--max-classes)",
+        printable(path),
+        data.class_names.size(),
+        options.max_classes);
+    return data;
+  }
   std::string expected;
   for (const DataFormat& f : data_formats()) {
     expected += fmt::format("{}{} ({})", expected.empty() ? "" : ", ", f.name, f.looks_like);
@@ -176,6 +191,17 @@ std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fractio
       n,
       fraction);
   return {subset(data, first), subset(data, second)};
+}
+
+std::string first_unknown_class_name(
+    const Dataset& data, const std::vector<std::string>& class_names) {
+  for (const std::string& name : data.class_names) {
+    const bool known = std::any_of(class_names.begin(), class_names.end(), [&](const auto& c) {
+      return folder_safe(c) == folder_safe(name);
+    });
+    if (!known) return name;
+  }
+  return "";
 }
 
 bool align_class_names(Dataset& data, const std::vector<std::string>& class_names) {

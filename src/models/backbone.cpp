@@ -52,6 +52,10 @@ void check_options(const BackboneInfo& info, const BackboneOptions& o) {
       o.input,
       o.name,
       info.min_input);
+  // Above this one tile's activations alone outgrow any machine's memory (VGG16's first
+  // layer at 1024^2 is 256 MiB a tile): refused before anything is allocated.
+  constexpr int64_t kMaxInput = 1024;
+  check_option(o.input <= kMaxInput, "input", "{}, expected at most {}", o.input, kMaxInput);
   check_option(
       o.dropout >= 0.0 && o.dropout < 1.0, "dropout", "{}, expected a value in [0, 1)", o.dropout);
 }

@@ -199,6 +199,12 @@ TilePlan plan_tiles(const RegionReader& reader, const TileOptions& options) {
     if (plan.foreground[i] >= options.min_foreground) plan.kept.push_back(static_cast<int64_t>(i));
   }
   if (plan.kept.empty()) {
+    for (size_t i = 0; i < plan.boxes.size(); ++i) {
+      if (plan.foreground[i] > 0) plan.kept.push_back(static_cast<int64_t>(i));
+    }
+    plan.sparse = !plan.kept.empty();
+  }
+  if (plan.kept.empty()) {
     plan.fallback = true;
     for (size_t i = 0; i < plan.boxes.size(); ++i) plan.kept.push_back(static_cast<int64_t>(i));
   }

@@ -81,7 +81,9 @@ at::Tensor render_tile_sheet(
       "{} of {} tiles kept (green){}; rejected: red; foreground mask: blue",
       plan.kept.size(),
       plan.boxes.size(),
-      plan.fallback ? ", none had foreground" : "");
+      plan.fallback ? ", none had foreground"
+      : plan.sparse ? ", sparse: any foreground"
+                    : "");
   cv::putText(
       sheet,
       text,

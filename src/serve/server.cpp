@@ -33,8 +33,8 @@ using Clock = std::chrono::steady_clock;
 
 /// More headers than a browser or a client library sends: a flood is refused (431).
 constexpr size_t kMaxHeaders = 100;
-/// An oversized body of unknown length is read on and dropped up to this many times
-/// max_upload, so that the connection stays in step for the next request.
+/// An oversized body is read on and dropped up to this many times max_upload before the
+/// 413 and the connection's close, so that a client still sending reads its answer.
 constexpr int64_t kDiscardFactor = 4;
 
 /// A loaded model and what GET /v1/model says about it.
@@ -112,6 +112,22 @@ void send_error(httplib::Response& res, int status, const std::string& message) 
   res.set_content(nlohmann::json{{"error", message}}.dump() + "\n", "application/json");
 }
 
+/// send_error, then the connection closes: for a request whose body was not read to its
+/// end (too large, of unknown or contradictory length, malformed), where whatever follows
+/// on the connection may be the rest of that body and must never be parsed as requests.
+/// httplib 0.11 closes a connection when the answer's content provider reports failure,
+/// which this one does after writing the whole answer.
+void send_error_and_close(httplib::Response& res, int status, const std::string& message) {
+  res.status = status;
+  res.set_header("Connection", "close");
+  auto body = std::make_shared<std::string>(nlohmann::json{{"error", message}}.dump() + "\n");
+  res.set_content_provider(
+      body->size(), "application/json", [body](size_t offset, size_t length, auto& sink) {
+        sink.write(body->data() + offset, length);
+        return false;
+      });
+}
+
 void send_json(httplib::Response& res, const nlohmann::json& body) {
   res.set_content(body.dump() + "\n", "application/json");
 }
@@ -151,6 +167,7 @@ struct Upload {
   std::string type;  ///< media type of the raw body or of the form's file
   int status = 0;    ///< non-zero: the request is refused with this status
   std::string error;
+  bool complete = true;  ///< false: the body was not read to its end (the connection closes)
 };
 
 /// A receiver that appends to `to` until `limit` bytes, then counts and drops the
@@ -199,9 +216,11 @@ Upload read_upload(
   if (total > limit || res.status == 413) {
     up.status = 413;
     up.error = fmt::format("request body larger than {} bytes (--max-upload)", limit);
+    up.complete = false;
   } else if (!ok && up.status == 0) {
     up.status = 400;
     up.error = "the request body could not be read (truncated or malformed)";
+    up.complete = false;
   }
   return up;
 }
@@ -325,6 +344,48 @@ bool refuse_route(const httplib::Request& req, httplib::Response& res) {
   return true;
 }
 
+/// A body's framing that cannot be trusted is refused at once, and the connection closed:
+/// a Content-Length that is not a plain count of bytes, two that differ, one beside a
+/// Transfer-Encoding (RFC 9112, 6.1: a request smuggling vector), or a body declared larger
+/// than kDiscardFactor x --max-upload (a smaller excess is read and dropped, so that the
+/// client is sure to read its 413 before the connection closes). True when refused.
+bool refuse_framing(const httplib::Request& req, httplib::Response& res, int64_t max_upload) {
+  const size_t lengths = req.get_header_value_count("Content-Length");
+  if (lengths == 0) return false;
+  if (req.has_header("Transfer-Encoding")) {
+    send_error_and_close(
+        res, 400, "both Content-Length and Transfer-Encoding: expected one of them (RFC 9112)");
+    return true;
+  }
+  const std::string value = req.get_header_value("Content-Length");
+  for (size_t i = 1; i < lengths; ++i) {
+    if (req.get_header_value("Content-Length", i) != value) {
+      send_error_and_close(res, 400, "Content-Length given twice with different values");
+      return true;
+    }
+  }
+  const bool digits =
+      !value.empty() && value.size() <= 18 &&
+      std::all_of(value.begin(), value.end(), [](unsigned char c) { return std::isdigit(c); });
+  if (!digits) {
+    send_error_and_close(
+        res,
+        400,
+        fmt::format(
+            "Content-Length '{}': expected a count of bytes (at most 18 digits)",
+            value.substr(0, 40)));
+    return true;
+  }
+  if (std::stoll(value) > kDiscardFactor * max_upload) {
+    send_error_and_close(
+        res,
+        413,
+        fmt::format("request body of {} bytes, larger than {} (--max-upload)", value, max_upload));
+    return true;
+  }
+  return false;
+}
+
 thread_local Clock::time_point t_request_start;
 
 bool ModelServer::Impl::authorized(const httplib::Request& req, httplib::Response& res) const {
@@ -358,9 +419,9 @@ httplib::Server::HandlerResponse ModelServer::Impl::pre_route(
         fmt::format("{} request headers, expected at most {}", req.headers.size(), kMaxHeaders));
     return R::Handled;
   }
+  if (refuse_framing(req, res, options.max_upload)) return R::Handled;
   const bool has_body =
-      req.get_header_value<uint64_t>("Content-Length") > 0 ||
-      req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
+      req.get_header_value<uint64_t>("Content-Length") > 0 || req.has_header("Transfer-Encoding");
   if (has_body) return R::Unhandled;
   if (refuse_route(req, res)) return R::Handled;
   return authorized(req, res) ? R::Unhandled : R::Handled;
@@ -369,7 +430,7 @@ httplib::Server::HandlerResponse ModelServer::Impl::pre_route(
 void ModelServer::Impl::refuse_with_body(
     const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
   const Upload up = read_upload(req, read, options.max_upload, res);
-  if (up.status == 413) return send_error(res, 413, up.error);
+  if (!up.complete) return send_error_and_close(res, up.status, up.error);
   if (!refuse_route(req, res)) send_error(res, 404, fmt::format("{}: no such path", req.path));
 }
 
@@ -420,6 +481,7 @@ void ModelServer::Impl::answer(Job job, httplib::Response& res) {
 void ModelServer::Impl::predict(
     const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
   const Upload up = read_upload(req, read, options.max_upload, res);
+  if (!up.complete) return send_error_and_close(res, up.status, up.error);
   if (up.status != 0) return send_error(res, up.status, up.error);
   if (!authorized(req, res)) return;
   if (stopping) return send_error(res, 503, "the server is shutting down");
@@ -478,8 +540,12 @@ void ModelServer::Impl::routes() {
   http.Delete(".*", refuse);
   http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
                                                                  httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    send_error(
+    if (!res.body.empty() || res.content_provider_) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    // httplib's own refusals are of requests it could not parse: what follows on the
+    // connection cannot be trusted to start a request.
+    send_error_and_close(
         res, res.status, fmt::format("{} {}: {}", req.method, req.path, status_text(res.status)));
     return httplib::Server::HandlerResponse::Handled;
   }));

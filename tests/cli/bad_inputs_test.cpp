@@ -120,7 +120,8 @@ class BadInputsTest : public test::SeededTest {
   std::map<std::string, std::string> snapshot() const {
     std::map<std::string, std::string> files;
     for (const auto& e : fs::recursive_directory_iterator(dir_)) {
-      if (e.is_regular_file() && e.path().string().find("/bad") == std::string::npos) {
+      // The path first: a symbolic link loop under bad/ throws from is_regular_file().
+      if (e.path().string().find("/bad") == std::string::npos && e.is_regular_file()) {
         files[e.path().string()] = test::read_file(e.path());
       }
     }
@@ -222,6 +223,14 @@ std::vector<Row> idx_rows() {
          write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
        },
        "eval" + kModel + " --data {dir}/bad",
+       "--data: class '10' of {dir}/bad is not among the model's 10 classes"},
+      {"labels beyond the model's classes, compared by index",
+       [](const fs::path& d) {
+         write_idx_data(d / "bad");
+         at::Tensor labels = torch::full({40}, 12, torch::kInt64);
+         write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
+       },
+       "eval" + kModel + " --data {dir}/bad --labels-by-index",
        "label 12 out of range"},
       {"images of another size than the model's",
        [](const fs::path& d) {
@@ -304,6 +313,23 @@ std::vector<Row> images_rows() {
        nullptr,
        "predict" + kModel + " {dir}/outdir",
        "found a directory"},
+      {"a JPEG cut in half (libjpeg would fill the rest with grey and only warn)",
+       [](const fs::path& d) {
+         fs::create_directories(d / "bad");
+         write_image(
+             (d / "bad/half.jpg").string(), torch::randint(0, 256, {1, 64, 64}, torch::kUInt8));
+         const std::string bytes = test::read_file(d / "bad/half.jpg");
+         write_bytes(d / "bad/half.jpg", bytes.substr(0, bytes.size() / 2));
+       },
+       "predict" + kModel + " {dir}/bad/half.jpg",
+       "half.jpg: the image's data is missing or corrupt (Premature end of JPEG file)"},
+      {"a class name the model lacks (misspelt)",
+       [](const fs::path& d) {
+         write_png(d / "bad/test/0/a.png");
+         write_png(d / "bad/test/O/b.png");
+       },
+       "eval" + kModel + " --data {dir}/bad",
+       "--data: class 'O' of {dir}/bad is not among the model's 10 classes"},
   };
 }
 
@@ -375,6 +401,14 @@ std::vector<Row> outputs_rows() {
 std::vector<Row> flags_out_of_range_rows() {
   return {
       {"zero epochs", nullptr, kTrain + kData + " --epochs 0", "--epochs"},
+      {"an input side of 100000",
+       nullptr,
+       kTrain + kData + " --input 100000",
+       "--input: 100000, expected at most 1024"},
+      {"an input side of 3000 with a small batch",
+       nullptr,
+       kTrain + kData + " --input 3000 --batch 8",
+       "--input: 3000, expected at most 1024"},
       {"dropout of 1.5", nullptr, kTrain + kData + " --dropout 1.5", "--dropout"},
       {"validation share above 0.9", nullptr, kTrain + kData + " --val-split 0.95", "--val-split"},
       {"negative learning rate", nullptr, kTrain + kData + " --lr -1", "--lr"},
@@ -525,6 +559,22 @@ std::vector<Row> digits_json_rows() {
 /// CSV manifests.
 std::vector<Row> manifests_rows() {
   return {
+      {"a label column of free text: more classes than --max-classes",
+       [](const fs::path& d) {
+         write_png(d / "bad/a.png");
+         std::string lines = "path,label\n";
+         for (int i = 0; i < 1001; ++i) lines += "a.png,note " + std::to_string(i) + "\n";
+         write_bytes(d / "bad/set.csv", lines);
+       },
+       kTrain + " --data {dir}/bad/set.csv",
+       "{dir}/bad/set.csv: 1001 classes, expected at most 1000 (--max-classes)"},
+      {"a UTF-8 byte-order mark is no error: the next mistake is found",
+       [](const fs::path& d) {
+         write_png(d / "bad/a.png");
+         write_bytes(d / "bad/set.csv", "\xEF\xBB\xBFpath,label\na.png,cat\nb.png,dog\n");
+       },
+       kTrain + " --data {dir}/bad/set.csv",
+       "set.csv:3: 'b.png': no such file"},
       {"a manifest naming a missing image",
        [](const fs::path& d) {
          write_png(d / "bad/a.png");
@@ -576,6 +626,15 @@ std::vector<Row> large_images_rows() {
        },
        "tiles {dir}/bad/pipe",
        "{dir}/bad/pipe: expected an image file, found a FIFO"},
+      {"an SVG, which libvips could render but no reader may open",
+       [](const fs::path& d) {
+         write_bytes(
+             d / "bad/drawing.svg",
+             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"600\">"
+             "<rect width=\"600\" height=\"600\" fill=\"red\"/></svg>");
+       },
+       "tiles {dir}/bad/drawing.svg",
+       "drawing.svg: not an image that openslide or tiff or vips can read"},
       {"a zero-sized image",
        [](const fs::path& d) { write_bytes(d / "bad/empty.png", ""); },
        "tiles {dir}/bad/empty.png",
@@ -591,6 +650,49 @@ std::vector<Row> large_images_rows() {
   };
 }
 
+/// Special files where a regular one is expected: each is refused before anything opens it
+/// (a FIFO would block its opener forever), naming what was found.
+std::vector<Row> special_files_rows() {
+  const auto fifo = [](const fs::path& d) {
+    fs::create_directories(d / "bad");
+    mkfifo((d / "bad/pipe").c_str(), 0600);
+  };
+  const auto loop = [](const fs::path& d) {
+    fs::create_directories(d / "bad");
+    fs::create_symlink(d / "bad/b", d / "bad/a");
+    fs::create_symlink(d / "bad/a", d / "bad/b");
+  };
+  return {
+      {"a FIFO as --init", fifo, kTrain + kData + " --init {dir}/bad/pipe", "found a FIFO"},
+      {"a FIFO as --recipe", fifo, kTrain + kData + " --recipe {dir}/bad/pipe", "found a FIFO"},
+      {"a FIFO as --metrics",
+       fifo,
+       kTrain + kData + " --metrics {dir}/bad/pipe",
+       "--metrics: {dir}/bad/pipe is a FIFO, expected a file path"},
+      {"a FIFO as the model", fifo, "eval --model {dir}/bad/pipe" + kData, "found a FIFO"},
+      {"a character device as the model",
+       nullptr,
+       "eval --model /dev/zero" + kData,
+       "/dev/zero: expected a model file, found a character device"},
+      {"a symlink loop as the model",
+       loop,
+       "eval --model {dir}/bad/a" + kData,
+       "{dir}/bad/a: expected a model file, found a loop of symbolic links"},
+      {"a symlink loop as the image",
+       loop,
+       "predict" + kModel + " {dir}/bad/a",
+       "found a loop of symbolic links"},
+      {"a symlink loop as --init",
+       loop,
+       kTrain + kData + " --init {dir}/bad/a",
+       "found a loop of symbolic links"},
+      {"a symlink loop as --out",
+       loop,
+       "train" + kData + " --epochs 1 --limit-train 32 --limit-test 32 --out {dir}/bad/a",
+       "--out: {dir}/bad/a is a loop of symbolic links"},
+  };
+}
+
 /// Every group of rows, for the count below.
 std::vector<std::vector<Row>> all_rows() {
   return {
@@ -603,7 +705,8 @@ std::vector<std::vector<Row>> all_rows() {
       contradictory_flags_rows(),
       digits_json_rows(),
       manifests_rows(),
-      large_images_rows()};
+      large_images_rows(),
+      special_files_rows()};
 }
 
 TEST_F(BadInputsTest, TheTableHasAtLeastThirtyRows) {
@@ -613,6 +716,10 @@ TEST_F(BadInputsTest, TheTableHasAtLeastThirtyRows) {
 }
 
 TEST_F(BadInputsTest, IdxRowsExitTwoWithOneLineAndLeaveOutputsIntact) { check_all(idx_rows()); }
+
+TEST_F(BadInputsTest, SpecialFilesRowsExitTwoWithOneLineAndLeaveOutputsIntact) {
+  check_all(special_files_rows());
+}
 
 TEST_F(BadInputsTest, CifarRowsExitTwoWithOneLineAndLeaveOutputsIntact) { check_all(cifar_rows()); }
 

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -226,6 +227,23 @@ TEST_F(ModelFileTest, ABadValueInTheFileIsReportedAgainstTheFileNotAFlag) {
   EXPECT_THAT(message, ::testing::Not(HasSubstr("--")));
 }
 
+// Sizes in a file with a valid checksum are bounded before anything is allocated: an input
+// of 100000 (tens of GB of activations a tile) and an image of 2^31 rows.
+TEST_F(ModelFileTest, SizesBeyondTheirBoundsAreRefusedBeforeAllocating) {
+  ModelConfig big_input = small_config();
+  big_input.grid.input = big_input.backbone.input = 100000;
+  write_text(path("input.pw"), build_file(big_input, count(0)));
+  EXPECT_THAT(
+      test::input_error([&] { load_model(path("input.pw")); }),
+      HasSubstr("input.pw: input: 100000, expected at most 1024"));
+  ModelConfig tall = small_config();
+  tall.image_h = int64_t{1} << 31;
+  write_text(path("tall.pw"), build_file(tall, count(0)));
+  EXPECT_THAT(
+      test::input_error([&] { load_model(path("tall.pw")); }),
+      HasSubstr("tall.pw: image size 2147483648x28, expected sides of at most 65536"));
+}
+
 TEST_F(ModelFileTest, AFlippedByteAnywhereIsRefused) {
   PatchClassifier model(small_config());
   save_model(path("m.pw"), model, nullptr);
@@ -343,6 +361,21 @@ TEST_F(ModelFileTest, AWeightOfAnotherShapeIsRefusedNamingIt) {
       [&] { load_model(path("m.pw")); },
       ::testing::ThrowsMessage<InputError>(
           HasSubstr("weight 'backbone.fc2.weight' has shape 3x64, expected 4x64")));
+}
+
+// A NaN weight in a file with a valid checksum (saved so, not corrupted) would predict
+// NaN probabilities with exit 0: it is refused on load, naming the weight.
+TEST_F(ModelFileTest, ANonFiniteWeightIsRefusedNamingIt) {
+  PatchClassifier model(small_config());
+  {
+    torch::NoGradGuard no_grad;
+    model->named_parameters()["backbone.fc1.bias"][1] = std::nan("");
+  }
+  save_model(path("m.pw"), model, nullptr);
+  EXPECT_THAT(
+      [&] { load_model(path("m.pw")); },
+      ::testing::ThrowsMessage<InputError>(HasSubstr(
+          "weight 'backbone.fc1.bias' holds values that are not finite (NaN or infinite)")));
 }
 
 TEST_F(ModelFileTest, RefusesTruncatedWeights) {

@@ -66,6 +66,17 @@ TEST_F(ManifestTest, ListsTheSplitWithClassesFromAllLabels) {
   EXPECT_TRUE(has_test_split(m));
 }
 
+// Excel writes a UTF-8 byte-order mark before the first byte: it belongs to no field, with
+// or without the header line.
+TEST_F(ManifestTest, AByteOrderMarkBeforeTheFirstLineIsSkipped) {
+  const std::string bom = "\xEF\xBB\xBF";
+  EXPECT_THAT(
+      read_manifest(manifest(bom + "path,label\nimg/0.png,a\nimg/1.png,b\n"), "train").labels,
+      ElementsAre(0, 1));
+  const SampleList without_header = read_manifest(manifest(bom + "img/0.png,a\n"), "train");
+  EXPECT_EQ(without_header.files[0], path("img/0.png"));
+}
+
 TEST_F(ManifestTest, LoadsThroughTheDataLayerAsPackedImages) {
   const std::string m = manifest(path("img/3.png") + ",b\nimg/1.png,a\nimg/2.png,a\n");
   EXPECT_FALSE(has_test_split(m));
@@ -91,7 +102,8 @@ TEST_F(ManifestTest, EveryMistakeNamesTheLineTheValueAndWhatWasExpected) {
   EXPECT_THAT(
       error("img/0.png,a\nimg/9.png,a\n"),
       HasSubstr("set.csv:2: 'img/9.png': no such file, expected an image file"));
-  EXPECT_THAT(error("img,a\n"), HasSubstr("set.csv:1: 'img': not a regular file"));
+  EXPECT_THAT(
+      error("img,a\n"), HasSubstr("set.csv:1: 'img': expected an image file, found a directory"));
   EXPECT_THAT(error("img/0.png,\n"), HasSubstr("set.csv:1: empty label"));
   EXPECT_THAT(error(",a\n"), HasSubstr("set.csv:1: empty path"));
   EXPECT_THAT(error("\"img/0.png,a\n"), HasSubstr("set.csv:1: unclosed quote"));

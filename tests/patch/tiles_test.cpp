@@ -159,12 +159,27 @@ TEST_F(TilesTest, ThinStrokesSurviveAFullSizeMaskWithoutCleanUp) {
   EXPECT_THROW(plan_tiles(*reader, options), OptionError);
 }
 
+// A small object on a large black canvas (a digit on a Megapixel MNIST canvas): no tile
+// holds min_foreground of it, so the tiles with any foreground are kept, not all of them.
+TEST_F(TilesTest, SparseContentKeepsTheTilesWithAnyForegroundAndSaysSo) {
+  at::Tensor canvas = torch::zeros({1, 300, 300}, torch::kUInt8);
+  canvas.narrow(1, 130, 25).narrow(2, 120, 25).fill_(255);  // inside the centre tile
+  auto reader = memory_region_reader(canvas, "canvas");
+  TileOptions options;
+  options.tile = 100;
+  const TilePlan plan = plan_tiles(*reader, options);
+  EXPECT_TRUE(plan.sparse);
+  EXPECT_FALSE(plan.fallback);
+  EXPECT_EQ(plan.kept, std::vector<int64_t>{4});
+}
+
 TEST_F(TilesTest, NoForegroundKeepsEveryTileAndSaysSo) {
   auto blank = memory_region_reader(torch::full({3, 300, 300}, 255, torch::kUInt8), "blank");
   TileOptions options;
   options.tile = 100;
   const TilePlan plan = plan_tiles(*blank, options);
   EXPECT_TRUE(plan.fallback);
+  EXPECT_FALSE(plan.sparse);
   EXPECT_EQ(plan.kept.size(), 9u);
   options.min_foreground = 0;  // no filter: no mask, every tile
   const TilePlan all = plan_tiles(*blank, options);

@@ -1,6 +1,7 @@
 #include "patchwise/serve/server.h"
 
 #include <arpa/inet.h>
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -11,6 +12,8 @@
 #include <zlib.h>
 
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -60,9 +63,13 @@ double max_difference(const std::vector<double>& a, const std::vector<double>& b
   return d;
 }
 
-/// The same image in a batch of another size goes through float32 kernels that may
-/// block the sums differently: the probabilities then differ by a few float32 rounding
-/// steps of logits of order 10, far below this.
+/// The same image in a batch of another size, or on the server's own thread and thread
+/// count, goes through float32 kernels that may block and split the sums differently. The
+/// seed small-cnn's five layers sum 9, 144, 288, 256 and 64 products, each within that many
+/// u = 2^-24 of their magnitudes (the 288 times 8 where Winograd serves): 2,800 u = 1.7e-4
+/// of the logits' magnitudes, about 0.3 for this default initialisation (each layer shrinks
+/// its input), so 5e-5 per pass and 1e-4 between two. A probability moves by at most half
+/// its logits' largest change: under 5e-5. (The tiled model's layers add up to less.)
 constexpr double kTolerance = 1e-4;
 
 class ServerTest : public test::SeededTest {
@@ -254,6 +261,112 @@ TEST_F(ServerTest, ClientsGoneBeforeTheirAnswerOrMidBodyLeaveTheServerServing) {
   auto res = c.Post("/v1/predict", png, "image/png");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
+}
+
+/// What the server sent on a new connection given `request`, up to its close (or a reset,
+/// or 10 s of silence: then `closed` is false).
+struct Exchange {
+  std::string received;
+  bool closed = false;
+};
+Exchange converse(int port, const std::string& request) {
+  Exchange out;
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval wait{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return out;
+  }
+  // Sent from another thread: the server may answer and close before taking it all.
+  std::thread sender([&] {
+    size_t sent = 0;
+    while (sent < request.size()) {
+      const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<size_t>(n);
+    }
+  });
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n > 0) {
+      out.received.append(buffer, static_cast<size_t>(n));
+      continue;
+    }
+    out.closed = n == 0 || errno == ECONNRESET;
+    break;
+  }
+  ::shutdown(fd, SHUT_RDWR);
+  sender.join();
+  ::close(fd);
+  return out;
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// A chunked body past 4x --max-upload, made of pipelined requests: it is refused with 413
+// and the connection closes; nothing in the body is ever answered as a request (request
+// smuggling past a proxy that filters paths, and traffic amplification).
+TEST_F(ServerTest, ARefusedBodyClosesTheConnectionAndNothingInItIsAnswered) {
+  ServeOptions options;
+  options.max_upload = 4096;
+  start(options);
+  std::string smuggled;
+  while (smuggled.size() < 64 * 1024) smuggled += "GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::string chunked =
+      "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n";
+  for (size_t at = 0; at < smuggled.size(); at += 1000) {
+    const std::string part = smuggled.substr(at, 1000);
+    chunked += fmt::format("{:x}\r\n{}\r\n", part.size(), part);
+  }
+  chunked += "0\r\n\r\n" + smuggled;
+  for (const std::string& request :
+       {chunked,
+        "POST /elsewhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+            chunked.substr(chunked.find("\r\n\r\n") + 4)}) {
+    const Exchange e = converse(port_, request);
+    EXPECT_TRUE(e.closed) << "the connection stayed open after a refused body";
+    EXPECT_EQ(count_of(e.received, "HTTP/1.1 200"), 0u) << "a request inside a body was answered";
+    EXPECT_LE(count_of(e.received, "HTTP/1.1 "), 1u);
+  }
+  EXPECT_EQ(client().Get("/healthz")->status, 200);
+}
+
+// A Content-Length that is not a count of bytes, or one beside a Transfer-Encoding (RFC 9112,
+// 6.1), is a 400 at once and the connection closes; one past 4x --max-upload a 413 at once.
+TEST_F(ServerTest, AnUntrustworthyBodyLengthIsRefusedAtOnceAndTheConnectionCloses) {
+  ServeOptions options;
+  options.max_upload = 4096;
+  options.timeout_s = 60;  // an answer that waited for the read timeout would take a minute
+  start(options);
+  const std::string head = "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n";
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"Content-Length: -5\r\n", "HTTP/1.1 400"},
+      {"Content-Length: 18446744073709551617\r\n", "HTTP/1.1 400"},
+      {"Content-Length: 12abc\r\n", "HTTP/1.1 400"},
+      {"Content-Length: 5\r\nContent-Length: 6\r\n", "HTTP/1.1 400"},
+      {"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "HTTP/1.1 400"},
+      {"Content-Length: 1000000\r\n", "HTTP/1.1 413"}};
+  for (const auto& [headers, status] : cases) {
+    const auto started = std::chrono::steady_clock::now();
+    const Exchange e = converse(port_, head + headers + "\r\n");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    EXPECT_EQ(e.received.substr(0, status.size()), status) << headers << e.received;
+    EXPECT_THAT(e.received, HasSubstr("\"error\"")) << headers;
+    EXPECT_TRUE(e.closed) << headers;
+    EXPECT_LT(seconds, 10.0) << headers << ": not answered at once";
+  }
 }
 
 TEST_F(ServerTest, ATiledModelAnswersALargeImageWithItsTopTiles) {

@@ -5,11 +5,27 @@
 #include <functional>
 #include <iosfwd>
 #include <string>
+#include <string_view>
 
 namespace patchwise {
 
+/// `text` fit for a one-line message: control characters and bytes that are not UTF-8
+/// escaped (\n, \x00), and a value longer than `limit` shortened in the middle, keeping
+/// both ends and saying how long it was.
+std::string printable(std::string_view text, size_t limit = 160);
+
+/// What is at `path` when it is not a regular file ("a directory", "a FIFO", "a character
+/// device", "a loop of symbolic links", "nothing" where no file is, ...), else "". Opens nothing: a
+/// FIFO would block its opener until a writer comes.
+std::string not_a_regular_file(const std::string& path);
+
+/// Fails (InputError) unless `path` is a regular file, before anything opens it: "PATH: no
+/// such NOUN", or "PATH: expected a NOUN, found a FIFO" (`noun`: "model file", ...), the
+/// path made printable.
+void check_readable_file(const std::string& path, const std::string& noun);
+
 /// Fails early (InputError naming `flag`) when `path` cannot be created: its folder
-/// is missing or not writable, or it names a directory. Touches nothing.
+/// is missing or not writable, or it names a directory, a FIFO or a device. Touches nothing.
 void check_output_writable(const std::string& path, const std::string& flag);
 
 /// Writes a file through `write` under a temporary name in the same folder, then

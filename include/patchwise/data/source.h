@@ -24,6 +24,9 @@ struct DataOptions {
   int64_t limit = 0;  ///< first N items; 0: all
   CifarLabel cifar_label = CifarLabel::kFine;
   ImageFolderOptions folder;
+  /// A data set with more classes is refused: evaluation keeps a K x K confusion matrix,
+  /// and a label column of free text (one class per line) would grow it quadratically.
+  int64_t max_classes = 1000;
 };
 
 /// split: "train" or "test" ("t10k" is accepted for "test"). Throws InputError when
@@ -46,5 +49,10 @@ std::pair<Dataset, Dataset> stratified_split(const Dataset& data, double fractio
 /// found there (an image folder sorted differently from the model's classes);
 /// returns false and leaves `data` alone when some name is not found.
 bool align_class_names(Dataset& data, const std::vector<std::string>& class_names);
+
+/// The first of `data`'s class names that `class_names` lacks, compared as
+/// align_class_names compares them; "" when every one is there.
+std::string first_unknown_class_name(
+    const Dataset& data, const std::vector<std::string>& class_names);
 
 }  // namespace patchwise

@@ -23,8 +23,10 @@
 //                  drops specks); off with cleanup = false, for sparse thin strokes
 //                  (handwriting, line drawings) that an opening would erase
 // A tile's foreground fraction is the mean of the mask over the tile's box; tiles
-// with a fraction >= min_foreground are kept. When no tile reaches it, every tile is
-// kept and TilePlan::fallback says so (a bag is never silently empty).
+// with a fraction >= min_foreground are kept. When no tile reaches it (sparse content:
+// small objects on a large canvas), the tiles with any foreground are kept and
+// TilePlan::sparse says so; when no tile has any, every tile is kept and
+// TilePlan::fallback says so (a bag is never silently empty).
 
 #include <ATen/core/Tensor.h>
 
@@ -85,8 +87,9 @@ struct TilePlan {
   std::vector<Box> boxes;         ///< every tile of the lattice, in level coordinates
   std::vector<float> foreground;  ///< per box: its foreground fraction (1 without a mask)
   std::vector<int64_t> kept;      ///< indices of the boxes kept, in lattice order
-  bool fallback = false;          ///< no box reached min_foreground: all are kept
-  ForegroundMask mask;            ///< undefined tensors when min_foreground is 0
+  bool sparse = false;    ///< no box reached min_foreground: those with any foreground are kept
+  bool fallback = false;  ///< no box has any foreground: all are kept
+  ForegroundMask mask;    ///< undefined tensors when min_foreground is 0
 };
 
 /// The lattice at the chosen level and the background filter over it.
