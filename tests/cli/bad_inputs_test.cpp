@@ -164,6 +164,13 @@ const std::string kData = " --data {dir}/data";
 const std::string kTrain = "train --epochs 1 --limit-train 32 --limit-test 32 --out {dir}/out.pw";
 const std::string kModel = " --model {dir}/model.pw";
 
+/// IDX data whose test labels are all 12, beyond the model's 10 classes.
+void write_labels_beyond_the_classes(const fs::path& d) {
+  write_idx_data(d / "bad");
+  write_idx_labels(
+      (d / "bad/t10k-labels-idx1-ubyte").string(), torch::full({40}, 12, torch::kInt64));
+}
+
 /// IDX files.
 std::vector<Row> idx_rows() {
   return {
@@ -217,19 +224,11 @@ std::vector<Row> idx_rows() {
        kTrain + " --data {dir}/bad",
        "found a directory"},
       {"labels beyond the model's classes",
-       [](const fs::path& d) {
-         write_idx_data(d / "bad");
-         at::Tensor labels = torch::full({40}, 12, torch::kInt64);
-         write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
-       },
+       write_labels_beyond_the_classes,
        "eval" + kModel + " --data {dir}/bad",
        "--data: class '10' of {dir}/bad is not among the model's 10 classes"},
       {"labels beyond the model's classes, compared by index",
-       [](const fs::path& d) {
-         write_idx_data(d / "bad");
-         at::Tensor labels = torch::full({40}, 12, torch::kInt64);
-         write_idx_labels((d / "bad/t10k-labels-idx1-ubyte").string(), labels);
-       },
+       write_labels_beyond_the_classes,
        "eval" + kModel + " --data {dir}/bad --labels-by-index",
        "label 12 out of range"},
       {"images of another size than the model's",
