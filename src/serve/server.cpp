@@ -107,9 +107,14 @@ std::vector<nlohmann::json> run_jobs(std::vector<Job>& jobs, int64_t top) {
   return out;
 }
 
+/// The one-line JSON body of every refusal.
+std::string error_body(const std::string& message) {
+  return nlohmann::json{{"error", message}}.dump() + "\n";
+}
+
 void send_error(httplib::Response& res, int status, const std::string& message) {
   res.status = status;
-  res.set_content(nlohmann::json{{"error", message}}.dump() + "\n", "application/json");
+  res.set_content(error_body(message), "application/json");
 }
 
 /// send_error, then the connection closes: for a request whose body was not read to its
@@ -120,7 +125,7 @@ void send_error(httplib::Response& res, int status, const std::string& message) 
 void send_error_and_close(httplib::Response& res, int status, const std::string& message) {
   res.status = status;
   res.set_header("Connection", "close");
-  auto body = std::make_shared<std::string>(nlohmann::json{{"error", message}}.dump() + "\n");
+  auto body = std::make_shared<std::string>(error_body(message));
   res.set_content_provider(
       body->size(), "application/json", [body](size_t offset, size_t length, auto& sink) {
         sink.write(body->data() + offset, length);
@@ -373,7 +378,7 @@ bool refuse_framing(const httplib::Request& req, httplib::Response& res, int64_t
         400,
         fmt::format(
             "Content-Length '{}': expected a count of bytes (at most 18 digits)",
-            value.substr(0, 40)));
+            printable(value, 40)));
     return true;
   }
   if (std::stoll(value) > kDiscardFactor * max_upload) {
