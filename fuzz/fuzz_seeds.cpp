@@ -35,7 +35,8 @@ void gzip_copy(const fs::path& from, const fs::path& to) {
   gzclose(out);
 }
 
-/// Requests to patchwise serve: an image raw and in a form, chunked, probes, refusals.
+/// Requests to patchwise serve: an image raw and in a form, chunked, probes, refusals,
+/// pipelined requests and framing that smuggles requests behind a body.
 void write_request_seeds(const fs::path& dir, const std::string& png) {
   const auto post = [&](const std::string& type, const std::string& body) {
     return "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: " + type +
@@ -55,6 +56,18 @@ void write_request_seeds(const fs::path& dir, const std::string& png) {
                              << post("application/json", "{}");
   std::ofstream(dir / "model") << "GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n";
   std::ofstream(dir / "method") << "DELETE /v1/predict HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+  // Framing that must close the connection after its answer, with requests behind it.
+  const std::string behind = "GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::ofstream(dir / "smuggle") << "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                                    "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                                 << behind;
+  std::ofstream(dir / "chunk-oversized") << "POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+                                            "Transfer-Encoding: chunked\r\n\r\nfffffff\r\n"
+                                         << behind << behind;
+  std::ofstream(dir / "chunked-pipelined")
+      << "POST /nowhere HTTP/1.1\r\nHost: x\r\n"
+         "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+      << behind;
 }
 
 std::string le(uint64_t value, size_t width) {

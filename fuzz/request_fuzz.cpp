@@ -2,7 +2,8 @@
 // routes, upload reading and image decoding) on arbitrary bytes sent as one
 // connection's request stream. The server runs in this process, so a sanitizer sees
 // every fault; an answer must be empty (the connection was dropped) or an HTTP status
-// line, and the server must keep answering its health probe.
+// line, nothing may be answered after an answer that closes the connection (a request
+// smuggled behind a refused body), and the server must keep answering its health probe.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -42,6 +43,7 @@ Served& served() {
     ServeOptions options;
     options.port = 0;
     options.timeout_s = 2;
+    options.connections.header_timeout_s = 2;
     options.max_upload = 1 << 20;
     options.batching.max_delay_ms = 0;
     auto* out = new Served;  // lives until exit: the server threads must outlive every input
@@ -98,6 +100,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string reply = exchange(port, reinterpret_cast<const char*>(data), size);
   if (!reply.empty() && reply.rfind("HTTP/1.1 ", 0) != 0) {
     std::fprintf(stderr, "request_fuzz: an answer that is not HTTP: %.80s\n", reply.c_str());
+    std::abort();
+  }
+  // Every answer's body ends its line, so a later answer starts after a newline; the JSON
+  // bodies escape the newlines of what they quote.
+  const size_t closing = reply.find("Connection: close\r\n");
+  if (closing != std::string::npos && reply.find("\nHTTP/1.1 ", closing) != std::string::npos) {
+    std::fprintf(stderr, "request_fuzz: an answer after one that closed the connection\n");
     std::abort();
   }
   if (++inputs % 64 == 1) {

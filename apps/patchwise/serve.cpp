@@ -90,6 +90,29 @@ void run_serve(const ServeFlags& f) {
   fmt::print(stderr, "serve: stopped\n");
 }
 
+/// How connections are held (serve/connections.h). httplib 0.11 watches sockets with
+/// select(), which takes descriptors below 1024: hence the cap's bound.
+void add_connection_flags(CLI::App* cmd, ConnectionLimits& c) {
+  cmd->add_option(
+         "--max-connections,--http-threads",
+         c.max_connections,
+         "connections open at once, each with a thread; the next is answered 503")
+      ->check(CLI::Range(1, 900));
+  cmd->add_option(
+         "--header-timeout", c.header_timeout_s, "seconds a request's line and headers may take")
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd->add_option(
+         "--min-body-rate",
+         c.min_body_rate,
+         "bytes a second a request must keep up after --header-timeout (else 408)")
+      ->check(CLI::Range(1.0, 1e12));
+  cmd->add_option(
+         "--idle-timeout",
+         c.idle_timeout_s,
+         "seconds a kept-alive connection waits for its next request")
+      ->check(CLI::Range(0.0, 3600.0));
+}
+
 }  // namespace
 
 void setup_serve(CLI::App& app) {
@@ -99,8 +122,7 @@ void setup_serve(CLI::App& app) {
   cmd->add_option("--host", f->server.host, "address to listen on (0.0.0.0: every interface)");
   cmd->add_option("--port", f->server.port, "TCP port; 0: any free one (printed)")
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--http-threads", f->server.http_threads, "connections served at once")
-      ->check(CLI::Range(1, 1024));
+  add_connection_flags(cmd, f->server.connections);
   cmd->add_option("--max-batch", f->server.batching.max_batch, "most images in one forward pass")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   cmd->add_option(
@@ -118,7 +140,7 @@ void setup_serve(CLI::App& app) {
   cmd->add_option(
          "--timeout",
          f->server.timeout_s,
-         "seconds a socket read or write, or a request's answer, may take")
+         "seconds one write of an answer, or the wait for an answer, may take")
       ->check(CLI::Range(0.1, 3600.0));
   cmd->add_option(
          "--token", f->server.token, "require 'Authorization: Bearer TOKEN' on /v1/ and /metrics")

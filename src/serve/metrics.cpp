@@ -63,7 +63,7 @@ double ServeMetrics::images_per_second(Clock::time_point now) const {
   return static_cast<double>(images) / std::chrono::duration<double>(kRateWindow).count();
 }
 
-std::string ServeMetrics::render(int64_t queue_depth) const {
+std::string ServeMetrics::render(int64_t queue_depth, const ConnectionCounts& connections) const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::string out =
       "# HELP patchwise_requests_total HTTP requests answered, by path and status.\n"
@@ -87,10 +87,22 @@ std::string ServeMetrics::render(int64_t queue_depth) const {
       "# HELP patchwise_images_total Images answered.\n"
       "# TYPE patchwise_images_total counter\npatchwise_images_total {}\n"
       "# HELP patchwise_images_per_second Images answered per second over the last 10 s.\n"
-      "# TYPE patchwise_images_per_second gauge\npatchwise_images_per_second {}\n",
+      "# TYPE patchwise_images_per_second gauge\npatchwise_images_per_second {}\n"
+      "# HELP patchwise_connections_open Connections open now.\n"
+      "# TYPE patchwise_connections_open gauge\npatchwise_connections_open {}\n"
+      "# HELP patchwise_connections_closed_total Connections closed by the server before "
+      "the client, by reason.\n"
+      "# TYPE patchwise_connections_closed_total counter\n"
+      "patchwise_connections_closed_total{{reason=\"max-connections\"}} {}\n"
+      "patchwise_connections_closed_total{{reason=\"deadline\"}} {}\n"
+      "patchwise_connections_closed_total{{reason=\"idle-while-crowded\"}} {}\n",
       queue_depth,
       images_,
-      images_per_second(Clock::now()));
+      images_per_second(Clock::now()),
+      connections.open.load(),
+      connections.refused.load(),
+      connections.timed_out.load(),
+      connections.closed_idle.load());
   return out;
 }
 

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "guarded_server.h"
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
 #include "patchwise/core/model_file.h"
@@ -222,6 +223,10 @@ Upload read_upload(
     up.status = 413;
     up.error = fmt::format("request body larger than {} bytes (--max-upload)", limit);
     up.complete = false;
+  } else if (!ok && request_timed_out()) {
+    up.status = 408;
+    up.error = "the request body did not arrive in time (--min-body-rate)";
+    up.complete = false;
   } else if (!ok && up.status == 0) {
     up.status = 400;
     up.error = "the request body could not be read (truncated or malformed)";
@@ -268,7 +273,7 @@ struct ModelServer::Impl {
   std::shared_ptr<Loaded> loaded;  ///< read and swapped with std::atomic_load/store
   ServeMetrics metrics;
   std::unique_ptr<Batcher<Job, nlohmann::json>> batcher;
-  httplib::Server http;
+  GuardedServer http{options.connections, options.timeout_s};
   std::string upload_dir;
   std::atomic<bool> stopping{false};
   bool bound = false;
@@ -514,14 +519,12 @@ void ModelServer::Impl::routes() {
   // Without it the answer's headers and body wait on each other's acknowledgement
   // (Nagle's algorithm against delayed ACKs): 40 ms for every request of a lone client.
   http.set_tcp_nodelay(true);
-  // httplib closes a kept-alive connection after 5 requests by default; under load the
-  // reconnections overflow its listen backlog of 5 and stall clients for a SYN retry.
+  // httplib closes a kept-alive connection after 5 requests by default: reconnections
+  // that cost a handshake each.
   http.set_keep_alive_max_count(100000);
+  // Reads run against ConnectionLimits' deadlines (guarded_server.h); writes against this.
   const auto timeout = std::chrono::duration<double>(options.timeout_s);
-  http.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   http.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
-  const int threads = std::max(1, options.http_threads);
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   http.set_pre_routing_handler([this](const auto& req, auto& res) { return pre_route(req, res); });
   http.Get("/", [](const auto&, auto& res) { res.set_content(serve_page(), "text/html"); });
   http.Get("/healthz", [](const auto&, auto& res) { send_json(res, {{"status", "ok"}}); });
@@ -530,7 +533,8 @@ void ModelServer::Impl::routes() {
     send_json(res, {{"status", "ready"}});
   });
   http.Get("/metrics", [this](const auto&, auto& res) {
-    res.set_content(metrics.render(batcher->queue_depth()), "text/plain; version=0.0.4");
+    res.set_content(
+        metrics.render(batcher->queue_depth(), http.counts()), "text/plain; version=0.0.4");
   });
   http.Get("/v1/model", [this](const auto&, auto& res) { send_json(res, current()->info); });
   http.Post("/v1/predict", [this](const auto& req, auto& res, const auto& read) {
@@ -543,17 +547,23 @@ void ModelServer::Impl::routes() {
   http.Put(".*", refuse);
   http.Patch(".*", refuse);
   http.Delete(".*", refuse);
-  http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
-                                                                 httplib::Response& res) {
-    if (!res.body.empty() || res.content_provider_) {
-      return httplib::Server::HandlerResponse::Unhandled;
-    }
-    // httplib's own refusals are of requests it could not parse: what follows on the
-    // connection cannot be trusted to start a request.
-    send_error_and_close(
-        res, res.status, fmt::format("{} {}: {}", req.method, req.path, status_text(res.status)));
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  http.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty() || res.content_provider_) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        // httplib's own refusals are of requests it could not parse: what follows on the
+        // connection cannot be trusted to start a request.
+        if (request_timed_out()) {
+          send_error_and_close(res, 408, late_request_message(options.connections));
+        } else {
+          send_error_and_close(
+              res,
+              res.status,
+              fmt::format("{} {}: {}", req.method, req.path, status_text(res.status)));
+        }
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   http.set_exception_handler([](const auto&, auto& res, std::exception_ptr ep) {
     try {
       std::rethrow_exception(ep);
@@ -589,6 +599,7 @@ int ModelServer::bind() {
       "serve: cannot listen on {}:{} (in use, or not an address of this machine)",
       o.host,
       o.port);
+  impl_->http.widen_backlog();
   impl_->bound = true;
   return port;
 }

@@ -230,14 +230,28 @@ TEST_F(ServerTest, AConnectionStaysInStepAfterARefusedBody) {
       kTolerance);
 }
 
-/// Sends `request` on a new connection and closes it at once (a reset: SO_LINGER 0).
-void send_and_vanish(int port, const std::string& request) {
+/// A new connection to the server on loopback whose reads give up after `wait_s` (-1
+/// when it cannot connect).
+int connect_to(int port, double wait_s = 10) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  const auto micros = static_cast<int64_t>(wait_s * 1e6);
+  timeval wait{micros / 1000000, micros % 1000000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/// Sends `request` on a new connection and closes it at once (a reset: SO_LINGER 0).
+void send_and_vanish(int port, const std::string& request) {
+  const int fd = connect_to(port);
+  ASSERT_GE(fd, 0);
   ASSERT_EQ(
       ::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
       static_cast<ssize_t>(request.size()));
@@ -269,19 +283,24 @@ struct Exchange {
   std::string received;
   bool closed = false;
 };
-Exchange converse(int port, const std::string& request) {
+/// What arrives on `fd` until the server closes it (or resets it, or `fd`'s wait passes).
+Exchange read_to_close(int fd) {
   Exchange out;
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval wait{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
-    ::close(fd);
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n > 0) {
+      out.received.append(buffer, static_cast<size_t>(n));
+      continue;
+    }
+    out.closed = n == 0 || errno == ECONNRESET;
     return out;
   }
+}
+
+Exchange converse(int port, const std::string& request) {
+  const int fd = connect_to(port);
+  if (fd < 0) return {};
   // Sent from another thread: the server may answer and close before taking it all.
   std::thread sender([&] {
     size_t sent = 0;
@@ -291,16 +310,7 @@ Exchange converse(int port, const std::string& request) {
       sent += static_cast<size_t>(n);
     }
   });
-  char buffer[4096];
-  for (;;) {
-    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
-    if (n > 0) {
-      out.received.append(buffer, static_cast<size_t>(n));
-      continue;
-    }
-    out.closed = n == 0 || errno == ECONNRESET;
-    break;
-  }
+  const Exchange out = read_to_close(fd);
   ::shutdown(fd, SHUT_RDWR);
   sender.join();
   ::close(fd);
@@ -366,6 +376,132 @@ TEST_F(ServerTest, AnUntrustworthyBodyLengthIsRefusedAtOnceAndTheConnectionClose
     EXPECT_THAT(e.received, HasSubstr("\"error\"")) << headers;
     EXPECT_TRUE(e.closed) << headers;
     EXPECT_LT(seconds, 10.0) << headers << ": not answered at once";
+  }
+}
+
+/// Connections that each hold a request begun and never finished (a thread busy reading
+/// it, not an idle one), closed when it goes.
+struct HeldConnections {
+  HeldConnections(int port, int n) {
+    for (int i = 0; i < n; ++i) {
+      const int fd = connect_to(port);
+      const std::string begun = "GET /healthz HTTP/1.1\r\nHo";
+      if (fd >= 0) ::send(fd, begun.data(), begun.size(), MSG_NOSIGNAL);
+      fds.push_back(fd);
+    }
+    // Each taken by the server (accepted and counted) before the test goes on.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  ~HeldConnections() {
+    for (int fd : fds) ::close(fd);
+  }
+  std::vector<int> fds;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+/// At most `max_connections` open, each given a minute for its request and between two.
+ServeOptions patient(int max_connections) {
+  ServeOptions options;
+  options.connections.max_connections = max_connections;
+  options.connections.header_timeout_s = 60;
+  options.connections.idle_timeout_s = 60;
+  return options;
+}
+
+// 40 connections that say nothing and 10 that stopped mid-request, against deadlines of a
+// minute, leave other clients answered: each connection has a thread of its own. (With a
+// fixed pool of 16 threads, as before, every one of these requests waited a minute.)
+TEST_F(ServerTest, IdleAndStalledConnectionsDoNotStarveOtherClients) {
+  start(patient(128));
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) idle.push_back(connect_to(port_));
+  HeldConnections stalled(port_, 10);
+  for (int i = 0; i < 20; ++i) {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(5, 0);
+    auto res = c.Get("/healthz");
+    ASSERT_TRUE(res) << "request " << i << " was not answered within 5 s";
+    EXPECT_EQ(res->status, 200);
+  }
+  for (int fd : idle) ::close(fd);
+}
+
+// A request whose bytes trickle in is answered 408 and closed at its deadline, whether its
+// headers trickle (a byte every 100 ms: 6 s for the whole request) or its body does.
+TEST_F(ServerTest, ARequestThatTricklesInIsCutAtItsDeadlineWith408) {
+  ServeOptions options;
+  options.connections.header_timeout_s = 1;
+  options.connections.min_body_rate = 1000;
+  start(options);
+  const std::string headers = "GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: trickle\r\n\r\n";
+  const std::string body_head =
+      "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+      "Content-Length: 60\r\n\r\n";
+  for (const auto& [head, trickle] :
+       {std::pair{std::string(), headers}, std::pair{body_head, std::string(60, 'x')}}) {
+    const int fd = connect_to(port_);
+    ASSERT_GE(fd, 0);
+    const auto started = std::chrono::steady_clock::now();
+    std::atomic<bool> done{false};
+    std::thread sender([&, head = head, trickle = trickle] {
+      ::send(fd, head.data(), head.size(), MSG_NOSIGNAL);
+      for (char c : trickle) {
+        if (done || ::send(fd, &c, 1, MSG_NOSIGNAL) != 1) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+    const Exchange e = read_to_close(fd);
+    const double seconds = seconds_since(started);
+    done = true;
+    sender.join();
+    ::close(fd);
+    EXPECT_EQ(e.received.substr(0, 12), "HTTP/1.1 408") << head << e.received;
+    EXPECT_THAT(e.received, HasSubstr("did not arrive in time"));
+    EXPECT_TRUE(e.closed);
+    EXPECT_LT(seconds, 5.5) << "the trickle was read to its end";
+  }
+  EXPECT_EQ(client().Get("/healthz")->status, 200);
+}
+
+// At --max-connections open, the next connection is answered 503 with Retry-After at once
+// and closed; /metrics counts it once the others have gone.
+TEST_F(ServerTest, AConnectionBeyondTheCapIsAnswered503AtOnce) {
+  start(patient(4));
+  {
+    HeldConnections held(port_, 4);
+    const auto started = std::chrono::steady_clock::now();
+    const Exchange e = converse(port_, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(e.received.substr(0, 12), "HTTP/1.1 503") << e.received;
+    EXPECT_THAT(e.received, HasSubstr("Retry-After: 1"));
+    EXPECT_THAT(e.received, HasSubstr("--max-connections"));
+    EXPECT_TRUE(e.closed);
+    EXPECT_LT(seconds_since(started), 5.0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto res = client().Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_THAT(
+      res->body, HasSubstr("patchwise_connections_closed_total{reason=\"max-connections\"} 1"));
+}
+
+// A kept-alive connection idle between requests is closed at once when three quarters of
+// --max-connections are open, and kept (up to --idle-timeout) when they are not.
+TEST_F(ServerTest, AnIdleKeptAliveConnectionClosesEarlyOnlyWhenTheServerIsCrowded) {
+  start(patient(8));
+  for (const int busy : {2, 6}) {
+    HeldConnections held(port_, busy);
+    const int fd = connect_to(port_, 3);
+    ASSERT_GE(fd, 0);
+    const std::string request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+    const Exchange e = read_to_close(fd);
+    ::close(fd);
+    EXPECT_THAT(e.received, HasSubstr("HTTP/1.1 200"));
+    // With itself, 3 of 8 open: kept, and the 3 s wait ends it. 7 of 8: closed at once.
+    EXPECT_EQ(e.closed, busy == 6) << busy << " busy connections";
   }
 }
 

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "patchwise/serve/connections.h"
+
 namespace patchwise {
 
 /// Cumulative buckets with upper bounds `bounds` (ascending), plus +Inf.
@@ -39,8 +41,8 @@ class ServeMetrics {
   void request(const std::string& path, int status, double seconds);
   /// A forward pass over `images` requests.
   void batch(size_t images);
-  /// The whole exposition; `queue_depth` is read by the caller at that moment.
-  std::string render(int64_t queue_depth) const;
+  /// The whole exposition; `queue_depth` and `connections` are read at that moment.
+  std::string render(int64_t queue_depth, const ConnectionCounts& connections) const;
   /// The largest batch so far and the number of batches (tests, logs).
   std::pair<size_t, uint64_t> batches() const;
 

@@ -12,8 +12,9 @@
 //
 // Errors are JSON {"error": "..."} with one line, and the status says which:
 // 400 undecodable or malformed, 401 token missing or wrong, 404 unknown path,
-// 405 wrong method, 413 body beyond max_upload, 415 content type that is not an image,
-// 431 too many headers, 503 queue full (with Retry-After) or shutting down.
+// 405 wrong method, 408 request not read by its deadline, 413 body beyond max_upload,
+// 415 content type that is not an image, 431 too many headers, 503 queue full or
+// connections at their cap (with Retry-After) or shutting down.
 
 #include <cstdint>
 #include <memory>
@@ -23,16 +24,17 @@
 #include "patchwise/core/precision.h"
 #include "patchwise/data/region.h"
 #include "patchwise/serve/batcher.h"
+#include "patchwise/serve/connections.h"
 
 namespace patchwise {
 
 struct ServeOptions {
   std::string host = "127.0.0.1";   ///< the address to bind
   int port = 8080;                  ///< 0: any free port (see ModelServer::bind)
-  int http_threads = 16;            ///< connections served at once
+  ConnectionLimits connections;     ///< open at once, and the deadlines of reading requests
   BatcherOptions batching;          ///< max_batch, max_delay_ms, max_queue
   int64_t max_upload = 64ll << 20;  ///< bytes of body (after decompression)
-  double timeout_s = 30;            ///< socket reads and writes, and the wait for an answer
+  double timeout_s = 30;            ///< a write of an answer, and the wait for an answer
   std::string token;                ///< non-empty: /v1/ and /metrics need "Bearer TOKEN"
   RegionReaderOptions reader;       ///< how uploaded large images are opened (max_pixels)
   int64_t top = 5;                  ///< tiled models: the top tiles listed
