@@ -78,7 +78,7 @@ fuzz:
 	  -DPATCHWISE_BUILD_TESTS=OFF -DPATCHWISE_BUILD_BENCH=OFF
 	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_seeds idx_fuzz cifar_fuzz \
 	  digits_json_fuzz image_fuzz model_file_fuzz \
-	  region_fuzz manifest_fuzz request_fuzz
+	  region_fuzz manifest_fuzz request_fuzz torch_import_fuzz
 	scripts/fuzz $(BUILD)-fuzz $(SECONDS) $(TARGETS)
 
 # clang-format over every C++ file but third_party/ (CI runs check-format).

@@ -39,15 +39,15 @@ void run_eval(const EvalFlags& f) {
   options.folder.list_only = config.tiled;  // a tiled model reads each image's tiles itself
   Dataset data = load_data_reporting(f.data, f.split, options);
   BagFn bags;
-  if (config.tiled) {
-    bags = bag_reader(data, model_bag_options(config), 0);
-  }
+  auto tally = std::make_shared<FilterTally>();
+  if (config.tiled) bags = bag_reader(data, model_bag_options(config), 0, tally);
   match_labels(data, config, f.data, f.labels_by_index);
   model->to(device);
   model->set_precision(runtime_precision(f.runtime, device));
   const bool all_rules = f.fusion == "all";
   if (!f.fusion.empty() && !all_rules) model->set_fusion(parse_fusion_rule(f.fusion));
   Evaluation e = evaluate(model, data, f.batch, all_rules, bags);
+  tally->say_once("eval", config.tiles.min_foreground);
   if (f.json) {
     nlohmann::json out = e.to_json();
     out["model"] = f.model;

@@ -20,6 +20,7 @@
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/source.h"
 #include "patchwise/models/backbone.h"
+#include "patchwise/patch/bags.h"
 
 namespace patchwise::cli {
 namespace {
@@ -89,11 +90,13 @@ void run_features(const FeaturesFlags& f) {
   log.flush();
   ProgressBar bar("features");
   const auto start = std::chrono::steady_clock::now();
+  FilterTally tally;
   FeatureCache cache = compute_feature_cache(
-      model, sets, f.reader, [&](int64_t done, int64_t all) { bar.update(done, all); });
+      model, sets, f.reader, [&](int64_t done, int64_t all) { bar.update(done, all); }, &tally);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   bar.clear();
+  tally.say_once("features", model->config().tiles.min_foreground);
   save_feature_cache(f.out, cache);
   const int64_t tiles = cache.features.size(0);
   const auto bytes = static_cast<int64_t>(std::filesystem::file_size(f.out));

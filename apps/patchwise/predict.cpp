@@ -51,8 +51,10 @@ void print_table(const nlohmann::json& r, const std::vector<std::string>& classe
 /// A tiled model's answer for one large image: its bag through the model, the class,
 /// and the `top` tiles by score (attention weight, or the class's probability).
 nlohmann::json predict_tiled(
-    PatchClassifier& model, const std::string& file, const PredictFlags& f) {
+    PatchClassifier& model, const std::string& file, const PredictFlags& f, FilterTally& tally,
+    int64_t index) {
   const Bag bag = read_bag(file, model_bag_options(model->config(), f.tiles.reader));
+  tally.add(index, bag);
   return bag_prediction_json(model->config(), file, bag, predict_bag(model, bag.tiles, -1), f.top);
 }
 
@@ -86,7 +88,11 @@ void run_predict(const PredictFlags& f) {
   const ModelConfig& config = model->config();
   if (config.tiled) {
     nlohmann::json results = nlohmann::json::array();
-    for (const std::string& file : f.images) results.push_back(predict_tiled(model, file, f));
+    FilterTally tally;
+    for (const std::string& file : f.images) {
+      results.push_back(predict_tiled(model, file, f, tally, static_cast<int64_t>(results.size())));
+    }
+    tally.say_once("predict", config.tiles.min_foreground);
     if (f.json) return print_json(results);
     for (const auto& r : results) print_tiled(r);
     return;

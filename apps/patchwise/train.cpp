@@ -65,6 +65,8 @@ struct TrainData {
   Dataset validation;  ///< --val-split's share of the training set; empty without it
   Dataset test;        ///< empty when the data has no test split
   std::shared_ptr<FeatureCache> cache;  ///< --features: the cache the sets come from
+  /// --tile: how the background filter fared on the training images, said after epoch 1
+  std::shared_ptr<FilterTally> tally = std::make_shared<FilterTally>();
 
   bool has_test() const { return test.size() > 0; }
   /// What each epoch is scored on: the validation split, else the test split, else none.
@@ -95,7 +97,7 @@ void setup_tiled(
   const BagOptions bags = model_bag_options(config, f.tiles.reader);
   config.normalization = tile_normalization(d.train, bags, 64);
   const auto cache = static_cast<int64_t>(f.data_flags.in_memory_limit * 1048576.0);
-  options.bags = bag_reader(d.train, bags, cache);
+  options.bags = bag_reader(d.train, bags, cache, d.tally);
   if (d.eval_set() != nullptr) options.eval_bags = bag_reader(*d.eval_set(), bags, cache);
   options.select = f.select;
 }
@@ -462,6 +464,7 @@ TrainResult run_epochs(
   callbacks.on_epoch = [&](const EpochMetrics& m) {
     bar.clear();
     log << epoch_line(m, f.val_split > 0) << std::endl;
+    if (writer) d.tally->say_once("train", f.tiles.tiles.min_foreground);
     if (metrics.is_open()) metrics << epoch_metrics_to_json(m).dump() << std::endl;
   };
   struct sigaction action {};

@@ -199,7 +199,7 @@ PatchClassifier head_model(const FeatureCache& cache, const ModelConfig& config)
 
 FeatureCache compute_feature_cache(
     PatchClassifier& model, const std::vector<CacheSet>& sets, const RegionReaderOptions& reader,
-    const std::function<void(int64_t, int64_t)>& on_image) {
+    const std::function<void(int64_t, int64_t)>& on_image, FilterTally* tally) {
   const ModelConfig& config = model->config();
   check_input(
       config.tiled,
@@ -217,6 +217,7 @@ FeatureCache compute_feature_cache(
   model->eval();
   for (size_t i = 0; i < items.size(); ++i) {
     Bag bag = next.get();
+    if (tally != nullptr) tally->add(static_cast<int64_t>(i), bag);
     if (i + 1 < items.size()) next = std::async(std::launch::async, read, i + 1);
     torch::NoGradGuard no_grad;  // not InferenceMode: a head trains on these
     features.push_back(model->tile_features(bag.tiles.to(model->device())).to(torch::kCPU));

@@ -18,6 +18,7 @@
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
 #include "patchwise/data/region.h"
+#include "region_readers.h"
 
 namespace patchwise {
 namespace {
@@ -332,6 +333,7 @@ cv::Mat convert_decoded(
 }  // namespace
 
 at::Tensor read_image(const std::string& path, int64_t channels) {
+  detail::check_tiff_layout(path);  // before a decoder allocates what a strip's declared size says
   return from_mat(decode_mat(path, channels));
 }
 

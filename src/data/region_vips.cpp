@@ -255,6 +255,7 @@ std::unique_ptr<RegionReader> open_vips(
   }
   const char* nickname = vips_nickname_find(g_type_from_name(type));
   if (nickname == nullptr || blocked(nickname)) return nullptr;  // not a format it may read
+  check_tiff_layout(path);  // libvips would allocate what a strip's declared size says
   return std::make_unique<VipsReader>(path, nickname, options);
 }
 

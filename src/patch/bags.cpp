@@ -1,5 +1,6 @@
 #include "patchwise/patch/bags.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <cstring>
@@ -25,7 +26,9 @@ Bag read_bag(const RegionReader& reader, const BagOptions& options) {
   const TilePlan plan = plan_tiles(reader, options.tiles);
   Bag bag;
   bag.level = plan.level;
+  bag.sparse = plan.sparse;
   bag.fallback = plan.fallback;
+  bag.lattice = static_cast<int64_t>(plan.boxes.size());
   const int64_t c = reader.channels();
   const int64_t side = options.input;
   const auto n = static_cast<int64_t>(plan.kept.size());
@@ -40,8 +43,57 @@ Bag read_bag(const RegionReader& reader, const BagOptions& options) {
   return bag;
 }
 
+void FilterTally::add(int64_t item, const Bag& bag) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (!seen_.insert(item).second) return;
+  const int64_t kept = bag.tiles.size(0);
+  if (bag.sparse) {
+    ++sparse_;
+    sparse_kept_ += kept;
+    sparse_lattice_ += bag.lattice;
+  } else if (bag.fallback) {
+    ++fallback_;
+    fallback_tiles_ += kept;
+  }
+}
+
+std::string FilterTally::notice(double min_foreground) const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (sparse_ == 0 && fallback_ == 0) return "";
+  const auto images = static_cast<int64_t>(seen_.size());
+  std::string out = fmt::format(
+      "the tile filter kept no tile of --min-foreground {} in {} of {} images",
+      min_foreground,
+      sparse_ + fallback_,
+      images);
+  if (sparse_ > 0) {
+    out += fmt::format(
+        "; in {} of them it kept the tiles with any foreground instead ({:.1f} of {:.1f} on "
+        "average)",
+        sparse_,
+        static_cast<double>(sparse_kept_) / sparse_,
+        static_cast<double>(sparse_lattice_) / sparse_);
+  }
+  if (fallback_ > 0) {
+    out += fmt::format(
+        "; in {} none has any foreground and all {:.1f} tiles on average were kept",
+        fallback_,
+        static_cast<double>(fallback_tiles_) / fallback_);
+  }
+  return out + "; `patchwise tiles IMAGE` shows them, --min-foreground sets the threshold";
+}
+
+void FilterTally::say_once(const std::string& command, double min_foreground) {
+  const std::string line = notice(min_foreground);
+  std::lock_guard<std::mutex> guard(mutex_);
+  if (line.empty() || said_) return;
+  said_ = true;
+  fmt::print(stderr, "{}: note: {}\n", command, line);
+}
+
 std::function<at::Tensor(int64_t)> bag_reader(
-    const Dataset& data, const BagOptions& options, int64_t cache_bytes) {
+    const Dataset& data, const BagOptions& options, int64_t cache_bytes,
+    std::shared_ptr<FilterTally> tally) {
   struct Cache {
     std::mutex lock;
     std::map<int64_t, at::Tensor> bags;
@@ -49,13 +101,15 @@ std::function<at::Tensor(int64_t)> bag_reader(
   };
   auto cache = std::make_shared<Cache>();
   const std::vector<std::string> paths = data.files.paths;
-  return [cache, paths, options, cache_bytes](int64_t item) {
+  return [cache, paths, options, cache_bytes, tally](int64_t item) {
     {
       std::lock_guard<std::mutex> guard(cache->lock);
       auto found = cache->bags.find(item);
       if (found != cache->bags.end()) return found->second;
     }
-    at::Tensor tiles = read_bag(paths.at(static_cast<size_t>(item)), options).tiles;
+    const Bag bag = read_bag(paths.at(static_cast<size_t>(item)), options);
+    if (tally) tally->add(item, bag);
+    at::Tensor tiles = bag.tiles;
     std::lock_guard<std::mutex> guard(cache->lock);
     if (cache->bytes + tiles.numel() <= cache_bytes) {
       cache->bags.emplace(item, tiles);

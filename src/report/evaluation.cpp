@@ -3,8 +3,11 @@
 #include <fmt/ostream.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "patchwise/data/loader.h"
@@ -25,18 +28,45 @@ std::vector<FusionRule> scored_rules(FusionRule own, bool all_rules) {
   return rules;
 }
 
-/// The confusion matrix `cm` (int64 [K,K], true x predicted) and each class's recall.
-void set_confusion(Evaluation& e, const at::Tensor& cm) {
-  const int64_t classes = cm.size(0);
-  for (int64_t t = 0; t < classes; ++t) {
-    std::vector<int64_t> row(cm[t].data_ptr<int64_t>(), cm[t].data_ptr<int64_t>() + classes);
-    int64_t total = 0;
-    for (int64_t v : row) total += v;
-    e.per_class_accuracy.push_back(
-        total > 0 ? double(row[t]) / double(total) : std::numeric_limits<double>::quiet_NaN());
-    e.confusion.push_back(std::move(row));
+/// The confusion matrix, kept as the cells that are not zero: memory grows with the
+/// images evaluated, not with the square of the classes.
+class ConfusionCounts {
+ public:
+  void add(const at::Tensor& labels, const at::Tensor& predicted) {
+    const at::Tensor t = labels.to(torch::kCPU, torch::kInt64).contiguous();
+    const at::Tensor p = predicted.to(torch::kCPU, torch::kInt64).contiguous();
+    for (int64_t i = 0; i < t.size(0); ++i) {
+      ++cells_[{t.data_ptr<int64_t>()[i], p.data_ptr<int64_t>()[i]}];
+    }
   }
-}
+  /// The cells, each class's recall, and the whole matrix when it is small.
+  void set(Evaluation& e, int64_t classes) const {
+    std::vector<int64_t> totals(static_cast<size_t>(classes), 0);
+    std::vector<int64_t> hits(static_cast<size_t>(classes), 0);
+    const bool dense = classes <= kDenseConfusionClasses;
+    if (dense) e.confusion.assign(static_cast<size_t>(classes), std::vector<int64_t>(classes, 0));
+    for (const auto& [cell, count] : cells_) {
+      e.confusion_cells.push_back({cell.first, cell.second, count});
+      totals[static_cast<size_t>(cell.first)] += count;
+      if (cell.first == cell.second) hits[static_cast<size_t>(cell.first)] += count;
+      if (dense)
+        e.confusion[static_cast<size_t>(cell.first)][static_cast<size_t>(cell.second)] = count;
+    }
+    for (size_t k = 0; k < totals.size(); ++k) {
+      e.per_class_accuracy.push_back(
+          totals[k] > 0 ? double(hits[k]) / double(totals[k])
+                        : std::numeric_limits<double>::quiet_NaN());
+    }
+  }
+  int64_t diagonal() const {
+    int64_t sum = 0;
+    for (const auto& [cell, count] : cells_) sum += cell.first == cell.second ? count : 0;
+    return sum;
+  }
+
+ private:
+  std::map<std::pair<int64_t, int64_t>, int64_t> cells_;
+};
 
 }  // namespace
 
@@ -56,7 +86,7 @@ Evaluation evaluate(
   at::Tensor loss_sum = torch::zeros({}, f64);
   at::Tensor position_correct = torch::zeros({patches}, f64);
   int64_t tiles = 0;  // with bags: every tile scored
-  at::Tensor confusion = torch::zeros({classes * classes}, f64);
+  ConfusionCounts confusion;
   const std::vector<FusionRule> rules = scored_rules(model->config().fusion, all_rules);
   at::Tensor rule_correct = torch::zeros({static_cast<int64_t>(rules.size())}, f64);
   {
@@ -69,8 +99,7 @@ Evaluation evaluate(
                                          : model->forward_bags(b.images.to(device), b.counts);
       loss_sum +=
           torch::nll_loss(out.log_probs, labels, {}, at::Reduction::Sum).to(torch::kFloat64);
-      at::Tensor predicted = out.log_probs.argmax(1);
-      confusion.index_add_(0, labels * classes + predicted, torch::ones({labels.size(0)}, f64));
+      confusion.add(labels, out.log_probs.argmax(1));
       at::Tensor hits = out.patch_logits.argmax(2).eq(labels.unsqueeze(1));  // [B,P]
       if (out.mask.defined()) hits = hits.logical_and(out.mask.to(device));
       if (b.counts.empty()) {
@@ -95,12 +124,11 @@ Evaluation evaluate(
   e.n = data.size();
   e.fusion = fusion_rule_name(model->config().fusion);
   e.class_names = model->config().class_names;
-  at::Tensor cm = confusion.to(torch::kCPU).view({classes, classes}).to(torch::kInt64);
   at::Tensor pos = position_correct.to(torch::kCPU) /
                    static_cast<double>(bags ? std::max<int64_t>(tiles, 1) : e.n);
   const double n = static_cast<double>(e.n);
   e.loss = loss_sum.item<double>() / n;
-  e.accuracy = cm.diagonal().sum().item<double>() / n;
+  e.accuracy = static_cast<double>(confusion.diagonal()) / n;
   e.accuracy_stderr = binomial_stderr(e.accuracy, e.n);
   e.position_accuracy.assign(pos.data_ptr<double>(), pos.data_ptr<double>() + patches);
   e.patch_accuracy = pos.mean().item<double>();
@@ -109,7 +137,7 @@ Evaluation evaluate(
     const double a = rule_acc[static_cast<int64_t>(r)].item<double>();
     e.rules.push_back({fusion_rule_name(rules[r]), a, binomial_stderr(a, e.n)});
   }
-  set_confusion(e, cm);
+  confusion.set(e, classes);
   e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   e.images_per_second = e.seconds > 0 ? n / e.seconds : 0;
   return e;
@@ -150,6 +178,7 @@ void Evaluation::print(std::ostream& os) const {
   for (size_t k = 0; k < class_names.size(); ++k) {
     fmt::print(os, "{:<{}}  {:.4f}\n", class_names[k], width, per_class_accuracy[k]);
   }
+  if (confusion.empty()) return print_confusions(os);
   fmt::print(
       os, "\nconfusion matrix (rows: true class, columns: predicted)\n{:>{}}", "", row_width);
   for (size_t k = 0; k < class_names.size(); ++k) fmt::print(os, " {:>5}", k);
@@ -161,10 +190,37 @@ void Evaluation::print(std::ostream& os) const {
   }
 }
 
+void Evaluation::print_confusions(std::ostream& os) const {
+  std::vector<ConfusionCell> wrong;
+  for (const ConfusionCell& c : confusion_cells) {
+    if (c.truth != c.predicted) wrong.push_back(c);
+  }
+  std::stable_sort(
+      wrong.begin(), wrong.end(), [](const auto& a, const auto& b) { return a.count > b.count; });
+  const size_t shown = std::min<size_t>(wrong.size(), 20);
+  fmt::print(
+      os,
+      "\nconfusions (true -> predicted; the {} most frequent of {}: {} classes are too many "
+      "for the whole matrix, which --json gives as confusion_cells)\n",
+      shown,
+      wrong.size(),
+      class_names.size());
+  for (size_t i = 0; i < shown; ++i) {
+    fmt::print(
+        os,
+        "  {:>6}  {} -> {}\n",
+        wrong[i].count,
+        class_names[static_cast<size_t>(wrong[i].truth)],
+        class_names[static_cast<size_t>(wrong[i].predicted)]);
+  }
+}
+
 nlohmann::json Evaluation::to_json() const {
   nlohmann::json per_class = nlohmann::json::array();
   for (double a : per_class_accuracy)
     per_class.push_back(std::isnan(a) ? nlohmann::json() : nlohmann::json(a));
+  nlohmann::json cells = nlohmann::json::array();
+  for (const ConfusionCell& c : confusion_cells) cells.push_back({c.truth, c.predicted, c.count});
   nlohmann::json rule_table = nlohmann::json::array();
   for (const RuleAccuracy& r : rules) {
     rule_table.push_back(
@@ -179,7 +235,8 @@ nlohmann::json Evaluation::to_json() const {
       {"patch_accuracy", patch_accuracy},
       {"position_accuracy", position_accuracy},
       {"per_class_accuracy", per_class},
-      {"confusion", confusion},
+      {"confusion", confusion.empty() ? nlohmann::json() : nlohmann::json(confusion)},
+      {"confusion_cells", cells},
       {"classes", class_names},
       {"loss", loss},
       {"seconds", seconds},

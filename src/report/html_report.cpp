@@ -207,6 +207,12 @@ std::string training_curves(const nlohmann::json& training) {
 std::string confusion_table(
     const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& confusion) {
   const auto classes = static_cast<int64_t>(names.size());
+  if (confusion.empty()) {
+    return fmt::format(
+        "<h2>Confusion matrix</h2><p>{} classes are too many for the matrix; "
+        "<code>patchwise eval --json</code> gives its cells.</p>",
+        classes);
+  }
   std::string out = "<h2>Confusion matrix</h2><table><tr><th class=\"name\">true \\ predicted</th>";
   for (const auto& n : names) out += "<th>" + escape(n) + "</th>";
   out += "<th>accuracy</th></tr>";

@@ -234,6 +234,46 @@ TEST_F(RegionTest, BadFilesAndBoxesAreInputErrors) {
       HasSubstr("reader 'gdal', expected one of: openslide, tiff, vips"));
 }
 
+/// A 1 KB strip TIFF whose one strip declares width x height bytes, far beyond the file.
+std::string strip_beyond_the_file(uint32_t width, uint32_t height) {
+  const auto u16 = [](uint16_t v) { return std::string{char(v & 255), char(v >> 8)}; };
+  const auto u32 = [&](uint32_t v) { return u16(uint16_t(v & 0xffff)) + u16(uint16_t(v >> 16)); };
+  const std::vector<std::tuple<uint16_t, uint16_t, uint32_t>> entries{
+      {256, 4, width},
+      {257, 4, height},
+      {258, 3, 8},
+      {259, 3, 1},
+      {262, 3, 1},
+      {273, 4, 200},
+      {277, 3, 1},
+      {278, 4, height},
+      {279, 4, width * height},
+      {284, 3, 1}};
+  std::string out = "II*" + std::string(1, '\0') + u32(8) + u16(uint16_t(entries.size()));
+  for (const auto& [tag, type, value] : entries) {
+    out += u16(tag) + u16(type) + u32(1) + (type == 3 ? u16(uint16_t(value)) + u16(0) : u32(value));
+  }
+  out += u32(0);
+  return out + std::string(1024 - out.size(), '\0');
+}
+
+// The readers that take strip TIFFs, and the whole-image decoder, refuse a strip declared
+// larger than the file from its header, naming it, before allocating what it declares
+// (libvips took 694 MB). libtiff cuts the one strip into rows of 40,000 bytes.
+TEST_F(RegionTest, AStripDeclaredLargerThanTheFileIsRefusedFromTheHeader) {
+  std::ofstream(path("strip.tif"), std::ios::binary) << strip_beyond_the_file(40000, 60000);
+  const std::string refusal = "strip.tif: page 0 declares a tile or strip of 40000 bytes";
+  for (const std::string name : {"vips", ""}) {
+    EXPECT_THAT(
+        input_error([&] {
+          open_region_reader(path("strip.tif"), {name, 0});
+        }),
+        HasSubstr(refusal))
+        << name;
+  }
+  EXPECT_THAT(input_error([&] { read_image(path("strip.tif"), 1); }), HasSubstr(refusal));
+}
+
 TEST_F(RegionTest, ATruncatedTiffFailsWithOneLineNotACrash) {
   write_pyramid_tiff(path("jpeg.tif"), image_, {256, 0, 90});
   for (const std::string& source : {tiff_, path("jpeg.tif")}) {

@@ -64,10 +64,12 @@ using CacheSet = std::pair<std::string, const Dataset*>;
 /// The features of every image of `sets` under `model` (a tiled model; its tile
 /// options and input decide the bags), reading with `reader`. The next image is read
 /// while the current one is computed; on_image(done, total) after each. Throws
-/// InputError naming an image that cannot be read, or when the model is not tiled.
+/// InputError naming an image that cannot be read, or when the model is not tiled. Each
+/// bag is counted in `tally` when one is given.
+class FilterTally;  // patch/bags.h
 FeatureCache compute_feature_cache(
     PatchClassifier& model, const std::vector<CacheSet>& sets, const RegionReaderOptions& reader,
-    const std::function<void(int64_t, int64_t)>& on_image = {});
+    const std::function<void(int64_t, int64_t)>& on_image = {}, FilterTally* tally = nullptr);
 
 /// Writes `cache` atomically to `path` (a model file, see above).
 void save_feature_cache(const std::string& path, const FeatureCache& cache);

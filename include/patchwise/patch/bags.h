@@ -7,6 +7,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -27,7 +30,29 @@ struct Bag {
   at::Tensor tiles;        ///< uint8 [n,C,input,input], n >= 1, in lattice order
   std::vector<Box> boxes;  ///< each tile's box in level-0 coordinates
   int level = 0;           ///< the level the tiles were read at
-  bool fallback = false;   ///< no tile passed the filter: all were kept (TilePlan)
+  bool sparse = false;     ///< no tile reached min_foreground: those with any were kept
+  bool fallback = false;   ///< no tile has any foreground: all were kept (TilePlan)
+  int64_t lattice = 0;     ///< tiles in the lattice before the filter
+};
+
+/// How the background filter fared over a data set's bags, counted as they are read (each
+/// image once, from any thread), so that a command says once when it kept only tiles of
+/// sparse content or every tile (a filter that silently keeps all 144 tiles of which 8
+/// hold the object is a model that learns nothing).
+class FilterTally {
+ public:
+  void add(int64_t item, const Bag& bag);
+  /// One line with the counts, or "" when every image counted had a tile pass the filter.
+  std::string notice(double min_foreground) const;
+  /// Prints notice() to stderr after "command: " the first time it is not empty.
+  void say_once(const std::string& command, double min_foreground);
+
+ private:
+  mutable std::mutex mutex_;
+  std::set<int64_t> seen_;
+  int64_t sparse_ = 0, fallback_ = 0;
+  int64_t sparse_kept_ = 0, sparse_lattice_ = 0, fallback_tiles_ = 0;
+  bool said_ = false;
 };
 
 /// The bag of the image at `path`. Uses no parallel LibTorch operator: safe on a
@@ -39,9 +64,11 @@ Bag read_bag(const RegionReader& reader, const BagOptions& options);
 
 /// A Loader's bag reader over data.files.paths: item i's tiles. Bags are kept in
 /// memory once read, up to `cache_bytes` in all (0: none kept), so that later epochs
-/// skip decoding; the reader may be called from one thread at a time.
+/// skip decoding; the reader may be called from one thread at a time. Each bag read is
+/// counted in `tally` when one is given.
 std::function<at::Tensor(int64_t)> bag_reader(
-    const Dataset& data, const BagOptions& options, int64_t cache_bytes);
+    const Dataset& data, const BagOptions& options, int64_t cache_bytes,
+    std::shared_ptr<FilterTally> tally = nullptr);
 
 /// The mean and standard deviation of each channel over the tiles of the first
 /// `images` images of `data` (a tiled model's input normalization).

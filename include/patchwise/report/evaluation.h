@@ -23,6 +23,16 @@ struct RuleAccuracy {
   double accuracy_stderr = 0;
 };
 
+/// One cell of a confusion matrix that is not zero.
+struct ConfusionCell {
+  int64_t truth = 0;
+  int64_t predicted = 0;
+  int64_t count = 0;
+};
+
+/// Up to this many classes the confusion matrix is also kept, printed and written whole.
+constexpr int64_t kDenseConfusionClasses = 100;
+
 struct Evaluation {
   int64_t n = 0;
   std::string fusion;                           ///< the rule the fused numbers use
@@ -32,7 +42,8 @@ struct Evaluation {
   double patch_accuracy = 0;                    ///< mean over patches of argmax == label
   std::vector<double> position_accuracy;        ///< [P] accuracy of each patch position alone
   std::vector<double> per_class_accuracy;       ///< [K] recall of each class (NaN: no sample)
-  std::vector<std::vector<int64_t>> confusion;  ///< [K][K]
+  std::vector<ConfusionCell> confusion_cells;   ///< the non-zero cells, by truth then prediction
+  std::vector<std::vector<int64_t>> confusion;  ///< [K][K] when K <= kDenseConfusionClasses
   std::vector<std::string> class_names;         ///< [K]
   std::vector<RuleAccuracy> rules;              ///< every fixed rule (and the model's learned
                                                 ///< one), when asked for; else empty
@@ -41,8 +52,11 @@ struct Evaluation {
 
   /// A human-readable report: accuracies, per-class table, confusion matrix.
   void print(std::ostream& os) const;
+  /// Beyond kDenseConfusionClasses: the most frequent confusions instead of the matrix.
+  void print_confusions(std::ostream& os) const;
   /// {"n", "accuracy", "accuracy_stderr", "patch_accuracy", "position_accuracy",
-  ///  "per_class_accuracy", "confusion", "classes", "loss", "fusion", "fusion_rules", ...}
+  ///  "per_class_accuracy", "confusion" (null beyond kDenseConfusionClasses),
+  ///  "confusion_cells" ([truth, predicted, count] each), "classes", "loss", "fusion", ...}
   nlohmann::json to_json() const;
 };
 
