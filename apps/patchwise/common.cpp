@@ -14,6 +14,7 @@
 
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
+#include "patchwise/core/json_text.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/models/kernels.h"
@@ -274,7 +275,7 @@ Dataset load_data_reporting(
   return data;
 }
 
-void print_json(const nlohmann::json& json) { std::cout << json.dump(2) << std::endl; }
+void print_json(const nlohmann::json& json) { std::cout << json_text(json, 2) << std::endl; }
 
 ProgressBar::ProgressBar(std::string label)
     : label_(std::move(label)), enabled_(isatty(STDERR_FILENO) != 0) {}

@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "patchwise/core/cpu_allocator.h"
 #include "patchwise/core/error.h"
+#include "patchwise/core/json_text.h"
 #include "patchwise/core/version.h"
 #include "patchwise/dist/distributed.h"
 
@@ -39,7 +40,7 @@ void write_torchelastic_error_file(const std::string& message) {
          {{"py_callstack", message},
           {"timestamp",
            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now).count())}}}}}};
-  std::ofstream(path) << error.dump() << "\n";
+  std::ofstream(path) << patchwise::json_text(error) << "\n";
 }
 
 /// The flag that sets a library option: "--" and the name with dashes, but for the

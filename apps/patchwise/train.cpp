@@ -20,6 +20,7 @@
 #include "patchwise/core/error.h"
 #include "patchwise/core/feature_cache.h"
 #include "patchwise/core/files.h"
+#include "patchwise/core/json_text.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/core/torch_import.h"
@@ -603,7 +604,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   print_plan(log, f, data, model, device, f.runtime.threads);
   std::unique_ptr<Distributed> dist = join_group(dist_config, f, log);
   options.distributed = dist.get();
-  options.checkpoint_note = nlohmann::json{{"flags", flags_to_json(f)}}.dump();
+  options.checkpoint_note = json_text(nlohmann::json{{"flags", flags_to_json(f)}});
   const TrainResult result = run_epochs(f, model, data, options, writer, log);
   if (!writer) return;
   if (dist) print_group_summary(result, log);

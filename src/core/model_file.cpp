@@ -16,6 +16,7 @@
 #include "little_endian.h"
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
+#include "patchwise/core/json_text.h"
 
 namespace patchwise {
 namespace {
@@ -430,7 +431,7 @@ void save_model(
     const std::string& path, PatchClassifier& model, const json& training, const TensorMap& state) {
   json config = model_config_to_json(model->config());
   if (!training.is_null()) config["training"] = training;
-  const std::string text = config.dump();
+  const std::string text = json_text(config);
 
   std::vector<std::pair<std::string, at::Tensor>> records;
   for (const auto& p : model->named_parameters())

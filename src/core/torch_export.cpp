@@ -6,6 +6,7 @@
 #include <ostream>
 
 #include "patchwise/core/files.h"
+#include "patchwise/core/json_text.h"
 #include "patchwise/core/model_file.h"
 
 namespace patchwise {
@@ -50,7 +51,7 @@ nlohmann::json export_model(
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   });
   write_file_atomically(
-      config_path, "--config", [&](std::ostream& out) { out << config.dump(2) << "\n"; });
+      config_path, "--config", [&](std::ostream& out) { out << json_text(config, 2) << "\n"; });
   return config;
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "guarded_server.h"
+#include "patchwise/core/json_text.h"
 
 namespace patchwise {
 namespace {
@@ -124,7 +125,7 @@ void ip_and_port(const sockaddr_storage& address, socklen_t length, std::string&
 
 /// A whole answer with a one-line JSON error, for the refusals made outside httplib.
 std::string canned_answer(const std::string& status, const std::string& message) {
-  const std::string body = nlohmann::json{{"error", message}}.dump() + "\n";
+  const std::string body = json_text(nlohmann::json{{"error", message}}) + "\n";
   return fmt::format(
       "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
       "Connection: close\r\n{}\r\n{}",

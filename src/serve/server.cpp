@@ -19,6 +19,7 @@
 #include "guarded_server.h"
 #include "patchwise/core/error.h"
 #include "patchwise/core/files.h"
+#include "patchwise/core/json_text.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/data/image.h"
@@ -110,7 +111,7 @@ std::vector<nlohmann::json> run_jobs(std::vector<Job>& jobs, int64_t top) {
 
 /// The one-line JSON body of every refusal.
 std::string error_body(const std::string& message) {
-  return nlohmann::json{{"error", message}}.dump() + "\n";
+  return json_text(nlohmann::json{{"error", message}}) + "\n";
 }
 
 void send_error(httplib::Response& res, int status, const std::string& message) {
@@ -135,7 +136,7 @@ void send_error_and_close(httplib::Response& res, int status, const std::string&
 }
 
 void send_json(httplib::Response& res, const nlohmann::json& body) {
-  res.set_content(body.dump() + "\n", "application/json");
+  res.set_content(json_text(body) + "\n", "application/json");
 }
 
 /// "Bearer TOKEN" compared in time that does not depend on where it differs.
@@ -338,7 +339,7 @@ std::string path_label(const std::string& path) {
 bool refuse_route(const httplib::Request& req, httplib::Response& res) {
   const auto known = known_paths().find(req.path);
   if (known == known_paths().end()) {
-    send_error(res, 404, fmt::format("{}: no such path", req.path));
+    send_error(res, 404, fmt::format("{}: no such path", printable(req.path)));
     return true;
   }
   if (known->second.count(req.method)) return false;
@@ -348,7 +349,7 @@ bool refuse_route(const httplib::Request& req, httplib::Response& res) {
       405,
       fmt::format(
           "{} {}: method not allowed, expected {}",
-          req.method,
+          printable(req.method, 40),
           req.path,
           fmt::join(known->second, " or ")));
   return true;
@@ -441,7 +442,8 @@ void ModelServer::Impl::refuse_with_body(
     const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
   const Upload up = read_upload(req, read, options.max_upload, res);
   if (!up.complete) return send_error_and_close(res, up.status, up.error);
-  if (!refuse_route(req, res)) send_error(res, 404, fmt::format("{}: no such path", req.path));
+  if (!refuse_route(req, res))
+    send_error(res, 404, fmt::format("{}: no such path", printable(req.path)));
 }
 
 /// A grid model's image is decoded from the request's bytes; a tiled model's image goes
@@ -560,7 +562,11 @@ void ModelServer::Impl::routes() {
           send_error_and_close(
               res,
               res.status,
-              fmt::format("{} {}: {}", req.method, req.path, status_text(res.status)));
+              fmt::format(
+                  "{} {}: {}",
+                  printable(req.method, 40),
+                  printable(req.path),
+                  status_text(res.status)));
         }
         return httplib::Server::HandlerResponse::Handled;
       }));

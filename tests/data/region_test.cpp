@@ -357,10 +357,18 @@ TEST_F(RegionTest, AnImageDecodedWholeBeyondTheLimitIsRefusedBeforeDecoding) {
   const std::string jpeg = std::string("\xff\xd8\xff\xc0\x00\x11\x08", 7) +
                            std::string("\x59\xa6\x6a\x95\x03", 5) +  // 22950 x 27285, 3 parts
                            std::string("\x01\x22\x00\x02\x11\x01\x03\x11\x01", 9);
-  std::ofstream(path("huge.jpg"), std::ios::binary) << jpeg;
-  EXPECT_THAT(
-      input_error([&] { read_image(path("huge.jpg")); }),
-      HasSubstr("huge.jpg: 27285x22950 = 626190750 pixels, expected at most 100000000"));
+  // The same after a standalone marker (TEM: no length follows) that a scanner reading a
+  // length there would skip the frame header by, and in bytes given to decode_image.
+  const std::string tem = "\xff\xd8" + std::string("\xff\x01\x77\x3d", 4) + jpeg.substr(2);
+  for (const std::string& bytes : {jpeg, tem}) {
+    std::ofstream(path("huge.jpg"), std::ios::binary) << bytes;
+    EXPECT_THAT(
+        input_error([&] { read_image(path("huge.jpg")); }),
+        HasSubstr("huge.jpg: 27285x22950 = 626190750 pixels, expected at most 100000000"));
+    EXPECT_THAT(
+        input_error([&] { decode_image(bytes, "upload", 3); }),
+        HasSubstr("27285x22950 = 626190750 pixels"));
+  }
 }
 
 }  // namespace

@@ -505,6 +505,23 @@ TEST_F(ServerTest, AnIdleKeptAliveConnectionClosesEarlyOnlyWhenTheServerIsCrowde
   }
 }
 
+// Bytes that are not UTF-8 in a method or a path are quoted escaped in the one-line JSON
+// error (they ended the process from inside the JSON writer: found by request_fuzz).
+TEST_F(ServerTest, BytesThatAreNotUtf8InARequestLineAreQuotedNotFatal) {
+  start();
+  for (const std::string& line :
+       {std::string("G\x1e\xff\xff / HTTP/1.1"),
+        std::string("GET /\xff\xfe HTTP/1.1"),
+        std::string("\xff\xff /v1/predict HTTP/1.1")}) {
+    const Exchange e = converse(port_, line + "\r\nHost: x\r\nConnection: close\r\n\r\n");
+    ASSERT_EQ(e.received.substr(0, 10), "HTTP/1.1 4") << e.received;
+    const std::string body = e.received.substr(e.received.find("\r\n\r\n") + 4);
+    const nlohmann::json error = nlohmann::json::parse(body);
+    EXPECT_THAT(error["error"].get<std::string>(), HasSubstr("\\xff")) << body;
+  }
+  EXPECT_EQ(client().Get("/healthz")->status, 200);
+}
+
 TEST_F(ServerTest, ATiledModelAnswersALargeImageWithItsTopTiles) {
   torch::manual_seed(3);
   ModelConfig c;
