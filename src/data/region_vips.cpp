@@ -203,9 +203,9 @@ void ensure_vips() {
       throw std::runtime_error("libvips failed to start: " + take_vips_error());
     }
     vips_cache_set_max(0);  // every read is a new crop: nothing worth caching
-    // Only the loaders the README lists (TIFF, PNG, JPEG, WebP, PNM): libvips would also
-    // hand SVG, PDF and whatever ImageMagick decodes to libraries that were never meant
-    // to see untrusted files, and that predict's decoder refuses.
+    // Only the loaders docs/large-images.md and docs/testing.md list (TIFF, PNG, JPEG, WebP, PNM):
+    // libvips would also hand SVG, PDF and whatever ImageMagick decodes to libraries that were
+    // never meant to see untrusted files, and that predict's decoder refuses.
     vips_block_untrusted_set(TRUE);
     vips_operation_block_set("VipsForeignLoad", TRUE);
     for (const char* loader :

@@ -455,8 +455,9 @@ TEST_F(CliTest, ARecipeFileSetsFlagsTheCommandLineWinsAndTheModelFileKeepsEveryC
       train + " --optimizer sgd --nesterov", "--nesterov: with optimizer sgd and momentum 0");
 }
 
-/// The README's figures are each one command over a file of recipes/: every shipped recipe
-/// must still train (two short epochs here) and its model file must keep each value it sets.
+/// The documented figures (docs/results.md) are each one command over a file of recipes/: every
+/// shipped recipe must still train (two short epochs here) and its model file must keep each value
+/// it sets.
 TEST_F(CliTest, EveryShippedRecipeTrainsAndTheModelFileKeepsItsValues) {
   int recipes = 0;
   for (const auto& entry : fs::directory_iterator(PATCHWISE_RECIPES_DIR)) {

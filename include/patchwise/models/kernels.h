@@ -13,7 +13,7 @@
 //   with gradients, LibTorch's kernels.
 // aten: LibTorch's kernels always (channels-last convolutions through LibTorch's oneDNN
 //   calls, its batch norm).
-// Both compute the same function; Winograd rounds differently (README, Performance).
+// Both compute the same function; Winograd rounds differently (docs/performance.md).
 
 #include <string>
 
