@@ -3,7 +3,8 @@
 namespace patchwise {
 
 const std::string& serve_page() {
-  static const std::string page = R"html(<!doctype html>
+  // Never destroyed: connection threads may still answer while the process exits.
+  static const auto* page = new std::string(R"html(<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -149,8 +150,8 @@ loadModel();
 </script>
 </body>
 </html>
-)html";
-  return page;
+)html");
+  return *page;
 }
 
 }  // namespace patchwise

@@ -320,14 +320,15 @@ ModelServer::Impl::~Impl() {
 /// The paths served, each with its methods; a path starting /v1/ or /metrics needs
 /// the token when one is set.
 const std::map<std::string, std::set<std::string>>& known_paths() {
-  static const std::map<std::string, std::set<std::string>> paths = {
+  // Never destroyed: connection threads may still route while the process exits.
+  static const auto* paths = new std::map<std::string, std::set<std::string>>{
       {"/", {"GET", "HEAD"}},
       {"/healthz", {"GET", "HEAD"}},
       {"/readyz", {"GET", "HEAD"}},
       {"/metrics", {"GET", "HEAD"}},
       {"/v1/model", {"GET", "HEAD"}},
       {"/v1/predict", {"POST"}}};
-  return paths;
+  return *paths;
 }
 
 std::string path_label(const std::string& path) {
