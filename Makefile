@@ -9,7 +9,7 @@ export CCACHE_BASEDIR ?= $(CURDIR)
 SECONDS  ?= 60
 TARGETS  ?=
 
-.PHONY: deps build run test test-numerics test-sanitize bench bench-serve soak-serve fuzz format check-format clean
+.PHONY: deps build run test test-numerics test-sanitize bench bench-serve soak-serve fuzz format check-format check-layers clean
 
 deps:
 	@scripts/install-deps
@@ -86,6 +86,9 @@ format:
 	scripts/check-format --fix
 check-format:
 	scripts/check-format
+# Every #include between the library's layers goes down (CI checks it beside the format).
+check-layers:
+	scripts/check-layers
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-fuzz $(BUILD)-sanitize

@@ -9,10 +9,10 @@
 #include "commands.h"
 #include "common.h"
 #include "patchwise/core/error.h"
+#include "patchwise/core/evaluation.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/core/runtime.h"
 #include "patchwise/patch/bags.h"
-#include "patchwise/report/evaluation.h"
 
 namespace patchwise::cli {
 namespace {

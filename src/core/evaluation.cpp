@@ -1,4 +1,4 @@
-#include "patchwise/report/evaluation.h"
+#include "patchwise/core/evaluation.h"
 
 #include <fmt/ostream.h>
 #include <torch/torch.h>

@@ -8,10 +8,10 @@
 #include <stdexcept>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/evaluation.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/dist/distributed.h"
-#include "patchwise/report/evaluation.h"
 #include "patchwise/train/ema.h"
 #include "patchwise/train/optimizer.h"
 #include "patchwise/train/parallel.h"

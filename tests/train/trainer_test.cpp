@@ -8,9 +8,9 @@
 #include <sstream>
 
 #include "patchwise/core/error.h"
+#include "patchwise/core/evaluation.h"
 #include "patchwise/core/model_file.h"
 #include "patchwise/models/backbone.h"
-#include "patchwise/report/evaluation.h"
 #include "support/test_support.h"
 
 namespace patchwise {
