@@ -26,6 +26,7 @@ using Clock = std::chrono::steady_clock;
 
 thread_local bool t_over_capacity = false;
 thread_local bool t_timed_out = false;
+thread_local bool t_close_after = false;
 
 /// Threads that never exceed the open connections, each open connection with one: a
 /// connection beyond `max` is handed back to the accepting thread with t_over_capacity set,
@@ -153,6 +154,8 @@ void refuse_connection(int sock, int max_connections) {
 }  // namespace
 
 bool request_timed_out() { return t_timed_out; }
+
+void close_after_answer() { t_close_after = true; }
 
 std::string late_request_message(const ConnectionLimits& limits) {
   return fmt::format(
@@ -307,6 +310,7 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
     if (!wait_for_request(stream, served == 0)) break;
     stream.begin_request(served == 0 ? accepted : Clock::now());
     bool closed = false;
+    t_close_after = false;
     ok = process_request(stream, served + 1 == keep_alive_max_count_, closed, nullptr);
     if (t_timed_out) {
       ++counts_.timed_out;
@@ -314,9 +318,10 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
       if (stream.bytes_written() == 0 && stream.bytes_read() > 0) answer_late_request(stream);
       break;
     }
-    if (closed) break;
+    if (closed || t_close_after) break;
   }
   t_timed_out = false;
+  t_close_after = false;
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ok;

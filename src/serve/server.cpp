@@ -119,20 +119,14 @@ void send_error(httplib::Response& res, int status, const std::string& message) 
   res.set_content(error_body(message), "application/json");
 }
 
-/// send_error, then the connection closes: for a request whose body was not read to its
-/// end (too large, of unknown or contradictory length, malformed), where whatever follows
-/// on the connection may be the rest of that body and must never be parsed as requests.
-/// httplib 0.11 closes a connection when the answer's content provider reports failure,
-/// which this one does after writing the whole answer.
+/// send_error, then the connection closes (with Connection: close): for a request whose
+/// body was not read to its end (too large, of unknown or contradictory length, malformed,
+/// or sent with a method that takes none), where whatever follows on the connection may be
+/// the rest of that body and must never be parsed as requests.
 void send_error_and_close(httplib::Response& res, int status, const std::string& message) {
-  res.status = status;
+  send_error(res, status, message);
   res.set_header("Connection", "close");
-  auto body = std::make_shared<std::string>(error_body(message));
-  res.set_content_provider(
-      body->size(), "application/json", [body](size_t offset, size_t length, auto& sink) {
-        sink.write(body->data() + offset, length);
-        return false;
-      });
+  close_after_answer();
 }
 
 void send_json(httplib::Response& res, const nlohmann::json& body) {
@@ -331,6 +325,12 @@ const std::map<std::string, std::set<std::string>>& known_paths() {
   return *paths;
 }
 
+/// The methods whose body httplib reads (through the routes' content readers).
+const std::set<std::string>& methods_with_body() {
+  static const auto* methods = new std::set<std::string>{"POST", "PUT", "PATCH", "DELETE"};
+  return *methods;
+}
+
 std::string path_label(const std::string& path) {
   return known_paths().count(path) ? path : "other";
 }
@@ -434,6 +434,12 @@ httplib::Server::HandlerResponse ModelServer::Impl::pre_route(
   if (refuse_framing(req, res, options.max_upload)) return R::Handled;
   const bool has_body =
       req.get_header_value<uint64_t>("Content-Length") > 0 || req.has_header("Transfer-Encoding");
+  if (has_body && !methods_with_body().count(req.method)) {
+    // httplib would not read it: its bytes would be parsed as the next request.
+    send_error_and_close(
+        res, 400, fmt::format("{} with a body: expected none", printable(req.method, 40)));
+    return R::Handled;
+  }
   if (has_body) return R::Unhandled;
   if (refuse_route(req, res)) return R::Handled;
   return authorized(req, res) ? R::Unhandled : R::Handled;

@@ -349,6 +349,17 @@ TEST_F(ServerTest, ARefusedBodyClosesTheConnectionAndNothingInItIsAnswered) {
     EXPECT_EQ(count_of(e.received, "HTTP/1.1 200"), 0u) << "a request inside a body was answered";
     EXPECT_LE(count_of(e.received, "HTTP/1.1 "), 1u);
   }
+  // A body on a method that takes none (httplib would not read it): found by request_fuzz.
+  const std::string inner = "GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string method : {"GET /healthz", "HEAD /v1/predict", "OPTIONS /"}) {
+    const Exchange e = converse(
+        port_,
+        method + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(inner.size()) +
+            "\r\n\r\n" + inner + inner);
+    EXPECT_TRUE(e.closed) << method;
+    EXPECT_EQ(count_of(e.received, "HTTP/1.1 "), 1u) << method << ": " << e.received;
+    EXPECT_EQ(e.received.substr(0, 12), "HTTP/1.1 400") << method;
+  }
   EXPECT_EQ(client().Get("/healthz")->status, 200);
 }
 

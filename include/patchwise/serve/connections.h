@@ -32,6 +32,11 @@ struct ConnectionCounts {
 /// True while the current thread handles a request whose reading ran past its deadline
 /// (header_timeout_s, min_body_rate): the server answers it 408 and closes.
 bool request_timed_out();
+/// Closes the connection after the answer being written on this thread: for a request
+/// whose body was not read to its end, where what follows could be the rest of that body
+/// and must never be parsed as requests (request smuggling).
+void close_after_answer();
+
 /// The one line a request cut by its deadline is answered with (408).
 std::string late_request_message(const ConnectionLimits& limits);
 
