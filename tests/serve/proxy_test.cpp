@@ -88,6 +88,11 @@ class ProxyTest : public test::SeededTest {
   void TearDown() override {
     if (nginx_started_) {
       std::system(fmt::format("{} -p {} -c nginx.conf -s stop", kNginx, path("nginx")).c_str());
+      // The master removes its pid file as it exits: the folder is removed after that.
+      const std::string pid = path("nginx") + "/nginx.pid";
+      for (int i = 0; i < 200 && fs::exists(pid); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      }
     }
     if (server_) server_->stop();
     if (serving_.joinable()) serving_.join();
