@@ -147,6 +147,7 @@ bool declared_size(const std::string& bytes, int64_t& w, int64_t& h) {
 }
 
 void check_declared_size(const std::string& path) {
+  detail::check_tiff_layout(path);  // a strip larger than the file, before any decoder
   int64_t w = 0, h = 0;
   try {
     const auto header = open_region_reader(path, {"vips", 0});
@@ -337,7 +338,6 @@ cv::Mat convert_decoded(
 }  // namespace
 
 at::Tensor read_image(const std::string& path, int64_t channels) {
-  detail::check_tiff_layout(path);  // before a decoder allocates what a strip's declared size says
   return from_mat(decode_mat(path, channels));
 }
 

@@ -126,7 +126,7 @@ void ip_and_port(const sockaddr_storage& address, socklen_t length, std::string&
 
 /// A whole answer with a one-line JSON error, for the refusals made outside httplib.
 std::string canned_answer(const std::string& status, const std::string& message) {
-  const std::string body = json_text(nlohmann::json{{"error", message}}) + "\n";
+  const std::string body = error_body(message);
   return fmt::format(
       "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
       "Connection: close\r\n{}\r\n{}",
@@ -152,6 +152,10 @@ void refuse_connection(int sock, int max_connections) {
 }
 
 }  // namespace
+
+std::string error_body(const std::string& message) {
+  return json_text(nlohmann::json{{"error", message}}) + "\n";
+}
 
 bool request_timed_out() { return t_timed_out; }
 

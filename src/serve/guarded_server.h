@@ -12,6 +12,9 @@
 
 namespace patchwise {
 
+/// The one-line JSON body of every refusal, the server's and the connection loop's.
+std::string error_body(const std::string& message);
+
 class GuardedServer : public httplib::Server {
  public:
   /// `write_timeout_s`: the longest one write of an answer may wait for the client.

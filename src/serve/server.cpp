@@ -109,11 +109,6 @@ std::vector<nlohmann::json> run_jobs(std::vector<Job>& jobs, int64_t top) {
   return out;
 }
 
-/// The one-line JSON body of every refusal.
-std::string error_body(const std::string& message) {
-  return json_text(nlohmann::json{{"error", message}}) + "\n";
-}
-
 void send_error(httplib::Response& res, int status, const std::string& message) {
   res.status = status;
   res.set_content(error_body(message), "application/json");
