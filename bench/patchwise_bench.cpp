@@ -40,12 +40,12 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/cpu_allocator.h"
-#include "patchwise/core/patch_classifier.h"
-#include "patchwise/core/precision.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/cpu_allocator.h"
+#include "patchwise/base/precision.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/models/backbone.h"
 #include "patchwise/train/loss.h"
 

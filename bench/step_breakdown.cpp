@@ -20,10 +20,10 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/cpu_allocator.h"
-#include "patchwise/core/patch_classifier.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/cpu_allocator.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/idx.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/models/kernels.h"
 #include "patchwise/train/loss.h"
 

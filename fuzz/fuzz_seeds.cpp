@@ -11,12 +11,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/torch_export.h"
-#include "patchwise/core/torch_import.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/region.h"
+#include "patchwise/model/model_file.h"
+#include "patchwise/model/torch_export.h"
+#include "patchwise/model/torch_import.h"
 
 namespace fs = std::filesystem;
 using namespace patchwise;

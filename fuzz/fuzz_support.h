@@ -12,7 +12,7 @@
 #include <fstream>
 #include <string>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise::fuzz {
 

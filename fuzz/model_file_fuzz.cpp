@@ -4,7 +4,7 @@
 #include <zlib.h>
 
 #include "fuzz_support.h"
-#include "patchwise/core/model_file.h"
+#include "patchwise/model/model_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace patchwise;

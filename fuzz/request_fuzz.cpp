@@ -16,8 +16,8 @@
 #include <thread>
 
 #include "fuzz_support.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/model_file.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/serve/server.h"
 
 namespace {

@@ -3,7 +3,7 @@
 // so that mutations reach the unpickler's opcodes, calls and bounds. What it reads goes
 // into a small model, through the name mapping and the shape checks.
 #include "fuzz_support.h"
-#include "patchwise/core/torch_import.h"
+#include "patchwise/model/torch_import.h"
 
 namespace {
 

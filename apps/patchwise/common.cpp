@@ -12,11 +12,11 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/json_text.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/json_text.h"
+#include "patchwise/base/runtime.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/models/kernels.h"
 
 namespace patchwise::cli {

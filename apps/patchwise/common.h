@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/region.h"
 #include "patchwise/data/source.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"

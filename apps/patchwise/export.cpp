@@ -6,10 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/torch_export.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/model/model_file.h"
+#include "patchwise/model/torch_export.h"
 
 namespace patchwise::cli {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/source.h"
 

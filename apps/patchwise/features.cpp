@@ -1,4 +1,4 @@
-// patchwise features: the feature cache (core/feature_cache.h) of a data set of large
+// patchwise features: the feature cache (model/feature_cache.h) of a data set of large
 // images under a tiled model's frozen backbone, for `train --features`.
 
 #include <fmt/format.h>
@@ -13,12 +13,12 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/feature_cache.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/source.h"
+#include "patchwise/model/feature_cache.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/models/backbone.h"
 #include "patchwise/patch/bags.h"
 

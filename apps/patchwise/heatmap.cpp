@@ -9,11 +9,12 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/bag_options.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/patch/bags.h"
 
 namespace patchwise::cli {

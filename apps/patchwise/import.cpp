@@ -14,8 +14,8 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/data/digits_json.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"

@@ -14,10 +14,10 @@
 #include <string>
 
 #include "commands.h"
-#include "patchwise/core/cpu_allocator.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/json_text.h"
-#include "patchwise/core/version.h"
+#include "patchwise/base/cpu_allocator.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/json_text.h"
+#include "patchwise/base/version.h"
 #include "patchwise/dist/distributed.h"
 
 namespace {

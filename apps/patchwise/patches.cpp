@@ -7,10 +7,10 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/model_file.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/report/patch_sheet.h"
 
 namespace patchwise::cli {

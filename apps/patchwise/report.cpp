@@ -8,11 +8,11 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/source.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/report/html_report.h"
 
 namespace patchwise::cli {

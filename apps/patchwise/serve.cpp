@@ -10,8 +10,8 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/serve/server.h"
 
 namespace patchwise::cli {

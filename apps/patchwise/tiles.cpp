@@ -11,9 +11,9 @@
 
 #include "commands.h"
 #include "common.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/image.h"
 #include "patchwise/patch/tile_stream.h"
 #include "patchwise/report/tile_sheet.h"

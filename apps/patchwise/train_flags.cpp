@@ -8,8 +8,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/models/registry.h"
 

@@ -9,8 +9,8 @@
 #include <fstream>
 #include <vector>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 
 namespace patchwise {
 namespace {

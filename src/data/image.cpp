@@ -15,8 +15,8 @@
 #include <sstream>
 #include <tuple>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/data/region.h"
 #include "region_readers.h"
 

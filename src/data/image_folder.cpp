@@ -7,7 +7,7 @@
 #include <map>
 #include <set>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/region.h"
 

@@ -6,8 +6,8 @@
 #include <map>
 #include <vector>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 
 namespace patchwise {
 namespace {

@@ -6,7 +6,7 @@
 #include <opencv2/imgproc.hpp>
 #include <random>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 namespace {

@@ -9,8 +9,8 @@
 #include <functional>
 #include <opencv2/imgproc.hpp>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/data/image.h"
 #include "region_readers.h"
 

@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "region_readers.h"
 
 namespace patchwise::detail {

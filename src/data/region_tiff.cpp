@@ -24,7 +24,7 @@
 #include <unordered_map>
 
 #include "jpeg_tile.h"
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "region_readers.h"
 
 namespace patchwise::detail {

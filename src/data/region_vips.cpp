@@ -9,8 +9,8 @@
 #include <mutex>
 #include <set>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "region_readers.h"
 
 namespace patchwise::detail {

@@ -9,8 +9,8 @@
 #include <map>
 #include <random>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/manifest.h"
 

@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include "layers.h"
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/models/registry.h"
 
 namespace patchwise {

@@ -30,7 +30,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/models/kernels.h"
 
 namespace patchwise {

@@ -8,7 +8,7 @@
 #include <memory>
 #include <mutex>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 
@@ -125,6 +125,41 @@ Normalization tile_normalization(const Dataset& data, const BagOptions& options,
     tiles.push_back(read_bag(data.files.paths[static_cast<size_t>(i)], options).tiles);
   }
   return compute_normalization(torch::cat(tiles));
+}
+
+PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts) {
+  TORCH_CHECK(!counts.empty(), "pad_bags: no bags");
+  const auto bags = static_cast<int64_t>(counts.size());
+  int64_t total = 0;
+  int64_t longest = 0;
+  for (int64_t n : counts) {
+    TORCH_CHECK(n >= 1, "pad_bags: a bag of ", n, " rows, expected at least 1");
+    total += n;
+    longest = std::max(longest, n);
+  }
+  TORCH_CHECK(
+      flat.dim() >= 1 && flat.size(0) == total,
+      "pad_bags: ",
+      flat.sizes(),
+      " rows for bags of ",
+      total,
+      " in all");
+  std::vector<int64_t> shape = flat.sizes().vec();
+  shape[0] = longest;
+  shape.insert(shape.begin(), bags);
+  if (longest * bags == total) return {flat.view(shape), {}};
+  std::vector<int64_t> rows;  // where each row of `flat` goes in the [B*P] padded rows
+  rows.reserve(static_cast<size_t>(total));
+  for (int64_t b = 0; b < bags; ++b) {
+    for (int64_t i = 0; i < counts[static_cast<size_t>(b)]; ++i) rows.push_back(b * longest + i);
+  }
+  at::Tensor index = torch::tensor(rows, torch::kInt64).to(flat.device());
+  std::vector<int64_t> padded_shape = flat.sizes().vec();
+  padded_shape[0] = bags * longest;
+  at::Tensor padded = torch::zeros(padded_shape, flat.options()).index_copy(0, index, flat);
+  at::Tensor mask =
+      torch::zeros({bags * longest}, flat.options().dtype(torch::kBool)).index_fill(0, index, true);
+  return {padded.view(shape), mask.view({bags, longest})};
 }
 
 }  // namespace patchwise

@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 

@@ -10,8 +10,8 @@
 #include <sstream>
 
 #include "html_parts.h"
-#include "patchwise/core/evaluation.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/evaluation.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/report/heatmap.h"
 #include "patchwise/report/html_report.h"

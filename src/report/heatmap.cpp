@@ -6,7 +6,7 @@
 #include <cmath>
 #include <opencv2/imgproc.hpp>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/models/backbone.h"
 
 namespace patchwise {

@@ -10,9 +10,9 @@
 #include <sstream>
 
 #include "html_parts.h"
-#include "patchwise/core/evaluation.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/evaluation.h"
 #include "patchwise/report/heatmap.h"
 #include "patchwise/report/patch_sheet.h"
 

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 namespace {
@@ -18,10 +18,6 @@ std::vector<double> to_vector(const at::Tensor& t) {
 }
 
 }  // namespace
-
-BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader) {
-  return {config.tiles, reader, config.grid.input, config.image_channels};
-}
 
 BagPrediction predict_bag(PatchClassifier& model, const at::Tensor& tiles, int64_t target_class) {
   const ModelConfig& config = model->config();

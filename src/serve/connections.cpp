@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "guarded_server.h"
-#include "patchwise/core/json_text.h"
+#include "patchwise/base/json_text.h"
 
 namespace patchwise {
 namespace {

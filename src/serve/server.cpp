@@ -17,12 +17,13 @@
 #include <set>
 
 #include "guarded_server.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/json_text.h"
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/json_text.h"
+#include "patchwise/base/runtime.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/bag_options.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/report/prediction.h"
 #include "patchwise/serve/metrics.h"
 #include "patchwise/serve/page.h"

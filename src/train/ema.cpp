@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 

@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 namespace {

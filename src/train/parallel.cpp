@@ -5,9 +5,9 @@
 
 #include <chrono>
 
-#include "patchwise/core/evaluation.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/fusion/fusion.h"
+#include "patchwise/model/evaluation.h"
 
 namespace patchwise {
 namespace {

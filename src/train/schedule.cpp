@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 namespace {

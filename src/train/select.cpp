@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "patchwise/patch/bags.h"
+
 namespace patchwise {
 namespace {
 

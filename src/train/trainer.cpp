@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/evaluation.h"
-#include "patchwise/core/model_file.h"
+#include "patchwise/base/error.h"
+#include "patchwise/model/evaluation.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/dist/distributed.h"
 #include "patchwise/train/ema.h"

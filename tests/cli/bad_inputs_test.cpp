@@ -15,10 +15,10 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
-#include "patchwise/core/model_file.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/region.h"
+#include "patchwise/model/model_file.h"
 #include "support/test_support.h"
 
 namespace patchwise {

@@ -12,10 +12,10 @@
 #include <sstream>
 #include <thread>
 
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/version.h"
+#include "patchwise/base/version.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/model_file.h"
 #include "support/test_support.h"
 
 namespace patchwise {

@@ -23,7 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "patchwise/core/model_file.h"
+#include "patchwise/model/model_file.h"
 #include "support/test_support.h"
 
 namespace patchwise {

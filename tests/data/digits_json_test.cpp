@@ -4,7 +4,7 @@
 
 #include <fstream>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "support/test_support.h"
 
 namespace patchwise {

@@ -6,7 +6,7 @@
 #include <fstream>
 #include <vector>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "support/test_support.h"
 
 namespace patchwise {

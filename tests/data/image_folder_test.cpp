@@ -6,7 +6,7 @@
 #include <fstream>
 #include <tuple>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/source.h"
 #include "support/test_support.h"

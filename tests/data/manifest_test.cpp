@@ -8,7 +8,7 @@
 
 #include <fstream>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/data/image.h"
 #include "patchwise/data/source.h"
 #include "support/test_support.h"

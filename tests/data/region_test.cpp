@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <fstream>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/data/image.h"
 #include "support/slide_support.h"
 #include "support/test_support.h"

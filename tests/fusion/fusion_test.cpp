@@ -4,8 +4,8 @@
 
 #include <cmath>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/base/error.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/models/backbone.h"
 #include "support/test_support.h"
 

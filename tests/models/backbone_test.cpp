@@ -6,7 +6,7 @@
 #include <set>
 #include <tuple>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 #include "support/test_support.h"

@@ -10,7 +10,7 @@
 #include <string>
 #include <thread>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/models/backbone.h"
 #include "support/test_support.h"
 

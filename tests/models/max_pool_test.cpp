@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/runtime.h"
 #include "support/test_support.h"
 
 namespace patchwise {

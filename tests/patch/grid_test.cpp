@@ -2,7 +2,7 @@
 
 #include <gmock/gmock.h>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "support/test_support.h"
 
 namespace patchwise {

@@ -8,7 +8,7 @@
 
 #include <set>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/data/image.h"
 #include "patchwise/patch/tile_stream.h"
 #include "patchwise/report/tile_sheet.h"

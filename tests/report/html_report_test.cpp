@@ -11,7 +11,7 @@
 #include <opencv2/imgproc.hpp>
 #include <set>
 
-#include "patchwise/core/evaluation.h"
+#include "patchwise/model/evaluation.h"
 #include "support/test_support.h"
 
 namespace patchwise {

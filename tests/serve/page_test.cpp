@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "patchwise/core/model_file.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/report/prediction.h"
 #include "patchwise/serve/server.h"
 #include "support/model_support.h"

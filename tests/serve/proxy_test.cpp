@@ -20,8 +20,8 @@
 #include <sstream>
 #include <thread>
 
-#include "patchwise/core/model_file.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/serve/server.h"
 #include "support/model_support.h"
 #include "support/test_support.h"

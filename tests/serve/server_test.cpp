@@ -19,9 +19,10 @@
 #include <thread>
 #include <vector>
 
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/bag_options.h"
+#include "patchwise/model/model_file.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/report/prediction.h"
 #include "support/model_support.h"
 #include "support/test_support.h"

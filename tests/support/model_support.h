@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise::test {
 

@@ -9,7 +9,7 @@
 #include <sstream>
 #include <string>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise::test {
 

@@ -3,8 +3,8 @@
 
 #include <numeric>
 
-#include "patchwise/core/evaluation.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/evaluation.h"
 #include "patchwise/train/select.h"
 #include "patchwise/train/trainer.h"
 #include "support/test_support.h"

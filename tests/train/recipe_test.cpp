@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "patchwise/core/precision.h"
+#include "patchwise/base/precision.h"
 #include "patchwise/data/augment.h"
 #include "patchwise/train/ema.h"
 #include "patchwise/train/loss.h"

@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/evaluation.h"
-#include "patchwise/core/model_file.h"
+#include "patchwise/base/error.h"
+#include "patchwise/model/evaluation.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/models/backbone.h"
 #include "support/test_support.h"
 

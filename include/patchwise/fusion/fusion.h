@@ -56,15 +56,4 @@ bool fusion_rule_is_differentiable(FusionRule rule);
 /// `mask` bool [B,P]: the real tiles of padded bags (see above); undefined: all real.
 at::Tensor fuse(FusionRule rule, const at::Tensor& patch_logits, const at::Tensor& mask = {});
 
-/// Bags laid out for the rules above: rows padded to the largest bag, and their mask.
-struct PaddedBags {
-  at::Tensor values;  ///< [B,P,...], zeros past each bag's end
-  at::Tensor mask;    ///< bool [B,P]; undefined when every bag has P rows (no padding)
-};
-
-/// `flat` [N,...] holds B bags one after the other, counts[b] >= 1 rows each (sum N) ->
-/// PaddedBags. Equal bags give a view of `flat` and no mask: the fixed grid's layout.
-/// Differentiable with respect to `flat`.
-PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts);
-
 }  // namespace patchwise

@@ -1,7 +1,7 @@
 #pragma once
 // Bags: a large image as the tiles its background filter keeps (patch/tiles.h), each
 // read at its level and resized to the backbone's input. A tiled model trains and
-// predicts on bags (core/patch_classifier.h, forward_bags).
+// predicts on bags (model/patch_classifier.h, forward_bags).
 
 #include <ATen/core/Tensor.h>
 
@@ -73,5 +73,17 @@ std::function<at::Tensor(int64_t)> bag_reader(
 /// The mean and standard deviation of each channel over the tiles of the first
 /// `images` images of `data` (a tiled model's input normalization).
 Normalization tile_normalization(const Dataset& data, const BagOptions& options, int64_t images);
+
+/// Bags laid out for fusion (fusion/fusion.h) and attention: rows padded to the largest bag, and
+/// their mask.
+struct PaddedBags {
+  at::Tensor values;  ///< [B,P,...], zeros past each bag's end
+  at::Tensor mask;    ///< bool [B,P]; undefined when every bag has P rows (no padding)
+};
+
+/// `flat` [N,...] holds B bags one after the other, counts[b] >= 1 rows each (sum N) ->
+/// PaddedBags. Equal bags give a view of `flat` and no mask: the fixed grid's layout.
+/// Differentiable with respect to `flat`.
+PaddedBags pad_bags(const at::Tensor& flat, const std::vector<int64_t>& counts);
 
 }  // namespace patchwise

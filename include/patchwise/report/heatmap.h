@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/region.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

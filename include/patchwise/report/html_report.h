@@ -12,9 +12,9 @@
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/region.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

@@ -10,13 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/patch/bags.h"
 
 namespace patchwise {
-
-/// How a tiled model's images become bags: its tiles, input side and channels.
-BagOptions model_bag_options(const ModelConfig& config, const RegionReaderOptions& reader = {});
 
 /// A tiled model's answer for one bag of tiles.
 struct BagPrediction {

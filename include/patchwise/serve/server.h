@@ -21,7 +21,7 @@
 #include <string>
 #include <utility>
 
-#include "patchwise/core/precision.h"
+#include "patchwise/base/precision.h"
 #include "patchwise/data/region.h"
 #include "patchwise/serve/batcher.h"
 #include "patchwise/serve/connections.h"
@@ -39,7 +39,7 @@ struct ServeOptions {
   RegionReaderOptions reader;       ///< how uploaded large images are opened (max_pixels)
   int64_t top = 5;                  ///< tiled models: the top tiles listed
   std::string device = "cpu";       ///< where the model runs: cpu, cuda or auto
-  Precision precision = Precision::kFloat32;  ///< the backbone's arithmetic (core/precision.h)
+  Precision precision = Precision::kFloat32;  ///< the backbone's arithmetic (base/precision.h)
 };
 
 class ModelServer {

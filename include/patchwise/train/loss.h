@@ -14,7 +14,7 @@
 
 #include <string>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

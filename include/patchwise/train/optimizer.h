@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/model_file.h"
+#include "patchwise/model/model_file.h"
 
 namespace torch::optim {
 class Optimizer;

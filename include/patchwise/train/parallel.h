@@ -9,9 +9,9 @@
 #include <cstdint>
 #include <functional>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/train/trainer.h"
 
 namespace patchwise {

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/data/augment.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/loader.h"

@@ -1,4 +1,4 @@
-#include "patchwise/core/model_file.h"
+#include "patchwise/model/model_file.h"
 
 #include <gmock/gmock.h>
 #include <zlib.h>
@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/models/registry.h"
 #include "support/test_support.h"
 

@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/precision.h"
+#include "patchwise/base/precision.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/fusion/attention.h"
 #include "patchwise/fusion/fusion.h"

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

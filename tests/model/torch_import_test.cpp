@@ -2,7 +2,7 @@
 // exported configuration in scripts/patchwise_torch.py, torch.save's its random weights and
 // its outputs on random images; patchwise reads both and must give the same outputs.
 // Hand-made archives check the refusals: no code in a file ever runs.
-#include "patchwise/core/torch_import.h"
+#include "patchwise/model/torch_import.h"
 
 #include <gmock/gmock.h>
 
@@ -12,8 +12,8 @@
 #include <fstream>
 #include <limits>
 
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/torch_export.h"
+#include "patchwise/model/model_file.h"
+#include "patchwise/model/torch_export.h"
 #include "patchwise/models/backbone.h"
 #include "support/model_support.h"
 #include "support/test_support.h"

@@ -1,4 +1,4 @@
-#include "patchwise/core/evaluation.h"
+#include "patchwise/model/evaluation.h"
 
 #include <fmt/ostream.h>
 #include <torch/torch.h>

@@ -26,7 +26,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

@@ -1,13 +1,14 @@
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
+#include "patchwise/patch/bags.h"
 
 namespace patchwise {
 namespace {

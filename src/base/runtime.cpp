@@ -1,4 +1,4 @@
-#include "patchwise/core/runtime.h"
+#include "patchwise/base/runtime.h"
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
@@ -9,7 +9,7 @@
 #include <set>
 #include <thread>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 

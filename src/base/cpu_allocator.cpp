@@ -1,4 +1,4 @@
-#include "patchwise/core/cpu_allocator.h"
+#include "patchwise/base/cpu_allocator.h"
 
 #include <c10/core/CPUAllocator.h>
 #include <sys/mman.h>

@@ -1,5 +1,5 @@
 // Paths in messages, what a path is before anything opens it, and checked outputs.
-#include "patchwise/core/files.h"
+#include "patchwise/base/files.h"
 
 #include <gmock/gmock.h>
 #include <sys/stat.h>
@@ -8,7 +8,7 @@
 #include <fstream>
 #include <string>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 #include "support/test_support.h"
 
 namespace patchwise {

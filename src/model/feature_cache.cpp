@@ -1,4 +1,4 @@
-#include "patchwise/core/feature_cache.h"
+#include "patchwise/model/feature_cache.h"
 
 #include <torch/torch.h>
 
@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
-#include "patchwise/core/error.h"
-#include "patchwise/core/model_file.h"
+#include "patchwise/base/error.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/models/backbone.h"
 #include "patchwise/patch/bags.h"
 

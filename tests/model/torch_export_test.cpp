@@ -1,6 +1,6 @@
 // Export to PyTorch, checked in Python: Debian's python3-torch loads the state dict into
 // scripts/patchwise_torch.py's modules and must give the same outputs on the same images.
-#include "patchwise/core/torch_export.h"
+#include "patchwise/model/torch_export.h"
 
 #include <gmock/gmock.h>
 #include <torch/csrc/jit/serialization/pickle.h>
@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "patchwise/core/model_file.h"
+#include "patchwise/model/model_file.h"
 #include "support/model_support.h"
 #include "support/test_support.h"
 

@@ -1,4 +1,4 @@
-#include "patchwise/core/version.h"
+#include "patchwise/base/version.h"
 
 #include <ATen/Version.h>
 #include <dlfcn.h>

@@ -1,4 +1,4 @@
-#include "patchwise/core/model_file.h"
+#include "patchwise/model/model_file.h"
 
 #include <torch/torch.h>
 #include <zlib.h>
@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "little_endian.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/json_text.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/json_text.h"
 
 namespace patchwise {
 namespace {

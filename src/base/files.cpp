@@ -1,4 +1,4 @@
-#include "patchwise/core/files.h"
+#include "patchwise/base/files.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 

@@ -1,5 +1,5 @@
 #pragma once
-// Little-endian integers in byte strings, shared by the file formats in src/core (model
+// Little-endian integers in byte strings, shared by the file formats in src/model (model
 // files, zip archives). Callers check `at + width` against the size first.
 
 #include <cstddef>

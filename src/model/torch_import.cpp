@@ -1,4 +1,4 @@
-#include "patchwise/core/torch_import.h"
+#include "patchwise/model/torch_import.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -17,9 +17,9 @@
 #include <unordered_map>
 
 #include "little_endian.h"
-#include "patchwise/core/error.h"
-#include "patchwise/core/files.h"
-#include "patchwise/core/torch_export.h"
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
+#include "patchwise/model/torch_export.h"
 
 namespace patchwise {
 namespace {

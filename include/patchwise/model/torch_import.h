@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "patchwise/core/model_file.h"
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/model_file.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

@@ -1,18 +1,20 @@
-// Bags of different sizes: padding and masks must never change a result.
+// Padded bags (patch/bags.h, pad_bags) of different sizes: padding and masks must never
+// change what fusion, the model or the loss give.
 
 #include <gmock/gmock.h>
 
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/fusion/fusion.h"
+#include "patchwise/model/patch_classifier.h"
+#include "patchwise/patch/bags.h"
 #include "patchwise/train/loss.h"
 #include "support/test_support.h"
 
 namespace patchwise {
 namespace {
 
-class BagsTest : public test::SeededTest {};
+class PaddedBagsTest : public test::SeededTest {};
 
 /// Bags of 3, 1 and 5 rows of K = 4 logits each, flat [9,4], in float64.
 const std::vector<int64_t> kCounts = {3, 1, 5};
@@ -26,7 +28,7 @@ at::Tensor bag(const at::Tensor& flat, size_t b) {
   return flat.narrow(0, start, kCounts[b]).unsqueeze(0);
 }
 
-TEST_F(BagsTest, PadBagsPlacesEachBagsRowsFirstAndMasksThePadding) {
+TEST_F(PaddedBagsTest, PadBagsPlacesEachBagsRowsFirstAndMasksThePadding) {
   at::Tensor flat = torch::arange(9, torch::kFloat64).view({9, 1});
   PaddedBags p = pad_bags(flat, kCounts);
   ASSERT_EQ(p.values.sizes(), (std::vector<int64_t>{3, 5, 1}));
@@ -38,19 +40,19 @@ TEST_F(BagsTest, PadBagsPlacesEachBagsRowsFirstAndMasksThePadding) {
   EXPECT_TRUE(p.mask[2][4].item<bool>());
 }
 
-TEST_F(BagsTest, EqualBagsAreTheFixedGridLayoutWithoutAMask) {
+TEST_F(PaddedBagsTest, EqualBagsAreTheFixedGridLayoutWithoutAMask) {
   at::Tensor flat = flat_logits().narrow(0, 0, 8);
   PaddedBags p = pad_bags(flat, {4, 4});
   EXPECT_FALSE(p.mask.defined());
   EXPECT_TRUE(torch::equal(p.values, flat.view({2, 4, 4})));  // a view: the same values
 }
 
-TEST_F(BagsTest, EmptyBagsAndWrongTotalsAreRefused) {
+TEST_F(PaddedBagsTest, EmptyBagsAndWrongTotalsAreRefused) {
   EXPECT_THROW(pad_bags(flat_logits(), {9, 0}), c10::Error);
   EXPECT_THROW(pad_bags(flat_logits(), {3, 3}), c10::Error);
 }
 
-TEST_F(BagsTest, EveryFixedRuleFusesAPaddedBagAsTheBagAlone) {
+TEST_F(PaddedBagsTest, EveryFixedRuleFusesAPaddedBagAsTheBagAlone) {
   at::Tensor flat = flat_logits();
   PaddedBags p = pad_bags(flat, kCounts);
   for (FusionRule rule : fixed_fusion_rules()) {
@@ -66,7 +68,7 @@ TEST_F(BagsTest, EveryFixedRuleFusesAPaddedBagAsTheBagAlone) {
   }
 }
 
-TEST_F(BagsTest, PaddingValuesChangeNothingAndGetNoGradient) {
+TEST_F(PaddedBagsTest, PaddingValuesChangeNothingAndGetNoGradient) {
   at::Tensor flat = flat_logits();
   PaddedBags p = pad_bags(flat, kCounts);
   at::Tensor garbage = p.values.detach().clone().masked_fill(~p.mask.unsqueeze(2), 1e6);
@@ -99,7 +101,7 @@ ModelConfig bag_config(FusionRule rule) {
   return c;
 }
 
-TEST_F(BagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
+TEST_F(PaddedBagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
   for (FusionRule rule :
        {FusionRule::kMean, FusionRule::kMax, FusionRule::kAttention, FusionRule::kGatedAttention}) {
     PatchClassifier model(bag_config(rule));
@@ -129,7 +131,7 @@ TEST_F(BagsTest, ForwardBagsGivesEachBagTheOutputItHasAlone) {
   }
 }
 
-TEST_F(BagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
+TEST_F(PaddedBagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
   at::Tensor flat = flat_logits();
   PaddedBags p = pad_bags(flat, kCounts);
   PatchOutput out;
@@ -150,7 +152,7 @@ TEST_F(BagsTest, PatchLossIsTheMeanOverBagsOfEachBagsMeanOverItsRealTiles) {
       compute_loss(LossKind::kPatch, out, labels).item<double>(), expected.item<double>(), 1e-12);
 }
 
-TEST_F(BagsTest, TiledModelsRefuseAPositionEmbeddingAndConcatFusion) {
+TEST_F(PaddedBagsTest, TiledModelsRefuseAPositionEmbeddingAndConcatFusion) {
   ModelConfig c = bag_config(FusionRule::kAttention);
   c.position_embedding = true;
   EXPECT_THROW(PatchClassifier{c}, OptionError);

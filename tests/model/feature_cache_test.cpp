@@ -1,12 +1,12 @@
 // Feature caches: the features are the backbone's, they survive the file, the file is
 // checked, and a head trained on them learns while the backbone stays as it was.
 
-#include "patchwise/core/feature_cache.h"
+#include "patchwise/model/feature_cache.h"
 
 #include <gmock/gmock.h>
 
-#include "patchwise/core/model_file.h"
 #include "patchwise/data/image.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/models/backbone.h"
 #include "patchwise/patch/bags.h"
 #include "patchwise/train/trainer.h"

@@ -2,7 +2,7 @@
 // freed blocks of any size serve blocks of another, and tensors computed through it are
 // the same as through the C library's.
 
-#include "patchwise/core/cpu_allocator.h"
+#include "patchwise/base/cpu_allocator.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -1,11 +1,11 @@
-#include "patchwise/core/precision.h"
+#include "patchwise/base/precision.h"
 
 #include <ATen/autocast_mode.h>
 
 #include <fstream>
 #include <sstream>
 
-#include "patchwise/core/error.h"
+#include "patchwise/base/error.h"
 
 namespace patchwise {
 

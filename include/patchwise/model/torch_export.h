@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

@@ -4,7 +4,7 @@
 // backbone's classifier) trains on them for many epochs without running the backbone
 // again, as CLAM trains on slides.
 //
-// A cache is a model file (core/model_file.h, with its checksum and bounded parsing):
+// A cache is a model file (model/model_file.h, with its checksum and bounded parsing):
 // the frozen tiled model that computed the features, so that a head trained on them
 // needs nothing else and the result predicts on images. Its "training" section holds
 // {"feature_cache": {"format_version": 1, "files": [...], "splits": [...]}} (each
@@ -23,10 +23,10 @@
 #include <utility>
 #include <vector>
 
-#include "patchwise/core/patch_classifier.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/data/region.h"
+#include "patchwise/model/patch_classifier.h"
 
 namespace patchwise {
 

@@ -1,13 +1,13 @@
-#include "patchwise/core/torch_export.h"
+#include "patchwise/model/torch_export.h"
 
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/torch.h>
 
 #include <ostream>
 
-#include "patchwise/core/files.h"
-#include "patchwise/core/json_text.h"
-#include "patchwise/core/model_file.h"
+#include "patchwise/base/files.h"
+#include "patchwise/base/json_text.h"
+#include "patchwise/model/model_file.h"
 
 namespace patchwise {
 
