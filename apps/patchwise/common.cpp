@@ -254,24 +254,27 @@ void match_labels(
       data_path);
 }
 
+void warn_skipped(const std::vector<std::string>& skipped, const std::string& path) {
+  if (skipped.empty()) return;
+  constexpr size_t kNamed = 5;
+  std::string names;
+  for (size_t i = 0; i < std::min(kNamed, skipped.size()); ++i) {
+    names += (i ? ", " : "") + skipped[i];
+  }
+  if (skipped.size() > kNamed) names += ", ...";
+  fmt::print(
+      stderr,
+      "warning: skipped {} unreadable image file(s) in {}: {} (--strict makes this an error)\n",
+      skipped.size(),
+      path,
+      names);
+}
+
 Dataset load_data_reporting(
     const std::string& path, const std::string& split, const DataOptions& options) {
   std::vector<std::string> skipped;
   Dataset data = load_data(path, split, options, &skipped);
-  if (!skipped.empty()) {
-    constexpr size_t kNamed = 5;
-    std::string names;
-    for (size_t i = 0; i < std::min(kNamed, skipped.size()); ++i) {
-      names += (i ? ", " : "") + skipped[i];
-    }
-    if (skipped.size() > kNamed) names += ", ...";
-    fmt::print(
-        stderr,
-        "warning: skipped {} unreadable image file(s) in {}: {} (--strict makes this an error)\n",
-        skipped.size(),
-        path,
-        names);
-  }
+  warn_skipped(skipped, path);
   return data;
 }
 

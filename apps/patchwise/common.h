@@ -75,6 +75,8 @@ struct DataFlags {
 };
 void add_data_flags(CLI::App* app, DataFlags& flags);
 DataOptions data_options(const DataFlags& flags, int64_t limit);
+/// A warning on stderr naming the unreadable image files skipped in `path` (none: nothing).
+void warn_skipped(const std::vector<std::string>& skipped, const std::string& path);
 /// load_data, with a warning on stderr naming the image files it skipped.
 Dataset load_data_reporting(
     const std::string& path, const std::string& split, const DataOptions& options);

@@ -12,6 +12,9 @@
 #include "patchwise/base/files.h"
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/models/registry.h"
+#include "patchwise/train/loss.h"
+#include "patchwise/train/optimizer.h"
+#include "patchwise/train/schedule.h"
 
 namespace patchwise::cli {
 namespace {
@@ -67,6 +70,25 @@ TrainFlag field(
   return flag;
 }
 
+/// A row for a member the library keeps parsed (an enum, a bool): the flag, recipes and
+/// checkpoints give its name, `parse` reads it (OptionError for an unknown name) and
+/// `name` writes it back.
+template <typename Access, typename Parse, typename Name>
+TrainFlag named(
+    const char* key, const char* name, const std::string& help, Kept kept, Access access,
+    Parse parse, Name to_name, std::optional<CLI::Validator> check = std::nullopt) {
+  TrainFlag flag{key, name, kept, nullptr, nullptr, nullptr, check};
+  flag.add = [=](CLI::App* cmd, TrainFlags& f) {
+    CLI::Option* option = cmd->add_option_function<std::string>(
+        name, [=, &f](const std::string& value) { access(f) = parse(value); }, help);
+    option->default_str(to_name(access(f)));
+    if (check) option->check(*check);
+  };
+  flag.get = [=](const TrainFlags& f) { return json(to_name(access(const_cast<TrainFlags&>(f)))); };
+  flag.set = [=](const json& j, TrainFlags& f) { access(f) = parse(j.get<std::string>()); };
+  return flag;
+}
+
 #define PW_FIELD(member) \
   [](TrainFlags & f) -> auto& { return f.member; }
 
@@ -81,14 +103,14 @@ void source_rows(std::vector<TrainFlag>& t) {
       "--data",
       "data set folder: IDX files, CIFAR-10/100 batches, or class folders (or --features)",
       rec,
-      PW_FIELD(data)));
+      PW_FIELD(job.data)));
   t.push_back(field(
       "features",
       "--features",
       "train only the head (attention and classifier) on this feature cache, made by "
       "patchwise features; its backbone and tiles stay frozen (instead of --data)",
       rec,
-      PW_FIELD(features)));
+      PW_FIELD(job.features)));
   t.push_back(field(
       "init",
       "--init",
@@ -96,14 +118,14 @@ void source_rows(std::vector<TrainFlag>& t) {
       "flags build (its input normalization included), or a PyTorch state dict saved by "
       "torch.save (patchwise export's names, or torchvision's resnet/vgg16 names)",
       rec,
-      PW_FIELD(init)));
+      PW_FIELD(job.init)));
   t.push_back(field(
       "init_new_head",
       "--init-new-head",
       "with --init: the classifier starts fresh, the file's classifier weights are skipped "
       "(another number of classes, say)",
       rec,
-      PW_FIELD(init_new_head)));
+      PW_FIELD(job.init_new_head)));
   t.push_back(field(
       "recipe",
       "--recipe",
@@ -120,27 +142,32 @@ void source_rows(std::vector<TrainFlag>& t) {
       "--val-split",
       "hold out this fraction of the training set (stratified) for validation",
       Kept::kRestored,
-      PW_FIELD(val_split),
+      PW_FIELD(job.val_split),
       CLI::Range(0.0, 0.9)));
-  t.push_back(field(
+  t.push_back(named(
       "keep",
       "--keep",
       "best (the epoch with the best validation accuracy) or last",
       Kept::kRestored,
-      PW_FIELD(keep)));
+      PW_FIELD(job.trainer.keep_best),
+      [](const std::string& name) {
+        check_option(name == "best" || name == "last", "keep", "'{}', expected best or last", name);
+        return name == "best";
+      },
+      [](bool best) { return std::string(best ? "best" : "last"); }));
   t.push_back(field(
       "limit_train",
       "--limit-train",
       "use the first N training images; 0: all",
       Kept::kRestored,
-      PW_FIELD(limit_train),
+      PW_FIELD(job.limit_train),
       kNonNegative));
   t.push_back(field(
       "limit_test",
       "--limit-test",
       "use the first N test images; 0: all",
       Kept::kRestored,
-      PW_FIELD(limit_test),
+      PW_FIELD(job.limit_test),
       kNonNegative));
 }
 
@@ -152,61 +179,75 @@ void augment_rows(std::vector<TrainFlag>& t) {
       "--shift",
       "augmentation: random crop with padding: shifts of up to N pixels, the border zero",
       k,
-      PW_FIELD(shift),
+      PW_FIELD(job.trainer.augment.shift),
       kNonNegative));
-  t.push_back(field("flip", "--flip", "augmentation: random horizontal flips", k, PW_FIELD(flip)));
+  t.push_back(field(
+      "flip",
+      "--flip",
+      "augmentation: random horizontal flips",
+      k,
+      PW_FIELD(job.trainer.augment.flip)));
   t.push_back(field(
       "erase",
       "--erase",
       "augmentation: random erasing with this probability (a rectangle of 2-33 % of the "
       "image filled with noise)",
       k,
-      PW_FIELD(erase),
+      PW_FIELD(job.trainer.augment.erase),
       CLI::Range(0.0, 1.0)));
 }
 
 /// The model: backbone, patches, fusion and loss.
 void model_rows(std::vector<TrainFlag>& t) {
   const Kept k = Kept::kRestored;
-  t.push_back(field("model", "--model", "backbone: " + backbone_names(), k, PW_FIELD(model)));
+  t.push_back(field(
+      "model", "--model", "backbone: " + backbone_names(), k, PW_FIELD(job.model.backbone.name)));
   t.push_back(field("grid", "--grid", "", k, PW_FIELD(grid.grid)));
   t.push_back(field("patch", "--patch", "", k, PW_FIELD(grid.patch)));
   t.push_back(field("stride", "--stride", "", k, PW_FIELD(grid.stride)));
   t.push_back(field("layout", "--layout", "", k, PW_FIELD(grid.layout)));
   t.push_back(field("input", "--input", "", k, PW_FIELD(grid.input)));
-  t.push_back(
-      field("fusion", "--fusion", "fusion rule: " + fusion_rule_names(), k, PW_FIELD(fusion)));
+  t.push_back(named(
+      "fusion",
+      "--fusion",
+      "fusion rule: " + fusion_rule_names(),
+      k,
+      PW_FIELD(job.model.fusion),
+      parse_fusion_rule,
+      fusion_rule_name));
   t.push_back(field(
       "attention_hidden",
       "--attention-hidden",
       "hidden width of the learned fusion rules",
       k,
-      PW_FIELD(attention_hidden),
+      PW_FIELD(job.model.attention_hidden),
       kPositive));
   t.push_back(field(
       "position_embedding",
       "--position-embedding",
       "learned per-position embedding in the attention scores",
       k,
-      PW_FIELD(position_embedding)));
-  t.push_back(field(
+      PW_FIELD(job.model.position_embedding)));
+  t.push_back(named(
       "loss",
       "--loss",
       "loss: patch, fused or both; default patch, fused on bags of tiles",
       k,
-      PW_FIELD(loss)));
+      PW_FIELD(job.trainer.loss),
+      parse_loss_kind,
+      loss_kind_name));
   t.push_back(field(
       "batch_norm",
       "--batch-norm",
       "batch normalization after each convolution (the resnets always have it)",
       k,
-      PW_FIELD(batch_norm)));
+      PW_FIELD(job.model.backbone.batch_norm)));
   t.push_back(field(
       "dropout",
       "--dropout",
       "dropout before the last layer (small-cnn)",
       k,
-      PW_FIELD(dropout),
+      PW_FIELD(job.model.backbone.dropout),
       CLI::Range(0.0, 0.99)));
 }
 
@@ -218,61 +259,76 @@ void recipe_rows(std::vector<TrainFlag>& t) {
       "--epochs",
       "passes over the training set",
       Kept::kUnlessGiven,
-      PW_FIELD(epochs),
+      PW_FIELD(job.trainer.epochs),
       kPositive));
-  t.push_back(field("batch", "--batch", "images per step", k, PW_FIELD(batch), kPositive));
-  t.push_back(field(
+  t.push_back(
+      field("batch", "--batch", "images per step", k, PW_FIELD(job.trainer.batch), kPositive));
+  t.push_back(named(
       "optimizer",
       "--optimizer",
       "adam, adamw (decoupled weight decay) or sgd (plain, or with --momentum)",
       k,
-      PW_FIELD(optimizer),
+      PW_FIELD(job.trainer.optimizer.kind),
+      parse_optimizer_kind,
+      optimizer_kind_name,
       CLI::IsMember({"adam", "adamw", "sgd"})));
-  t.push_back(
-      field("lr", "--lr", "learning rate (the schedule's peak)", k, PW_FIELD(lr), kPositive));
+  t.push_back(field(
+      "lr",
+      "--lr",
+      "learning rate (the schedule's peak)",
+      k,
+      PW_FIELD(job.trainer.optimizer.lr),
+      kPositive));
   t.push_back(field(
       "momentum",
       "--momentum",
       "sgd's momentum; 0: plain SGD",
       k,
-      PW_FIELD(momentum),
+      PW_FIELD(job.trainer.optimizer.momentum),
       CLI::Range(0.0, 0.999999)));
-  t.push_back(field("nesterov", "--nesterov", "sgd: Nesterov momentum", k, PW_FIELD(nesterov)));
+  t.push_back(field(
+      "nesterov",
+      "--nesterov",
+      "sgd: Nesterov momentum",
+      k,
+      PW_FIELD(job.trainer.optimizer.nesterov)));
   t.push_back(field(
       "weight_decay",
       "--weight-decay",
       "weight decay of the weights (never of biases and norms); adamw: decoupled",
       k,
-      PW_FIELD(weight_decay),
+      PW_FIELD(job.trainer.optimizer.weight_decay),
       CLI::Range(0.0, 0.999999)));
-  t.push_back(field(
+  t.push_back(named(
       "schedule",
       "--schedule",
       "learning rate over the run: constant, step (x --lr-gamma every --lr-step epochs), "
       "cosine (to 0) or onecycle (up from lr/25, then down to lr/25e4)",
       k,
-      PW_FIELD(schedule),
+      PW_FIELD(job.trainer.schedule.kind),
+      parse_schedule_kind,
+      schedule_kind_name,
       CLI::IsMember({"constant", "step", "cosine", "onecycle"})));
   t.push_back(field(
       "warmup",
       "--warmup",
       "epochs of linear warmup (fractions allowed); -1: none (onecycle: 30 % of the run)",
       k,
-      PW_FIELD(warmup),
+      PW_FIELD(job.trainer.schedule.warmup_epochs),
       CLI::Range(-1.0, 1e6)));
   t.push_back(field(
       "lr_step",
       "--lr-step",
       "step schedule: epochs between decays",
       k,
-      PW_FIELD(lr_step),
+      PW_FIELD(job.trainer.schedule.step_epochs),
       kPositive));
   t.push_back(field(
       "lr_gamma",
       "--lr-gamma",
       "step schedule: factor of each decay",
       k,
-      PW_FIELD(lr_gamma),
+      PW_FIELD(job.trainer.schedule.gamma),
       CLI::Range(1e-9, 1.0)));
 }
 
@@ -284,14 +340,14 @@ void regularization_rows(std::vector<TrainFlag>& t) {
       "--label-smoothing",
       "smooth each target: (1 - e) one-hot + e uniform",
       k,
-      PW_FIELD(label_smoothing),
+      PW_FIELD(job.trainer.label_smoothing),
       CLI::Range(0.0, 0.999)));
   t.push_back(field(
       "clip_grad",
       "--clip-grad",
       "clip the gradient's global L2 norm to this; 0: never",
       k,
-      PW_FIELD(clip_grad),
+      PW_FIELD(job.trainer.clip_grad_norm),
       kNonNegative));
   t.push_back(field(
       "ema",
@@ -299,16 +355,16 @@ void regularization_rows(std::vector<TrainFlag>& t) {
       "keep a moving average of the weights with this decay (e.g. 0.999): each epoch is "
       "scored with it and the model ends with it; 0: none",
       k,
-      PW_FIELD(ema),
+      PW_FIELD(job.trainer.ema),
       CLI::Range(0.0, 0.999999)));
-  t.push_back(
-      field("seed", "--seed", "seed of weights, data order and dropout", k, PW_FIELD(seed)));
+  t.push_back(field(
+      "seed", "--seed", "seed of weights, data order and dropout", k, PW_FIELD(job.trainer.seed)));
 }
 
 /// Large images as bags of tiles.
 void tile_rows(std::vector<TrainFlag>& t) {
   const Kept k = Kept::kRestored;
-  t.push_back(field("tiled", nullptr, "", k, PW_FIELD(tiled)));
+  t.push_back(field("tiled", nullptr, "", k, PW_FIELD(job.model.tiled)));
   t.push_back(field("tile", "--tile", "", k, PW_FIELD(tiles.tiles.tile)));
   t.push_back(field("tile_stride", "--tile-stride", "", k, PW_FIELD(tiles.tiles.stride)));
   t.push_back(field("level", "--level", "", k, PW_FIELD(tiles.tiles.level)));
@@ -324,14 +380,14 @@ void tile_rows(std::vector<TrainFlag>& t) {
       "with --tile: train on the N best tiles of each bag, scored without gradients; 0: every "
       "tile",
       k,
-      PW_FIELD(select),
+      PW_FIELD(job.trainer.select),
       kNonNegative));
 }
 
 /// Where the run's files go, and how it is checkpointed and resumed.
 void output_rows(std::vector<TrainFlag>& t) {
   const Kept no = Kept::kNotStored;
-  t.push_back(field("out", "--out,-o", "model file to write", no, PW_FIELD(out)));
+  t.push_back(field("out", "--out,-o", "model file to write", no, PW_FIELD(job.out)));
   t.push_back(field(
       "metrics",
       "--metrics",
@@ -346,13 +402,13 @@ void output_rows(std::vector<TrainFlag>& t) {
       "checkpoint file, written after every epoch, every --checkpoint-every steps and on "
       "SIGINT/SIGTERM; default: OUT.ckpt, removed when training ends",
       no,
-      PW_FIELD(checkpoint)));
+      PW_FIELD(job.trainer.checkpoint)));
   t.push_back(field(
       "checkpoint_every",
       "--checkpoint-every",
       "also write the checkpoint every N steps; 0: only after epochs",
       no,
-      PW_FIELD(checkpoint_every),
+      PW_FIELD(job.trainer.checkpoint_every),
       kNonNegative));
   t.push_back(field(
       "resume",
@@ -360,7 +416,7 @@ void output_rows(std::vector<TrainFlag>& t) {
       "continue the run saved in this checkpoint (its flags and thread count; --data, --out, "
       "--epochs, --threads from this command line)",
       no,
-      PW_FIELD(resume)));
+      PW_FIELD(job.trainer.resume)));
   t.push_back(field(
       "dist_timeout",
       "--dist-timeout",
@@ -402,6 +458,8 @@ void set_checked(
     const TrainFlag& flag, const json& value, TrainFlags& flags, const std::string& source) {
   try {
     flag.set(value, flags);
+  } catch (const OptionError& e) {  // a name the library's parser does not know
+    throw InputError(fmt::format("{}: '{}' is {}: {}", source, flag.key, value.dump(), e.detail()));
   } catch (const json::exception&) {
     throw InputError(fmt::format(
         "{}: '{}' is {}, expected the type of {}",
@@ -444,7 +502,7 @@ void flags_from_checkpoint(
     if (restored && saved.contains(flag.key)) set_checked(flag, saved[flag.key], flags, source);
   }
   // For the record: a resumed run's weights are its own.
-  flags.init = saved.value("init", std::string());
+  flags.job.init = saved.value("init", std::string());
 }
 
 void apply_recipe(TrainFlags& flags, const CLI::App* app) {

@@ -10,57 +10,23 @@
 #include <string>
 
 #include "common.h"
+#include "patchwise/train/train_job.h"
 
 namespace patchwise::cli {
 
+/// What `patchwise train` is told. The table's rows set the run's options in `job`
+/// directly (a new trainer option is its field and its row); the shared flag groups of
+/// common.h are mapped into `job` by finish_train_job.
 struct TrainFlags {
-  std::string data;
-  std::string features;        ///< a feature cache to train the head on, instead of --data
-  std::string init;            ///< a model file or PyTorch state dict whose weights start the run
-  bool init_new_head = false;  ///< --init: keep the classifier's fresh weights
-  std::string recipe;          ///< a JSON file of flag values
-  std::string model = "small-cnn";
+  TrainJobOptions job;
+  std::string recipe;  ///< a JSON file of flag values
   GridFlags grid;
-  std::string fusion = "mean";
-  int64_t attention_hidden = 128;
-  bool position_embedding = false;
-  std::string loss = "patch";
-  int64_t epochs = 10;
-  int64_t batch = 64;
-  double lr = 1e-3;
-  std::string optimizer = "adam";
-  double momentum = 0;
-  bool nesterov = false;
-  double weight_decay = 0;
-  std::string schedule = "constant";
-  double warmup = -1;
-  double lr_step = 30;
-  double lr_gamma = 0.1;
-  double label_smoothing = 0;
-  double clip_grad = 0;
-  double ema = 0;
-  uint64_t seed = 42;
-  bool batch_norm = false;
-  double dropout = 0.5;
-  int64_t limit_train = 0;
-  int64_t limit_test = 0;
   DataFlags data_flags;
-  double val_split = 0;
-  std::string keep = "last";
-  int64_t shift = 0;
-  bool flip = false;
-  double erase = 0;
-  std::string out = "model.pw";
-  std::string metrics;
-  bool json = false;
-  std::string checkpoint;
-  int64_t checkpoint_every = 0;
-  std::string resume;
-  double dist_timeout = 300;
-  RuntimeFlags runtime;
-  bool tiled = false;  ///< --tile given: images are bags of tiles
   TileFlags tiles;
-  int64_t select = 0;
+  RuntimeFlags runtime;
+  std::string metrics;  ///< one JSON object per epoch
+  bool json = false;
+  double dist_timeout = 300;  ///< seconds, data-parallel runs
 };
 
 /// Adds every flag of `flags` to `cmd` (the shared grid, data, tile and runtime flags

@@ -8,10 +8,10 @@
 #include <stdexcept>
 
 #include "patchwise/base/error.h"
-#include "patchwise/model/evaluation.h"
-#include "patchwise/model/model_file.h"
 #include "patchwise/data/loader.h"
 #include "patchwise/dist/distributed.h"
+#include "patchwise/model/evaluation.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/train/ema.h"
 #include "patchwise/train/optimizer.h"
 #include "patchwise/train/parallel.h"
@@ -98,55 +98,18 @@ void copy_state(PatchClassifier& model, const std::vector<at::Tensor>& from) {
   for (size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]);
 }
 
+/// The options against the model and the data: what check_trainer_options cannot know.
 void check_options(
     PatchClassifier& model, const Dataset& train, const Dataset* test,
     const TrainerOptions& options) {
-  check_option(options.epochs >= 1, "epochs", "{}, expected at least 1", options.epochs);
-  check_option(options.batch >= 1, "batch", "{}, expected at least 1", options.batch);
-  check_optimizer_options(options.optimizer);
-  check_schedule_options(options.schedule, options.epochs);
-  check_label_smoothing(options.label_smoothing);
-  check_ema_decay(options.ema);
-  check_option(
-      options.clip_grad_norm >= 0 && std::isfinite(options.clip_grad_norm),
-      "clip-grad",
-      "{}, expected a positive norm (0: no clipping)",
-      options.clip_grad_norm);
-  check_option(
-      options.augment.erase >= 0 && options.augment.erase <= 1,
-      "erase",
-      "{}, expected a probability in [0, 1]",
-      options.augment.erase);
-  check_trainable(options.loss, model->config().fusion);
-  check_option(
-      !options.keep_best || test != nullptr,
-      "keep",
-      "best needs a validation set, expected one (val-split)");
+  Distributed* const dist = options.distributed;
+  check_trainer_options(
+      options, model->config().fusion, test != nullptr, dist != nullptr ? dist->world_size() : 1);
   const int64_t side = options.bags ? model->config().grid.input : train.height();
   check_option(
-      options.augment.shift >= 0 && options.augment.shift < side,
-      "shift",
-      "{}, expected 0..{}",
-      options.augment.shift,
-      side - 1);
-  check_option(
-      options.select >= 0, "select", "{}, expected 0 (every tile) or more", options.select);
-  check_option(
-      options.checkpoint_every >= 0,
-      "checkpoint_every",
-      "{}, expected >= 0",
-      options.checkpoint_every);
+      options.augment.shift < side, "shift", "{}, expected 0..{}", options.augment.shift, side - 1);
   check_dataset_fits(model->config(), train);
   if (test != nullptr) check_dataset_fits(model->config(), *test);
-  Distributed* const dist = options.distributed;
-  const int64_t world = dist != nullptr ? dist->world_size() : 1;
-  check_option(
-      options.batch % world == 0,
-      "batch",
-      "{}, expected a multiple of the {} processes (WORLD_SIZE): the global "
-      "batch is split evenly among them",
-      options.batch,
-      world);
   check_option(
       dist == nullptr || model->device().is_cpu(),
       "device",
@@ -247,13 +210,16 @@ class TrainRun {
 
 void TrainRun::resume() {
   const std::string& file = options_.resume;
-  PatchClassifier saved = load_model(file);
+  const std::shared_ptr<const ModelFile> checkpoint =
+      options_.resume_file ? options_.resume_file
+                           : std::make_shared<const ModelFile>(load_model_file(file));
+  PatchClassifier saved = checkpoint->model;  // shares the checkpoint's weights
   check_input(
       saved->config().backbone.name == model_->config().backbone.name &&
           saved->num_patches() == model_->num_patches(),
       "{}: holds another model than the one to train, expected its checkpoint",
       file);
-  json state = load_model_training(file);
+  const json& state = checkpoint->training;
   check_input(
       state.is_object() && state.contains("state"),
       "{}: a model file, expected a training checkpoint",
@@ -266,7 +232,7 @@ void TrainRun::resume() {
       run_.step,
       steps_);
   copy_state(model_, model_state(saved));
-  const TensorMap saved_state = load_model_state(file);
+  const TensorMap& saved_state = checkpoint->state;
   optimizer_state_from_tensors(*optimizer_, options_.optimizer.kind, saved_state, file);
   generator_.set_state(state_tensor(saved_state, "rng_state", file));
   resume_average(saved_state);
@@ -472,6 +438,47 @@ void TrainRun::write_checkpoint() {
 }
 
 }  // namespace
+
+void check_trainer_options(
+    const TrainerOptions& options, FusionRule fusion, bool has_eval_set, int64_t world_size) {
+  check_option(options.epochs >= 1, "epochs", "{}, expected at least 1", options.epochs);
+  check_option(options.batch >= 1, "batch", "{}, expected at least 1", options.batch);
+  check_optimizer_options(options.optimizer);
+  check_schedule_options(options.schedule, options.epochs);
+  check_label_smoothing(options.label_smoothing);
+  check_ema_decay(options.ema);
+  check_option(
+      options.clip_grad_norm >= 0 && std::isfinite(options.clip_grad_norm),
+      "clip_grad",
+      "{}, expected a positive norm (0: no clipping)",
+      options.clip_grad_norm);
+  check_option(
+      options.augment.erase >= 0 && options.augment.erase <= 1,
+      "erase",
+      "{}, expected a probability in [0, 1]",
+      options.augment.erase);
+  check_option(
+      options.augment.shift >= 0, "shift", "{}, expected 0 or more", options.augment.shift);
+  check_trainable(options.loss, fusion);
+  check_option(
+      !options.keep_best || has_eval_set,
+      "keep",
+      "best needs a validation set, expected last or a --val-split above 0");
+  check_option(
+      options.select >= 0, "select", "{}, expected 0 (every tile) or more", options.select);
+  check_option(
+      options.checkpoint_every >= 0,
+      "checkpoint_every",
+      "{}, expected >= 0",
+      options.checkpoint_every);
+  check_option(
+      options.batch % world_size == 0,
+      "batch",
+      "{}, expected a multiple of the {} processes (WORLD_SIZE): the global "
+      "batch is split evenly among them",
+      options.batch,
+      world_size);
+}
 
 json epoch_metrics_to_json(const EpochMetrics& m) {
   auto number = [](double v) { return std::isnan(v) ? json() : json(v); };

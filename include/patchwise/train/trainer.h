@@ -8,15 +8,16 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "patchwise/model/patch_classifier.h"
 #include "patchwise/data/augment.h"
 #include "patchwise/data/dataset.h"
 #include "patchwise/data/loader.h"
+#include "patchwise/model/patch_classifier.h"
 #include "patchwise/train/loss.h"
 #include "patchwise/train/optimizer.h"
 #include "patchwise/train/schedule.h"
@@ -24,6 +25,7 @@
 namespace patchwise {
 
 class Distributed;
+struct ModelFile;  // model/model_file.h
 
 struct TrainerOptions {
   int64_t epochs = 10;         ///< passes over the training set
@@ -47,15 +49,16 @@ struct TrainerOptions {
   std::string checkpoint_note;   ///< JSON text stored in the checkpoint's "training"
                                  ///< section next to the trainer's state (the caller's flags)
   std::string resume;            ///< a checkpoint to continue from; empty: a fresh start
-  const std::atomic<int>* stop = nullptr;  ///< nonzero (a signal number): finish the current
+  std::shared_ptr<const ModelFile> resume_file;  ///< `resume` already read; null: read it
+  const std::atomic<int>* stop = nullptr;        ///< nonzero (a signal number): finish the current
                                            ///< step, write the checkpoint, throw TrainingStopped
-  BagFn bags;                              ///< tiled models: each training image's bag of tiles
-  BagFn eval_bags;                         ///< and each evaluation image's
-  int64_t select = 0;                      ///< > 0: train on the `select` best tiles of each bag
-                                           ///< (train/select.h); 0: on every tile
-  Distributed* distributed = nullptr;      ///< data-parallel: this process's group (batch is the
-                                           ///< global batch, a multiple of the world size); null:
-                                           ///< one process
+  BagFn bags;                          ///< tiled models: each training image's bag of tiles
+  BagFn eval_bags;                     ///< and each evaluation image's
+  int64_t select = 0;                  ///< > 0: train on the `select` best tiles of each bag
+                                       ///< (train/select.h); 0: on every tile
+  Distributed* distributed = nullptr;  ///< data-parallel: this process's group (batch is the
+                                       ///< global batch, a multiple of the world size); null:
+                                       ///< one process
 };
 
 /// Thrown when options.stop was raised; the checkpoint (if any) holds the run so far.
@@ -98,6 +101,12 @@ struct TrainResult {
   double allreduce_ms = 0;       ///< median time of one blocking allreduce of all of them
   double backward_ms = 0;        ///< mean wall time of backward() per step, allreduce included
 };
+
+/// The rules among the options alone, checked before any data is read: OptionError
+/// naming the option for a value out of range, a loss that cannot train `fusion`, keep
+/// best without an evaluation set, or a batch that `world_size` processes cannot share.
+void check_trainer_options(
+    const TrainerOptions& options, FusionRule fusion, bool has_eval_set, int64_t world_size);
 
 /// Trains `model` on `train`, scoring `eval_set` (a validation or test set; may be
 /// null) after every epoch. A checkpoint is a model file whose "training" section
