@@ -12,6 +12,7 @@
 #include "patchwise/base/error.h"
 #include "patchwise/base/files.h"
 #include "patchwise/models/registry.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace patchwise {
@@ -19,13 +20,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-ModelConfig small_config() {
-  ModelConfig c;
-  c.class_names = {"a", "b", "c"};
-  c.backbone.num_classes = 3;
-  c.normalization = {{0.3}, {0.2}};
-  return c;
-}
+ModelConfig small_config() { return test::seed_config(); }
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;

@@ -11,14 +11,20 @@
 
 namespace patchwise::test {
 
-inline PatchClassifier random_grid_model(
-    std::vector<std::string> classes = {"a", "b", "c"}, uint64_t seed = 0) {
-  torch::manual_seed(seed);
+/// The seed model's configuration: small-cnn on 28x28 grey images, a 2x2 grid of 18x18
+/// patches at stride 10 resized to 32x32 (the defaults), mean fusion, these classes.
+inline ModelConfig seed_config(std::vector<std::string> classes = {"a", "b", "c"}) {
   ModelConfig c;
   c.backbone.num_classes = static_cast<int64_t>(classes.size());
   c.class_names = std::move(classes);
   c.normalization = {{0.3}, {0.2}};
-  PatchClassifier model(c);
+  return c;
+}
+
+inline PatchClassifier random_grid_model(
+    std::vector<std::string> classes = {"a", "b", "c"}, uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  PatchClassifier model(seed_config(std::move(classes)));
   model->eval();
   return model;
 }

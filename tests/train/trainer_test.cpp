@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 
+#include <cmath>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -444,6 +445,42 @@ TEST_F(TrainerTest, EvaluationKeepsTheConfusionCellsAndTheMatrixOnlyForFewClasse
       EXPECT_THAT(printed.str(), HasSubstr("confusions (true -> predicted"));
     }
   }
+}
+
+TEST_F(TrainerTest, ClippingBoundsEachStepOfPlainSgd) {
+  // 4 classes of random images; SGD at lr 1 clipped to norm 1e-3 moves the weights by
+  // at most 1e-3 per step, 8 steps in all.
+  Dataset train;
+  train.labels = torch::randint(0, 4, {64}, torch::kInt64);
+  train.images = torch::randint(0, 256, {64, 1, 28, 28}, torch::kUInt8);
+  train.class_names = {"a", "b", "c", "d"};
+  train.source = "noise";
+  ModelConfig config;
+  config.class_names = train.class_names;
+  config.backbone.num_classes = 4;
+  config.backbone.dropout = 0;
+  config.normalization = compute_normalization(train.images);
+  PatchClassifier model(config);
+  std::vector<at::Tensor> before;
+  for (const auto& p : model->parameters()) before.push_back(p.detach().clone());
+  TrainerOptions options;
+  options.epochs = 1;
+  options.batch = 8;
+  options.optimizer = {OptimizerKind::kSgd, 1.0};
+  options.clip_grad_norm = 1e-3;
+  train_model(model, train, nullptr, options);
+  double squared = 0;
+  const auto after = model->parameters();
+  for (size_t i = 0; i < after.size(); ++i) {
+    squared += (after[i] - before[i]).to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  EXPECT_GT(std::sqrt(squared), 0);
+  // Float32 (u = 2^-24): a clipped step is 1e-3 up to a few u of its norm and scale, and
+  // adding it rounds each weight by up to u |w|: u ||w|| = 4.6e-7 = 4.6e-4 of a step, with
+  // ||w||^2 = 60 (Linear and Conv2d start uniform within 1/sqrt(fan_in): outputs / 3 per
+  // layer, 16 + 32 + 64 + 64 + 4 outputs). The differences (one rounding, u of their size)
+  // are squared and summed in double.
+  EXPECT_LE(std::sqrt(squared), 8 * 1e-3 * (1 + 1e-3));
 }
 
 }  // namespace
