@@ -168,7 +168,7 @@ class AttentionPool(nn.Module):
 
 
 def fuse(rule, patch_logits):
-    """patchwise's fixed rules (src/fusion/fusion.cpp): [B,P,K] logits -> [B,K] log-probs."""
+    """patchwise's fixed rules (src/fusion/, a file each): [B,P,K] logits -> [B,K] log-probs."""
     log_p = torch.log_softmax(patch_logits, dim=2)
     patches = log_p.shape[1]
     if rule == "mean":
@@ -180,6 +180,10 @@ def fuse(rule, patch_logits):
     if rule == "vote":
         counts = F.one_hot(log_p.argmax(2), log_p.shape[2]).to(log_p.dtype).sum(1)
         return ((counts + log_p.exp().mean(1)) / (patches + 1)).log()
+    if rule == "iqm":
+        quarter = patches // 4  # dropped at each end of each class's ranked probabilities
+        kept = log_p.sort(dim=1).values[:, quarter : patches - quarter]
+        return torch.log_softmax(torch.logsumexp(kept, dim=1), dim=1)
     raise ValueError(f"unknown fusion rule {rule!r}")
 
 

@@ -5,6 +5,10 @@
 #include <cmath>
 #include <limits>
 
+#include "patchwise/base/error.h"
+#include "patchwise/models/backbone.h"
+#include "rules.h"
+
 namespace patchwise {
 
 AttentionPoolImpl::AttentionPoolImpl(const AttentionPoolOptions& o) : options_(o) {
@@ -65,4 +69,50 @@ at::Tensor AttentionPoolImpl::pool(const at::Tensor& features, const at::Tensor&
   return (features * weights.unsqueeze(2)).sum(1);
 }
 
+Fused AttentionPoolImpl::fuse(
+    const at::Tensor& features, const at::Tensor& mask, BackboneImpl& backbone) {
+  Fused out;
+  out.attention = weights(features, mask);
+  out.log_probs = torch::log_softmax(backbone.classify(pool(features, out.attention)), /*dim=*/1);
+  return out;
+}
+
+namespace detail {
+namespace {
+
+std::shared_ptr<FusionHeadImpl> make_attention(const FusionHeadOptions& o, bool gated) {
+  check_option(o.hidden > 0, "attention_hidden", "{}, expected a positive width", o.hidden);
+  check_option(
+      !o.position_embedding || o.positions > 0,
+      "position_embedding",
+      "tiled models have no fixed tile positions, expected no position embedding");
+  AttentionPoolOptions options;
+  options.features = o.features;
+  options.hidden = o.hidden;
+  options.gated = gated;
+  options.positions = o.position_embedding ? o.positions : 0;
+  return std::make_shared<AttentionPoolImpl>(options);
+}
+
+}  // namespace
+
+FusionRuleInfo attention_rule() {
+  FusionRuleInfo r;
+  r.name = "attention";
+  r.summary = "learned weights over the patches (Ilse et al. 2018) pool their features";
+  r.attention = true;
+  r.make_head = [](const FusionHeadOptions& o) { return make_attention(o, /*gated=*/false); };
+  r.module = "attention";
+  return r;
+}
+
+FusionRuleInfo gated_attention_rule() {
+  FusionRuleInfo r = attention_rule();
+  r.name = "gated-attention";
+  r.summary = "attention with a sigmoid gate on its hidden layer (Ilse et al. 2018)";
+  r.make_head = [](const FusionHeadOptions& o) { return make_attention(o, /*gated=*/true); };
+  return r;
+}
+
+}  // namespace detail
 }  // namespace patchwise

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "patchwise/base/error.h"
+#include "patchwise/fusion/registry.h"
 #include "patchwise/models/kernels.h"
 #include "patchwise/models/registry.h"
 #include "patchwise/patch/bags.h"
@@ -51,8 +52,7 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
   config_.backbone.in_channels = channels;
   config_.backbone.input = config.grid.input;
   backbone_ = register_module("backbone", make_backbone(config_.backbone));
-  if (fusion_rule_has_attention(config.fusion)) add_attention();
-  if (fusion_rule_needs_positions(config.fusion)) add_concat();
+  add_fusion_head();
   auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   mean_ = register_buffer(
       "mean",
@@ -62,29 +62,16 @@ PatchClassifierImpl::PatchClassifierImpl(const ModelConfig& config)
       torch::tensor(config.normalization.std, f64).to(torch::kFloat32).view({1, channels, 1, 1}));
 }
 
-void PatchClassifierImpl::add_attention() {
-  check_option(
-      config_.attention_hidden > 0,
-      "attention_hidden",
-      "{}, expected a positive width",
-      config_.attention_hidden);
-  AttentionPoolOptions options;
+void PatchClassifierImpl::add_fusion_head() {
+  const FusionRuleInfo& rule = fusion_rule_info(config_.fusion);
+  if (!rule.learned()) return;
+  FusionHeadOptions options;
   options.features = backbone_->feature_dim();
+  options.classes = config_.backbone.num_classes;
+  options.positions = config_.tiled ? 0 : grid_.count();
   options.hidden = config_.attention_hidden;
-  options.gated = config_.fusion == FusionRule::kGatedAttention;
-  check_option(
-      !(config_.tiled && config_.position_embedding),
-      "position_embedding",
-      "tiled models have no fixed tile positions, expected no position embedding");
-  options.positions = config_.position_embedding ? grid_.count() : 0;
-  attention_ = register_module("attention", AttentionPool(options));
-}
-
-void PatchClassifierImpl::add_concat() {
-  check_fusion_fits(config_.fusion, config_.tiled);
-  const int64_t width = grid_.count() * backbone_->feature_dim();
-  concat_ = register_module(
-      "concat", std::make_shared<torch::nn::LinearImpl>(width, config_.backbone.num_classes));
+  options.position_embedding = config_.position_embedding;
+  fusion_head_ = register_module(rule.module, rule.make_head(options));
 }
 
 at::Tensor PatchClassifierImpl::normalize(const at::Tensor& images) const {
@@ -166,13 +153,10 @@ PatchOutput PatchClassifierImpl::head(const at::Tensor& features, const at::Tens
   out.patch_logits = logits.view({batch, count, logits.size(1)});
   out.features = features;
   out.mask = mask;
-  if (fusion_rule_has_attention(config_.fusion)) {
-    out.attention = attention_->weights(out.features, mask);
-    at::Tensor pooled = AttentionPoolImpl::pool(out.features, out.attention);
-    out.log_probs = torch::log_softmax(backbone_->classify(pooled), /*dim=*/1);
-  } else if (config_.fusion == FusionRule::kConcat) {
-    TORCH_CHECK(!mask.defined(), "PatchClassifier: concat fusion needs full grids, not bags");
-    out.log_probs = torch::log_softmax(concat_->forward(features.flatten(1)), /*dim=*/1);
+  if (fusion_rule_is_learned(config_.fusion)) {
+    Fused fused = fusion_head_->fuse(features, mask, *backbone_);
+    out.log_probs = fused.log_probs;
+    out.attention = fused.attention;
   } else {
     out.log_probs = fuse(config_.fusion, out.patch_logits, mask);
   }
@@ -190,8 +174,8 @@ void PatchClassifierImpl::freeze_features() {
 
 std::vector<at::Tensor> PatchClassifierImpl::class_head_parameters() const {
   std::vector<at::Tensor> head = backbone_->classifier_parameters();
-  if (concat_) {
-    for (const at::Tensor& p : concat_->parameters()) head.push_back(p);
+  if (fusion_head_) {
+    for (const at::Tensor& p : fusion_head_->class_parameters()) head.push_back(p);
   }
   return head;
 }

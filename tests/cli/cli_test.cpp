@@ -15,6 +15,7 @@
 #include "patchwise/base/version.h"
 #include "patchwise/data/idx.h"
 #include "patchwise/data/image.h"
+#include "patchwise/fusion/fusion.h"
 #include "patchwise/model/model_file.h"
 #include "support/test_support.h"
 
@@ -131,7 +132,7 @@ TEST_F(CliTest, EvalFusionAllScoresEveryFixedRuleAndEveryPatchPosition) {
       pw("eval --model " + model() + " --data " + kData + " --limit 300 --fusion all --json");
   ASSERT_EQ(r.code, 0) << r.err;
   nlohmann::json j = nlohmann::json::parse(r.out);
-  ASSERT_EQ(j["fusion_rules"].size(), 4u);
+  ASSERT_EQ(j["fusion_rules"].size(), fixed_fusion_rules().size());
   // Exact: each rule's score comes from the same fuse() on the same patch logits, whether
   // it is the model's own rule or one scored beside it, in this run or in the next.
   EXPECT_EQ(j["fusion_rules"][0]["rule"], "mean");

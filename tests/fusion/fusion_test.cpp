@@ -105,7 +105,7 @@ TEST(FusionTest, NamesRoundTripAndUnknownNamesAreRefused) {
   EXPECT_THAT(
       [] { parse_fusion_rule("median"); },
       ::testing::ThrowsMessage<InputError>(::testing::HasSubstr(
-          "'median', expected mean, gmean, max, vote, attention, gated-attention or concat")));
+          "'median', expected mean, gmean, max, vote, attention, gated-attention, concat or iqm")));
   EXPECT_EQ(parse_fusion_rule("gated-attention"), FusionRule::kGatedAttention);
   EXPECT_TRUE(fusion_rule_is_learned(FusionRule::kAttention));
   EXPECT_FALSE(fusion_rule_is_learned(FusionRule::kMax));

@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "patchwise/fusion/registry.h"
+
 namespace patchwise {
 
 struct AttentionPoolOptions {
@@ -25,9 +27,13 @@ struct AttentionPoolOptions {
   int64_t positions = 0;  ///< P; > 0 adds a learned embedding per patch position
 };
 
-class AttentionPoolImpl : public torch::nn::Module {
+/// The head of the attention and gated-attention rules (fusion/registry.h).
+class AttentionPoolImpl : public FusionHeadImpl {
  public:
   explicit AttentionPoolImpl(const AttentionPoolOptions& options);
+
+  /// The weights, and the backbone's classifier on the pooled features.
+  Fused fuse(const at::Tensor& features, const at::Tensor& mask, BackboneImpl& backbone) override;
 
   /// features [B,P,F] -> weights a [B,P] (softmax over P). With `mask` bool [B,P] (bags
   /// padded to P, fusion.h), the softmax runs over each bag's real tiles and the padding

@@ -28,19 +28,15 @@
 
 #include "patchwise/base/precision.h"
 #include "patchwise/data/dataset.h"
-#include "patchwise/fusion/attention.h"
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/models/backbone_options.h"
 #include "patchwise/patch/grid.h"
 #include "patchwise/patch/tiles.h"
 
-namespace torch::nn {
-class LinearImpl;
-}  // namespace torch::nn
-
 namespace patchwise {
 
-class BackboneImpl;  // models/backbone.h: include it to call the backbone
+class BackboneImpl;    // models/backbone.h: include it to call the backbone
+class FusionHeadImpl;  // fusion/registry.h
 
 /// Everything needed to rebuild a PatchClassifier; stored as JSON in model files.
 struct ModelConfig {
@@ -115,8 +111,7 @@ class PatchClassifierImpl : public torch::nn::Module {
 
  private:
   /// The learned rules' modules (constructor).
-  void add_attention();
-  void add_concat();
+  void add_fusion_head();
   /// backbone_->features(x) at precision_, in float32.
   at::Tensor backbone_features(const at::Tensor& x);
 
@@ -125,10 +120,9 @@ class PatchClassifierImpl : public torch::nn::Module {
   std::shared_ptr<BackboneImpl> backbone_;
   Precision precision_ = Precision::kFloat32;
   FusionRule trained_fusion_;
-  AttentionPool attention_{nullptr};
-  std::shared_ptr<torch::nn::LinearImpl> concat_;  ///< [P*F] -> [K], fusion concat
-  at::Tensor mean_;                                ///< buffer [1,C,1,1]
-  at::Tensor std_;                                 ///< buffer [1,C,1,1]
+  std::shared_ptr<FusionHeadImpl> fusion_head_;  ///< a learned rule's (fusion/registry.h)
+  at::Tensor mean_;                              ///< buffer [1,C,1,1]
+  at::Tensor std_;                               ///< buffer [1,C,1,1]
 };
 
 TORCH_MODULE(PatchClassifier);
