@@ -38,74 +38,9 @@ std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int signal) { g_stop_signal.store(signal); }
 
-std::string epoch_line(const EpochMetrics& m, bool validation) {
-  std::string line =
-      fmt::format("Epoch {:>2} Loss: {:.3f} Acc: {:.3f}%", m.epoch, m.loss, 100.0 * m.accuracy);
-  if (!std::isnan(m.test_accuracy)) {
-    line += fmt::format(
-        validation ? " VLoss: {:.3f} VAcc: {:.3f}%" : " TLoss: {:.3f} TAcc: {:.3f}%",
-        m.test_loss,
-        100.0 * m.test_accuracy);
-  }
-  return line + fmt::format("  ({:.1f} s, {:.0f} images/s)", m.seconds, m.images_per_second);
-}
-
 /// "--data DIR" or "--features FILE": where the run's images come from, for messages.
 std::string source_flags(const TrainFlags& f) {
   return f.job.features.empty() ? "--data " + f.job.data : "--features " + f.job.features;
-}
-
-/// --resume: the checkpoint, read once, whose flags replace this command line's, except
-/// the output, --epochs, --threads, and --data or --features when given.
-void resume_flags(TrainFlags& f, const CLI::App* app) {
-  const std::string path = f.job.trainer.resume;
-  if (path.empty()) return;
-  check_input(
-      f.recipe.empty(),
-      "--recipe: {} with --resume {}, expected one of them (a resumed run repeats its "
-      "checkpoint's flags)",
-      f.recipe,
-      path);
-  auto checkpoint = std::make_shared<const ModelFile>(load_model_file(path));
-  const nlohmann::json& training = checkpoint->training;
-  check_input(
-      training.is_object() && training.contains("flags"),
-      "--resume: {} is not a training checkpoint",
-      path);
-  const bool source_given = !f.job.data.empty() || !f.job.features.empty();
-  const nlohmann::json& saved = training["flags"];
-  flags_from_checkpoint(saved, f, app, path);
-  if (!source_given && saved.is_object()) {
-    f.job.data = saved.value("data", "");
-    f.job.features = saved.value("features", "");
-  }
-  f.job.resume_file = std::move(checkpoint);
-}
-
-/// With --features the backbone, its input and its tiles come from the cache.
-void check_feature_flags(const TrainFlags& f, const CLI::App* app) {
-  if (f.job.features.empty()) return;
-  for (const char* flag :
-       {"--tile",
-        "--select",
-        "--shift",
-        "--flip",
-        "--model",
-        "--batch-norm",
-        "--grid",
-        "--patch",
-        "--stride",
-        "--layout",
-        "--input",
-        "--position-embedding"}) {
-    check_input(
-        app->count(flag) == 0,
-        "{}: the backbone and its tiles come from the feature cache {}, expected no {} "
-        "with --features",
-        flag,
-        f.job.features,
-        flag);
-  }
 }
 
 /// What only the command line knows: the flags given with --features, the outputs.
@@ -118,7 +53,7 @@ void check_command_line(
   check_feature_flags(f, app);
   if (!writer) return;
   check_output_writable(job.out, "--out");
-  if (!f.metrics.empty()) check_output_writable(f.metrics, "--metrics");
+  if (!job.metrics.empty()) check_output_writable(job.metrics, "--metrics");
   check_output_writable(job.trainer.checkpoint, "--checkpoint");
 }
 
@@ -153,20 +88,6 @@ std::unique_ptr<Distributed> join_group(
   return std::make_unique<Distributed>(config);
 }
 
-/// --metrics, written afresh; a resumed run's file starts with the epochs its checkpoint
-/// already holds, so that it ends with every epoch of the run, as an uninterrupted one.
-std::ofstream open_metrics(const TrainFlags& f, bool writer) {
-  std::ofstream metrics;
-  if (!writer || f.metrics.empty()) return metrics;
-  metrics.open(f.metrics, std::ios::trunc);
-  if (!f.job.resume_file) return metrics;
-  for (const nlohmann::json& m : checkpoint_history(f.job.resume_file->training)) {
-    metrics << m.dump() << '\n';
-  }
-  metrics.flush();
-  return metrics;
-}
-
 /// Says where the checkpoint is and how to continue; ends the process.
 [[noreturn]] void stopped(
     const TrainFlags& f, const std::string& checkpoint, const TrainingStopped& s, bool writer) {
@@ -190,7 +111,6 @@ std::ofstream open_metrics(const TrainFlags& f, bool writer) {
 /// signal or a peer's failure ends the process after saying where the checkpoint is.
 TrainResult run_epochs(
     const TrainFlags& f, TrainJob& job, Distributed* group, bool writer, std::ostream& log) {
-  std::ofstream metrics = open_metrics(f, writer);
   ProgressBar bar("train");
   TrainerCallbacks callbacks;
   if (writer)
@@ -201,7 +121,6 @@ TrainResult run_epochs(
     bar.clear();
     log << epoch_line(m, f.job.val_split > 0) << std::endl;
     if (writer) job.sets().tally->say_once("train", f.tiles.tiles.min_foreground);
-    if (metrics.is_open()) metrics << epoch_metrics_to_json(m).dump() << std::endl;
   };
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
@@ -246,19 +165,6 @@ void finish(const TrainFlags& f, TrainJob& job, const TrainResult& result, std::
   }
 }
 
-void print_group_summary(const TrainResult& result, std::ostream& log) {
-  fmt::print(
-      log,
-      "train: data-parallel: {} gradient values in {} bucket{}; one allreduce of "
-      "all of them {:.2f} ms (median); backward pass with its allreduces {:.2f} ms per "
-      "step\n",
-      result.gradient_floats,
-      result.gradient_buckets,
-      result.gradient_buckets == 1 ? "" : "s",
-      result.allreduce_ms,
-      result.backward_ms);
-}
-
 /// This machine's thread count: --threads, or its share of the cores among the
 /// data-parallel processes on it.
 int64_t train_threads(const TrainFlags& f, const DistributedConfig& dist) {
@@ -281,6 +187,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   finish_job(f, app, dist_config);
   f.runtime.threads = train_threads(f, dist_config);  // stored: --resume runs with as many
   f.job.record = {{"flags", flags_to_json(f)}};
+  if (!writer) f.job.metrics.clear();
   TrainJob job(f.job);  // every rule between the options, before any data is read
   check_command_line(f, job.options(), app, writer);
 
@@ -294,7 +201,7 @@ void run_train(TrainFlags f, const CLI::App* app) {
   std::unique_ptr<Distributed> dist = join_group(dist_config, f, log);
   const TrainResult result = run_epochs(f, job, dist.get(), writer, log);
   if (!writer) return;
-  if (dist) print_group_summary(result, log);
+  if (dist) log << data_parallel_line(result) << '\n';
   finish(f, job, result, log);
 }
 

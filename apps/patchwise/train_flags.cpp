@@ -11,6 +11,7 @@
 #include "patchwise/base/error.h"
 #include "patchwise/base/files.h"
 #include "patchwise/fusion/fusion.h"
+#include "patchwise/model/model_file.h"
 #include "patchwise/models/registry.h"
 #include "patchwise/train/loss.h"
 #include "patchwise/train/optimizer.h"
@@ -393,7 +394,7 @@ void output_rows(std::vector<TrainFlag>& t) {
       "--metrics",
       "write one JSON object per epoch to this file",
       no,
-      PW_FIELD(metrics)));
+      PW_FIELD(job.metrics)));
   t.push_back(field(
       "json", "--json", "print a JSON summary on stdout (logs go to stderr)", no, PW_FIELD(json)));
   t.push_back(field(
@@ -530,6 +531,59 @@ void apply_recipe(TrainFlags& flags, const CLI::App* app) {
         path,
         key);
     if (!it->given(app)) set_checked(*it, value, flags, path);
+  }
+}
+
+/// --resume: the checkpoint, read once, whose flags replace this command line's, except
+/// the output, --epochs, --threads, and --data or --features when given.
+void resume_flags(TrainFlags& f, const CLI::App* app) {
+  const std::string path = f.job.trainer.resume;
+  if (path.empty()) return;
+  check_input(
+      f.recipe.empty(),
+      "--recipe: {} with --resume {}, expected one of them (a resumed run repeats its "
+      "checkpoint's flags)",
+      f.recipe,
+      path);
+  auto checkpoint = std::make_shared<const ModelFile>(load_model_file(path));
+  const nlohmann::json& training = checkpoint->training;
+  check_input(
+      training.is_object() && training.contains("flags"),
+      "--resume: {} is not a training checkpoint",
+      path);
+  const bool source_given = !f.job.data.empty() || !f.job.features.empty();
+  const nlohmann::json& saved = training["flags"];
+  flags_from_checkpoint(saved, f, app, path);
+  if (!source_given && saved.is_object()) {
+    f.job.data = saved.value("data", "");
+    f.job.features = saved.value("features", "");
+  }
+  f.job.resume_file = std::move(checkpoint);
+}
+
+/// With --features the backbone, its input and its tiles come from the cache.
+void check_feature_flags(const TrainFlags& f, const CLI::App* app) {
+  if (f.job.features.empty()) return;
+  for (const char* flag :
+       {"--tile",
+        "--select",
+        "--shift",
+        "--flip",
+        "--model",
+        "--batch-norm",
+        "--grid",
+        "--patch",
+        "--stride",
+        "--layout",
+        "--input",
+        "--position-embedding"}) {
+    check_input(
+        app->count(flag) == 0,
+        "{}: the backbone and its tiles come from the feature cache {}, expected no {} "
+        "with --features",
+        flag,
+        f.job.features,
+        flag);
   }
 }
 

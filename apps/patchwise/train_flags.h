@@ -24,7 +24,6 @@ struct TrainFlags {
   DataFlags data_flags;
   TileFlags tiles;
   RuntimeFlags runtime;
-  std::string metrics;  ///< one JSON object per epoch
   bool json = false;
   double dist_timeout = 300;  ///< seconds, data-parallel runs
 };
@@ -47,5 +46,14 @@ void flags_from_checkpoint(
 /// InputError naming the file for a key that is not a recipe flag or a value of the
 /// wrong type or out of range.
 void apply_recipe(TrainFlags& flags, const CLI::App* app);
+
+/// --resume: reads the checkpoint once (kept in flags.job.resume_file for the trainer),
+/// whose flags replace this command line's, except the output, --epochs, --threads, and
+/// --data or --features when given.
+void resume_flags(TrainFlags& flags, const CLI::App* app);
+
+/// With --features the backbone, its input and its tiles come from the cache: InputError
+/// naming a flag that sets them.
+void check_feature_flags(const TrainFlags& flags, const CLI::App* app);
 
 }  // namespace patchwise::cli

@@ -3,10 +3,12 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <tuple>
 
 #include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 #include "patchwise/base/json_text.h"
 #include "patchwise/fusion/fusion.h"
 #include "patchwise/model/bag_options.h"
@@ -185,12 +187,34 @@ void TrainJob::prepare() {
   model_->set_precision(o.precision);
 }
 
+/// The metrics file, written afresh, with the epochs of the checkpoint resumed from.
+std::ofstream TrainJob::open_metrics() const {
+  std::ofstream metrics;
+  if (options_.metrics.empty()) return metrics;
+  metrics.open(options_.metrics, std::ios::trunc);
+  check_input(metrics.good(), "--metrics: cannot write {}", printable(options_.metrics));
+  if (!options_.resume_file) return metrics;
+  for (const nlohmann::json& m : checkpoint_history(options_.resume_file->training)) {
+    metrics << m.dump() << '\n';
+  }
+  metrics.flush();
+  return metrics;
+}
+
 TrainResult TrainJob::train(const TrainerCallbacks& callbacks, Distributed* group) {
   TrainerOptions trainer = options_.trainer;
   trainer.distributed = group;
   trainer.resume_file = options_.resume_file;
   trainer.checkpoint_note = json_text(options_.record);
-  return train_model(model_, sets_.train, sets_.eval_set(), trainer, callbacks);
+  std::ofstream metrics = open_metrics();
+  TrainerCallbacks with_metrics = callbacks;
+  if (metrics.is_open()) {
+    with_metrics.on_epoch = [&](const EpochMetrics& m) {
+      if (callbacks.on_epoch) callbacks.on_epoch(m);
+      metrics << epoch_metrics_to_json(m).dump() << std::endl;
+    };
+  }
+  return train_model(model_, sets_.train, sets_.eval_set(), trainer, with_metrics);
 }
 
 std::optional<Evaluation> TrainJob::final_test() {

@@ -1,9 +1,10 @@
-// The lines that open a training run (TrainJob::plan): what the job will train, on what,
-// and how.
+// The lines a training run prints: those that open it (TrainJob::plan: what the job will
+// train, on what, and how), one per epoch, and the data-parallel summary.
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "patchwise/base/precision.h"
 #include "patchwise/fusion/fusion.h"
@@ -144,6 +145,29 @@ std::vector<std::string> TrainJob::plan(int64_t threads) const {
   }
   lines.erase(std::remove(lines.begin(), lines.end(), std::string()), lines.end());
   return lines;
+}
+
+std::string epoch_line(const EpochMetrics& m, bool validation) {
+  std::string line =
+      fmt::format("Epoch {:>2} Loss: {:.3f} Acc: {:.3f}%", m.epoch, m.loss, 100.0 * m.accuracy);
+  if (!std::isnan(m.test_accuracy)) {
+    line += fmt::format(
+        validation ? " VLoss: {:.3f} VAcc: {:.3f}%" : " TLoss: {:.3f} TAcc: {:.3f}%",
+        m.test_loss,
+        100.0 * m.test_accuracy);
+  }
+  return line + fmt::format("  ({:.1f} s, {:.0f} images/s)", m.seconds, m.images_per_second);
+}
+
+std::string data_parallel_line(const TrainResult& result) {
+  return fmt::format(
+      "train: data-parallel: {} gradient values in {} bucket{}; one allreduce of "
+      "all of them {:.2f} ms (median); backward pass with its allreduces {:.2f} ms per step",
+      result.gradient_floats,
+      result.gradient_buckets,
+      result.gradient_buckets == 1 ? "" : "s",
+      result.allreduce_ms,
+      result.backward_ms);
 }
 
 }  // namespace patchwise

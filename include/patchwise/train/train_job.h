@@ -8,6 +8,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -51,6 +52,9 @@ struct TrainJobOptions {
   c10::Device device = c10::Device(c10::kCPU);
   Precision precision = Precision::kFloat32;
   std::string out = "model.pw";  ///< the model file to write
+  /// One JSON object per epoch, written afresh; a resumed run's file starts with the
+  /// epochs its checkpoint holds, so that it ends with every epoch of the run. Empty: none.
+  std::string metrics;
   /// Stored in the model file's "training" section and in every checkpoint (the flags
   /// that repeat the run), beside the history.
   nlohmann::json record = nlohmann::json::object();
@@ -104,11 +108,18 @@ class TrainJob {
   void load_sets();
   ModelConfig model_config();
   void setup_tiled(ModelConfig& config);
+  std::ofstream open_metrics() const;
 
   TrainJobOptions options_;
   TrainSets sets_;
   PatchClassifier model_{nullptr};
 };
+
+/// The line `patchwise train` prints after each epoch: its loss and accuracy, and those on
+/// the validation (V) or test (T) set when it was scored (train_plan.cpp).
+std::string epoch_line(const EpochMetrics& m, bool validation);
+/// What a data-parallel run's gradient exchange cost, one line.
+std::string data_parallel_line(const TrainResult& result);
 
 /// The epochs already run that a checkpoint's training record holds, one JSON object each
 /// (empty for a fresh run or a record without them).
