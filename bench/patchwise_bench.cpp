@@ -75,7 +75,7 @@ const Dataset& bench_data() {
 void bench_threads() {
   const char* env = std::getenv("PATCHWISE_THREADS");
   set_threads(env ? std::atoi(env) : 0);
-  use_caching_cpu_allocator(kDefaultCpuCacheBytes);
+  use_cpu_allocator_from_environment(kDefaultCpuCacheBytes);
 }
 
 /// What a job runs: a backbone on the seed's 2x2 grid of 18x18 patches, or on the whole image.

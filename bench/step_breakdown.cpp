@@ -174,12 +174,12 @@ int main(int argc, char** argv) {
   }
   set_threads(argc > 3 ? std::atoi(argv[3]) : 0);
   try {
-    set_train_kernels(parse_train_kernels(argc > 4 ? argv[4] : "auto"));
+    set_cpu_kernels(parse_cpu_kernels(argc > 4 ? argv[4] : "auto"));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "step_breakdown: %s\n", e.what());
     return 2;
   }
-  use_caching_cpu_allocator(kDefaultCpuCacheBytes);  // as the patchwise binary does
+  use_cpu_allocator_from_environment(kDefaultCpuCacheBytes);  // as the patchwise binary does
   constexpr int64_t kBatch = 64;
   Dataset data = load_idx_split("/usr/share/datasets/fashion-mnist", "train", 6400);
   const std::vector<int64_t> counts = {340, 372, 305, 411};

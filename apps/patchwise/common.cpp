@@ -103,12 +103,12 @@ void add_runtime_flags(CLI::App* app, RuntimeFlags& flags) {
          "residual backbones train on it and evaluate on it where Winograd serves) or aten "
          "(LibTorch's kernels always, as PyTorch computes); the same function, rounded "
          "differently")
-      ->check(parse_check([](const std::string& name) { parse_train_kernels(name); }, "auto|aten"))
+      ->check(parse_check([](const std::string& name) { parse_cpu_kernels(name); }, "auto|aten"))
       ->capture_default_str();
 }
 
 int64_t apply_runtime_flags(const RuntimeFlags& flags) {
-  set_train_kernels(parse_train_kernels(flags.kernels));
+  set_cpu_kernels(parse_cpu_kernels(flags.kernels));
   return set_threads(flags.threads);
 }
 

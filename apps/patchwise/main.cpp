@@ -54,7 +54,6 @@ std::string flag_of(std::string option) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  patchwise::use_caching_cpu_allocator(patchwise::kDefaultCpuCacheBytes);
   CLI::App app{"patchwise: patch-based image classification"};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();
@@ -76,6 +75,7 @@ int main(int argc, char** argv) {
   patchwise::cli::setup_backbones(app);
   patchwise::cli::setup_export(app);
   try {
+    patchwise::use_cpu_allocator_from_environment(patchwise::kDefaultCpuCacheBytes);
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

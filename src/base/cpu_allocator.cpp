@@ -1,6 +1,7 @@
 #include "patchwise/base/cpu_allocator.h"
 
 #include <c10/core/CPUAllocator.h>
+#include <fmt/format.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -11,6 +12,9 @@
 #include <set>
 #include <unordered_map>
 #include <utility>
+
+#include "patchwise/base/error.h"
+#include "patchwise/base/files.h"
 
 namespace patchwise {
 namespace {
@@ -41,6 +45,11 @@ class CachingCpuAllocator final : public c10::Allocator {
     return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
+
+  size_t limit() const {
+    std::lock_guard<std::mutex> guard(lock_);
+    return limit_;
+  }
 
   static CachingCpuAllocator& instance() {
     static auto* allocator = new CachingCpuAllocator();  // lives as long as any tensor
@@ -183,6 +192,29 @@ void use_caching_cpu_allocator(int64_t limit_bytes) {
   CachingCpuAllocator& allocator = CachingCpuAllocator::instance();
   allocator.set_limit(static_cast<size_t>(std::max<int64_t>(limit_bytes, 0)));
   std::call_once(installed, [&] { c10::SetCPUAllocator(&allocator, /*priority=*/1); });
+}
+
+void use_cpu_allocator_from_environment(int64_t limit_bytes) {
+  const char* env = std::getenv(kCpuAllocatorVariable);
+  const std::string choice = env == nullptr || *env == '\0' ? "caching" : env;
+  check_input(
+      choice == "caching" || choice == "system",
+      "{}: '{}', expected caching (patchwise's, the default) or system (LibTorch's own)",
+      kCpuAllocatorVariable,
+      printable(choice));
+  if (choice == "caching") use_caching_cpu_allocator(limit_bytes);
+}
+
+std::string cpu_allocator_description() {
+  CachingCpuAllocator& caching = CachingCpuAllocator::instance();
+  if (c10::GetCPUAllocator() != &caching) {
+    return fmt::format("LibTorch's own (set {}=caching for patchwise's)", kCpuAllocatorVariable);
+  }
+  return fmt::format(
+      "patchwise's caching allocator, keeping at most {} MiB free (set {}=system for "
+      "LibTorch's own)",
+      caching.limit() >> 20,
+      kCpuAllocatorVariable);
 }
 
 void empty_cpu_cache() { CachingCpuAllocator::instance().empty(); }

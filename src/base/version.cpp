@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "patchwise/base/cpu_allocator.h"
+
 namespace patchwise {
 namespace {
 
@@ -90,6 +92,7 @@ std::string version_report() {
       PATCHWISE_VIPS_VERSION,
       PATCHWISE_OPENSLIDE_VERSION,
       PATCHWISE_HTTPLIB_VERSION);
+  out << "CPU allocator: " << cpu_allocator_description() << "\n";
   return out.str();
 }
 

@@ -17,7 +17,7 @@
 namespace patchwise::detail::blocked {
 
 /// Whether a residual backbone should take the blocked path for `x`: the
-/// choice of set_train_kernels, a float32 CPU input outside autocast, and oneDNN's own
+/// choice of set_cpu_kernels, a float32 CPU input outside autocast, and oneDNN's own
 /// kernels for the blocked layout here (blocked_kernels_available).
 bool use_for(const at::Tensor& x);
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "blocked.h"
+#include "patchwise/models/kernels.h"
 #include "patchwise/models/max_pool.h"
 
 namespace patchwise::detail {
@@ -13,7 +14,8 @@ GrayConvImpl::GrayConvImpl(const nn::Conv2dOptions& options) : nn::Conv2dImpl(op
 
 at::Tensor GrayConvImpl::forward(const at::Tensor& x) {
   const auto& o = options;
-  const bool direct = x.device().is_cpu() && weight.size(1) == 1 && o.groups() == 1 &&
+  const bool direct = cpu_kernels() == CpuKernels::kAuto && x.device().is_cpu() &&
+                      weight.size(1) == 1 && o.groups() == 1 &&
                       c10::holds_alternative<torch::ExpandingArray<2>>(o.padding()) &&
                       c10::holds_alternative<torch::enumtype::kZeros>(o.padding_mode()) &&
                       (*o.dilation())[0] == 1 && (*o.dilation())[1] == 1;

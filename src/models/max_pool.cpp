@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "patchwise/models/kernels.h"
+
 namespace patchwise {
 namespace {
 
@@ -355,10 +357,12 @@ class BatchNormMaxPool2x2 : public torch::autograd::Function<BatchNormMaxPool2x2
   }
 };
 
-/// The kernels' domain: float or double on the CPU, at least one 2x2 window; else ATen.
+/// The kernels' domain: float or double on the CPU, at least one 2x2 window, and
+/// --kernels auto; else ATen.
 bool fits_cpu_kernel(const at::Tensor& x) {
-  return x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-         x.size(2) >= 2 && x.size(3) >= 2;
+  return cpu_kernels() == CpuKernels::kAuto && x.device().is_cpu() &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && x.size(2) >= 2 &&
+         x.size(3) >= 2;
 }
 
 }  // namespace

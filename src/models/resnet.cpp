@@ -204,7 +204,8 @@ BackboneInfo resnet_backbone(const char* name, const char* summary) {
       [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
         return std::make_shared<ResNetImpl>(Plan, o);
       },
-      [](const BackboneOptions& o) { return resnet_macs(Plan, o); }};
+      [](const BackboneOptions& o) { return resnet_macs(Plan, o); },
+      nullptr};
 }
 
 }  // namespace

@@ -68,7 +68,8 @@ BackboneInfo small_cnn_backbone() {
       [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
         return std::make_shared<SmallCnnImpl>(o);
       },
-      small_cnn_macs};
+      small_cnn_macs,
+      nullptr};
 }
 
 }  // namespace patchwise::detail

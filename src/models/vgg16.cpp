@@ -1,4 +1,8 @@
 // vgg16: the question's network (see backbone.h).
+#include <fmt/format.h>
+
+#include <map>
+#include <string>
 #include <vector>
 
 #include "layers.h"
@@ -66,6 +70,49 @@ int64_t vgg16_macs(const BackboneOptions& o) {
   return macs + in * o.num_classes;
 }
 
+using Tensors = std::map<std::string, at::Tensor>;
+
+bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
+}
+
+/// The layers of a Sequential at `prefix` ("features.", "conv."): index -> batch norm
+/// (true) or convolution (false), told apart by running statistics or 1-D weights.
+std::map<int64_t, bool> layer_kinds(const Tensors& state, const std::string& prefix) {
+  std::map<int64_t, bool> kinds;
+  for (const auto& [name, tensor] : state) {
+    if (!starts_with(name, prefix)) continue;
+    const size_t dot = name.find('.', prefix.size());
+    const std::string index = name.substr(prefix.size(), dot - prefix.size());
+    if (dot == std::string::npos || index.empty() || index.size() > 9 ||
+        index.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    const std::string field = name.substr(dot + 1);
+    const bool norm = field == "running_mean" || field == "running_var" ||
+                      field == "num_batches_tracked" || (field == "weight" && tensor.dim() == 1);
+    kinds[std::stoll(index)] |= norm;
+  }
+  return kinds;
+}
+
+/// torchvision VGG's "features.<i>." -> ours "conv.<j>.": the k-th convolution onto the
+/// k-th, and likewise the batch norms.
+std::map<std::string, std::string> torchvision_layers(const Tensors& file, const Tensors& own) {
+  const std::string mine = "conv.";
+  std::vector<int64_t> our_layers[2];
+  for (const auto& [index, norm] : layer_kinds(own, mine)) our_layers[norm].push_back(index);
+  std::map<std::string, std::string> layers;
+  size_t seen[2] = {0, 0};
+  for (const auto& [index, norm] : layer_kinds(file, "features.")) {
+    const size_t k = seen[norm]++;
+    if (k < our_layers[norm].size()) {
+      layers[fmt::format("features.{}.", index)] = fmt::format("{}{}.", mine, our_layers[norm][k]);
+    }
+  }
+  return layers;
+}
+
 }  // namespace
 
 BackboneInfo vgg16_backbone() {
@@ -77,7 +124,8 @@ BackboneInfo vgg16_backbone() {
       [](const BackboneOptions& o) -> std::shared_ptr<BackboneImpl> {
         return std::make_shared<Vgg16Impl>(o);
       },
-      vgg16_macs};
+      vgg16_macs,
+      torchvision_layers};
 }
 
 }  // namespace patchwise::detail

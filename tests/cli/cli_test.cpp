@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -671,6 +672,22 @@ TEST_F(CliTest, VersionNamesLibTorchTheBlasAndTheProcessor) {
   EXPECT_THAT(r.out, HasSubstr("\nBLAS: /"));  // the library loaded, by its path
   EXPECT_THAT(r.out, HasSubstr("\nCPU: "));
   EXPECT_THAT(r.out, HasSubstr("LibTorch's kernels use "));
+  EXPECT_THAT(r.out, HasSubstr("\nCPU allocator: patchwise's caching allocator"));
+}
+
+TEST_F(CliTest, TheCachingAllocatorCanBeSwitchedOffForBisecting) {
+  ::setenv("PATCHWISE_CPU_ALLOCATOR", "system", 1);
+  Result system = pw("--version");
+  ::setenv("PATCHWISE_CPU_ALLOCATOR", "jemalloc", 1);
+  Result other = pw("--version");
+  ::unsetenv("PATCHWISE_CPU_ALLOCATOR");
+  EXPECT_EQ(system.code, 0) << system.err;
+  EXPECT_THAT(system.out, HasSubstr("\nCPU allocator: LibTorch's own"));
+  EXPECT_EQ(other.code, 2);
+  EXPECT_EQ(
+      other.err,
+      "patchwise: error: PATCHWISE_CPU_ALLOCATOR: 'jemalloc', expected caching (patchwise's, "
+      "the default) or system (LibTorch's own)\n");
 }
 
 }  // namespace

@@ -248,8 +248,8 @@ TEST_F(BackboneTest, GrayInputsGiveTheSameLogitsAsPlainConvolutions) {
 // On either training kernels (models/kernels.h): oneDNN's blocked layout, where this
 // processor has it, and LibTorch's.
 TEST_F(BackboneTest, ResNet20LearnsAFixedBatch) {
-  for (const TrainKernels kernels : {TrainKernels::kAuto, TrainKernels::kAten}) {
-    set_train_kernels(kernels);
+  for (const CpuKernels kernels : {CpuKernels::kAuto, CpuKernels::kAten}) {
+    set_cpu_kernels(kernels);
     auto net = make_backbone(options("resnet20", 1, 16));
     torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
     at::Tensor x = torch::randn({8, 1, 16, 16});
@@ -266,9 +266,9 @@ TEST_F(BackboneTest, ResNet20LearnsAFixedBatch) {
     }
     // Not a rounding bound: 30 Adam steps memorise 8 samples, taking the loss from about
     // ln 7 = 1.9 towards 0; a quarter of the start leaves room for any kernels' rounding.
-    EXPECT_LT(last, 0.25 * first) << train_kernels_name(kernels);
+    EXPECT_LT(last, 0.25 * first) << cpu_kernels_name(kernels);
   }
-  set_train_kernels(TrainKernels::kAuto);
+  set_cpu_kernels(CpuKernels::kAuto);
 }
 
 }  // namespace

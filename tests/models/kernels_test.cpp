@@ -7,8 +7,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "patchwise/base/error.h"
 #include "patchwise/models/backbone.h"
@@ -22,7 +25,7 @@ using ::testing::HasSubstr;
 /// Restores the process-wide choice when a test ends.
 class KernelsTest : public test::SeededTest {
  protected:
-  void TearDown() override { set_train_kernels(TrainKernels::kAuto); }
+  void TearDown() override { set_cpu_kernels(CpuKernels::kAuto); }
 };
 
 BackboneOptions options(const std::string& name, int64_t channels = 1) {
@@ -38,7 +41,7 @@ BackboneOptions options(const std::string& name, int64_t channels = 1) {
 /// then the input's and every parameter's gradient and every buffer after the pass, by
 /// name.
 std::map<std::string, at::Tensor> training_pass(
-    const std::shared_ptr<BackboneImpl>& from, const std::string& name, TrainKernels kernels,
+    const std::shared_ptr<BackboneImpl>& from, const std::string& name, CpuKernels kernels,
     torch::Dtype dtype, const at::Tensor& x, const at::Tensor& upstream) {
   auto net = make_backbone(options(name, x.size(1)));
   {
@@ -50,7 +53,7 @@ std::map<std::string, at::Tensor> training_pass(
   }
   net->to(dtype);
   net->train();
-  set_train_kernels(kernels);
+  set_cpu_kernels(kernels);
   const at::Tensor input = x.to(dtype).clone().requires_grad_(true);  // a leaf of its own
   at::Tensor logits = net->forward(input);
   logits.backward(upstream.to(dtype));
@@ -145,14 +148,14 @@ TEST_F(KernelsTest, BlockedTrainingMatchesLibTorchWithinFloat32Rounding) {
     const at::Tensor x = torch::randn({16, channels, 16, 16});
     const at::Tensor upstream = torch::randn({16, 7});
     const at::Tensor order = torch::randperm(16);
-    const auto exact = training_pass(from, name, TrainKernels::kAten, torch::kDouble, x, upstream);
-    const auto aten = training_pass(from, name, TrainKernels::kAten, torch::kFloat, x, upstream);
-    const auto blocked = training_pass(from, name, TrainKernels::kAuto, torch::kFloat, x, upstream);
+    const auto exact = training_pass(from, name, CpuKernels::kAten, torch::kDouble, x, upstream);
+    const auto aten = training_pass(from, name, CpuKernels::kAten, torch::kFloat, x, upstream);
+    const auto blocked = training_pass(from, name, CpuKernels::kAuto, torch::kFloat, x, upstream);
     const auto reordered = in_original_order(
         training_pass(
             from,
             name,
-            TrainKernels::kAuto,
+            CpuKernels::kAuto,
             torch::kFloat,
             x.index_select(0, order),
             upstream.index_select(0, order)),
@@ -198,8 +201,8 @@ void randomize_batch_norms(BackboneImpl& net) {
 
 /// `net` in `dtype` on `x` under `kernels`, without gradients, as float64.
 at::Tensor evaluate(
-    BackboneImpl& net, TrainKernels kernels, torch::Dtype dtype, const at::Tensor& x) {
-  set_train_kernels(kernels);
+    BackboneImpl& net, CpuKernels kernels, torch::Dtype dtype, const at::Tensor& x) {
+  set_cpu_kernels(kernels);
   net.to(dtype);
   torch::NoGradGuard no_grad;
   at::Tensor out = net.forward(x.to(dtype)).to(torch::kDouble);
@@ -222,16 +225,16 @@ TEST_F(KernelsTest, EvaluationAgreesWithFloat64UnderEitherChoice) {
     }
     net->eval();
     const at::Tensor x = torch::randn({8, 1, 16, 16});
-    auto run = [&](TrainKernels kernels, torch::Dtype dtype) {
-      set_train_kernels(kernels);
+    auto run = [&](CpuKernels kernels, torch::Dtype dtype) {
+      set_cpu_kernels(kernels);
       net->to(dtype);
       torch::NoGradGuard no_grad;
       return net->forward(x.to(dtype)).to(torch::kDouble);
     };
-    const at::Tensor exact = run(TrainKernels::kAten, torch::kDouble);
-    const at::Tensor aten = run(TrainKernels::kAten, torch::kFloat);
+    const at::Tensor exact = run(CpuKernels::kAten, torch::kDouble);
+    const at::Tensor aten = run(CpuKernels::kAten, torch::kFloat);
     expect_as_accurate_as_libtorch(
-        run(TrainKernels::kAuto, torch::kFloat), aten, exact, kResnetForwardBound, name);
+        run(CpuKernels::kAuto, torch::kFloat), aten, exact, kResnetForwardBound, name);
     torch::InferenceMode inference;
     expect_as_accurate_as_libtorch(
         net->forward(x).to(torch::kDouble),
@@ -269,11 +272,11 @@ TEST_F(KernelsTest, PlainStacksEvaluateOnTheBlockedLayoutWithinFloat32Rounding) 
     randomize_batch_norms(*net);
     net->eval();
     const at::Tensor x = torch::randn({6, c.channels, 32, 32});
-    const at::Tensor exact = evaluate(*net, TrainKernels::kAten, torch::kDouble, x);
-    const at::Tensor blocked = evaluate(*net, TrainKernels::kAuto, torch::kFloat, x);
+    const at::Tensor exact = evaluate(*net, CpuKernels::kAten, torch::kDouble, x);
+    const at::Tensor blocked = evaluate(*net, CpuKernels::kAuto, torch::kFloat, x);
     const std::string label = c.name + " channels " + std::to_string(c.channels) +
                               (c.batch_norm ? " with batch norm" : "");
-    const at::Tensor aten = evaluate(*net, TrainKernels::kAten, torch::kFloat, x);
+    const at::Tensor aten = evaluate(*net, CpuKernels::kAten, torch::kFloat, x);
     expect_as_accurate_as_libtorch(blocked, aten, exact, c.bound, label);
     torch::InferenceMode inference;
     expect_as_accurate_as_libtorch(
@@ -296,8 +299,8 @@ TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
   // would give the parameters new storage, which alone makes the weights be prepared anew.
   auto agrees = [&](const std::shared_ptr<BackboneImpl>& m) {
     m->eval();
-    const at::Tensor aten = evaluate(*m, TrainKernels::kAten, torch::kFloat, x);
-    return relative_gap(evaluate(*m, TrainKernels::kAuto, torch::kFloat, x), aten) <= 2 * bound;
+    const at::Tensor aten = evaluate(*m, CpuKernels::kAten, torch::kFloat, x);
+    return relative_gap(evaluate(*m, CpuKernels::kAuto, torch::kFloat, x), aten) <= 2 * bound;
   };
   EXPECT_TRUE(agrees(net));
   {
@@ -319,8 +322,8 @@ TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
   const at::Tensor small = torch::randn({4, 1, 16, 16});
   auto resnet_agrees = [&] {
     resnet->eval();
-    const at::Tensor aten = evaluate(*resnet, TrainKernels::kAten, torch::kFloat, small);
-    const at::Tensor blocked = evaluate(*resnet, TrainKernels::kAuto, torch::kFloat, small);
+    const at::Tensor aten = evaluate(*resnet, CpuKernels::kAten, torch::kFloat, small);
+    const at::Tensor blocked = evaluate(*resnet, CpuKernels::kAuto, torch::kFloat, small);
     return relative_gap(blocked, aten) <= 2 * 20 * 8 * 576 * std::ldexp(1.0, -24);
   };
   EXPECT_TRUE(resnet_agrees());
@@ -338,9 +341,9 @@ TEST_F(KernelsTest, BlockedEvaluationSeesWeightsChangedSinceItsLastCall) {
   const at::Tensor first = inference_net->forward(x);
   for (auto& p : inference_net->parameters()) p.mul_(0.5);
   EXPECT_FALSE(torch::equal(inference_net->forward(x), first));
-  set_train_kernels(TrainKernels::kAten);
+  set_cpu_kernels(CpuKernels::kAten);
   const at::Tensor aten = inference_net->forward(x);
-  set_train_kernels(TrainKernels::kAuto);
+  set_cpu_kernels(CpuKernels::kAuto);
   EXPECT_LE(relative_gap(inference_net->forward(x), aten), 2 * bound);
 }
 
@@ -371,7 +374,7 @@ TEST_F(KernelsTest, SteadyWeightsCheckThePreparedWeightsOncePerScope) {
     EXPECT_TRUE(torch::equal(net->forward(x), before)) << "compared again in a nested scope";
   }
   const at::Tensor after = net->forward(x);
-  set_train_kernels(TrainKernels::kAten);
+  set_cpu_kernels(CpuKernels::kAten);
   const double bound = 5 * 8 * 576 * std::ldexp(1.0, -24);
   EXPECT_LE(relative_gap(after, net->forward(x)), 2 * bound) << "the change after the scope";
   EXPECT_GT(relative_gap(after, before), 2 * bound);
@@ -412,15 +415,16 @@ TEST_F(KernelsTest, PassesFollowAChangedThreadCount) {
 }
 
 // On 18x18 patches no stage of resnet20 tiles well enough for Winograd (9x9 at 32
-// channels, 5x5 at 64), and evaluation keeps LibTorch's kernels: the same bits.
+// channels, 5x5 at 64), and evaluation keeps LibTorch's kernels: the same bits. (In
+// colour: a grey stem is the one convolution auto runs otherwise, at::thnn_conv2d.)
 TEST_F(KernelsTest, EvaluationWithoutWinogradKeepsLibTorchsKernels) {
-  auto net = make_backbone(options("resnet20"));
+  auto net = make_backbone(options("resnet20", 3));
   net->eval();
   torch::NoGradGuard no_grad;
-  const at::Tensor x = torch::randn({4, 1, 18, 18});
-  set_train_kernels(TrainKernels::kAten);
+  const at::Tensor x = torch::randn({4, 3, 18, 18});
+  set_cpu_kernels(CpuKernels::kAten);
   const at::Tensor aten = net->forward(x);
-  set_train_kernels(TrainKernels::kAuto);
+  set_cpu_kernels(CpuKernels::kAuto);
   EXPECT_TRUE(torch::equal(net->forward(x), aten));
 }
 
@@ -448,12 +452,61 @@ TEST_F(KernelsTest, FrozenConvolutionsGetNoGradient) {
   }
 }
 
+/// The names of every autograd node behind `out`.
+std::set<std::string> graph_nodes(const at::Tensor& out) {
+  std::set<std::string> names;
+  std::vector<std::shared_ptr<torch::autograd::Node>> todo = {out.grad_fn()};
+  std::set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    std::shared_ptr<torch::autograd::Node> node = todo.back();
+    todo.pop_back();
+    if (!node || !seen.insert(node.get()).second) continue;
+    names.insert(node->name());
+    for (const auto& edge : node->next_edges()) todo.push_back(edge.function);
+  }
+  return names;
+}
+
+bool any_of_ours(const std::set<std::string>& nodes) {
+  return std::any_of(nodes.begin(), nodes.end(), [](const std::string& name) {
+    return name.find("patchwise") != std::string::npos;
+  });
+}
+
+TEST_F(KernelsTest, AtenRunsLibTorchsKernelsEverywhere) {
+  // small-cnn on grey input with batch norm: a grey convolution, fused batch norm and
+  // max pooling, plain max pooling.
+  BackboneOptions o = options("small-cnn");
+  o.input = 32;
+  o.batch_norm = true;
+  auto net = make_backbone(o);
+  net->train();
+  const at::Tensor x = torch::randn({4, 1, 32, 32}).requires_grad_();
+  const at::Tensor w = torch::randn({16, 1, 3, 3}, torch::requires_grad());
+  const std::string conv = torch::conv2d(x, w).grad_fn()->name();
+  const std::string pool = torch::max_pool2d(x, 2).grad_fn()->name();
+  const std::string direct = at::thnn_conv2d(x, w, {3, 3}).grad_fn()->name();
+  ASSERT_NE(direct, conv);
+
+  set_cpu_kernels(CpuKernels::kAuto);
+  const std::set<std::string> own = graph_nodes(net->forward(x));
+  EXPECT_TRUE(any_of_ours(own)) << ::testing::PrintToString(own);
+  EXPECT_EQ(own.count(direct), 1u) << ::testing::PrintToString(own);
+
+  set_cpu_kernels(CpuKernels::kAten);
+  const std::set<std::string> aten = graph_nodes(net->forward(x));
+  EXPECT_FALSE(any_of_ours(aten)) << ::testing::PrintToString(aten);
+  EXPECT_EQ(aten.count(direct), 0u) << ::testing::PrintToString(aten);
+  EXPECT_EQ(aten.count(conv), 1u) << ::testing::PrintToString(aten);
+  EXPECT_EQ(aten.count(pool), 1u) << ::testing::PrintToString(aten);
+}
+
 TEST_F(KernelsTest, NamesRoundTripAndUnknownOnesAreRefused) {
-  for (const TrainKernels k : {TrainKernels::kAuto, TrainKernels::kAten}) {
-    EXPECT_EQ(parse_train_kernels(train_kernels_name(k)), k);
+  for (const CpuKernels k : {CpuKernels::kAuto, CpuKernels::kAten}) {
+    EXPECT_EQ(parse_cpu_kernels(cpu_kernels_name(k)), k);
   }
   EXPECT_THAT(
-      [] { parse_train_kernels("winograd"); },
+      [] { parse_cpu_kernels("winograd"); },
       ::testing::ThrowsMessage<OptionError>(
           ::testing::AllOf(HasSubstr("'winograd'"), HasSubstr("expected auto or aten"))));
 }

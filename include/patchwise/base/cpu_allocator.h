@@ -14,6 +14,7 @@
 // C library.
 
 #include <cstdint>
+#include <string>
 
 namespace patchwise {
 
@@ -34,6 +35,18 @@ struct CpuCacheStats {
 /// Makes the caching allocator LibTorch's CPU allocator, keeping at most `limit_bytes`
 /// free (later calls only change the limit). Tensors allocated before stay valid.
 void use_caching_cpu_allocator(int64_t limit_bytes);
+
+/// The environment variable that chooses the CPU allocator: "caching" (the default) or
+/// "system", LibTorch's own, for bisecting a memory problem.
+constexpr const char* kCpuAllocatorVariable = "PATCHWISE_CPU_ALLOCATOR";
+
+/// What the command line and the benchmarks call first: the caching allocator with
+/// `limit_bytes`, unless kCpuAllocatorVariable says "system"; InputError naming the
+/// variable, its value and the choices on another value.
+void use_cpu_allocator_from_environment(int64_t limit_bytes);
+
+/// One line on the CPU allocator in use (for --version).
+std::string cpu_allocator_description();
 
 /// Frees every cached block (the limit stays).
 void empty_cpu_cache();

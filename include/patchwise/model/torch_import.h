@@ -12,6 +12,16 @@
 // export's files read back); anything else is refused before it could be called. Every
 // size, offset, count and stride is checked against the bytes present before anything is
 // allocated, and the tensors are copied out of the file into memory of their own.
+//
+// LibTorch's own torch::pickle_load (1.13) was not enough: it fails on every plain
+// state_dict() (it reads collections.OrderedDict as None, then asserts), and it takes a
+// storage's size, a tensor's sizes, strides and offset from the pickle unchecked, so a
+// crafted file loads tensors that read past their record or crash on first use.
+//
+// In layers: src/model/torch_zip.cpp (the archive), torch_pickle.cpp (the unpickler),
+// torch_state_dict.cpp (the value as named tensors), torch_import.cpp (the file's names
+// onto the model's; another library's layer names come from the backbone's registry
+// entry, models/registry.h's foreign_layers).
 
 #include <string>
 #include <utility>

@@ -1,6 +1,6 @@
 #pragma once
-// Which kernels the residual backbones run with on the CPU (the train flag --kernels;
-// evaluation follows the process-wide choice, auto unless set).
+// Which kernels the backbones run with on the CPU, in training and in evaluation alike
+// (the flag --kernels of every command that runs a model; auto unless set).
 //
 // auto: where oneDNN has kernels of its own for its blocked layout (processors with
 //   AVX-512: nChw16c; with AVX2: nChw8c), a training pass, and an evaluation pass
@@ -11,23 +11,26 @@
 //   VGG16 evaluate without gradients on that layout too: each convolution with its batch
 //   norm folded in and the ReLU fused, oneDNN's pooling. Elsewhere, and in evaluation
 //   with gradients, LibTorch's kernels.
-// aten: LibTorch's kernels always (channels-last convolutions through LibTorch's oneDNN
-//   calls, its batch norm).
+//   Under auto the 2x2 max pooling (with the batch norm before it in training) and the
+//   convolution of grey inputs run the project's own CPU kernels (models/max_pool.h,
+//   layers.h's GrayConv): the same values, faster.
+// aten: LibTorch's kernels everywhere, as PyTorch computes (convolutions through
+//   torch::conv2d and LibTorch's oneDNN calls, its batch norm, torch::max_pool2d).
 // Both compute the same function; Winograd rounds differently (docs/performance.md).
 
 #include <string>
 
 namespace patchwise {
 
-enum class TrainKernels { kAuto, kAten };
+enum class CpuKernels { kAuto, kAten };
 
 /// "auto" or "aten"; throws OptionError("kernels", ...) on another name.
-TrainKernels parse_train_kernels(const std::string& name);
-const char* train_kernels_name(TrainKernels k);
+CpuKernels parse_cpu_kernels(const std::string& name);
+const char* cpu_kernels_name(CpuKernels k);
 
 /// The process-wide choice (default kAuto).
-void set_train_kernels(TrainKernels k);
-TrainKernels train_kernels();
+void set_cpu_kernels(CpuKernels k);
+CpuKernels cpu_kernels();
 
 /// Whether this processor's oneDNN has its own kernels for a blocked layout (the
 /// condition of auto: AVX2 or AVX-512).

@@ -4,7 +4,8 @@
 // scalar code and zero-fills the whole gradient before scattering into it, and was
 // the largest single cost of a small-cnn training step. Same values and gradients
 // as torch::max_pool2d(x, 2) bit for bit: the first maximum of a window in row-major
-// order wins, NaN propagates. Other devices use torch::max_pool2d.
+// order wins, NaN propagates. Other devices, and --kernels aten (models/kernels.h), use
+// torch::max_pool2d.
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>

@@ -4,6 +4,7 @@
 // src/models/ and is added to the table in src/models/backbone.cpp by one line.
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,11 @@ struct BackboneInfo {
   std::shared_ptr<BackboneImpl> (*make)(const BackboneOptions&);
   /// Multiply-adds of one forward pass over one [C,s,s] input.
   int64_t (*macs)(const BackboneOptions&);
+  /// Another library's names for this network's layers (model/torch_import.h), or null:
+  /// given a file's tensors and the backbone's own, by name, the file's layer prefixes
+  /// onto the backbone's ("features.3." -> "conv.2.": torchvision's VGG).
+  std::map<std::string, std::string> (*foreign_layers)(
+      const std::map<std::string, at::Tensor>& file, const std::map<std::string, at::Tensor>& own);
 };
 
 /// Every registered backbone, in the order listings show them.
