@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "patchwise/base/error.h"
+#include "patchwise/fusion/fusion.h"
 #include "rules.h"
 
 namespace patchwise::detail {
@@ -37,10 +37,7 @@ class ConcatHeadImpl : public FusionHeadImpl {
 };
 
 std::shared_ptr<FusionHeadImpl> make_concat(const FusionHeadOptions& o) {
-  check_option(
-      o.positions > 0,
-      "fusion",
-      "concat: bags of tiles have no fixed positions, expected another rule for a tiled model");
+  check_fusion_fits(FusionRule::kConcat, /*tiled=*/o.positions == 0);
   return std::make_shared<ConcatHeadImpl>(o.positions * o.features, o.classes);
 }
 
