@@ -34,70 +34,24 @@ struct HeatmapFlags {
   RuntimeFlags runtime;
 };
 
-/// The heatmap picture over a large image's thumbnail with the top tiles' crops below.
-at::Tensor stack_vertically(const at::Tensor& top, const at::Tensor& bottom) {
-  const int64_t width = std::max(top.size(2), bottom.size(2));
-  auto pad = [&](const at::Tensor& t) {
-    return torch::constant_pad_nd(t, {0, width - t.size(2)}, 255);
-  };
-  return torch::cat({pad(top), pad(bottom)}, 1).contiguous();
-}
-
 /// A tiled model: each kept tile's attention weight (or class probability) over the
 /// image's thumbnail, a colour bar, and the top tiles as crops.
 void run_tiled_heatmap(const HeatmapFlags& f, PatchClassifier& model) {
-  const ModelConfig& config = model->config();
-  const BagOptions options = model_bag_options(config);
-  std::unique_ptr<RegionReader> reader = open_region_reader(f.image, options.reader);
-  const Bag bag = read_bag(*reader, options);
-  const BagPrediction p = predict_bag(model, bag.tiles, f.target_class);
-  const at::Tensor thumb = reader->thumbnail(f.size);
-  const Heatmap h = tile_heatmap(
-      bag.boxes, p.scores, reader->width(), reader->height(), thumb.size(1), thumb.size(2));
-  const std::string label = config.class_names[static_cast<size_t>(p.winner)];
-  const std::string title = fmt::format(
-      "{} / max over {} tiles; predicted {} ({:.3f})",
-      p.score_name,
-      bag.tiles.size(0),
-      label,
-      p.probabilities[static_cast<size_t>(p.winner)]);
-  std::vector<at::Tensor> crops;
-  std::vector<double> crop_scores;
-  nlohmann::json tiles = nlohmann::json::array();
-  const double downsample = reader->levels()[static_cast<size_t>(bag.level)].downsample;
-  for (int64_t t : top_tiles(p.scores, f.top)) {
-    const Box& b = bag.boxes[static_cast<size_t>(t)];
-    const Box at_level{
-        std::llround(b.x / downsample),
-        std::llround(b.y / downsample),
-        std::llround(b.w / downsample),
-        std::llround(b.h / downsample)};
-    crops.push_back(reader->read_resized(at_level, bag.level, 128));
-    crop_scores.push_back(p.scores[static_cast<size_t>(t)]);
-    tiles.push_back(
-        {{"x", b.x}, {"y", b.y}, {"w", b.w}, {"h", b.h}, {"score", crop_scores.back()}});
-  }
-  write_image(
-      f.out,
-      stack_vertically(render_heatmap(thumb, h, title, 1), render_crop_strip(crops, crop_scores)));
+  TiledHeatmap h = draw_tiled_heatmap(model, f.image, f.target_class, f.size, f.top);
+  write_image(f.out, h.picture);
   if (f.json) {
-    return print_json(
-        {{"image", f.image},
-         {"out", f.out},
-         {"class", p.winner},
-         {"label", label},
-         {"score", p.score_name},
-         {"tiles", bag.tiles.size(0)},
-         {"top_tiles", tiles}});
+    nlohmann::json out = {{"image", f.image}, {"out", f.out}};
+    out.update(h.summary);
+    return print_json(out);
   }
   fmt::print(
       "heatmap: {} tiles of {}, {} from {:.4g} to {:.4g}, predicted {} -> {}\n",
-      bag.tiles.size(0),
+      h.summary["tiles"].get<int64_t>(),
       f.image,
-      p.score_name,
-      *std::min_element(p.scores.begin(), p.scores.end()),
-      *std::max_element(p.scores.begin(), p.scores.end()),
-      label,
+      h.summary["score"].get<std::string>(),
+      h.low,
+      h.high,
+      h.summary["label"].get<std::string>(),
       f.out);
 }
 

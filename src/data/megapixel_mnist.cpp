@@ -1,12 +1,21 @@
 #include "patchwise/data/megapixel_mnist.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
 #include <opencv2/imgproc.hpp>
 #include <random>
+#include <thread>
 
 #include "patchwise/base/error.h"
+#include "patchwise/data/image.h"
+#include "patchwise/data/source.h"
 
 namespace patchwise {
 namespace {
@@ -145,6 +154,93 @@ MegapixelCanvas make_megapixel_canvas(
     stamp(canvas, o.size, pixels + item * kSide * kSide, c.digit_boxes[i]);
   }
   return c;
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+void make_folder(const fs::path& dir) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  check_input(fs::is_directory(dir), "{}: cannot create the folder", dir.string());
+}
+
+/// Canvases 0..count-1 of one split into out/<split>/<class>/<index>.png, on `threads`
+/// threads; one CSV row per canvas with its digits' classes and boxes.
+void write_canvases(
+    const Dataset& digits, const MegapixelOptions& canvas, int64_t count, const std::string& split,
+    const std::string& out, const MegapixelDatasetOptions& options, std::ofstream& csv) {
+  std::atomic<int64_t> next{0};
+  std::mutex lock;  // the CSV and the progress
+  std::exception_ptr error;
+  int64_t done = 0;
+  auto work = [&] {
+    try {
+      for (int64_t i = next++; i < count && !error; i = next++) {
+        MegapixelCanvas c = make_megapixel_canvas(digits, canvas, i);
+        const std::string file = fmt::format(
+            "{}/{}/{:05d}.png", split, digits.class_names[static_cast<size_t>(c.label)], i);
+        make_folder((fs::path(out) / file).parent_path());
+        write_image((fs::path(out) / file).string(), c.image);
+        std::string row = fmt::format("{},{},{}", file, split, c.label);
+        for (size_t d = 0; d < c.digit_boxes.size(); ++d) {
+          const Box& b = c.digit_boxes[d];
+          row += fmt::format(",{} {} {} {} {}", c.digit_classes[d], b.x, b.y, b.w, b.h);
+        }
+        std::lock_guard<std::mutex> guard(lock);
+        csv << row << "\n";
+        ++done;
+        if (options.progress) options.progress(split, done, count);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> guard(lock);
+      if (!error) error = std::current_exception();
+    }
+  };
+  const int64_t threads = options.threads > 0
+                              ? options.threads
+                              : std::max<int64_t>(1, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < threads; ++t) pool.emplace_back(work);
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+std::pair<Dataset, Dataset> split_digits(
+    const Dataset& all, int64_t train, int64_t test, uint64_t seed) {
+  check_input(
+      test > 0 && train > 0 && test + train <= all.size(),
+      "--train {} --test {}: {} digits in {}, expected positive counts that fit",
+      train,
+      test,
+      all.size(),
+      all.source);
+  auto [rest, test_set] =
+      stratified_split(all, static_cast<double>(test) / static_cast<double>(all.size()), seed);
+  if (train >= rest.size()) return {rest, test_set};
+  Dataset train_set =
+      stratified_split(
+          rest, static_cast<double>(train) / static_cast<double>(rest.size()), seed + 1)
+          .second;
+  return {train_set, test_set};
+}
+
+void write_megapixel_dataset(
+    const Dataset& all, const std::string& out, const MegapixelDatasetOptions& options) {
+  check_megapixel_options(options.canvas);
+  make_folder(out);
+  auto [train_digits, test_digits] =
+      split_digits(all, all.size() - all.size() / 5, all.size() / 5, 42);
+  std::ofstream csv(fs::path(out) / "canvases.csv");
+  check_input(csv.good(), "{}/canvases.csv: cannot write", out);
+  csv << "file,split,label,digits (class x y w h)...\n";
+  MegapixelOptions test_canvas = options.canvas;
+  test_canvas.seed = options.canvas.seed + 1;  // other draws than the training canvases'
+  write_canvases(train_digits, options.canvas, options.train, "train", out, options, csv);
+  write_canvases(test_digits, test_canvas, options.test, "test", out, options, csv);
 }
 
 }  // namespace patchwise

@@ -1,5 +1,6 @@
 #include "patchwise/report/heatmap.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -7,7 +8,10 @@
 #include <opencv2/imgproc.hpp>
 
 #include "patchwise/base/error.h"
+#include "patchwise/model/bag_options.h"
 #include "patchwise/models/backbone.h"
+#include "patchwise/patch/bags.h"
+#include "patchwise/report/prediction.h"
 
 namespace patchwise {
 namespace {
@@ -216,6 +220,76 @@ at::Tensor render_heatmap(
   cv::cvtColor(canvas, rgb, cv::COLOR_BGR2RGB);
   at::Tensor out = torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8);
   return out.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+}
+
+namespace {
+
+/// `top` over `bottom`, both uint8 [3,h,w], the narrower padded white on the right.
+at::Tensor stack_vertically(const at::Tensor& top, const at::Tensor& bottom) {
+  const int64_t width = std::max(top.size(2), bottom.size(2));
+  auto pad = [&](const at::Tensor& t) {
+    return torch::constant_pad_nd(t, {0, width - t.size(2)}, 255);
+  };
+  return torch::cat({pad(top), pad(bottom)}, 1).contiguous();
+}
+
+/// The `top` best tiles of `bag` (by `scores`) read at its level as crops of 128, with
+/// their boxes and scores.
+std::vector<at::Tensor> top_crops(
+    const RegionReader& reader, const Bag& bag, const std::vector<double>& scores, int64_t top,
+    std::vector<double>& crop_scores, nlohmann::json& tiles) {
+  std::vector<at::Tensor> crops;
+  const double downsample = reader.levels()[static_cast<size_t>(bag.level)].downsample;
+  for (int64_t t : top_tiles(scores, top)) {
+    const Box& b = bag.boxes[static_cast<size_t>(t)];
+    const Box at_level{
+        std::llround(b.x / downsample),
+        std::llround(b.y / downsample),
+        std::llround(b.w / downsample),
+        std::llround(b.h / downsample)};
+    crops.push_back(reader.read_resized(at_level, bag.level, 128));
+    crop_scores.push_back(scores[static_cast<size_t>(t)]);
+    tiles.push_back(
+        {{"x", b.x}, {"y", b.y}, {"w", b.w}, {"h", b.h}, {"score", crop_scores.back()}});
+  }
+  return crops;
+}
+
+}  // namespace
+
+TiledHeatmap draw_tiled_heatmap(
+    PatchClassifier& model, const std::string& image, int64_t target_class, int64_t size,
+    int64_t top) {
+  const ModelConfig& config = model->config();
+  const BagOptions options = model_bag_options(config);
+  std::unique_ptr<RegionReader> reader = open_region_reader(image, options.reader);
+  const Bag bag = read_bag(*reader, options);
+  const BagPrediction p = predict_bag(model, bag.tiles, target_class);
+  const at::Tensor thumb = reader->thumbnail(size);
+  const Heatmap h = tile_heatmap(
+      bag.boxes, p.scores, reader->width(), reader->height(), thumb.size(1), thumb.size(2));
+  const std::string label = config.class_names[static_cast<size_t>(p.winner)];
+  const std::string title = fmt::format(
+      "{} / max over {} tiles; predicted {} ({:.3f})",
+      p.score_name,
+      bag.tiles.size(0),
+      label,
+      p.probabilities[static_cast<size_t>(p.winner)]);
+  std::vector<double> crop_scores;
+  nlohmann::json tiles = nlohmann::json::array();
+  const std::vector<at::Tensor> crops = top_crops(*reader, bag, p.scores, top, crop_scores, tiles);
+  TiledHeatmap out;
+  out.picture =
+      stack_vertically(render_heatmap(thumb, h, title, 1), render_crop_strip(crops, crop_scores));
+  out.summary = {
+      {"class", p.winner},
+      {"label", label},
+      {"score", p.score_name},
+      {"tiles", bag.tiles.size(0)},
+      {"top_tiles", tiles}};
+  out.low = *std::min_element(p.scores.begin(), p.scores.end());
+  out.high = *std::max_element(p.scores.begin(), p.scores.end());
+  return out;
 }
 
 }  // namespace patchwise

@@ -97,4 +97,55 @@ at::Tensor render_tile_sheet(
   return hwc.permute({2, 0, 1}).contiguous();
 }
 
+nlohmann::json describe_region_image(const RegionReader& r) {
+  nlohmann::json levels = nlohmann::json::array();
+  for (const PyramidLevel& l : r.levels()) {
+    levels.push_back({{"width", l.width}, {"height", l.height}, {"downsample", l.downsample}});
+  }
+  return {
+      {"image", r.path()},
+      {"format", r.format()},
+      {"width", r.width()},
+      {"height", r.height()},
+      {"channels", r.channels()},
+      {"levels", levels},
+      {"mpp", std::isnan(r.mpp()) ? nlohmann::json() : nlohmann::json(r.mpp())}};
+}
+
+nlohmann::json describe_tile_plan(const TilePlan& plan, double min_foreground, bool with_boxes) {
+  nlohmann::json boxes = nlohmann::json::array();
+  std::vector<bool> kept(plan.boxes.size(), false);
+  for (int64_t i : plan.kept) kept[static_cast<size_t>(i)] = true;
+  for (size_t i = 0; with_boxes && i < plan.boxes.size(); ++i) {
+    const Box& b = plan.boxes[i];
+    boxes.push_back(
+        {{"x", b.x},
+         {"y", b.y},
+         {"w", b.w},
+         {"h", b.h},
+         {"foreground", plan.foreground[i]},
+         {"kept", static_cast<bool>(kept[i])}});
+  }
+  nlohmann::json j = {
+      {"level", plan.level},
+      {"downsample", plan.downsample},
+      {"tile", plan.tile},
+      {"stride", plan.stride},
+      {"min_foreground", min_foreground},
+      {"tiles", plan.boxes.size()},
+      {"kept", plan.kept.size()},
+      {"sparse", plan.sparse},
+      {"fallback", plan.fallback},
+      {"boxes", boxes}};
+  if (plan.mask.mask.defined()) {
+    j["mask"] = {
+        {"channel", plan.mask.channel},
+        {"threshold", plan.mask.threshold},
+        {"foreground", plan.mask.foreground_high ? "above" : "at or below"},
+        {"width", plan.mask.mask.size(1)},
+        {"height", plan.mask.mask.size(0)}};
+  }
+  return j;
+}
+
 }  // namespace patchwise

@@ -14,6 +14,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "patchwise/data/dataset.h"
@@ -44,5 +47,30 @@ void check_megapixel_options(const MegapixelOptions& options);
 /// present). Throws InputError when a class has no digit.
 MegapixelCanvas make_megapixel_canvas(
     const Dataset& digits, const MegapixelOptions& options, int64_t index);
+
+/// `all` split into (train, test) stratified by class: `test` digits drawn first, then
+/// `train` of the rest (the whole rest when it holds no more). InputError naming the
+/// counts and `all.source` when they are not positive or do not fit.
+std::pair<Dataset, Dataset> split_digits(
+    const Dataset& all, int64_t train, int64_t test, uint64_t seed);
+
+/// What write_megapixel_dataset writes, and how.
+struct MegapixelDatasetOptions {
+  MegapixelOptions canvas;  ///< the training canvases'; the test ones' take seed + 1
+  int64_t train = 5000;     ///< training canvases
+  int64_t test = 1000;      ///< test canvases
+  int64_t threads = 0;      ///< drawing and writing threads; 0: one per core
+  /// Called under a lock after each canvas: the split ("train", "test"), canvases
+  /// written of it and their count.
+  std::function<void(const std::string& split, int64_t done, int64_t count)> progress;
+};
+
+/// A Megapixel MNIST data set from the digits `all` (e.g. read_digits_json) in folder
+/// `out`: an image folder of PNGs, out/<split>/<class>/<index>.png, and out/canvases.csv
+/// with each canvas's label and its digits' classes and boxes. The digits are split as
+/// `patchwise import mnist-json` splits them (4/5 train, seed 42), so that no test canvas
+/// holds a training digit. InputError naming `out` when it cannot be written.
+void write_megapixel_dataset(
+    const Dataset& all, const std::string& out, const MegapixelDatasetOptions& options);
 
 }  // namespace patchwise

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -56,5 +57,21 @@ at::Tensor render_crop_strip(
 /// enlarged `scale` times, a colour bar and a title line. uint8 [3, H', W'].
 at::Tensor render_heatmap(
     const at::Tensor& image, const Heatmap& heatmap, const std::string& title, int64_t scale = 8);
+
+/// A tiled model's evidence on one large image, as `patchwise heatmap` draws it.
+struct TiledHeatmap {
+  at::Tensor picture;  ///< uint8 [3,H,W]: the map over the thumbnail, a colour bar, crops
+  /// class, label, score (its name), tiles, top_tiles: [{x, y, w, h, score}] (level 0)
+  nlohmann::json summary;
+  double low = 0, high = 0;  ///< the tiles' lowest and highest score
+};
+
+/// Each kept tile's attention weight (or probability of `target_class`, -1: the
+/// predicted one) over the image's thumbnail of longer side `size`, a colour bar, and
+/// the `top` best tiles' crops below. `model` is tiled and in eval mode; InputError
+/// naming the image when it cannot be read.
+TiledHeatmap draw_tiled_heatmap(
+    PatchClassifier& model, const std::string& image, int64_t target_class, int64_t size,
+    int64_t top);
 
 }  // namespace patchwise
