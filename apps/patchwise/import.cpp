@@ -73,7 +73,12 @@ void run_megapixel(const MegapixelFlags& f) {
   options.progress = [&bar](const std::string& split, int64_t done, int64_t count) {
     bar.update(done, count, " " + split);
   };
-  write_megapixel_dataset(all, f.out, options);
+  try {
+    write_megapixel_dataset(all, f.out, options);
+  } catch (...) {
+    bar.clear();  // the error goes on a line of its own
+    throw;
+  }
   bar.clear();
   const MegapixelOptions& c = options.canvas;
   fmt::print(

@@ -72,14 +72,17 @@ struct Mapping {
   std::vector<std::string> unexpected;
 };
 
+/// `name` as the model names it: a model file's as it is, a backbone-only file's under
+/// "backbone.", through the longest of `layers`' prefixes that starts it.
 std::string model_name(
     const std::string& name, Naming naming, const std::map<std::string, std::string>& layers) {
   if (naming == Naming::kModel) return name;
-  auto it = layers.upper_bound(name);  // the last prefix not after the name
-  if (it != layers.begin() && starts_with(name, (--it)->first)) {
-    return it->second + name.substr(it->first.size());
+  const std::pair<const std::string, std::string>* longest = nullptr;
+  for (const auto& layer : layers) {
+    if (starts_with(name, layer.first) && (!longest || layer.first.size() > longest->first.size()))
+      longest = &layer;
   }
-  return "backbone." + name;
+  return longest ? longest->second + name.substr(longest->first.size()) : "backbone." + name;
 }
 
 /// "fc.*" or "classifier.*" (after "backbone."): a classifier keep_head leaves out.
