@@ -33,6 +33,7 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <numeric>
@@ -41,6 +42,7 @@
 #include <vector>
 
 #include "patchwise/base/cpu_allocator.h"
+#include "patchwise/base/error.h"
 #include "patchwise/base/precision.h"
 #include "patchwise/base/runtime.h"
 #include "patchwise/data/idx.h"
@@ -75,7 +77,12 @@ const Dataset& bench_data() {
 void bench_threads() {
   const char* env = std::getenv("PATCHWISE_THREADS");
   set_threads(env ? std::atoi(env) : 0);
-  use_cpu_allocator_from_environment(kDefaultCpuCacheBytes);
+  try {
+    use_cpu_allocator_from_environment(kDefaultCpuCacheBytes);
+  } catch (const InputError& e) {  // one line and exit 2, as the binary does
+    std::fprintf(stderr, "patchwise_bench: %s\n", e.what());
+    std::exit(2);
+  }
 }
 
 /// What a job runs: a backbone on the seed's 2x2 grid of 18x18 patches, or on the whole image.

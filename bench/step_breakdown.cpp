@@ -175,11 +175,11 @@ int main(int argc, char** argv) {
   set_threads(argc > 3 ? std::atoi(argv[3]) : 0);
   try {
     set_cpu_kernels(parse_cpu_kernels(argc > 4 ? argv[4] : "auto"));
+    use_cpu_allocator_from_environment(kDefaultCpuCacheBytes);  // as the patchwise binary does
   } catch (const std::exception& e) {
     std::fprintf(stderr, "step_breakdown: %s\n", e.what());
     return 2;
   }
-  use_cpu_allocator_from_environment(kDefaultCpuCacheBytes);  // as the patchwise binary does
   constexpr int64_t kBatch = 64;
   Dataset data = load_idx_split("/usr/share/datasets/fashion-mnist", "train", 6400);
   const std::vector<int64_t> counts = {340, 372, 305, 411};
